@@ -1,0 +1,32 @@
+# The two commands the README promises: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-local bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+
+install-local: install
+	# torch 2.13.0 is the CPU wheel; an unpinned torch would pull a CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test,local]"
+
+demo: install-local
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python example_project/demo.py
+
+test: install
+	bash scripts/test.sh
+
+bench: install
+	$(BIN)/pip install -q matplotlib
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AutoembedConfig(AppConfig):
+    name = "django_autoembed"
+    verbose_name = "Automatic embeddings"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from . import checks, sync  # noqa: F401  (registers checks)
+
+        post_migrate.connect(sync.post_migrate_sync, sender=self, dispatch_uid="autoembed.sync")

@@ -1,0 +1,88 @@
+"""System checks: declarations that cannot work, settings that are off."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core import checks
+from django.db import models
+from pgvector.django import HalfVectorField, VectorField
+
+from . import conf
+from .config import HNSW_MAX_DIMENSIONS, registry
+
+NOT_EMBEDDABLE = (models.BinaryField, HalfVectorField, VectorField, models.FileField)
+
+
+@checks.register("autoembed")
+def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    columns: dict[tuple[str, str], str] = {}
+    for config in registry.all():
+        model = config.model_class
+        meta = model._meta
+        if app_configs is not None and meta.app_config not in app_configs:
+            continue
+        local = {f.name: f for f in meta.local_concrete_fields}
+        for name in config.template_fields():
+            field = local.get(name)
+            if field is None:
+                inherited = name in {f.name for f in meta.concrete_fields}
+                errors.append(checks.Error(
+                    f"{config.label} embeds {name!r}, which is "
+                    + ("a field of a parent model's table." if inherited else "not a field."),
+                    hint="Embed fields stored in this model's own table. Choose from: "
+                    + ", ".join(sorted(local)) + ".",
+                    obj=model, id="autoembed.E001"))
+            elif isinstance(field, NOT_EMBEDDABLE):
+                errors.append(checks.Error(
+                    f"{config.label} embeds {name!r}, a {type(field).__name__}, which has no text to embed.",
+                    hint="Embed text, number or date fields, or write a content_function.",
+                    obj=model, id="autoembed.E002"))
+        if not config.template_fields() and not config.content_function:
+            errors.append(checks.Error(
+                f"{config.label} has no fields, template or content_function.",
+                hint="Give EmbeddingConfig(fields=[...]) or template='...'.", obj=model, id="autoembed.E003"))
+        column = local.get(config.column) or next((f for f in meta.local_fields if f.column == config.column), None)
+        if column is not None and not isinstance(column, (HalfVectorField, VectorField)):
+            errors.append(checks.Error(
+                f"{config.label} writes to {config.column!r}, a {type(column).__name__}, not a vector column.",
+                hint="Point column= at a HalfVectorField/VectorField, or at a free name to have one added.",
+                obj=model, id="autoembed.E004"))
+        if column is not None and getattr(column, "dimensions", None) not in (None, config.get_dimensions()):
+            errors.append(checks.Error(
+                f"{config.label}: column {config.column!r} holds {column.dimensions} dimensions but the "
+                f"config embeds {config.get_dimensions()}.",
+                hint="Make EmbeddingConfig(dimensions=...) or AUTOEMBED['DIMENSIONS'] match the column.",
+                obj=model, id="autoembed.E005"))
+        if config.index and config.get_dimensions() > HNSW_MAX_DIMENSIONS:
+            errors.append(checks.Error(
+                f"{config.label}: {config.get_dimensions()} dimensions is over the {HNSW_MAX_DIMENSIONS} an HNSW "
+                "halfvec index can hold.",
+                hint="Ask the model for fewer dimensions (text-embedding-3 models take dimensions=), "
+                "or declare index=False.", obj=model, id="autoembed.E006"))
+        key = (meta.db_table, config.column)
+        if key in columns:
+            errors.append(checks.Error(
+                f"{config.label} and {columns[key]} both write {meta.db_table}.{config.column}.",
+                hint="Give each EmbeddingConfig its own column=.", obj=model, id="autoembed.E007"))
+        columns[key] = config.label
+    return errors
+
+
+@checks.register("autoembed")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    out: list[checks.CheckMessage] = []
+    unknown = conf.unknown_keys()
+    if unknown:
+        out.append(checks.Warning(
+            f"AUTOEMBED has unknown keys: {', '.join(unknown)}.",
+            hint="Known keys: " + ", ".join(sorted(conf.DEFAULTS)) + ".", id="autoembed.W001"))
+    uses_openai = any((c.provider or conf.get("PROVIDER")) == "openai" for c in registry.all())
+    if uses_openai and not (conf.get("API_KEY") or os.environ.get("OPENAI_API_KEY")):
+        out.append(checks.Warning(
+            "The openai provider has no API key, so nothing can be embedded.",
+            hint="Set OPENAI_API_KEY or AUTOEMBED['API_KEY'], or set AUTOEMBED['PROVIDER'] to 'local'.",
+            id="autoembed.W002"))
+    return out

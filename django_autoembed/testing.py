@@ -1,0 +1,172 @@
+"""A loopback server speaking the OpenAI embeddings protocol, for tests and benchmarks.
+
+Vectors are deterministic unit vectors derived from the text (same text, same
+vector). Latency and failures are set on the running server::
+
+    with FakeEmbeddingsServer() as api:
+        AUTOEMBED = {"BASE_URL": api.base_url, "API_KEY": "test", ...}
+        api.latency = 0.2
+        api.fail_next(3, status=429, retry_after=1)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+
+def fake_vector(text: str, dimensions: int) -> np.ndarray:
+    """The unit vector the fake server returns for ``text``."""
+    seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    v = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeEmbeddingsServer:
+    """Threaded HTTP server on 127.0.0.1; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, *, latency: float = 0.0, port: int = 0) -> None:
+        self.latency = latency
+        self.failure_rate = 0.0
+        self.failure_statuses: tuple[int, ...] = (500, 429)
+        self.retry_after: float | None = None
+        self.hang_seconds = 0.0
+        self.poison: set[str] = set()  # inputs containing these substrings get a 400
+        self.dimensions_override: int | None = None
+        self._scheduled: list[tuple[int, float | None, float]] = []
+        self._lock = threading.Lock()
+        self._random = random.Random(1234)
+        self.requests = 0
+        self.inputs = 0
+        self.failures = 0
+        self.texts: list[str] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- control ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def fail_next(self, count: int = 1, *, status: int = 500, retry_after: float | None = None,
+                  hang: float = 0.0) -> None:
+        """The next ``count`` requests answer ``status`` (or hang ``hang`` seconds first)."""
+        with self._lock:
+            self._scheduled.extend([(status, retry_after, hang)] * count)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.latency = 0.0
+            self.failure_rate = 0.0
+            self.retry_after = None
+            self.hang_seconds = 0.0
+            self.poison = set()
+            self.dimensions_override = None
+            self._scheduled.clear()
+            self.requests = self.inputs = self.failures = 0
+            self.texts = []
+
+    def start(self) -> FakeEmbeddingsServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeEmbeddingsServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- serving -----------------------------------------------------------
+
+    def _decide_failure(self) -> tuple[int, float | None, float] | None:
+        with self._lock:
+            self.requests += 1
+            if self._scheduled:
+                return self._scheduled.pop(0)
+            if self.failure_rate and self._random.random() < self.failure_rate:
+                status = self._random.choice(self.failure_statuses)
+                return status, self.retry_after if status == 429 else None, 0.0
+        if self.hang_seconds:
+            return 200, None, self.hang_seconds
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if self.path.rstrip("/") != "/v1/embeddings":
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                if not self.headers.get("Authorization", "").startswith("Bearer "):
+                    return self._send(401, {"error": {"message": "missing bearer token"}})
+                try:
+                    body = json.loads(raw)
+                    texts = body["input"]
+                    texts = [texts] if isinstance(texts, str) else list(texts)
+                    dims = int(body.get("dimensions") or 1536)
+                except (ValueError, KeyError, TypeError):
+                    return self._send(400, {"error": {"message": "malformed request body"}})
+                failure = fake._decide_failure()
+                if fake.latency:
+                    time.sleep(fake.latency)
+                if failure is not None:
+                    status, retry_after, hang = failure
+                    if hang:
+                        time.sleep(hang)
+                    if status != 200:
+                        with fake._lock:
+                            fake.failures += 1
+                        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+                        return self._send(status, {"error": {"message": f"injected {status}"}}, headers)
+                if any(p in t for t in texts for p in fake.poison) or any(not t for t in texts):
+                    with fake._lock:
+                        fake.failures += 1
+                    return self._send(400, {"error": {"message": "input rejected (poison or empty)"}})
+                with fake._lock:
+                    fake.inputs += len(texts)
+                    fake.texts.extend(texts)
+                out_dims = fake.dimensions_override or dims
+                as_b64 = body.get("encoding_format") == "base64"
+                data = []
+                for i, t in enumerate(texts):
+                    v = fake_vector(t, out_dims)
+                    emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_b64 else v.tolist()
+                    data.append({"object": "embedding", "index": i, "embedding": emb})
+                self._send(200, {
+                    "object": "list", "data": data, "model": body.get("model", "fake"),
+                    "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                })
+
+        return Handler

@@ -1,0 +1,190 @@
+"""The pull worker: read batches, process them, sleep until NOTIFY or the next poll."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import psycopg
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+from . import conf, queue
+from .processing import Processor
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "autoembed"
+
+
+@dataclass
+class WorkerOptions:
+    batch_size: int
+    max_requests: int
+    visibility_timeout: int
+    poll_interval: float = 5.0
+    once: bool = False
+    using: str = "default"
+    max_downtime: float = 60.0
+    progress: TextIO | None = None
+
+
+class Worker:
+    """Runs until stopped by SIGINT/SIGTERM (or, with ``once``, until the queue is drained)."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.o = options
+        self.processor = Processor(using=options.using, batch_size=options.batch_size,
+                                   max_requests=options.max_requests)
+        self.stopping = False
+        self.rows_done = 0
+        self.started = time.monotonic()
+        self._listener: psycopg.Connection[Any] | None = None
+
+    # Rows read per batch: enough to keep every request slot full a few times over.
+    @property
+    def row_budget(self) -> int:
+        return self.o.batch_size * self.o.max_requests * 4
+
+    def stop(self, signum: int | None = None, frame: Any = None) -> None:
+        if not self.stopping:
+            logger.info("Stopping after the current batch (signal %s).", signum)
+        self.stopping = True
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        down_since: float | None = None
+        try:
+            try:
+                self._listen()  # before the first read, so no NOTIFY falls in between
+            except (psycopg.Error, DatabaseError):
+                pass
+            while not self.stopping:
+                try:
+                    handled = self.step()
+                    down_since = None
+                except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since > self.o.max_downtime:
+                        logger.error("Database unreachable for %.0f s, giving up: %s", self.o.max_downtime, exc)
+                        print(f"process_embeddings: database unreachable for {self.o.max_downtime:.0f} s "
+                              f"({exc}). Check the database and start the worker again.", file=sys.stderr)
+                        return 1
+                    logger.warning("Database connection lost (%s); reconnecting.", exc)
+                    self._reset()
+                    time.sleep(1.0)
+                    continue
+                if handled == 0:
+                    if self.o.once:
+                        break
+                    self._wait()
+            return 0
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._close_listener()
+
+    def step(self) -> int:
+        """Read and process one batch; returns how many rows it held."""
+        connection = connections[self.o.using]
+        connection.close_if_unusable_or_obsolete()
+        with connection.cursor() as cursor:
+            messages = queue.read(cursor, self.row_budget, self.o.visibility_timeout)
+            messages = self._trim(cursor, messages)
+        if not messages:
+            return 0
+        result = self.processor.process(messages)
+        rows = len(result.completed) + len(result.failed)
+        self.rows_done += len(result.completed)
+        logger.info(
+            "Batch: %d messages, %d rows done, %d failed, %d dead, %d requests, %.2f s",
+            len(messages), len(result.completed), len(result.failed), result.dead, result.requests,
+            result.seconds,
+            extra={"messages": len(messages), "completed": len(result.completed),
+                   "failed": len(result.failed), "seconds": result.seconds},
+        )
+        self._progress()
+        return rows
+
+    def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
+        """Give back messages past the row budget so one batch stays bounded."""
+        kept, rows = [], 0
+        for message in messages:
+            if kept and rows >= self.row_budget:
+                break
+            kept.append(message)
+            body = message.body if isinstance(message.body, dict) else {}
+            ids = body.get("ids")
+            rows += len(ids) if isinstance(ids, list) else 1
+        extra = [m.msg_id for m in messages[len(kept):]]
+        queue.set_vt(cursor, extra, 0)
+        return kept
+
+    def _progress(self) -> None:
+        out = self.o.progress
+        if out is None or not out.isatty():
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        with connections[self.o.using].cursor() as cursor:
+            depth, _ = queue.depth(cursor)
+        out.write(f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "
+                  f"queue {depth}   ")
+        out.flush()
+
+    # -- waiting --------------------------------------------------------------
+
+    def _wait(self) -> None:
+        """Sleep until a trigger's NOTIFY, the poll interval, or a stop signal."""
+        deadline = time.monotonic() + self.o.poll_interval
+        try:
+            listener = self._listen()
+        except (psycopg.Error, DatabaseError) as exc:
+            logger.debug("LISTEN unavailable (%s); polling.", exc)
+            listener = None
+        while not self.stopping and time.monotonic() < deadline:
+            slice_ = min(0.5, max(0.0, deadline - time.monotonic()))
+            if listener is None:
+                time.sleep(slice_)
+                continue
+            try:
+                if any(True for _ in listener.notifies(timeout=slice_, stop_after=1)):
+                    return
+            except psycopg.Error:
+                self._close_listener()
+                return
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            params = connections[self.o.using].get_connection_params()
+            params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
+            self._listener = psycopg.connect(**params, autocommit=True)
+            self._listener.execute(f"listen {CHANNEL}")
+        return self._listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except psycopg.Error:
+                pass
+        self._listener = None
+
+    def _reset(self) -> None:
+        try:
+            connections[self.o.using].close()
+        except DatabaseError:
+            pass
+        self._close_listener()
+
+
+def default_options(**overrides: Any) -> WorkerOptions:
+    values = {
+        "batch_size": conf.get("BATCH_SIZE"),
+        "max_requests": conf.get("MAX_REQUESTS"),
+        "visibility_timeout": conf.get("VISIBILITY_TIMEOUT"),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return WorkerOptions(**values)

@@ -1,0 +1,57 @@
+"""Settings for the test suite: a real Postgres (embedded unless DATABASE_URL is set)."""
+
+import environ
+
+env = environ.Env()
+
+SECRET_KEY = "tests"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_autoembed",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if env("DATABASE_URL", default=None):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+else:
+    from django_autoembed import embedded
+
+    DATABASES = {"default": embedded.database("autoembed_tests")}
+
+# The fake OpenAI server's URL is set by tests/conftest.py (and handed to worker
+# subprocesses through AUTOEMBED_TEST_BASE_URL).
+AUTOEMBED = {
+    "PROVIDER": "openai",
+    "MODEL": "text-embedding-3-small",
+    "DIMENSIONS": 1536,
+    "API_KEY": "test-key",
+    "BASE_URL": env("AUTOEMBED_TEST_BASE_URL", default="http://127.0.0.1:9/v1"),
+    "REQUEST_TIMEOUT": 5.0,
+    "PROVIDER_RETRIES": 0,
+    "RETRY_BACKOFF": 0,
+    "ENDPOINT_TOKEN": "test-token",
+}

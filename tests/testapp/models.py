@@ -1,0 +1,57 @@
+import uuid
+
+from django.db import models
+
+from django_autoembed import EmbeddingConfig, EmbeddingMixin
+
+
+class Document(EmbeddingMixin, models.Model):
+    title = models.TextField()
+    content = models.TextField(blank=True, default="")
+    views = models.IntegerField(default=0)
+
+    embed_fields = ["title", "content"]
+
+
+class Chapter(Document):
+    """Multi-table child: the parent's table holds the embedding, no triggers of its own."""
+
+    number = models.IntegerField(default=1)
+
+
+class DocumentProxy(Document):
+    class Meta:
+        proxy = True
+
+
+class Article(EmbeddingMixin, models.Model):
+    """Two embeddings on one model, one from a template, one cleared on update."""
+
+    title = models.TextField()
+    body = models.TextField(null=True, blank=True)
+
+    embedding_configs = [
+        EmbeddingConfig(fields=["title"], column="title_embedding", name="title", clear_on_update=True),
+        EmbeddingConfig(template="# {title}\n\n{body}", column="body_embedding", name="body"),
+    ]
+
+
+class Note(EmbeddingMixin, models.Model):
+    """UUID key and a custom table name that needs quoting."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    body = models.TextField()
+
+    embed_fields = ["body"]
+
+    class Meta:
+        db_table = "Notes With Spaces"
+
+
+class Tag(EmbeddingMixin, models.Model):
+    """Text primary key."""
+
+    slug = models.CharField(max_length=100, primary_key=True)
+    label = models.TextField()
+
+    embed_fields = ["label"]
