@@ -44,6 +44,7 @@ def queued_ids(queue: str = "embedding_jobs") -> list:
 def purge_queue(queue: str = "embedding_jobs") -> None:
     with connection.cursor() as cursor:
         cursor.execute("select pgmq.purge_queue(%s)", [queue])
+        cursor.execute(f"delete from pgmq.a_{queue}")
 
 
 def stored_vector(model, pk, column: str = "embedding"):

@@ -1,0 +1,232 @@
+"""The processor and worker: exact vectors, never stale, failures retried then dead-lettered."""
+
+import math
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from django_autoembed.models import EmbeddingFailure
+from django_autoembed.processing import Processor
+from django_autoembed.worker import Worker, default_options
+from tests.conftest import assert_fake_vector, purge_queue, queue_messages, stored_vector
+from tests.testapp.models import Article, Document, Note, Tag
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    purge_queue()
+    yield
+    purge_queue()
+
+
+def drain(**options):
+    worker = Worker(default_options(once=True, **options))
+    assert worker.run() == 0
+    return worker
+
+
+def archived_count():
+    with connection.cursor() as cursor:
+        cursor.execute("select count(*) from pgmq.a_embedding_jobs")
+        return cursor.fetchone()[0]
+
+
+def raw_connection():
+    params = connection.get_connection_params()
+    params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
+    return psycopg.connect(**params, autocommit=True)
+
+
+def test_500_rows_embedded_exactly_with_few_requests(api):
+    docs = Document.objects.bulk_create([Document(title=f"title {i}", content=f"body {i}") for i in range(500)])
+    drain(batch_size=100, max_requests=4)
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, f"{doc.title}\n\n{doc.content}")
+    assert queue_messages() == []
+    assert api.requests <= math.ceil(500 / 100)
+    assert api.inputs == 500
+
+
+def test_every_config_and_key_type(api):
+    article = Article.objects.create(title="T", body="B")
+    note = Note.objects.create(body="uuid row")
+    tag = Tag.objects.create(slug="tag-1", label="text key row")
+    drain()
+    assert_fake_vector(Article, article.pk, "T", column="title_embedding")
+    assert_fake_vector(Article, article.pk, "# T\n\nB", column="body_embedding")
+    assert_fake_vector(Note, note.pk, "uuid row")
+    assert_fake_vector(Tag, tag.pk, "text key row")
+
+
+def test_edit_during_embedding_never_leaves_a_stale_vector(api, monkeypatch):
+    doc = Document.objects.create(title="old", content="")
+    original = Processor._embed
+
+    def embed_then_edit(self, config, texts, deadline):
+        result = original(self, config, texts, deadline)
+        if texts == ["old"]:  # the row changes after its text was read, before the write
+            with raw_connection() as other:
+                other.execute("update testapp_document set title = 'new' where id = %s", [doc.pk])
+        return result
+
+    monkeypatch.setattr(Processor, "_embed", embed_then_edit)
+    drain()
+    assert_fake_vector(Document, doc.pk, "new")
+    assert api.texts == ["old", "new"]
+    assert queue_messages() == []
+
+
+def test_deleted_row_message_is_dropped_without_an_api_call(api):
+    doc = Document.objects.create(title="gone")
+    Document.objects.filter(pk=doc.pk).delete()
+    drain()
+    assert queue_messages() == [] and archived_count() == 0
+    assert api.requests == 0
+
+
+def test_empty_text_sets_null_and_completes(api):
+    doc = Document.objects.create(title="x")
+    drain()
+    Document.objects.filter(pk=doc.pk).update(title="")
+    drain()
+    assert stored_vector(Document, doc.pk) is None
+    assert queue_messages() == []
+
+
+def test_injected_errors_are_retried_until_everything_is_embedded(api):
+    api.failure_rate = 0.3
+    api.retry_after = 0
+    docs = Document.objects.bulk_create([Document(title=f"r{i}") for i in range(200)])
+    for _ in range(20):
+        drain(batch_size=10, max_requests=4)
+        if not queue_messages():
+            break
+    assert queue_messages() == []
+    assert api.failures > 0
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+@override_settings(AUTOEMBED={"BASE_URL": "set-by-fixture", "API_KEY": "k", "RETRY_BACKOFF": 0,
+                              "MAX_ATTEMPTS": 3, "PROVIDER_RETRIES": 0})
+def test_poison_row_is_dead_lettered_and_the_rest_embedded(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": api.base_url}
+    api.poison = {"POISON"}
+    docs = Document.objects.bulk_create([Document(title=f"ok {i}") for i in range(20)]
+                                        + [Document(title="POISON pill")])
+    for _ in range(5):
+        drain()
+    assert queue_messages() == []
+    failure = EmbeddingFailure.objects.get()
+    assert failure.object_pk == str(docs[-1].pk) and failure.attempts == 3
+    assert "400" in failure.error and failure.config == "testapp.Document.embedding"
+    assert archived_count() == 1
+    for doc in docs[:-1]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_two_workers_embed_each_row_once(api):
+    api.latency = 0.05
+    docs = Document.objects.bulk_create([Document(title=f"w{i}") for i in range(300)])
+    # single-row messages, so the two workers really share the queue
+    purge_queue()
+    with connection.cursor() as cursor:
+        for d in docs:
+            cursor.execute("select autoembed.queue_ids(array[to_jsonb(%s::bigint)], 'public', 'testapp_document', "
+                           "'testapp_document_embedding_input', 'embedding')", [d.pk])
+    errors = []
+
+    def run():
+        try:
+            drain(batch_size=10, max_requests=2)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert api.inputs == 300
+    assert sorted(api.texts) == sorted(d.title for d in docs)
+
+
+def test_concurrent_bulk_update_never_deadlocks(api):
+    api.latency = 0.02
+    docs = Document.objects.bulk_create([Document(title=f"d{i}") for i in range(400)])
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        try:
+            with raw_connection() as other:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    with other.transaction():
+                        # descending order against the worker's ascending locks: the classic deadlock
+                        other.execute("select id from testapp_document order by id desc for update")
+                        other.execute("update testapp_document set views = views + 1")
+                    stop.wait(0.02)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(60):
+            drain(batch_size=50, max_requests=2)
+            if not queue_messages():
+                break
+            time.sleep(0.3)  # busy rows come back after a second
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    assert queue_messages() == []
+    for doc in docs[:20]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_job_for_an_undeclared_target_is_refused_and_its_function_never_runs(api):
+    with connection.cursor() as cursor:
+        cursor.execute("create table if not exists evil_log (n int)")
+        cursor.execute("create or replace function public.testapp_document_evil(r testapp_document) returns text "
+                       "language plpgsql as $$ begin insert into evil_log values (1); return 'x'; end $$")
+        doc = Document.objects.create(title="x")
+        purge_queue()
+        cursor.execute("select pgmq.send('embedding_jobs', %s::jsonb)", [
+            '{"id": %d, "schema": "public", "table": "testapp_document", '
+            '"contentFunction": "testapp_document_evil", "embeddingColumn": "embedding"}' % doc.pk])
+    try:
+        drain()
+        with connection.cursor() as cursor:
+            cursor.execute("select count(*) from evil_log")
+            assert cursor.fetchone()[0] == 0
+        # retried (a newer deploy may declare it), then dead-lettered like any failing job
+        failure = EmbeddingFailure.objects.get()
+        assert failure.config == "unknown" and "no declared embedding matches" in failure.error
+        assert failure.attempts == 5 and archived_count() == 1
+        assert stored_vector(Document, doc.pk) is None and api.requests == 0
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("drop function public.testapp_document_evil(testapp_document); drop table evil_log")
+
+
+def test_wrong_dimensions_are_a_clear_error(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.dimensions_override = 768
+    doc = Document.objects.create(title="dims")
+    drain()
+    failure = EmbeddingFailure.objects.get(object_pk=str(doc.pk))
+    assert "768 dimensions" in failure.error and "1536" in failure.error
+    assert stored_vector(Document, doc.pk) is None
