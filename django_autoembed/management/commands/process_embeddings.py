@@ -57,6 +57,7 @@ class Command(BaseCommand):
         code = worker.run()
         if worker.o.progress is not None and worker.o.progress.isatty():
             self.stdout.write("")
-        self.stdout.write(f"Embedded {worker.rows_done} rows.")
+        if options["verbosity"] >= 1:
+            self.stdout.write(f"Embedded {worker.rows_done} rows.")
         if code:
             sys.exit(code)
