@@ -2,8 +2,76 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from django.db import transaction
+
+from . import conf
+
+logger = logging.getLogger(__name__)
+
+JOB_NAME = "autoembed-process-embeddings"
+PROCESS_COMMAND = "select autoembed.process_embeddings()"
+
+
+def _has(cursor: Any, extension: str) -> bool:
+    cursor.execute("select count(*) from pg_extension where extname = %s", [extension])
+    return bool(cursor.fetchone()[0])
+
+
+def enable_extensions(apps: Any, schema_editor: Any) -> None:
+    """Create pg_net and pg_cron where the server offers them; skip quietly otherwise."""
+    connection = schema_editor.connection
+    for extension in ("pg_net", "pg_cron"):
+        with connection.cursor() as cursor:
+            cursor.execute("select count(*) from pg_available_extensions where name = %s", [extension])
+            if not cursor.fetchone()[0] or _has(cursor, extension):
+                continue
+            try:
+                # pg_cron refuses databases other than cron.database_name; that is not our error.
+                with transaction.atomic(using=connection.alias):
+                    cursor.execute(f"create extension if not exists {extension}")
+            except Exception as exc:  # noqa: BLE001
+                logger.info("Could not create extension %s: %s", extension, exc)
+
+
+def status(connection: Any) -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        net, cron = _has(cursor, "pg_net"), _has(cursor, "pg_cron")
+        job = None
+        if cron:
+            cursor.execute("select schedule, active from cron.job where jobname = %s", [JOB_NAME])
+            job = cursor.fetchone()
+    return {"pg_net": net, "pg_cron": cron, "schedule": job[0] if job else None,
+            "active": bool(job and job[1])}
 
 
 def sync_push(connection: Any) -> list[str]:
-    return []
+    """Store endpoint URL/token, and create, update or remove the cron job."""
+    url, token, schedule = conf.get("ENDPOINT_URL"), conf.get("ENDPOINT_TOKEN"), conf.get("SCHEDULE")
+    with connection.cursor() as cursor:
+        cursor.execute("select to_regprocedure('autoembed.process_embeddings(int, int, int)') is not null")
+        if not cursor.fetchone()[0]:
+            return []
+        for key, value in (("endpoint_url", url), ("endpoint_token", token)):
+            cursor.execute(
+                "insert into autoembed.settings (key, value) values (%s, %s) "
+                "on conflict (key) do update set value = excluded.value", [key, value])
+        net, cron = _has(cursor, "pg_net"), _has(cursor, "pg_cron")
+        if not (net and cron):
+            missing = " and ".join(e for e, ok in (("pg_cron", cron), ("pg_net", net)) if not ok)
+            return [f"autoembed: push path off ({missing} not in this database); "
+                    "run `manage.py process_embeddings` to embed queued rows."]
+        cursor.execute("select jobid, schedule from cron.job where jobname = %s", [JOB_NAME])
+        existing = cursor.fetchone()
+        if schedule and url and token:
+            if existing and existing[1] == schedule:
+                return []
+            cursor.execute("select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, PROCESS_COMMAND])
+            return [f"autoembed: pg_cron job {JOB_NAME!r} runs every {schedule} and posts to {url}"]
+        if existing:
+            cursor.execute("select cron.unschedule(%s)", [JOB_NAME])
+            return [f"autoembed: removed pg_cron job {JOB_NAME!r}"]
+        return ["autoembed: push path idle (set AUTOEMBED SCHEDULE, ENDPOINT_URL and ENDPOINT_TOKEN to use it); "
+                "run `manage.py process_embeddings` to embed queued rows."]

@@ -55,3 +55,4 @@ AUTOEMBED = {
     "RETRY_BACKOFF": 0,
     "ENDPOINT_TOKEN": "test-token",
 }
+STATIC_URL = "static/"

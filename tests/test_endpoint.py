@@ -1,0 +1,159 @@
+"""The push endpoint over real HTTP: every refusal, and the guide's answer shape."""
+
+import json
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+import pytest
+from django.db import connection
+
+from tests.conftest import assert_fake_vector, purge_queue, queue_messages
+from tests.testapp.models import Document
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    purge_queue()
+    yield
+    purge_queue()
+
+
+@pytest.fixture
+def post(live_server):
+    url = live_server.url + "/autoembed/embed/"
+
+    def send(body, *, token=TOKEN, content_type="application/json", method="POST", raw=None):
+        headers = {"Content-Type": content_type}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        content = raw if raw is not None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=content if method != "GET" else None,
+                                         headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return Response(response.status, response.headers, response.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, error.headers, error.read())
+
+    return send
+
+
+@dataclass
+class Response:
+    status_code: int
+    headers: object
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def read_jobs():
+    """Jobs as autoembed.process_embeddings would post them: one row each, with jobId."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select pgmq.send_batch('embedding_jobs', array(select (message - 'ids') || jsonb_build_object('id', i) "
+            "from pgmq.q_embedding_jobs, jsonb_array_elements(message -> 'ids') i order by msg_id)) "
+            "where exists (select 1 from pgmq.q_embedding_jobs where message ? 'ids')")
+        cursor.execute("delete from pgmq.q_embedding_jobs where message ? 'ids'")
+        cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 30, 5000)")
+        rows = cursor.fetchall()
+    return [{**(json.loads(m) if isinstance(m, str) else m), "jobId": msg_id} for msg_id, m in rows]
+
+
+def test_jobs_are_embedded_and_answered_in_the_guides_shape(post, api):
+    docs = [Document.objects.create(title=f"e{i}") for i in range(3)]
+    jobs = read_jobs()
+    response = post(jobs)
+    assert response.status_code == 200
+    body = response.json()
+    assert body == {"completedJobs": jobs, "failedJobs": []}
+    assert response.headers["X-Completed-Jobs"] == "3" and response.headers["X-Failed-Jobs"] == "0"
+    assert queue_messages() == []
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_provider_failure_reports_failed_jobs_and_keeps_messages(post, api):
+    Document.objects.create(title="will fail")
+    jobs = read_jobs()
+    api.fail_next(5, status=500)
+    response = post(jobs)
+    assert response.status_code == 200
+    assert response.headers["X-Failed-Jobs"] == "1"
+    (failed,) = response.json()["failedJobs"]
+    assert failed["jobId"] == jobs[0]["jobId"] and "500" in failed["error"]
+    assert len(queue_messages()) == 1  # visible again after the backoff
+
+
+def test_unknown_target_is_a_failed_job_and_nothing_runs(post, api):
+    doc = Document.objects.create(title="x")
+    job = {"jobId": 1, "id": doc.pk, "schema": "public", "table": "testapp_document",
+           "contentFunction": "pg_sleep", "embeddingColumn": "embedding"}
+    evil = {**job, "jobId": 2, "table": 'testapp_document"; drop table testapp_document; --'}
+    response = post([job, evil])
+    assert response.status_code == 200
+    errors = [f["error"] for f in response.json()["failedJobs"]]
+    assert len(errors) == 2 and all("no declared embedding matches" in e for e in errors)
+    assert Document.objects.filter(pk=doc.pk).exists() and api.requests == 0
+
+
+@pytest.mark.parametrize("token,status", [(None, 401), ("wrong", 401), (TOKEN + "x", 401), (TOKEN[:-1], 401),
+                                          ("", 401)])
+def test_refuses_missing_and_wrong_tokens(post, token, status):
+    assert post([], token=token).status_code == status
+
+
+def test_refuses_other_methods_and_content_types(post):
+    assert post(None, method="GET").status_code == 405
+    assert post(None, method="PUT").status_code == 405
+    assert post([], content_type="text/plain").status_code == 400
+
+
+@pytest.mark.parametrize("raw,fragment", [
+    (b"{not json", "invalid jobs"),
+    (b'{"a": 1}', "JSON list"),
+    (b"[1]", "not an object"),
+    (b'[{"jobId": 1}]', "lacks"),
+    (b'[{"jobId": "1", "id": 1, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
+     "jobId must be"),
+    (b'[{"jobId": 1, "id": 99999999999999999999999, "schema": "s", "table": "t", "contentFunction": "f",'
+     b' "embeddingColumn": "c"}]', "out of range"),
+    (b'[{"jobId": 1, "id": 1, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"},'
+     b' {"jobId": 1, "id": 2, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
+     "appears twice"),
+    (b'[{"jobId": 1, "id": [1], "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
+     "integer or a string"),
+])
+def test_malformed_bodies_get_400_saying_what_is_wrong(post, raw, fragment):
+    response = post(None, raw=raw)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+
+
+def test_body_over_the_limit_is_refused(post, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_MAX_BODY": 1000}
+    response = post(None, raw=b"[" + b" " * 2000 + b"]")
+    assert response.status_code == 413
+
+
+def test_no_token_configured_means_no_endpoint(post, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_TOKEN": None}
+    assert post([]).status_code == 404
+    assert post([], token=None).status_code == 404
+
+
+def test_a_thousand_jobs_in_one_request(post, api):
+    Document.objects.bulk_create([Document(title=f"k{i}") for i in range(1000)])
+    jobs = read_jobs()
+    assert len(jobs) == 1000
+    response = post(jobs)
+    assert response.status_code == 200
+    assert response.headers["X-Completed-Jobs"] == "1000"
+    assert Document.objects.filter(embedding__isnull=True).count() == 0
+    assert post([]).status_code == 200  # still serving
