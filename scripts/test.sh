@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a real Postgres (embedded unless DATABASE_URL is set).
-# Exit status is pytest's, except that "no tests ran" (5) is a failure too.
+# Runs the whole test suite on a real Postgres (embedded unless DATABASE_URL is set),
+# then the push-path tier on Postgres 17 with real pg_cron and pg_net.
+# "No tests ran" (pytest's 5) is a failure too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
-"$BIN/python" -m pytest -q -rs "$@"
-status=$?
-if [ "$status" -eq 5 ]; then
-  echo "No tests ran: that is a failure." >&2
-  exit 1
-fi
-exit "$status"
+
+run() {
+  "$BIN/python" -m pytest -q -rs "$@"
+  local status=$?
+  if [ "$status" -eq 5 ]; then
+    echo "No tests ran: that is a failure." >&2
+    return 1
+  fi
+  return "$status"
+}
+
+run -m "not pgcron" "$@" || exit $?
+AUTOEMBED_PUSH_TIER=1 run -m pgcron tests/test_push_path.py || exit $?

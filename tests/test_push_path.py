@@ -1,0 +1,96 @@
+"""The guide's push path for real: pg_cron fires, pg_net POSTs to the live server, the view embeds.
+
+Runs on Postgres 17 with pg_cron and pg_net (tests/pgcron); scripts/test.sh runs
+it as its own pass with AUTOEMBED_PUSH_TIER=1.
+"""
+
+import time
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+
+from django_autoembed.push import JOB_NAME
+from django_autoembed.sync import sync
+from tests.conftest import assert_fake_vector, purge_queue, queue_messages
+from tests.testapp.models import Document
+
+pytestmark = [
+    pytest.mark.pgcron,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(bool(django_settings.PUSH_TIER_SKIP), reason=str(django_settings.PUSH_TIER_SKIP)),
+]
+
+
+def fetch(query, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def wait_for(predicate, timeout=45.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def responses():
+    """(status, X-Failed-Jobs) of every response pg_net recorded."""
+    rows = fetch("select status_code, headers from net._http_response order by id")
+    out = []
+    for status, headers in rows:
+        headers = headers if isinstance(headers, dict) else __import__("json").loads(headers or "{}")
+        failed = next((v for k, v in headers.items() if k.lower() == "x-failed-jobs"), None)
+        out.append((status, failed))
+    return out
+
+
+@pytest.fixture
+def push(live_server, settings):
+    purge_queue()
+    fetch("delete from net._http_response")
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_URL": live_server.url + "/autoembed/embed/",
+                          "SCHEDULE": "1 seconds"}
+    said = sync()
+    assert any(JOB_NAME in line for line in said), said
+    yield
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "SCHEDULE": None}
+    sync()
+    assert fetch("select count(*) from cron.job where jobname = %s", [JOB_NAME]) == [(0,)]
+    purge_queue()
+
+
+def test_cron_posts_through_pg_net_and_the_view_embeds(push, api):
+    docs = [Document.objects.create(title=f"pushed {i}") for i in range(3)]
+    Document.objects.bulk_create([Document(title=f"bulk {i}") for i in range(30)])  # a packed message
+    wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, what="cron to embed rows")
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert (200, "0") in responses()
+    wait_for(lambda: queue_messages() == [], what="the queue to empty")
+
+
+def test_failing_provider_is_reported_and_retried_on_later_ticks(push, api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RETRY_BACKOFF": 1}
+    api.failure_rate = 1.0
+    api.failure_statuses = (500,)
+    doc = Document.objects.create(title="flaky")
+    wait_for(lambda: any(status == 200 and failed not in (None, "0") for status, failed in responses()),
+             what="a response with failed jobs")
+    assert Document.objects.get(pk=doc.pk).embedding is None
+    api.failure_rate = 0.0
+    wait_for(lambda: Document.objects.get(pk=doc.pk).embedding is not None, what="the retry to embed")
+    assert_fake_vector(Document, doc.pk, "flaky")
+
+
+def test_wrong_token_in_the_database_is_refused(push, api):
+    fetch("update autoembed.settings set value = 'wrong' where key = 'endpoint_token'")
+    doc = Document.objects.create(title="kept")
+    wait_for(lambda: any(status == 401 for status, _ in responses()), what="a 401 response")
+    assert Document.objects.get(pk=doc.pk).embedding is None
+    assert len(queue_messages()) == 1
+    assert api.requests == 0
