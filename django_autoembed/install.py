@@ -22,14 +22,14 @@ def install_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     """Create extension pgmq where the server has it, else run the SQL the pgmq package bundles."""
     with schema_editor.connection.cursor() as cursor:
         if _one(cursor, "select to_regnamespace('pgmq') is not null"):
-            return
-        if _one(cursor, "select count(*) from pg_available_extensions where name = 'pgmq'"):
+            pass  # already there (extension or an earlier SQL install)
+        elif _one(cursor, "select count(*) from pg_available_extensions where name = 'pgmq'"):
             cursor.execute("create extension if not exists pgmq")
-            return
-        from pgmq.install import get_embedded_install_sql
+        else:
+            from pgmq.install import get_embedded_install_sql
 
-        cursor.execute(get_embedded_install_sql())
-        logger.info("pgmq installed from the SQL bundled with the pgmq package")
+            cursor.execute(get_embedded_install_sql())
+            logger.info("pgmq installed from the SQL bundled with the pgmq package")
     ensure_queue(schema_editor.connection)
 
 
