@@ -1,14 +1,11 @@
-"""Rows that gave up after MAX_ATTEMPTS: record them, and send them again on demand."""
+"""Rows that gave up after MAX_ATTEMPTS: record them as EmbeddingFailure rows."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django.db import transaction
-from django.db.models import F, QuerySet
-
-from . import queue
+from django.db.models import F
 
 if TYPE_CHECKING:
     from .processing import _Row
@@ -37,17 +34,3 @@ def record_failures(dead: list[tuple[_Row, int]]) -> None:
             "Gave up embedding %s pk=%s after %d attempts: %s", label, row.raw_pk, attempts, error,
             extra={"config": label, "pk": str(row.raw_pk), "attempts": attempts},
         )
-
-
-def retry_failures(failures: QuerySet[Any]) -> int:
-    """Queue each failure's job again and delete the failure. Returns how many."""
-    from django.db import connections
-
-    count = 0
-    with transaction.atomic(using=failures.db):
-        jobs = [f.job for f in failures.select_for_update()]
-        with connections[failures.db].cursor() as cursor:
-            queue.send_batch(cursor, jobs)
-        count = len(jobs)
-        failures.delete()
-    return count

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from psycopg import sql
 
 from . import conf
 
@@ -31,20 +32,11 @@ def enable_extensions(apps: Any, schema_editor: Any) -> None:
             try:
                 # pg_cron refuses databases other than cron.database_name; that is not our error.
                 with transaction.atomic(using=connection.alias):
-                    cursor.execute(f"create extension if not exists {extension}")
+                    cursor.execute(
+                        sql.SQL("create extension if not exists {}").format(sql.Identifier(extension)).as_string(None)
+                    )
             except Exception as exc:  # noqa: BLE001
                 logger.info("Could not create extension %s: %s", extension, exc)
-
-
-def status(connection: Any) -> dict[str, Any]:
-    with connection.cursor() as cursor:
-        net, cron = _has(cursor, "pg_net"), _has(cursor, "pg_cron")
-        job = None
-        if cron:
-            cursor.execute("select schedule, active from cron.job where jobname = %s", [JOB_NAME])
-            job = cursor.fetchone()
-    return {"pg_net": net, "pg_cron": cron, "schedule": job[0] if job else None,
-            "active": bool(job and job[1])}
 
 
 def sync_push(connection: Any) -> list[str]:

@@ -20,7 +20,7 @@ def installed(connection: Any) -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def sync(using: str = "default", *, verbosity: int = 1, stdout: Any = None) -> list[str]:
+def sync(using: str = "default") -> list[str]:
     """Make the database match AUTOEMBED; returns lines saying what was done."""
     connection = connections[using]
     if not installed(connection):
@@ -45,6 +45,6 @@ def sync(using: str = "default", *, verbosity: int = 1, stdout: Any = None) -> l
 
 
 def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
-    for line in sync(using, verbosity=verbosity):
+    for line in sync(using):
         if verbosity >= 1:
             print(line)

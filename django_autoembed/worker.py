@@ -161,9 +161,7 @@ class Worker:
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
-            params = connections[self.o.using].get_connection_params()
-            params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
-            self._listener = psycopg.connect(**params, autocommit=True)
+            self._listener = connect(self.o.using)
             self._listener.execute(f"listen {CHANNEL}")
         return self._listener
 
@@ -181,6 +179,14 @@ class Worker:
         except DatabaseError:
             pass
         self._close_listener()
+
+
+def connect(using: str = "default") -> psycopg.Connection[Any]:
+    """A separate autocommit psycopg connection with Django's settings for ``using``."""
+    params = connections[using].get_connection_params()
+    # Django's own cursor factory and adapters context belong to its connection only.
+    params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
+    return psycopg.connect(**params, autocommit=True)
 
 
 def default_options(**overrides: Any) -> WorkerOptions:

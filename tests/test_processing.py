@@ -4,14 +4,13 @@ import math
 import threading
 import time
 
-import psycopg
 import pytest
 from django.db import connection
 from django.test import override_settings
 
 from django_autoembed.models import EmbeddingFailure
 from django_autoembed.processing import Processor
-from django_autoembed.worker import Worker, default_options
+from django_autoembed.worker import Worker, connect, default_options
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages, stored_vector
 from tests.testapp.models import Article, Document, Note, Tag
 
@@ -38,9 +37,7 @@ def archived_count():
 
 
 def raw_connection():
-    params = connection.get_connection_params()
-    params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
-    return psycopg.connect(**params, autocommit=True)
+    return connect()
 
 
 def test_500_rows_embedded_exactly_with_few_requests(api):

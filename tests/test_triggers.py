@@ -86,7 +86,7 @@ def test_template_config_and_null_fields_render_as_empty():
 
 def test_uuid_and_text_primary_keys_and_quoted_table_names():
     note = Note.objects.create(body="n")
-    tag = Tag.objects.create(slug="it's-a-slug", label="l")
+    Tag.objects.create(slug="it's-a-slug", label="l")
     messages = queue_messages()
     assert {"id": str(note.pk), "table": "Notes With Spaces"}.items() <= messages[0].items()
     assert messages[1]["id"] == "it's-a-slug"
