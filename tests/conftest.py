@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +60,34 @@ def assert_fake_vector(model, pk, text: str, column: str = "embedding", dims: in
     stored = stored_vector(model, pk, column)
     assert stored is not None, f"{model.__name__} {pk} has no embedding"
     np.testing.assert_allclose(stored, fake_vector(text, dims), atol=2e-3)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    """``manage.py process_embeddings`` as a real subprocess on the test database."""
+    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "PYTHONPATH": str(ROOT),
+           "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
+    env.pop("AUTOEMBED_PUSH_TIER", None)
+    return subprocess.Popen([sys.executable, "-m", "django", "process_embeddings", "--poll-interval=0.3", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 30.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
+        time.sleep(0.05)
+
+
+def hidden_messages(queue: str = "embedding_jobs") -> int:
+    """Messages read by a worker and not yet visible again."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"select count(*) from pgmq.q_{queue} where vt > clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def embedded_pks(model, column: str = "embedding") -> set:
+    return set(model.objects.filter(**{f"{column}__isnull": False}).values_list("pk", flat=True))

@@ -58,6 +58,10 @@ else:
 
     DATABASES = {"default": embedded.database("autoembed_tests")}
 
+# Worker subprocesses started by the tests connect straight to the test database.
+if env("AUTOEMBED_TEST_DB", default=None):
+    DATABASES["default"]["NAME"] = env("AUTOEMBED_TEST_DB")
+
 # The fake OpenAI server's URL is set by tests/conftest.py (and handed to worker
 # subprocesses through AUTOEMBED_TEST_BASE_URL).
 AUTOEMBED = {

@@ -227,3 +227,34 @@ def test_wrong_dimensions_are_a_clear_error(api, settings):
     failure = EmbeddingFailure.objects.get(object_pk=str(doc.pk))
     assert "768 dimensions" in failure.error and "1536" in failure.error
     assert stored_vector(Document, doc.pk) is None
+
+
+def test_backfill_queues_only_rows_missing_an_embedding(api):
+    from django.core.management import call_command
+
+    docs = Document.objects.bulk_create([Document(title=f"old {i}") for i in range(30)])
+    empty = Document.objects.create(title="")
+    articles = Article.objects.bulk_create([Article(title=f"a{i}", body="b") for i in range(5)])
+    purge_queue()  # as if these rows predate the declaration
+    drain()
+    Document.objects.filter(pk=docs[0].pk).update(title="already embedded")
+    drain()
+    assert api.inputs == 1
+    call_command("process_embeddings", "--backfill", "--once", "--config", "testapp.Document.embedding",
+                 verbosity=0)
+    assert api.inputs == 30  # 29 missing rows; neither the embedded nor the empty row
+    for doc in docs[1:]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert stored_vector(Document, empty.pk) is None
+    assert all(stored_vector(Article, a.pk, "title_embedding") is None for a in articles)
+    call_command("process_embeddings", "--backfill", "--once", verbosity=0)
+    for article in articles:
+        assert_fake_vector(Article, article.pk, article.title, column="title_embedding")
+    assert queue_messages() == []
+
+
+def test_backfill_of_an_unknown_config_is_a_command_error():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="testapp.Nope"):
+        call_command("process_embeddings", "--backfill", "--once", "--config", "testapp.Nope", verbosity=0)

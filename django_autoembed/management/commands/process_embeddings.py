@@ -27,6 +27,8 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="process until the queue has no visible job, then exit")
         parser.add_argument("--backfill", action="store_true", help="first queue rows whose embedding is NULL")
         parser.add_argument("--config", action="append", default=[], help="limit --backfill to this config (repeatable)")
+        parser.add_argument("--max-downtime", type=float, default=60.0,
+                            help="seconds to keep reconnecting to a lost database before exiting 1")
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -52,6 +54,7 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             once=options["once"],
             using=options["database"],
+            max_downtime=options["max_downtime"],
             progress=self.stdout._out if options["verbosity"] >= 1 else None,
         ))
         code = worker.run()
