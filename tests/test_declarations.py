@@ -167,3 +167,25 @@ def test_two_configs_on_one_column_is_an_error(monkeypatch):
 
 def test_correct_declarations_pass_the_checks():
     assert autoembed_checks.check_declarations() == []
+
+
+def test_makemigrations_makes_embedding_migrations_depend_on_django_autoembed():
+    """An app whose label sorts before django_autoembed must still migrate after it."""
+    from django.db.migrations.loader import MigrationLoader
+
+    from django_autoembed.autodetector import AutoembedAutodetector
+
+    graph = MigrationLoader(None, ignore_no_migrations=True).graph
+
+    def dependencies(model):
+        detector = AutoembedAutodetector(project(), project(model),
+                                         NonInteractiveMigrationQuestioner(specified_apps={"throwaway"}))
+        changes = detector.changes(graph=graph)
+        return [dep for m in changes["throwaway"] for dep in m.dependencies]
+
+    assert ("django_autoembed", "0001_initial") in dependencies(throwaway(EmbeddingConfig(fields=["title"])))
+    plain = type("Plain", (models.Model,), {
+        "__module__": "tests.throwaway", "title": models.TextField(),
+        "Meta": type("Meta", (), {"app_label": "throwaway", "apps": Apps()})})
+    assert dependencies(plain) == []
+    assert call_command("check") is None  # makemigrations and migrate agree on the autodetector

@@ -13,6 +13,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
+        ('django_autoembed', '0001_initial'),
     ]
 
     operations = [

@@ -1,0 +1,50 @@
+"""makemigrations: migrations that need pgvector or our trigger functions depend on our app.
+
+Django orders migrations without a dependency between them by app label, so
+an app named ``blog`` would otherwise create its ``halfvec`` column before
+``django_autoembed`` has created the extension, and its triggers before the
+trigger functions exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+from django.db.migrations.autodetector import MigrationAutodetector
+from pgvector.django import HalfVectorField, HnswIndex, IvfflatIndex, SparseVectorField, VectorField
+
+from .operations import EmbeddingTrigger
+
+APP = "django_autoembed"
+DEPENDENCY = (APP, "0001_initial")
+VECTOR_FIELDS = (VectorField, HalfVectorField, SparseVectorField)
+VECTOR_INDEXES = (HnswIndex, IvfflatIndex)
+
+
+def needs_autoembed(operation: Any) -> bool:
+    """Whether the operation's SQL needs pgvector or the ``autoembed`` schema."""
+    if isinstance(operation, migrations.CreateModel):
+        options = operation.options
+        return (any(isinstance(f, VECTOR_FIELDS) for _, f in operation.fields)
+                or any(isinstance(c, EmbeddingTrigger) for c in options.get("constraints", []))
+                or any(isinstance(i, VECTOR_INDEXES) for i in options.get("indexes", [])))
+    if isinstance(operation, (migrations.AddField, migrations.AlterField)):
+        return isinstance(operation.field, VECTOR_FIELDS)
+    if isinstance(operation, migrations.AddConstraint):
+        return isinstance(operation.constraint, EmbeddingTrigger)
+    if isinstance(operation, migrations.AddIndex):
+        return isinstance(operation.index, VECTOR_INDEXES)
+    return False
+
+
+class AutoembedAutodetector(MigrationAutodetector):
+    def arrange_for_graph(self, changes: dict[str, list[Any]], graph: Any, migration_name: str | None = None
+                          ) -> dict[str, list[Any]]:
+        for app_label, app_migrations in changes.items():
+            if app_label == APP:
+                continue
+            for migration in app_migrations:
+                if DEPENDENCY not in migration.dependencies and any(map(needs_autoembed, migration.operations)):
+                    migration.dependencies.append(DEPENDENCY)
+        return super().arrange_for_graph(changes, graph, migration_name)
