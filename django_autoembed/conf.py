@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     # Inputs sent in one embedding request, and requests in flight at once.
     "BATCH_SIZE": 100,
     "MAX_REQUESTS": 8,
+    "CONCURRENCY": 2,
     # Seconds a read message stays invisible to other workers.
     "VISIBILITY_TIMEOUT": 120,
     "MAX_ATTEMPTS": 5,

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +24,35 @@ from typing import Any
 import numpy as np
 
 
+_POOL_SIZE = 1024
+_pools: dict[int, np.ndarray] = {}
+
+
+def _pool(dimensions: int) -> np.ndarray:
+    if dimensions not in _pools:
+        _pools[dimensions] = np.random.default_rng(dimensions).standard_normal(
+            (_POOL_SIZE, dimensions)).astype(np.float32)
+    return _pools[dimensions]
+
+
+def fake_vectors(texts: list[str], dimensions: int) -> np.ndarray:
+    """The unit vectors the fake server returns for ``texts``, one row each.
+
+    Each text picks three rows of a fixed random pool by its hash (a billion
+    combinations), so vectors are deterministic, distinct and cheap to make.
+    """
+    if not texts:
+        return np.empty((0, dimensions), dtype=np.float32)
+    digests = np.frombuffer(b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=6).digest() for t in texts),
+                            dtype="<u2").reshape(len(texts), 3) % _POOL_SIZE
+    pool = _pool(dimensions)
+    v = pool[digests[:, 0]] + 0.7 * pool[digests[:, 1]] + 0.49 * pool[digests[:, 2]]
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
 def fake_vector(text: str, dimensions: int) -> np.ndarray:
     """The unit vector the fake server returns for ``text``."""
-    seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-    v = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
-    return v / np.linalg.norm(v)
+    return fake_vectors([text], dimensions)[0]
 
 
 class FakeEmbeddingsServer:
@@ -48,6 +73,7 @@ class FakeEmbeddingsServer:
         self.inputs = 0
         self.failures = 0
         self.texts: list[str] = []
+        self.first_request_at: float | None = None  # time.perf_counter() of the first request
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -75,6 +101,7 @@ class FakeEmbeddingsServer:
             self._scheduled.clear()
             self.requests = self.inputs = self.failures = 0
             self.texts = []
+            self.first_request_at = None
 
     def start(self) -> FakeEmbeddingsServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
@@ -96,6 +123,8 @@ class FakeEmbeddingsServer:
     def _decide_failure(self) -> tuple[int, float | None, float] | None:
         with self._lock:
             self.requests += 1
+            if self.first_request_at is None:
+                self.first_request_at = time.perf_counter()
             if self._scheduled:
                 return self._scheduled.pop(0)
             if self.failure_rate and self._random.random() < self.failure_rate:
@@ -111,11 +140,18 @@ class FakeEmbeddingsServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes; without this, Nagle's
+                # algorithm and delayed ACKs add 40 ms to every small response.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict[str, Any] | bytes,
+                      headers: dict[str, str] | None = None) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -161,14 +197,21 @@ class FakeEmbeddingsServer:
                     fake.inputs += len(texts)
                     fake.texts.extend(texts)
                 out_dims = fake.dimensions_override or dims
-                as_b64 = body.get("encoding_format") == "base64"
-                data = []
-                for i, t in enumerate(texts):
-                    v = fake_vector(t, out_dims)
-                    emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_b64 else v.tolist()
-                    data.append({"object": "embedding", "index": i, "embedding": emb})
+                vectors = fake_vectors(texts, out_dims).astype("<f4")
+                model = json.dumps(body.get("model", "fake"))
+                if body.get("encoding_format") == "base64":
+                    # Built by hand: base64 needs no escaping, and json.dumps of
+                    # megabytes of it would make the fake the bottleneck of a bench.
+                    items = ",".join(
+                        f'{{"object":"embedding","index":{i},"embedding":"{base64.b64encode(v.tobytes()).decode()}"}}'
+                        for i, v in enumerate(vectors))
+                    payload = (f'{{"object":"list","data":[{items}],"model":{model},'
+                               f'"usage":{{"prompt_tokens":0,"total_tokens":0}}}}').encode()
+                    return self._send(200, payload)
                 self._send(200, {
-                    "object": "list", "data": data, "model": body.get("model", "fake"),
+                    "object": "list", "model": body.get("model", "fake"),
+                    "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                             for i, v in enumerate(vectors)],
                     "usage": {"prompt_tokens": 0, "total_tokens": 0},
                 })
 

@@ -26,6 +26,7 @@ class WorkerOptions:
     batch_size: int
     max_requests: int
     visibility_timeout: int
+    concurrency: int = 2
     poll_interval: float = 5.0
     once: bool = False
     using: str = "default"
@@ -34,21 +35,24 @@ class WorkerOptions:
 
 
 class Worker:
-    """Runs until stopped by SIGINT/SIGTERM (or, with ``once``, until the queue is drained)."""
+    """Runs until stopped by SIGINT/SIGTERM (or, with ``once``, until the queue is drained).
+
+    ``concurrency`` lanes run side by side, each reading and processing its own
+    batches on its own connection, so one lane writes while another waits on
+    the provider.
+    """
 
     def __init__(self, options: WorkerOptions) -> None:
         self.o = options
-        self.processor = Processor(using=options.using, batch_size=options.batch_size,
-                                   max_requests=options.max_requests)
         self.stopping = False
         self.rows_done = 0
         self.started = time.monotonic()
-        self._listener: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
 
-    # Rows read per batch: enough to keep every request slot full a few times over.
+    # Rows read per batch: enough to keep every request slot full twice over.
     @property
     def row_budget(self) -> int:
-        return self.o.batch_size * self.o.max_requests * 4
+        return self.o.batch_size * self.o.max_requests * 2
 
     def stop(self, signum: int | None = None, frame: Any = None) -> None:
         if not self.stopping:
@@ -59,13 +63,59 @@ class Worker:
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            lanes = max(1, self.o.concurrency)
+            if lanes == 1:
+                return _Lane(self).run()
+            codes: list[int] = []
+            threads = [threading.Thread(target=lambda: codes.append(_Lane(self).run()), name=f"autoembed-lane-{i}")
+                       for i in range(lanes)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep the main thread free for signals
+            return max(codes, default=1)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _done(self, rows: int) -> None:
+        with self._lock:
+            self.rows_done += rows
+        self._progress()
+
+    def _progress(self) -> None:
+        out = self.o.progress
+        if out is None or not out.isatty():
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        with connections[self.o.using].cursor() as cursor:
+            depth, _ = queue.depth(cursor)
+        with self._lock:
+            out.write(f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "
+                      f"queue {depth}   ")
+            out.flush()
+
+
+class _Lane:
+    """One read-process loop with its own processor, connections and LISTEN."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.o = worker.o
+        self.processor = Processor(using=self.o.using, batch_size=self.o.batch_size,
+                                   max_requests=self.o.max_requests)
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def run(self) -> int:
         down_since: float | None = None
         try:
             try:
                 self._listen()  # before the first read, so no NOTIFY falls in between
             except (psycopg.Error, DatabaseError):
                 pass
-            while not self.stopping:
+            while not self.worker.stopping:
                 try:
                     handled = self.step()
                     down_since = None
@@ -75,6 +125,7 @@ class Worker:
                         logger.error("Database unreachable for %.0f s, giving up: %s", self.o.max_downtime, exc)
                         print(f"process_embeddings: database unreachable for {self.o.max_downtime:.0f} s "
                               f"({exc}). Check the database and start the worker again.", file=sys.stderr)
+                        self.worker.stop()
                         return 1
                     logger.warning("Database connection lost (%s); reconnecting.", exc)
                     self._reset()
@@ -86,22 +137,21 @@ class Worker:
                     self._wait()
             return 0
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
             self._close_listener()
+            if threading.current_thread() is not threading.main_thread():
+                connections[self.o.using].close()
 
     def step(self) -> int:
         """Read and process one batch; returns how many rows it held."""
         connection = connections[self.o.using]
         connection.close_if_unusable_or_obsolete()
         with connection.cursor() as cursor:
-            messages = queue.read(cursor, self.row_budget, self.o.visibility_timeout)
+            messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
             messages = self._trim(cursor, messages)
         if not messages:
             return 0
         result = self.processor.process(messages)
         rows = len(result.completed) + len(result.failed)
-        self.rows_done += len(result.completed)
         logger.info(
             "Batch: %d messages, %d rows done, %d failed, %d dead, %d requests, %.2f s",
             len(messages), len(result.completed), len(result.failed), result.dead, result.requests,
@@ -109,14 +159,14 @@ class Worker:
             extra={"messages": len(messages), "completed": len(result.completed),
                    "failed": len(result.failed), "seconds": result.seconds},
         )
-        self._progress()
+        self.worker._done(len(result.completed))
         return rows
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
         """Give back messages past the row budget so one batch stays bounded."""
         kept, rows = [], 0
         for message in messages:
-            if kept and rows >= self.row_budget:
+            if kept and rows >= self.worker.row_budget:
                 break
             kept.append(message)
             body = message.body if isinstance(message.body, dict) else {}
@@ -125,17 +175,6 @@ class Worker:
         extra = [m.msg_id for m in messages[len(kept):]]
         queue.set_vt(cursor, extra, 0)
         return kept
-
-    def _progress(self) -> None:
-        out = self.o.progress
-        if out is None or not out.isatty():
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        with connections[self.o.using].cursor() as cursor:
-            depth, _ = queue.depth(cursor)
-        out.write(f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "
-                  f"queue {depth}   ")
-        out.flush()
 
     # -- waiting --------------------------------------------------------------
 
@@ -147,7 +186,7 @@ class Worker:
         except (psycopg.Error, DatabaseError) as exc:
             logger.debug("LISTEN unavailable (%s); polling.", exc)
             listener = None
-        while not self.stopping and time.monotonic() < deadline:
+        while not self.worker.stopping and time.monotonic() < deadline:
             slice_ = min(0.5, max(0.0, deadline - time.monotonic()))
             if listener is None:
                 time.sleep(slice_)
@@ -194,6 +233,7 @@ def default_options(**overrides: Any) -> WorkerOptions:
         "batch_size": conf.get("BATCH_SIZE"),
         "max_requests": conf.get("MAX_REQUESTS"),
         "visibility_timeout": conf.get("VISIBILITY_TIMEOUT"),
+        "concurrency": conf.get("CONCURRENCY"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return WorkerOptions(**values)

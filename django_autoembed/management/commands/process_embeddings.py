@@ -22,6 +22,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--batch-size", type=int, help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})")
         parser.add_argument("--max-requests", type=int, help="embedding requests in flight at once")
+        parser.add_argument("--concurrency", type=int,
+                            help="batches processed side by side, each on its own connection "
+                                 f"(default {conf.DEFAULTS['CONCURRENCY']})")
         parser.add_argument("--visibility-timeout", type=int, help="seconds a read job stays hidden from other workers")
         parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
         parser.add_argument("--once", action="store_true", help="process until the queue has no visible job, then exit")
@@ -50,6 +53,7 @@ class Command(BaseCommand):
         worker = Worker(default_options(
             batch_size=options["batch_size"],
             max_requests=options["max_requests"],
+            concurrency=options["concurrency"],
             visibility_timeout=options["visibility_timeout"],
             poll_interval=options["poll_interval"],
             once=options["once"],
