@@ -16,10 +16,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django_autoembed",
     "tests.testapp",
+    "example_project.documents",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]

@@ -1,3 +1,5 @@
-from django.urls import include, path
+"""The example project's pages, admin and endpoint: the tests drive the real site."""
 
-urlpatterns = [path("autoembed/", include("django_autoembed.urls"))]
+from example_project.urls import urlpatterns
+
+__all__ = ["urlpatterns"]

@@ -1,6 +1,6 @@
 from django.db import models
 
-from django_autoembed import EmbeddingMixin
+from django_autoembed import EmbeddingConfig, EmbeddingMixin
 
 
 class Document(EmbeddingMixin, models.Model):
@@ -8,7 +8,9 @@ class Document(EmbeddingMixin, models.Model):
     content = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
-    embed_fields = ["title", "content"]
+    # `embed_fields = ["title", "content"]` would do, with AUTOEMBED["DIMENSIONS"];
+    # the full form pins 384 so the schema is the same whichever provider runs.
+    embedding_configs = [EmbeddingConfig(fields=["title", "content"], dimensions=384)]
 
     class Meta:
         ordering = ["-created_at"]
