@@ -26,7 +26,7 @@ test: install
 
 bench: install
 	$(BIN)/pip install -q matplotlib
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

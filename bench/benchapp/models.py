@@ -1,0 +1,42 @@
+"""Tables the benchmarks fill: the same rows at 1536 and 384 dimensions, with and without HNSW."""
+
+from django.db import models
+
+from django_autoembed import EmbeddingConfig, EmbeddingMixin
+
+
+class Doc(EmbeddingMixin, models.Model):
+    """1536 dims, no index: the shape pgai's published runs used (indexing_none)."""
+
+    title = models.TextField()
+    content = models.TextField()
+    embedding_configs = [EmbeddingConfig(fields=["title", "content"], dimensions=1536, index=False)]
+
+
+class Doc384(EmbeddingMixin, models.Model):
+    title = models.TextField()
+    content = models.TextField()
+    embedding_configs = [EmbeddingConfig(fields=["title", "content"], dimensions=384, index=False)]
+
+
+class IndexedDoc(EmbeddingMixin, models.Model):
+    """What ``embed_fields`` gives a user: 1536 dims with the HNSW cosine index."""
+
+    title = models.TextField()
+    content = models.TextField()
+    embed_fields = ["title", "content"]
+
+
+class SearchDoc(EmbeddingMixin, models.Model):
+    """100,000 rows for the search bench; the index is built after the bulk load."""
+
+    category = models.IntegerField()
+    content = models.TextField()
+    embedding_configs = [EmbeddingConfig(fields=["content"], dimensions=384, index=False)]
+
+
+class PlainDoc(models.Model):
+    """Same columns, no embedding: the insert baseline, and the table pgai vectorizes."""
+
+    title = models.TextField()
+    content = models.TextField()

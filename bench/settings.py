@@ -1,0 +1,30 @@
+"""Settings for the benchmarks: the embedded Postgres, database ``autoembed_bench``."""
+
+import environ
+
+env = environ.Env()
+
+SECRET_KEY = "bench"
+USE_TZ = True
+INSTALLED_APPS = ["django_autoembed", "bench.benchapp"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if env("DATABASE_URL", default=None):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+else:
+    from django_autoembed import embedded
+
+    DATABASES = {"default": embedded.database("autoembed_bench")}
+
+# The bench starts the loopback fake OpenAI server and hands its URL to worker
+# subprocesses through AUTOEMBED_BENCH_BASE_URL.
+AUTOEMBED = {
+    "PROVIDER": "openai",
+    "MODEL": "text-embedding-3-small",
+    "DIMENSIONS": 1536,
+    "API_KEY": "bench-key",
+    "BASE_URL": env("AUTOEMBED_BENCH_BASE_URL", default="http://127.0.0.1:9/v1"),
+    "PROVIDER_RETRIES": 0,
+}
+LOGGING = {"version": 1, "disable_existing_loggers": False,
+           "loggers": {"django_autoembed": {"level": "WARNING"}}}
