@@ -332,20 +332,17 @@ class Processor:
             if not failed and not busy:
                 delete.append(message.msg_id)
                 continue
-            attempts = message.attempts
+            attempts = message.attempts  # this read included
             doomed = failed if attempts >= max_attempts else []
             dead.extend((r, attempts) for r in doomed)
-            retry = [r for r in mine if r.outcome and r.outcome.kind != "done" and r not in doomed]
-            delay = self._delay(attempts, failed) if failed else BUSY_RETRY_SECONDS
-            if len(retry) == len(mine):
-                delays.setdefault(delay, []).append(message.msg_id)
+            retry = [r for r in failed if r not in doomed]
+            if retry and len(retry) == len(mine):  # the next read of this message counts the next attempt
+                delays.setdefault(self._delay(attempts, failed), []).append(message.msg_id)
                 continue
             if retry:
-                body = {k: v for k, v in message.body.items() if k not in ("id", "ids", "attempts")}
-                keys = [r.raw_pk for r in retry]
-                body.update({"id": keys[0]} if len(keys) == 1 else {"ids": keys})
-                body["attempts"] = attempts
-                resend.append((body, delay))
+                resend.append((self._body(message, retry, attempts), self._delay(attempts, failed)))
+            if busy:  # a row locked by the application is no failure: this read does not count
+                resend.append((self._body(message, busy, attempts - 1), BUSY_RETRY_SECONDS))
             (archive if doomed else delete).append(message.msg_id)
         with self._raw().cursor() as cur:
             queue.delete(cur, delete)
@@ -357,6 +354,15 @@ class Processor:
         if dead:
             record_failures(dead)
             result.dead += len(dead)
+
+    @staticmethod
+    def _body(message: Message, rows: list[_Row], attempts: int) -> dict[str, Any]:
+        """A new message for some of ``message``'s rows, carrying the attempts they have used."""
+        body = {k: v for k, v in message.body.items() if k not in ("id", "ids", "attempts")}
+        keys = [r.raw_pk for r in rows]
+        body.update({"id": keys[0]} if len(keys) == 1 else {"ids": keys})
+        body["attempts"] = max(0, attempts)
+        return body
 
     @staticmethod
     def _delay(attempts: int, failed: list[_Row]) -> int:

@@ -61,6 +61,14 @@ def set_vt(cursor: Any, msg_ids: list[int], seconds: int) -> None:
         cursor.execute("select msg_id from pgmq.set_vt(%s, %s::bigint[], %s)", [name(), msg_ids, int(seconds)])
 
 
+def release(cursor: Any, msg_ids: list[int]) -> None:
+    """Hand back messages read but not worked on: visible now, and the read not counted as an attempt."""
+    if msg_ids:
+        cursor.execute(
+            "update pgmq.q_" + _table_suffix() + " set vt = clock_timestamp(), read_ct = greatest(read_ct - 1, 0) "
+            "where msg_id = any(%s::bigint[])", [msg_ids])
+
+
 def lookup(cursor: Any, msg_ids: list[int]) -> dict[int, Message]:
     """Messages by id, straight from the queue table (for jobs posted to the endpoint)."""
     if not msg_ids:

@@ -172,8 +172,7 @@ class _Lane:
             body = message.body if isinstance(message.body, dict) else {}
             ids = body.get("ids")
             rows += len(ids) if isinstance(ids, list) else 1
-        extra = [m.msg_id for m in messages[len(kept):]]
-        queue.set_vt(cursor, extra, 0)
+        queue.release(cursor, [m.msg_id for m in messages[len(kept):]])
         return kept
 
     # -- waiting --------------------------------------------------------------
