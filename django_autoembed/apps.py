@@ -11,6 +11,6 @@ class AutoembedConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from . import checks, sync  # noqa: F401  (registers checks)
+        from . import checks, dbchecks, sync  # noqa: F401  (registers checks)
 
         post_migrate.connect(sync.post_migrate_sync, sender=self, dispatch_uid="autoembed.sync")

@@ -86,3 +86,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             hint="Set OPENAI_API_KEY or AUTOEMBED['API_KEY'], or set AUTOEMBED['PROVIDER'] to 'local'.",
             id="autoembed.W002"))
     return out
+
+
+@checks.register("autoembed", checks.Tags.urls)
+def check_endpoint(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.conf import settings
+    from django.urls import NoReverseMatch, reverse
+
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    try:
+        path = reverse("django_autoembed:embed")
+    except NoReverseMatch:
+        return []
+    if conf.get("ENDPOINT_TOKEN"):
+        return []
+    return [checks.Warning(
+        f"The embedding endpoint is routed at {path} but AUTOEMBED['ENDPOINT_TOKEN'] is not set, so it "
+        "answers 404 and pg_cron's calls do nothing.",
+        hint="Set ENDPOINT_TOKEN to a long random secret (and ENDPOINT_URL), then run `manage.py autoembed_sync`; "
+             "or remove include('django_autoembed.urls') if you only use the pull worker.",
+        id="autoembed.W003")]

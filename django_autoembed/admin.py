@@ -1,0 +1,81 @@
+"""Admin: the failures list with retry/discard, and an "embedding present/missing" list filter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+
+from .config import registry
+from .models import EmbeddingFailure
+from .retry import discard, retry
+
+
+class EmbeddingFilter(admin.SimpleListFilter):
+    """``list_filter = [EmbeddingFilter]`` on a model using EmbeddingMixin.
+
+    For a model with several embeddings, ``EmbeddingFilter.for_config("body")``.
+    """
+
+    title = "embedding"
+    parameter_name = "embedding"
+    config: str | None = None
+
+    @classmethod
+    def for_config(cls, name: str) -> type[EmbeddingFilter]:
+        return type(f"EmbeddingFilter_{name}", (cls,), {
+            "config": name, "title": f"embedding {name}", "parameter_name": f"embedding_{name}"})
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("present", "present"), ("missing", "missing")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in ("present", "missing"):
+            return queryset
+        configs = registry.for_model(queryset.model)
+        chosen = [c for c in configs if self.config in (None, c.config_name, c.column)]
+        if not chosen:
+            raise LookupError(f"{queryset.model._meta.label} has no embedding {self.config!r}.")
+        return queryset.filter(**{f"{chosen[0].column}__isnull": self.value() == "missing"})
+
+
+@admin.register(EmbeddingFailure)
+class EmbeddingFailureAdmin(admin.ModelAdmin):
+    list_display = ("config", "object_link", "short_error", "attempts", "last_failed_at")
+    list_filter = ("config",)
+    search_fields = ("object_pk", "error")
+    readonly_fields = ("config", "table", "object_pk", "job", "error", "attempts", "first_failed_at",
+                       "last_failed_at")
+    actions = ["retry_selected", "discard_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="object")
+    def object_link(self, obj: EmbeddingFailure) -> str:
+        try:
+            meta = registry.get(obj.config).model_class._meta
+            url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.object_pk])
+        except (LookupError, NoReverseMatch):
+            return obj.object_pk
+        return format_html('<a href="{}">{} {}</a>', url, meta.verbose_name, obj.object_pk)
+
+    @admin.display(description="error")
+    def short_error(self, obj: EmbeddingFailure) -> str:
+        return obj.error if len(obj.error) <= 120 else obj.error[:117] + "..."
+
+    @admin.action(description="Retry: queue the selected rows again")
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        result = retry(queryset)
+        if result.queued:
+            self.message_user(request, f"Queued {result.queued} rows again; the next worker run embeds them.")
+        for reason in result.refused:
+            self.message_user(request, reason, level=messages.WARNING)
+
+    @admin.action(description="Discard the selected failures")
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self.message_user(request, f"Discarded {discard(queryset)} failures.")

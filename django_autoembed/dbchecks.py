@@ -1,0 +1,133 @@
+"""System checks that read the database (``manage.py check --database default``).
+
+They compare what the declarations need with what the database holds:
+extensions, the queue, each vector column, and each trigger and content
+function, whose ``COMMENT ON`` carries the fingerprint of the declaration it
+was created from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+from django.db import DatabaseError, connections
+from psycopg import sql
+
+from . import conf
+from .config import EmbeddingConfig, registry
+from .operations import EmbeddingTrigger, _text
+
+MIGRATE_HINT = "Run `python manage.py migrate`."
+DRIFT_HINT = ("If every migration is applied, the object was changed in the database by hand: re-create it by "
+              "migrating the model's app back one migration and forward again, or run the SQL that "
+              "`python manage.py sqlmigrate <app> <migration>` prints for it.")
+
+
+def _one(cursor: Any, query: str, params: list[Any] | None = None) -> Any:
+    cursor.execute(query, params)
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _trigger_for(config: EmbeddingConfig) -> EmbeddingTrigger | None:
+    for constraint in config.model_class._meta.constraints:
+        if isinstance(constraint, EmbeddingTrigger) and constraint.column == config.column:
+            return constraint
+    return None
+
+
+def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
+    out: list[checks.CheckMessage] = []
+    model = config.model_class
+    table = sql.Identifier(config.table).as_string(None)
+    if not _one(cursor, "select to_regclass(%s) is not null", [table]):
+        return [checks.Error(f"{config.label}: table {config.table!r} does not exist.", hint=MIGRATE_HINT,
+                             obj=model, id="autoembed.E104")]
+    cursor.execute("select format_type(atttypid, null), atttypmod from pg_attribute "
+                   "where attrelid = to_regclass(%s) and attname = %s and not attisdropped", [table, config.column])
+    column = cursor.fetchone()
+    if column is None:
+        out.append(checks.Error(f"{config.label}: column {config.table}.{config.column} is missing.",
+                                hint=MIGRATE_HINT, obj=model, id="autoembed.E104"))
+    elif column[0] not in ("vector", "halfvec") or column[1] != config.get_dimensions():
+        shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
+        out.append(checks.Error(
+            f"{config.label}: column {config.table}.{config.column} is {shown}, but the declaration "
+            f"embeds {config.get_dimensions()} dimensions.",
+            hint="Create the migration for the change (`makemigrations`) and apply it; to move a live table "
+                 "to new dimensions, see 'Upgrading a model's embedding' in the README.",
+            obj=model, id="autoembed.E105"))
+    trigger = _trigger_for(config)
+    if trigger is None or config.model_class._meta.proxy:
+        return out
+    expected = trigger.fingerprint()
+    objects: list[tuple[str, str | None, str | None]] = []  # (what, comment, enabled)
+    for name in trigger.trigger_names().values():
+        cursor.execute("select obj_description(oid, 'pg_trigger'), tgenabled from pg_trigger "
+                       "where tgrelid = to_regclass(%s) and tgname = %s", [table, name])
+        row = cursor.fetchone()
+        objects.append((f"trigger {name}", row[0] if row else None, row[1] if row else None))
+    if not trigger.own_function:
+        signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
+        cursor.execute("select to_regprocedure(%s) is not null, obj_description(to_regprocedure(%s)::oid, "
+                       "'pg_proc'), (select prosrc from pg_proc where oid = to_regprocedure(%s)::oid)",
+                       [signature, signature, signature])
+        exists, comment, source = cursor.fetchone()
+        body = _text(sql.SQL(" select {} ").format(trigger.expression(model)))
+        if exists and source != body:
+            comment = None  # edited in place: CREATE OR REPLACE keeps the old comment
+        objects.append((f"function {config.function_name}", comment, "O" if exists else None))
+    for what, comment, enabled in objects:
+        if enabled is None:
+            problem = "is missing"
+        elif enabled == "D":
+            problem = "is disabled"
+        elif comment != expected:
+            problem = "differs from the declaration"
+        else:
+            continue
+        out.append(checks.Error(f"{config.label}: {what} on {config.table} {problem}; rows will not be "
+                                "queued as declared.", hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
+                                obj=model, id="autoembed.E106"))
+    return out
+
+
+@checks.register(checks.Tags.database)
+def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Runs only when asked (``check --database``), as Django does with database checks."""
+    out: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        if connections[alias].vendor != "postgresql":
+            continue
+        try:
+            with connections[alias].cursor() as cursor:
+                out.extend(_check_alias(cursor, alias, app_configs))
+        except DatabaseError as exc:
+            out.append(checks.Error(f"Database {alias!r} could not be checked: {exc}",
+                                    hint="Check DATABASES and that the server is up.", id="autoembed.E100"))
+    return out
+
+
+def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.CheckMessage]:
+    if not _one(cursor, "select count(*) from pg_extension where extname = 'vector'"):
+        return [checks.Error(f"pgvector is not installed in database {alias!r}.",
+                             hint=f"{MIGRATE_HINT} Its first migration creates the extension; that needs a role "
+                                  "allowed to CREATE EXTENSION, and the pgvector package on the server.",
+                             id="autoembed.E101")]
+    out: list[checks.CheckMessage] = []
+    if not _one(cursor, "select to_regprocedure('pgmq.send(text, jsonb, integer)') is not null"):
+        out.append(checks.Error(f"pgmq is not installed in database {alias!r}.",
+                                hint=f"{MIGRATE_HINT} django_autoembed's first migration installs it "
+                                     "(as the extension where available, otherwise from the pgmq package's SQL).",
+                                id="autoembed.E102"))
+        return out
+    queue = conf.get("QUEUE")
+    if not _one(cursor, "select to_regclass(%s) is not null", [sql.Identifier("pgmq", f"q_{queue}").as_string(None)]):
+        out.append(checks.Error(f"The queue {queue!r} does not exist in database {alias!r}.",
+                                hint="Run `python manage.py autoembed_sync` (migrate does it too).",
+                                id="autoembed.E103"))
+    for config in registry.all():
+        if app_configs is None or config.model_class._meta.app_config in app_configs:
+            out.extend(_check_config(cursor, config))
+    return out

@@ -1,0 +1,107 @@
+"""What ``autoembed_status`` reports: per config rows, vectors, queue and failures; the push path."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.db import connections
+from psycopg import sql
+
+from . import conf
+from .config import EmbeddingConfig, registry
+from .push import JOB_NAME
+
+
+@dataclass
+class ConfigStatus:
+    config: str
+    table: str
+    column: str
+    rows: int
+    embedded: int
+    missing: int  # rows with a NULL vector (queued, failed, or empty text)
+    queued_rows: int
+    oldest_job_age_s: float | None
+    failures: int
+
+
+@dataclass
+class PushStatus:
+    pg_cron: bool
+    pg_net: bool
+    job_active: bool
+    schedule: str | None
+    last_run_at: str | None
+    last_run_status: str | None
+
+
+@dataclass
+class Status:
+    queue: str
+    queue_depth: int
+    oldest_message_age_s: float | None
+    configs: list[ConfigStatus] = field(default_factory=list)
+    push: PushStatus | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _config_status(cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable) -> ConfigStatus:
+    from .models import EmbeddingFailure
+
+    cursor.execute(sql.SQL("select count(*), count({col}) from {table}").format(
+        col=sql.Identifier(config.column), table=sql.Identifier(config.table)).as_string(None))
+    rows, embedded = cursor.fetchone()
+    cursor.execute(sql.SQL(
+        "select coalesce(sum(coalesce(jsonb_array_length(message->'ids'), 1)), 0), "
+        "extract(epoch from clock_timestamp() - min(enqueued_at)) "
+        "from {queue} where message->>'table' = %s and message->>'embeddingColumn' = %s"
+    ).format(queue=queue_table).as_string(None), [config.table, config.column])
+    queued, oldest = cursor.fetchone()
+    return ConfigStatus(
+        config=config.label, table=config.table, column=config.column, rows=rows, embedded=embedded,
+        missing=rows - embedded, queued_rows=int(queued), oldest_job_age_s=None if oldest is None else float(oldest),
+        failures=EmbeddingFailure.objects.using(cursor.db.alias).filter(config=config.label).count(),
+    )
+
+
+def _push_status(cursor: Any) -> PushStatus:
+    cursor.execute("select extname from pg_extension where extname in ('pg_cron', 'pg_net')")
+    present = {r[0] for r in cursor.fetchall()}
+    status = PushStatus("pg_cron" in present, "pg_net" in present, False, None, None, None)
+    if not status.pg_cron:
+        return status
+    cursor.execute("select jobid, active, schedule from cron.job where jobname = %s", [JOB_NAME])
+    job = cursor.fetchone()
+    if job is None:
+        return status
+    status.job_active, status.schedule = bool(job[1]), job[2]
+    cursor.execute("select end_time, status from cron.job_run_details where jobid = %s "
+                   "order by runid desc limit 1", [job[0]])
+    last = cursor.fetchone()
+    if last:
+        status.last_run_at = last[0].isoformat() if last[0] else None
+        status.last_run_status = last[1]
+    return status
+
+
+def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
+    """Read the numbers from the database (raises LookupError when the queue is missing)."""
+    name = conf.get("QUEUE")
+    with connections[using].cursor() as cursor:
+        cursor.execute("select to_regclass(%s) is not null", [sql.Identifier("pgmq", f"q_{name}").as_string(None)])
+        if not cursor.fetchone()[0]:
+            raise LookupError(f"The queue {name!r} does not exist in database {using!r}. "
+                              "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
+        queue_table = sql.Identifier("pgmq", f"q_{name}")
+        cursor.execute(sql.SQL("select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) "
+                               "from {}").format(queue_table).as_string(None))
+        depth, oldest = cursor.fetchone()
+        status = Status(queue=name, queue_depth=int(depth),
+                        oldest_message_age_s=None if oldest is None else float(oldest))
+        for config in configs if configs is not None else registry.all():
+            status.configs.append(_config_status(cursor, config, queue_table))
+        status.push = _push_status(cursor)
+    return status
