@@ -50,7 +50,7 @@ def validate_jobs(payload: Any) -> list[dict[str, Any]]:
             raise ValueError(f"job {n}: id is out of range")
         for key in JOB_KEYS:
             if not isinstance(job[key], str) or not job[key] or len(job[key]) > 255:
-                raise ValueError(f"job {n}: {key} must be a non-empty string")
+                raise ValueError(f"job {n}: {key} must be a non-empty string of at most 255 characters")
     return payload
 
 

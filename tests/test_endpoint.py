@@ -157,3 +157,68 @@ def test_a_thousand_jobs_in_one_request(post, api):
     assert response.headers["X-Completed-Jobs"] == "1000"
     assert Document.objects.filter(embedding__isnull=True).count() == 0
     assert post([]).status_code == 200  # still serving
+
+
+@pytest.fixture
+def tripwires():
+    """Objects that log any use: a job naming them must never reach SQL."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            create table hostile_log (what text);
+            create table hostile_docs (id bigint primary key, title text, embedding halfvec(1536));
+            insert into hostile_docs values (1, 'bait', null);
+            create function hostile_touch(what text) returns boolean language plpgsql volatile as
+              $$ begin insert into hostile_log values (what); return true; end $$;
+            create function hostile_fn(r hostile_docs) returns text language plpgsql volatile as
+              $$ begin perform hostile_touch('fn on hostile_docs'); return 'x'; end $$;
+            create function hostile_fn2(r testapp_document) returns text language plpgsql volatile as
+              $$ begin perform hostile_touch('fn on testapp_document'); return 'x'; end $$;
+            create function hostile_trigger() returns trigger language plpgsql as
+              $$ begin perform hostile_touch('update hostile_docs'); return new; end $$;
+            create trigger hostile_upd before update on hostile_docs for each row execute function hostile_trigger();
+            create view hostile_view as select * from testapp_document where hostile_touch('view read');
+        """)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("drop view hostile_view; drop table hostile_docs cascade; drop table hostile_log; "
+                       "drop function hostile_fn2(testapp_document); drop function hostile_touch(text); "
+                       "drop function hostile_trigger()")
+
+
+def test_hostile_targets_never_reach_sql_and_the_server_keeps_serving(post, api, tripwires):
+    doc = Document.objects.create(title="real row")
+    purge_queue()
+    base = {"id": doc.pk, "schema": "public", "table": "testapp_document",
+            "contentFunction": "testapp_document_embedding_input", "embeddingColumn": "embedding"}
+    hostile = [
+        {"table": "hostile_docs", "contentFunction": "hostile_fn", "id": 1},
+        {"contentFunction": "hostile_fn2"},
+        {"table": "hostile_view"},
+        {"embeddingColumn": "title"},
+        {"schema": "pg_catalog"},
+        {"table": "testapp_document; select hostile_touch('injected'); --"},
+        {"contentFunction": "testapp_document_embedding_input\"(t); select hostile_touch('q'); --"},
+        {"embeddingColumn": "embedding = null, title"},
+        {"schema": "public\x00"},
+        {"table": "ｔｅｓｔａｐｐ_document"},
+    ]
+    jobs = [{**base, **h, "jobId": 100 + i} for i, h in enumerate(hostile)]
+    response = post(jobs)
+    assert response.status_code == 200, response.content
+    failed = response.json()["failedJobs"]
+    assert len(failed) == len(hostile) and not response.json()["completedJobs"]
+    assert all("no declared embedding matches" in f["error"] for f in failed)
+    # wrong types in the names are refused as a malformed body
+    assert post([{**base, "schema": 1, "jobId": 1}]).status_code == 400
+    assert post([{**base, "table": {"$ne": 1}, "jobId": 1}]).status_code == 400
+    too_long = post([{**base, "table": "x" * 10_000, "jobId": 1}])
+    assert too_long.status_code == 400 and "at most 255 characters" in too_long.json()["error"]
+    with connection.cursor() as cursor:
+        cursor.execute("select count(*) from hostile_log")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("select embedding is null from hostile_docs")
+        assert cursor.fetchone()[0]
+    assert api.requests == 0
+    ok = post([{**base, "jobId": 1}])
+    assert ok.status_code == 200 and ok.headers["X-Completed-Jobs"] == "1"
+    assert_fake_vector(Document, doc.pk, "real row")
