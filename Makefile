@@ -21,7 +21,7 @@ demo: install-local
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python example_project/demo.py
 
-test: install
+test: install-local
 	bash scripts/test.sh
 
 bench: install

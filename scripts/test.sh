@@ -16,5 +16,5 @@ run() {
   return "$status"
 }
 
-run -m "not pgcron" "$@" || exit $?
+run -m "not pgcron and not soak" "$@" || exit $?
 AUTOEMBED_PUSH_TIER=1 run -m pgcron tests/test_push_path.py || exit $?
