@@ -69,6 +69,13 @@ def release(cursor: Any, msg_ids: list[int]) -> None:
             "where msg_id = any(%s::bigint[])", [msg_ids])
 
 
+def next_visible_in(cursor: Any) -> float | None:
+    """Seconds until the next hidden message becomes visible (None: the queue is empty)."""
+    cursor.execute("select extract(epoch from min(vt) - clock_timestamp()) from pgmq.q_" + _table_suffix())
+    row = cursor.fetchone()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
 def lookup(cursor: Any, msg_ids: list[int]) -> dict[int, Message]:
     """Messages by id, straight from the queue table (for jobs posted to the endpoint)."""
     if not msg_ids:

@@ -19,6 +19,7 @@ from .processing import Processor
 logger = logging.getLogger(__name__)
 
 CHANNEL = "autoembed"
+ONCE_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -133,7 +134,9 @@ class _Lane:
                     continue
                 if handled == 0:
                     if self.o.once:
-                        break
+                        if not self._due_soon():
+                            break
+                        continue
                     self._wait()
             return 0
         finally:
@@ -161,6 +164,15 @@ class _Lane:
         )
         self.worker._done(len(result.completed))
         return rows
+
+    def _due_soon(self) -> bool:
+        """With --once: wait for jobs put back for a moment (rows that were locked), not for backoffs."""
+        with connections[self.o.using].cursor() as cursor:
+            wait = queue.next_visible_in(cursor)
+        if wait is None or wait > ONCE_GRACE_SECONDS:
+            return False
+        time.sleep(wait + 0.05)
+        return True
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
         """Give back messages past the row budget so one batch stays bounded."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from typing import Any
 
@@ -43,7 +44,10 @@ class OpenAIProvider(Provider):
         if self.send_dimensions:
             kwargs["dimensions"] = self.dimensions
         try:
-            response = self.client.embeddings.create(**kwargs)
+            # The raw body, parsed here: the SDK's typed objects cost more CPU than
+            # the request itself at 100 vectors per response.
+            response = self.client.embeddings.with_raw_response.create(**kwargs)
+            payload = json.loads(response.http_response.content)
         except openai_sdk.RateLimitError as exc:
             raise ProviderError(
                 f"openai: rate limited ({exc.status_code}).", retryable=True, retry_after=_retry_after(exc)
@@ -56,8 +60,14 @@ class OpenAIProvider(Provider):
             # 4xx other than 429 means the input or the request is wrong: retrying won't help.
             retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
             raise ProviderError(f"openai: HTTP {exc.status_code}: {exc.message}", retryable=retryable) from exc
-        data = sorted(response.data, key=lambda item: item.index)
-        return np.stack([_decode(item.embedding) for item in data]) if data else np.empty((0, self.dimensions))
+        except ValueError as exc:
+            raise ProviderError(f"openai: the response is not JSON ({exc}).") from exc
+        try:
+            data = sorted(payload["data"], key=lambda item: item["index"])
+            vectors = [_decode(item["embedding"]) for item in data]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderError(f"openai: unexpected response shape ({exc!r}).") from exc
+        return np.stack(vectors) if vectors else np.empty((0, self.dimensions))
 
 
 def _decode(embedding: Any) -> np.ndarray:
