@@ -124,11 +124,12 @@ def ours_command(*args: str) -> list[str]:
 
 
 def machine() -> str:
+    from importlib.metadata import version as package_version
+
     import django as dj
-    import pgvector
 
     version = execute("select extversion from pg_extension where extname = 'vector'")[0][0]
     server = execute("show server_version")[0][0].split()[0]
     return (f"{os.cpu_count()} cores, Python {platform.python_version()}, Django {dj.get_version()}, "
-            f"Postgres {server}, pgvector {version} (pgvector-python {pgvector.__version__ if hasattr(pgvector, '__version__') else '?'}), "
+            f"Postgres {server}, pgvector {version}, openai {package_version('openai')}, "
             f"{time.strftime('%Y-%m-%d')}")

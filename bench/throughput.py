@@ -16,7 +16,7 @@ from pathlib import Path
 from . import common, guide, pgai_side
 
 HERE = Path(__file__).resolve().parent
-BEST = ("--batch-size=250", "--max-requests=8", "--concurrency=3")
+BEST = ("--batch-size=100", "--max-requests=16", "--concurrency=3")
 TABLES = {1536: ("benchapp_doc", "benchapp_doc_embedding_input"),
           384: ("benchapp_doc384", "benchapp_doc384_embedding_input")}
 
