@@ -50,10 +50,10 @@ class Worker:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    # Rows read per batch: enough to keep every request slot full twice over.
+    # Rows read per batch: one round of full requests; several lanes share the queue evenly.
     @property
     def row_budget(self) -> int:
-        return self.o.batch_size * self.o.max_requests * 2
+        return self.o.batch_size * self.o.max_requests
 
     def stop(self, signum: int | None = None, frame: Any = None) -> None:
         if not self.stopping:

@@ -51,6 +51,14 @@ def purge_queue(queue: str = "embedding_jobs") -> None:
         cursor.execute(f"delete from pgmq.a_{queue}")
 
 
+@pytest.fixture
+def empty_queue():
+    """An empty queue and archive before and after the test."""
+    purge_queue()
+    yield
+    purge_queue()
+
+
 def stored_vector(model, pk, column: str = "embedding"):
     value = model.objects.filter(pk=pk).values_list(column, flat=True).get()
     return None if value is None else np.asarray(value.to_list() if hasattr(value, "to_list") else value, dtype=np.float32)

@@ -11,16 +11,9 @@ from django.db import connection
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages
 from tests.testapp.models import Document
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
 
 TOKEN = "test-token"
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    purge_queue()
-    yield
-    purge_queue()
 
 
 @pytest.fixture

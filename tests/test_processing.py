@@ -14,14 +14,7 @@ from django_autoembed.worker import Worker, connect, default_options
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages, stored_vector
 from tests.testapp.models import Article, Document, Note, Tag
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    purge_queue()
-    yield
-    purge_queue()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
 
 
 def drain(**options):

@@ -12,7 +12,6 @@ from tests.conftest import (
     assert_fake_vector,
     embedded_pks,
     hidden_messages,
-    purge_queue,
     queue_messages,
     queued_ids,
     start_worker,
@@ -21,14 +20,7 @@ from tests.conftest import (
 from tests.test_processing import archived_count, drain
 from tests.testapp.models import Document
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    purge_queue()
-    yield
-    purge_queue()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
 
 
 @pytest.fixture
