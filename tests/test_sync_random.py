@@ -211,12 +211,12 @@ def test_randomized_operations_converge(api, settings, soak):
             m = json.loads(m) if isinstance(m, str) else m
             archived.update(int(i) for i in (m["ids"] if "ids" in m else [m["id"]]))
     assert archived <= run.poison, run.fail(f"archived jobs for rows that are not poison: {archived - run.poison}")
-    # Unrelated and same-value updates touched many rows; had they been re-embedded the
-    # API would have seen far more inputs than there were text versions.
-    assert api.inputs <= run.versions * 1.5 + 20, run.fail(
+    # Unrelated and same-value updates touched many rows: had they been re-embedded, the API
+    # would have seen at least versions + noop_rows inputs. Duplicates of a current text
+    # (a row queued twice, a locked row retried) stay well under one extra per version.
+    assert run.noop_rows > 2 * run.versions, "the run should touch many rows without changing their text"
+    assert api.inputs <= 2 * run.versions, run.fail(
         f"{api.inputs} inputs for {run.versions} text versions ({run.noop_rows} rows touched without a change)")
-    assert run.noop_rows > run.versions, "the run should touch more rows without changing text than with"
-    settings.RANDOM_SYNC_REPORT = {"operations": run.operations, "rows": len(rows), "faults": api.failures,
-                                   "stale": stale}
     print(f"randomized sync: {run.operations} operations, {len(rows)} rows checked, {api.failures} API faults "
-          f"injected, {run.versions} text versions, {api.inputs} inputs, 0 lost, 0 stale")
+          f"injected, {run.versions} text versions, {run.noop_rows} rows touched without a change, "
+          f"{api.inputs} inputs, 0 lost, 0 stale")
