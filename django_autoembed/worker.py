@@ -69,13 +69,23 @@ class Worker:
             if lanes == 1:
                 return _Lane(self).run()
             codes: list[int] = []
-            threads = [threading.Thread(target=lambda: codes.append(_Lane(self).run()), name=f"autoembed-lane-{i}")
-                       for i in range(lanes)]
+            errors: list[BaseException] = []
+
+            def lane() -> None:
+                try:
+                    codes.append(_Lane(self).run())
+                except BaseException as exc:  # one lane failing stops the others, then re-raised below
+                    errors.append(exc)
+                    self.stop()
+
+            threads = [threading.Thread(target=lane, name=f"autoembed-lane-{i}") for i in range(lanes)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)  # short joins keep the main thread free for signals
+            if errors:
+                raise errors[0]
             return max(codes, default=1)
         finally:
             for s, handler in previous.items():

@@ -251,3 +251,16 @@ def test_backfill_of_an_unknown_config_is_a_command_error():
 
     with pytest.raises(CommandError, match="testapp.Nope"):
         call_command("process_embeddings", "--backfill", "--once", "--config", "testapp.Nope", verbosity=0)
+
+
+def test_an_unexpected_error_in_one_lane_stops_the_worker_and_surfaces(api, monkeypatch):
+    Document.objects.bulk_create([Document(title=f"boom {i}") for i in range(5)])
+
+    def broken(self, messages, deadline=None):
+        raise RuntimeError("bug in a lane")
+
+    monkeypatch.setattr(Processor, "process", broken)
+    worker = Worker(default_options(concurrency=2, poll_interval=0.2))
+    with pytest.raises(RuntimeError, match="bug in a lane"):
+        worker.run()
+    assert worker.stopping
