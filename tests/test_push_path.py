@@ -4,10 +4,13 @@ Runs on Postgres 17 with pg_cron and pg_net (tests/pgcron); scripts/test.sh runs
 it as its own pass with AUTOEMBED_PUSH_TIER=1.
 """
 
+import io
+import json
 import time
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.db import connection
 
 from django_autoembed.push import JOB_NAME
@@ -72,6 +75,12 @@ def test_cron_posts_through_pg_net_and_the_view_embeds(push, api):
         assert_fake_vector(Document, doc.pk, doc.title)
     assert (200, "0") in responses()
     wait_for(lambda: queue_messages() == [], what="the queue to empty")
+    out = io.StringIO()
+    call_command("autoembed_status", "--json", stdout=out)
+    push_status = json.loads(out.getvalue())["push"]
+    assert push_status["pg_cron"] and push_status["pg_net"] and push_status["job_active"]
+    assert push_status["schedule"] == "1 seconds" and push_status["last_run_status"] == "succeeded"
+    assert push_status["last_run_at"] is not None
 
 
 def test_failing_provider_is_reported_and_retried_on_later_ticks(push, api, settings):
