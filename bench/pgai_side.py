@@ -77,13 +77,13 @@ class PgaiSide:
         common.execute("select ai.drop_vectorizer(id, drop_all => true) from ai.vectorizer")
         common.execute(f"truncate {TABLE}")
 
-    def _create_vectorizer(self, batch_size: int | None) -> None:
+    def _create_vectorizer(self, batch_size: int | None, dimensions: int = 1536) -> None:
         processing = "ai.processing_default()" if batch_size is None else \
             f"ai.processing_default(batch_size => {int(batch_size)})"
         common.execute(
             f"select ai.create_vectorizer('{TABLE}'::regclass, "
             "loading => ai.loading_column('content'), "
-            "embedding => ai.embedding_openai('text-embedding-3-small', 1536, "
+            f"embedding => ai.embedding_openai('text-embedding-3-small', {int(dimensions)}, "
             "  api_key_name => 'OPENAI_API_KEY', base_url => %s), "
             "chunking => ai.chunking_none(), "
             "formatting => ai.formatting_python_template(E'$title\\n\\n$chunk'), "
@@ -92,10 +92,10 @@ class PgaiSide:
             f"destination => ai.destination_table('{TABLE}_embeddings'))",
             [self.api.base_url])
 
-    def run(self, rows: int, latency: float, *, batch_size: int | None) -> dict:
+    def run(self, rows: int, latency: float, *, batch_size: int | None, dimensions: int = 1536) -> dict:
         self._reset()
         common.load(TABLE, rows)
-        self._create_vectorizer(batch_size)  # queues the existing rows
+        self._create_vectorizer(batch_size, dimensions)  # queues the existing rows
         self.api.reset()
         self.api.latency = latency
         cmd = [str(self.python.parent / "pgai"), "vectorizer", "worker", "--once", "-d", self.url,

@@ -85,6 +85,7 @@ def main() -> None:
         if pgai is not None:
             record("pgai default, 1536d", latency, pgai.run(args.rows, seconds, batch_size=None))
             record("pgai batch 500, 1536d", latency, pgai.run(args.rows, seconds, batch_size=500))
+            record("pgai default, 384d", latency, pgai.run(args.rows, seconds, batch_size=None, dimensions=384))
     print("ratios (same run):")
     for latency in map(str, latencies):
         ours_default = series["ours default, 1536d"][latency]["rows_s"]
@@ -96,6 +97,8 @@ def main() -> None:
                             series["pgai batch 500, 1536d"][latency]["rows_s"])
             line += f", ours/pgai-best {ours_best / pgai_best:5.1f}x (default vs default " \
                     f"{ours_default / series['pgai default, 1536d'][latency]['rows_s']:.1f}x)"
+            small = series["ours default, 384d"][latency]["rows_s"] / series["pgai default, 384d"][latency]["rows_s"]
+            line += f", 384d default vs default {small:.1f}x"
         print(line)
     if pgai is not None:
         results["pgai_insert"] = pgai.insert_overhead(20_000 if not args.quick else 2_000)
