@@ -15,6 +15,7 @@ from django.db import DatabaseError, connections
 from psycopg import sql
 
 from . import conf
+from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .operations import EmbeddingTrigger, _text
 
@@ -24,8 +25,12 @@ DRIFT_HINT = ("If every migration is applied, the object was changed in the data
               "`python manage.py sqlmigrate <app> <migration>` prints for it.")
 
 
-def _one(cursor: Any, query: str, params: list[Any] | None = None) -> Any:
-    cursor.execute(query, params)
+def _query(key: str) -> str:
+    return sqlfiles.section("ops.sql", key)
+
+
+def _one(cursor: Any, key: str, params: list[Any] | None = None) -> Any:
+    cursor.execute(_query(key), params)
     row = cursor.fetchone()
     return row[0] if row else None
 
@@ -41,11 +46,10 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
     out: list[checks.CheckMessage] = []
     model = config.model_class
     table = sql.Identifier(config.table).as_string(None)
-    if not _one(cursor, "select to_regclass(%s) is not null", [table]):
+    if not _one(cursor, "table_exists", [table]):
         return [checks.Error(f"{config.label}: table {config.table!r} does not exist.", hint=MIGRATE_HINT,
                              obj=model, id="autoembed.E104")]
-    cursor.execute("select format_type(atttypid, null), atttypmod from pg_attribute "
-                   "where attrelid = to_regclass(%s) and attname = %s and not attisdropped", [table, config.column])
+    cursor.execute(_query("column_type"), [table, config.column])
     column = cursor.fetchone()
     if column is None:
         out.append(checks.Error(f"{config.label}: column {config.table}.{config.column} is missing.",
@@ -64,15 +68,12 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
     expected = trigger.fingerprint()
     objects: list[tuple[str, str | None, str | None]] = []  # (what, comment, enabled)
     for name in trigger.trigger_names().values():
-        cursor.execute("select obj_description(oid, 'pg_trigger'), tgenabled from pg_trigger "
-                       "where tgrelid = to_regclass(%s) and tgname = %s", [table, name])
+        cursor.execute(_query("trigger_state"), [table, name])
         row = cursor.fetchone()
         objects.append((f"trigger {name}", row[0] if row else None, row[1] if row else None))
     if not trigger.own_function:
         signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
-        cursor.execute("select to_regprocedure(%s) is not null, obj_description(to_regprocedure(%s)::oid, "
-                       "'pg_proc'), (select prosrc from pg_proc where oid = to_regprocedure(%s)::oid)",
-                       [signature, signature, signature])
+        cursor.execute(_query("function_state"), [signature, signature, signature])
         exists, comment, source = cursor.fetchone()
         body = _text(sql.SQL(" select {} ").format(trigger.expression(model)))
         if exists and source != body:
@@ -110,20 +111,20 @@ def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any
 
 
 def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.CheckMessage]:
-    if not _one(cursor, "select count(*) from pg_extension where extname = 'vector'"):
+    if not _one(cursor, "has_extension", ["vector"]):
         return [checks.Error(f"pgvector is not installed in database {alias!r}.",
                              hint=f"{MIGRATE_HINT} Its first migration creates the extension; that needs a role "
                                   "allowed to CREATE EXTENSION, and the pgvector package on the server.",
                              id="autoembed.E101")]
     out: list[checks.CheckMessage] = []
-    if not _one(cursor, "select to_regprocedure('pgmq.send(text, jsonb, integer)') is not null"):
+    if not _one(cursor, "has_pgmq"):
         out.append(checks.Error(f"pgmq is not installed in database {alias!r}.",
                                 hint=f"{MIGRATE_HINT} django_autoembed's first migration installs it "
                                      "(as the extension where available, otherwise from the pgmq package's SQL).",
                                 id="autoembed.E102"))
         return out
     queue = conf.get("QUEUE")
-    if not _one(cursor, "select to_regclass(%s) is not null", [sql.Identifier("pgmq", f"q_{queue}").as_string(None)]):
+    if not _one(cursor, "table_exists", [sql.Identifier("pgmq", f"q_{queue}").as_string(None)]):
         out.append(checks.Error(f"The queue {queue!r} does not exist in database {alias!r}.",
                                 hint="Run `python manage.py autoembed_sync` (migrate does it too).",
                                 id="autoembed.E103"))

@@ -9,6 +9,7 @@ from django.db import connections
 from psycopg import sql
 
 from . import conf
+from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .push import JOB_NAME
 
@@ -48,17 +49,16 @@ class Status:
         return asdict(self)
 
 
+def _query(key: str, **names: sql.Composable) -> str:
+    return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
+
+
 def _config_status(cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable) -> ConfigStatus:
     from .models import EmbeddingFailure
 
-    cursor.execute(sql.SQL("select count(*), count({col}) from {table}").format(
-        col=sql.Identifier(config.column), table=sql.Identifier(config.table)).as_string(None))
+    cursor.execute(_query("config_rows", column=sql.Identifier(config.column), table=sql.Identifier(config.table)))
     rows, embedded = cursor.fetchone()
-    cursor.execute(sql.SQL(
-        "select coalesce(sum(coalesce(jsonb_array_length(message->'ids'), 1)), 0), "
-        "extract(epoch from clock_timestamp() - min(enqueued_at)) "
-        "from {queue} where message->>'table' = %s and message->>'embeddingColumn' = %s"
-    ).format(queue=queue_table).as_string(None), [config.table, config.column])
+    cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.column])
     queued, oldest = cursor.fetchone()
     return ConfigStatus(
         config=config.label, table=config.table, column=config.column, rows=rows, embedded=embedded,
@@ -68,18 +68,17 @@ def _config_status(cursor: Any, config: EmbeddingConfig, queue_table: sql.Compos
 
 
 def _push_status(cursor: Any) -> PushStatus:
-    cursor.execute("select extname from pg_extension where extname in ('pg_cron', 'pg_net')")
+    cursor.execute(_query("push_extensions"))
     present = {r[0] for r in cursor.fetchall()}
     status = PushStatus("pg_cron" in present, "pg_net" in present, False, None, None, None)
     if not status.pg_cron:
         return status
-    cursor.execute("select jobid, active, schedule from cron.job where jobname = %s", [JOB_NAME])
+    cursor.execute(_query("push_job"), [JOB_NAME])
     job = cursor.fetchone()
     if job is None:
         return status
     status.job_active, status.schedule = bool(job[1]), job[2]
-    cursor.execute("select end_time, status from cron.job_run_details where jobid = %s "
-                   "order by runid desc limit 1", [job[0]])
+    cursor.execute(_query("push_last_run"), [job[0]])
     last = cursor.fetchone()
     if last:
         status.last_run_at = last[0].isoformat() if last[0] else None
@@ -91,13 +90,12 @@ def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None
     """Read the numbers from the database (raises LookupError when the queue is missing)."""
     name = conf.get("QUEUE")
     with connections[using].cursor() as cursor:
-        cursor.execute("select to_regclass(%s) is not null", [sql.Identifier("pgmq", f"q_{name}").as_string(None)])
+        cursor.execute(_query("table_exists"), [sql.Identifier("pgmq", f"q_{name}").as_string(None)])
         if not cursor.fetchone()[0]:
             raise LookupError(f"The queue {name!r} does not exist in database {using!r}. "
                               "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
         queue_table = sql.Identifier("pgmq", f"q_{name}")
-        cursor.execute(sql.SQL("select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) "
-                               "from {}").format(queue_table).as_string(None))
+        cursor.execute(_query("queue_depth", queue=queue_table))
         depth, oldest = cursor.fetchone()
         status = Status(queue=name, queue_depth=int(depth),
                         oldest_message_age_s=None if oldest is None else float(oldest))

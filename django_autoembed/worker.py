@@ -50,10 +50,10 @@ class Worker:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    # Rows read per batch: one round of full requests; several lanes share the queue evenly.
+    # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
     def row_budget(self) -> int:
-        return self.o.batch_size * self.o.max_requests
+        return self.o.batch_size * self.o.max_requests * 2
 
     def stop(self, signum: int | None = None, frame: Any = None) -> None:
         if not self.stopping:
