@@ -14,7 +14,7 @@ from django.core import checks
 from django.db import DatabaseError, connections
 from psycopg import sql
 
-from . import conf
+from . import queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .operations import EmbeddingTrigger, _text
@@ -33,13 +33,6 @@ def _one(cursor: Any, key: str, params: list[Any] | None = None) -> Any:
     cursor.execute(_query(key), params)
     row = cursor.fetchone()
     return row[0] if row else None
-
-
-def _trigger_for(config: EmbeddingConfig) -> EmbeddingTrigger | None:
-    for constraint in config.model_class._meta.constraints:
-        if isinstance(constraint, EmbeddingTrigger) and constraint.column == config.column:
-            return constraint
-    return None
 
 
 def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
@@ -62,9 +55,7 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
             hint="Create the migration for the change (`makemigrations`) and apply it; to move a live table "
                  "to new dimensions, see 'Upgrading a model's embedding' in the README.",
             obj=model, id="autoembed.E105"))
-    trigger = _trigger_for(config)
-    if trigger is None or config.model_class._meta.proxy:
-        return out
+    trigger = EmbeddingTrigger.for_config(config)  # what _bind declared on the model
     expected = trigger.fingerprint()
     objects: list[tuple[str, str | None, str | None]] = []  # (what, comment, enabled)
     for name in trigger.trigger_names().values():
@@ -123,9 +114,8 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
                                      "(as the extension where available, otherwise from the pgmq package's SQL).",
                                 id="autoembed.E102"))
         return out
-    queue = conf.get("QUEUE")
-    if not _one(cursor, "table_exists", [sql.Identifier("pgmq", f"q_{queue}").as_string(None)]):
-        out.append(checks.Error(f"The queue {queue!r} does not exist in database {alias!r}.",
+    if not queue.exists(cursor):
+        out.append(checks.Error(f"The queue {queue.name()!r} does not exist in database {alias!r}.",
                                 hint="Run `python manage.py autoembed_sync` (migrate does it too).",
                                 id="autoembed.E103"))
     for config in registry.all():

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
+
 from . import conf
 
 
@@ -97,10 +99,22 @@ def _table_suffix() -> str:
 
 
 def depth(cursor: Any) -> tuple[int, float | None]:
-    """(messages in the queue, age in seconds of the oldest)."""
-    cursor.execute("select queue_length, oldest_msg_age_sec from pgmq.metrics(%s)", [name()])
-    row = cursor.fetchone()
-    return (int(row[0]), row[1]) if row else (0, None)
+    """(messages in the queue, fractional seconds the oldest has waited)."""
+    cursor.execute("select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from pgmq.q_"
+                   + _table_suffix())
+    count, oldest = cursor.fetchone()
+    return int(count), None if oldest is None else float(oldest)
+
+
+def exists(cursor: Any) -> bool:
+    """Whether the queue's table is there (migrate and autoembed_sync create it)."""
+    cursor.execute("select to_regclass(%s) is not null", ["pgmq.q_" + _table_suffix()])
+    return bool(cursor.fetchone()[0])
+
+
+def table() -> sql.Identifier:
+    """The queue's table, for queries composed with psycopg.sql."""
+    return sql.Identifier("pgmq", "q_" + _table_suffix())
 
 
 def _json(value: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import connections
 from psycopg import sql
 
-from . import conf
+from . import queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .push import JOB_NAME
@@ -88,18 +88,14 @@ def _push_status(cursor: Any) -> PushStatus:
 
 def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
     """Read the numbers from the database (raises LookupError when the queue is missing)."""
-    name = conf.get("QUEUE")
+    name = queue.name()
     with connections[using].cursor() as cursor:
-        cursor.execute(_query("table_exists"), [sql.Identifier("pgmq", f"q_{name}").as_string(None)])
-        if not cursor.fetchone()[0]:
+        if not queue.exists(cursor):
             raise LookupError(f"The queue {name!r} does not exist in database {using!r}. "
                               "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
-        queue_table = sql.Identifier("pgmq", f"q_{name}")
-        cursor.execute(_query("queue_depth", queue=queue_table))
-        depth, oldest = cursor.fetchone()
-        status = Status(queue=name, queue_depth=int(depth),
-                        oldest_message_age_s=None if oldest is None else float(oldest))
+        depth, oldest = queue.depth(cursor)
+        status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
         for config in configs if configs is not None else registry.all():
-            status.configs.append(_config_status(cursor, config, queue_table))
+            status.configs.append(_config_status(cursor, config, queue.table()))
         status.push = _push_status(cursor)
     return status

@@ -14,8 +14,8 @@ from django_autoembed import dbchecks
 from django_autoembed.admin import EmbeddingFilter
 from django_autoembed.checks import check_endpoint
 from django_autoembed.config import registry
-from django_autoembed.dbchecks import _trigger_for
 from django_autoembed.models import EmbeddingFailure
+from django_autoembed.operations import EmbeddingTrigger
 from tests.conftest import purge_queue, queue_messages
 from tests.test_processing import drain
 from tests.testapp.models import Article, Document
@@ -134,7 +134,7 @@ def broken(statement):
 
 
 def doc_trigger(suffix):
-    return next(n for k, n in _trigger_for(registry.get(DOC)).trigger_names().items() if k.startswith(suffix))
+    return next(n for k, n in EmbeddingTrigger.for_config(registry.get(DOC)).trigger_names().items() if k.startswith(suffix))
 
 
 @pytest.mark.django_db

@@ -13,9 +13,6 @@ select coalesce(sum(coalesce(jsonb_array_length(message->'ids'), 1)), 0),
   from {queue}
  where message->>'table' = %s and message->>'embeddingColumn' = %s
 
--- queue_depth -- messages in the queue and the oldest one's age, in fractional seconds
-select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from {queue}
-
 -- push_extensions -- which of the push path's extensions are installed
 select extname from pg_extension where extname in ('pg_cron', 'pg_net')
 
