@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-
 _POOL_SIZE = 1024
 _pools: dict[int, np.ndarray] = {}
 

@@ -1,10 +1,10 @@
 """The push endpoint over real HTTP: every refusal, and the guide's answer shape."""
 
 import json
-
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+
 import pytest
 from django.db import connection
 
