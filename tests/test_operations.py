@@ -173,3 +173,21 @@ def test_endpoint_routed_without_a_token_is_a_warning():
 
 def test_endpoint_with_a_token_is_fine():
     assert check_endpoint() == []
+
+
+def test_unknown_autoembed_keys_are_a_warning(settings):
+    from django_autoembed.checks import check_settings
+
+    assert check_settings() == []
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "BATCH_SIZ": 10}
+    [warning] = check_settings()
+    assert warning.id == "autoembed.W001" and "BATCH_SIZ" in warning.msg and "BATCH_SIZE" in warning.hint
+
+
+def test_openai_without_an_api_key_is_a_warning(settings, monkeypatch):
+    from django_autoembed.checks import check_settings
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "API_KEY": None}
+    [warning] = check_settings()
+    assert warning.id == "autoembed.W002" and "OPENAI_API_KEY" in warning.hint
