@@ -25,7 +25,7 @@ from .config import EmbeddingConfig, registry
 from .exceptions import DimensionMismatch, ProviderError
 from .providers.base import as_matrix, chunk_inputs
 from .queue import Message
-from .vectors import adapt, vector_type
+from .vectors import VectorArray, adapt, vector_type
 
 logger = logging.getLogger(__name__)
 
@@ -291,10 +291,10 @@ class Processor:
                 busy = {r[0] for r in cur.fetchall()}
             if not locked:
                 return set(), busy
-            wrap = vector_type(config) == "halfvec"
-            from pgvector import HalfVector, Vector
-
-            cls = HalfVector if wrap else Vector
+            # Rows with a vector first, then those whose content is empty (NULL vector).
+            filled = [pk for pk in locked if writes[pk][1] is not None]
+            order = filled + [pk for pk in locked if writes[pk][1] is None]
+            matrix = np.stack([writes[pk][1] for pk in filled]) if filled else np.empty((0, 0), np.float32)
             cur.execute(
                 sql.SQL(
                     "update {table} t set {col} = v.vec "
@@ -302,11 +302,8 @@ class Processor:
                     "where t.{pk} = v.pk and {fn}(t) is not distinct from v.body "
                     "returning t.{pk}"
                 ).format(**names),
-                [
-                    locked,
-                    [writes[pk][0] for pk in locked],
-                    [None if writes[pk][1] is None else cls(writes[pk][1]) for pk in locked],
-                ],
+                [order, [writes[pk][0] for pk in order],
+                 VectorArray(matrix, len(order) - len(filled), vector_type(config))],
             )
             return {r[0] for r in cur.fetchall()}, busy
 
