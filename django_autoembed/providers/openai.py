@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from typing import Any
 
 import numpy as np
 import openai as openai_sdk
+import pybase64
 from django.core.exceptions import ImproperlyConfigured
 
 from .. import conf
@@ -40,14 +40,15 @@ class OpenAIProvider(Provider):
         self.send_dimensions = model != "text-embedding-ada-002"
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        kwargs: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "base64"}
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "base64"}
         if self.send_dimensions:
-            kwargs["dimensions"] = self.dimensions
+            body["dimensions"] = self.dimensions
         try:
-            # The raw body, parsed here: the SDK's typed objects cost more CPU than
-            # the request itself at 100 vectors per response.
-            response = self.client.embeddings.with_raw_response.create(**kwargs)
-            payload = json.loads(response.http_response.content)
+            # The client's generic POST keeps its auth, timeout, retries (with
+            # Retry-After) and typed errors, and skips what embeddings.create adds
+            # on top: a walk over every input string and typed response objects,
+            # which at 100 inputs per request cost more CPU than the request.
+            payload = json.loads(self.client.post("/embeddings", body=body, cast_to=bytes))
         except openai_sdk.RateLimitError as exc:
             raise ProviderError(
                 f"openai: rate limited ({exc.status_code}).", retryable=True, retry_after=_retry_after(exc)
@@ -72,7 +73,8 @@ class OpenAIProvider(Provider):
 
 def _decode(embedding: Any) -> np.ndarray:
     if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+        # pybase64: SIMD decoding, ~20x the standard library's on 8 KB strings.
+        return np.frombuffer(pybase64.b64decode(embedding, validate=True), dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)
 
 
