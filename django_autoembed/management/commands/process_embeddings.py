@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Any
@@ -61,7 +62,13 @@ class Command(BaseCommand):
             max_downtime=options["max_downtime"],
             progress=self.stdout._out if options["verbosity"] >= 1 else None,
         ))
+        # Startup objects (Django, the app registry) live as long as the process:
+        # freezing them keeps full collections from rescanning them while working.
+        gc.freeze()
         code = worker.run()
+        # And at exit the interpreter's final collections would walk everything
+        # created since: on a drained --once run that took a third of a second.
+        gc.freeze()
         if worker.o.progress is not None and worker.o.progress.isatty():
             self.stdout.write("")
         if options["verbosity"] >= 1:
