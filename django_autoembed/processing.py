@@ -221,6 +221,8 @@ class Processor:
         errors: dict[str, Exception] = {}
         requests = 0
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
+        column_type = vector_type(config)
+        limit = float(np.finfo(np.float16 if column_type == "halfvec" else np.float32).max)
         with ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed") as pool:
             futures: dict[Future[Any], tuple[int, int]] = {}
 
@@ -261,6 +263,15 @@ class Processor:
                             errors[texts[i]] = wrapped
                     else:
                         vectors[lo:hi] = list(matrix)
+                        # NaN, infinities or values past halfvec's range: pgvector would
+                        # refuse the whole UPDATE, so such a row fails alone, here.
+                        for i in np.flatnonzero(~(np.abs(matrix) <= limit).all(axis=1)):
+                            errors[texts[lo + i]] = ProviderError(
+                                f"Provider {provider.name!r} returned a vector with NaN, infinite or "
+                                f"out-of-range values (beyond ±{limit:g} for a {column_type} column); "
+                                "pgvector cannot store it. Check the provider or model for this input.",
+                                retryable=False,
+                            )
         return vectors, errors, requests
 
     def _write(self, config: EmbeddingConfig, names: dict[str, sql.Composable],

@@ -4,6 +4,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -264,3 +265,33 @@ def test_an_unexpected_error_in_one_lane_stops_the_worker_and_surfaces(api, monk
     with pytest.raises(RuntimeError, match="bug in a lane"):
         worker.run()
     assert worker.stopping
+
+
+def test_a_dotted_path_provider_embeds_instead_of_the_api(api, settings):
+    from tests.testapp.providers import Custom, custom_vector
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "tests.testapp.providers.Custom"}
+    Custom.calls.clear()
+    docs = Document.objects.bulk_create([Document(title=f"custom {i}") for i in range(7)])
+    drain(batch_size=4)
+    assert api.requests == 0
+    assert sorted(len(c) for c in Custom.calls) == [3, 4]  # batch_size applies to any provider
+    for doc in docs:
+        np.testing.assert_allclose(stored_vector(Document, doc.pk), custom_vector(doc.title), atol=2e-3)
+
+
+def test_unstorable_vectors_fail_their_own_rows_only(api, settings):
+    from tests.testapp.providers import custom_vector
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "tests.testapp.providers.Unstorable",
+                          "MAX_ATTEMPTS": 1}
+    good = Document.objects.create(title="fine")
+    nan = Document.objects.create(title="a nan vector")
+    huge = Document.objects.create(title="a huge vector")
+    drain()
+    np.testing.assert_allclose(stored_vector(Document, good.pk), custom_vector("fine"), atol=2e-3)
+    for doc in (nan, huge):
+        assert stored_vector(Document, doc.pk) is None
+        error = EmbeddingFailure.objects.get(object_pk=str(doc.pk)).error
+        assert "NaN, infinite or out-of-range" in error and "Unstorable" in error
+    assert queue_messages() == []
