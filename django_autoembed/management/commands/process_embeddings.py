@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import conf
@@ -65,7 +66,10 @@ class Command(BaseCommand):
         # Startup objects (Django, the app registry) live as long as the process:
         # freezing them keeps full collections from rescanning them while working.
         gc.freeze()
-        code = worker.run()
+        try:
+            code = worker.run()
+        except ImproperlyConfigured as exc:  # a provider that cannot start; the jobs stay queued
+            raise CommandError(str(exc)) from exc
         # And at exit the interpreter's final collections would walk everything
         # created since: on a drained --once run that took a third of a second.
         gc.freeze()
