@@ -60,18 +60,18 @@ def adapt(raw_connection: Any) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(raw_connection)
-    oids = {}
+    oids: dict[str, int] = {}  # element types, which array_recv checks against the cast
     for name in _VALUE_TYPES:
         info = raw_connection.adapters.types.get(name) or TypeInfo.fetch(raw_connection, name)
         if info is not None:
-            oids[name] = (info.oid, info.array_oid)
+            oids[name] = info.oid
 
     class VectorArrayDumper(Dumper):
         format = Format.BINARY
         oid = 0  # the query casts the parameter; the element type travels in the payload
 
         def dump(self, obj: VectorArray) -> bytes:
-            return obj.to_binary(oids[obj.type_name][0])
+            return obj.to_binary(oids[obj.type_name])
 
     raw_connection.adapters.register_dumper(VectorArray, VectorArrayDumper)
     _adapted.add(raw_connection)

@@ -71,7 +71,7 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:  # a provider that cannot start; the jobs stay queued
             raise CommandError(str(exc)) from exc
         # And at exit the interpreter's final collections would walk everything
-        # created since: on a drained --once run that took a third of a second.
+        # created since: ~0.6 s after a 5,000-row --once run, longer than its last batch.
         gc.freeze()
         if worker.o.progress is not None and worker.o.progress.isatty():
             self.stdout.write("")
