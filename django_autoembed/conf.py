@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "ENDPOINT_TIME_BUDGET": 25.0,
     # Query embeddings kept in memory for semantic_search.
     "QUERY_CACHE_SIZE": 256,
+    # Vectors of texts embedded lately, kept per process (0: off): a row queued
+    # twice or retried after a lock costs no second API call. ~3 KB each at 1536 dims.
+    "RECENT_VECTORS": 4096,
 }
 
 

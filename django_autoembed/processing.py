@@ -8,6 +8,7 @@ queued its own job) is never overwritten by a stale vector.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,6 +22,7 @@ from django.db import connections, transaction
 from psycopg import sql
 
 from . import conf, queue
+from .cache import VectorLRU, provider_key
 from .config import EmbeddingConfig, registry
 from .exceptions import DimensionMismatch, ProviderError
 from .providers.base import as_matrix, chunk_inputs
@@ -28,6 +30,9 @@ from .queue import Message
 from .vectors import VectorArray, adapt, vector_type
 
 logger = logging.getLogger(__name__)
+
+# Texts this process embedded lately, per provider/model/dimensions/column type.
+recent_vectors = VectorLRU("RECENT_VECTORS")
 
 JOB_KEYS = ("schema", "table", "contentFunction", "embeddingColumn")
 BUSY_RETRY_SECONDS = 1
@@ -207,6 +212,32 @@ class Processor:
 
     def _embed(self, config: EmbeddingConfig, texts: list[str],
                deadline: float | None) -> tuple[list[Any], dict[str, Exception], int]:
+        """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
+
+        A row queued twice (edited again before the worker read it), or put back
+        because the application held its lock, comes back with a text embedded
+        moments ago; its vector is reused instead of paying for it again.
+        """
+        if not texts:
+            return [], {}, 0
+        column_type = vector_type(config)
+        stored = np.float16 if column_type == "halfvec" else np.float32  # what the column keeps anyway
+        scope = (*provider_key(config), column_type)
+        keys = [(*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in texts]
+        known = recent_vectors.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in known]
+        fresh, errors, requests = self._call_provider(config, [texts[i] for i in missing], deadline)
+        vectors: list[Any] = [known.get(key) for key in keys]
+        remember = []
+        for i, vector in zip(missing, fresh):
+            vectors[i] = vector
+            if vector is not None and texts[i] not in errors:
+                remember.append((keys[i], vector.astype(stored)))
+        recent_vectors.put_many(remember)
+        return vectors, errors, requests
+
+    def _call_provider(self, config: EmbeddingConfig, texts: list[str],
+                       deadline: float | None) -> tuple[list[Any], dict[str, Exception], int]:
         """Embed unique texts, many per request, several requests in flight.
 
         A request refused for its input (not retryable) is split in halves until

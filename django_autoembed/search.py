@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,42 +9,29 @@ from django.db import connections, models, transaction
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
-from . import conf
+from .cache import VectorLRU, provider_key
 
 if TYPE_CHECKING:
     from .config import EmbeddingConfig
 
 
-class _QueryCache:
-    """Bounded LRU of query embeddings, shared by the process."""
+class _QueryCache(VectorLRU):
+    """Query embeddings, so repeated searches cost no API call."""
 
-    def __init__(self) -> None:
-        self._data: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+    def embed(self, config: EmbeddingConfig, text: str) -> np.ndarray:
+        key = (*provider_key(config), text)
+        vector = self.get(key)
+        if vector is None:
+            from .providers.base import as_matrix
 
-    def get(self, config: EmbeddingConfig, text: str) -> np.ndarray:
-        key = (config.provider or conf.get("PROVIDER"), config.get_model(), config.get_dimensions(),
-               conf.get("BASE_URL"), text)
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        from .providers.base import as_matrix
-
-        provider = config.get_provider()
-        vector = as_matrix(provider.embed([provider.truncate(text)]), 1, config.get_dimensions(), provider.name)[0]
-        with self._lock:
-            self._data[key] = vector
-            while len(self._data) > int(conf.get("QUERY_CACHE_SIZE")):
-                self._data.popitem(last=False)
+            provider = config.get_provider()
+            vector = as_matrix(provider.embed([provider.truncate(text)]), 1, config.get_dimensions(),
+                               provider.name)[0]
+            self.put_many([(key, vector)])
         return vector
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
-
-query_cache = _QueryCache()
+query_cache = _QueryCache("QUERY_CACHE_SIZE")
 
 
 class EmbeddingQuerySet(models.QuerySet):
@@ -100,7 +85,7 @@ class EmbeddingQuerySet(models.QuerySet):
         if not isinstance(text, str) or not text.strip():
             raise ValueError("semantic_search needs a non-empty query text.")
         cfg = self.embedding_config(config)
-        qs = self.nearest(query_cache.get(cfg, text), config=config, ef_search=ef_search)
+        qs = self.nearest(query_cache.embed(cfg, text), config=config, ef_search=ef_search)
         return qs[:k] if k else qs
 
     def similar_to(self, obj: models.Model, k: int | None = None, *, config: str | None = None) -> EmbeddingQuerySet:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
+from django_autoembed.processing import recent_vectors
 from django_autoembed.search import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer, fake_vector
 
@@ -29,6 +30,7 @@ def api(fake_api, settings):
     fake_api.reset()
     settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": fake_api.base_url}
     query_cache.clear()
+    recent_vectors.clear()
     return fake_api
 
 

@@ -310,3 +310,58 @@ def test_local_provider_without_its_extra_stops_the_worker_and_keeps_the_jobs(ap
         call_command("process_embeddings", "--once", verbosity=0)
     assert queued_ids() == [doc.pk]  # still queued, for when the extra is installed
     assert not EmbeddingFailure.objects.exists()
+
+
+def send_job(job: dict) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("select pgmq.send('embedding_jobs', %s::jsonb)", [__import__("json").dumps(job)])
+
+
+def test_a_row_queued_again_with_the_same_text_costs_no_second_api_call(api, settings):
+    from django_autoembed.processing import recent_vectors
+
+    doc = Document.objects.create(title="queued twice")
+    [job] = queue_messages()
+    drain()
+    send_job(job)  # as when the row was edited, and edited back, after the worker read its text
+    drain()
+    assert api.inputs == 1 and queue_messages() == []
+    assert_fake_vector(Document, doc.pk, "queued twice")
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-large"}
+    send_job(job)
+    drain()
+    assert api.inputs == 2  # another model's vector is not interchangeable
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RECENT_VECTORS": 0}
+    recent_vectors.clear()
+    for expected in (3, 4):
+        send_job(job)
+        drain()
+        assert api.inputs == expected
+
+
+def test_a_row_retried_after_a_lock_is_not_embedded_twice(api, monkeypatch):
+    doc = Document.objects.create(title="locked for a moment")
+    original = Processor._embed
+    holder = raw_connection()
+    calls = []
+
+    def embed_then_lock(self, config, texts, deadline):
+        result = original(self, config, texts, deadline)
+        calls.append(texts)
+        if len(calls) == 1:  # the application takes the row's lock before the worker writes
+            holder.execute("begin")
+            holder.execute("select 1 from testapp_document where id = %s for update", [doc.pk])
+            threading.Timer(0.3, holder.execute, ["commit"]).start()
+        return result
+
+    monkeypatch.setattr(Processor, "_embed", embed_then_lock)
+    try:
+        drain()
+    finally:
+        holder.close()
+    assert calls == [["locked for a moment"], ["locked for a moment"]]  # put back once, then written
+    assert api.inputs == 1
+    assert_fake_vector(Document, doc.pk, "locked for a moment")
+    assert queue_messages() == []

@@ -1,0 +1,58 @@
+"""Bounded in-process LRUs of vectors, shared by the threads of a process."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+import numpy as np
+
+from . import conf
+
+
+class VectorLRU:
+    """Least-recently-used vectors by key; its size is the AUTOEMBED setting ``size_key``, read on each put."""
+
+    def __init__(self, size_key: str) -> None:
+        self.size_key = size_key
+        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, np.ndarray]:
+        found = {}
+        with self._lock:
+            for key in keys:
+                vector = self._data.get(key)
+                if vector is not None:
+                    self._data.move_to_end(key)
+                    found[key] = vector
+        return found
+
+    def put_many(self, items: Iterable[tuple[Hashable, np.ndarray]]) -> None:
+        size = int(conf.get(self.size_key))
+        if size <= 0:
+            return
+        with self._lock:
+            for key, vector in items:
+                self._data[key] = vector
+                self._data.move_to_end(key)
+            while len(self._data) > size:
+                self._data.popitem(last=False)
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        return self.get_many([key]).get(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def provider_key(config: Any) -> tuple[Any, ...]:
+    """What makes two vectors of one text interchangeable: provider, model, dimensions, server."""
+    return (config.provider or conf.get("PROVIDER"), config.get_model(), config.get_dimensions(),
+            conf.get("BASE_URL"))
