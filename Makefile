@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-matrix install install-local bench clean
+.PHONY: demo test test-matrix typecheck install install-local bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: install-local
 
 test: install-local
 	bash scripts/test.sh
+
+# mypy with django-stubs over the package (STYLE.md).
+typecheck: install
+	$(BIN)/pip install -q mypy django-stubs
+	$(BIN)/mypy django_autoembed
 
 # The rest of tox.ini's matrix: Django 6 on Python 3.12 and 3.13 (core suite;
 # tox skips an interpreter this machine lacks).

@@ -38,7 +38,7 @@ def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
         while True:
             after = sql.SQL("and t.{pk} > %s::{pktype}").format(**names) if last is not None else sql.SQL("")
             query = select.format(after=after, **names).as_string(None)
-            params = ([last] if last is not None else []) + [CHUNK, config.function_name, config.column, table_ref]
+            params: list[Any] = ([last] if last is not None else []) + [CHUNK, config.function_name, config.column, table_ref]
             cursor.execute(query, params)
             row = cursor.fetchone()
             if not row or not row[0]:

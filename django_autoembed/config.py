@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ class EmbeddingConfig:
         index: add an HNSW cosine index on the column (when the column is added for you).
     """
 
-    fields: tuple[str, ...] = ()
+    fields: Sequence[str] = ()  # stored as a tuple
     column: str = "embedding"
     template: str | None = None
     content_function: str | None = None

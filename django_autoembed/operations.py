@@ -88,7 +88,7 @@ class EmbeddingTrigger(BaseConstraint):
             kwargs["own_function"] = True
         if self.clear_on_update:
             kwargs["clear_on_update"] = True
-        return path, args, kwargs
+        return path, tuple(args), kwargs
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, EmbeddingTrigger):
@@ -101,14 +101,17 @@ class EmbeddingTrigger(BaseConstraint):
     def __hash__(self) -> int:
         return hash((type(self), self.name))
 
-    def constraint_sql(self, model: type[models.Model], schema_editor: Any) -> None:
+    def constraint_sql(self, model: type[models.Model] | None, schema_editor: Any) -> str:
+        # Inside CREATE TABLE there is nothing to say; the triggers follow the table.
         schema_editor.deferred_sql.append(self.create_sql(model, schema_editor))
-        return None
+        return ""
 
-    def create_sql(self, model: type[models.Model], schema_editor: Any) -> str:
+    def create_sql(self, model: type[models.Model] | None, schema_editor: Any) -> str:
+        assert model is not None
         return ";\n".join(self.statements(model)) + ";"
 
-    def remove_sql(self, model: type[models.Model], schema_editor: Any) -> str:
+    def remove_sql(self, model: type[models.Model] | None, schema_editor: Any) -> str:
+        assert model is not None
         return ";\n".join(self.drop_statements(model)) + ";"
 
     def validate(self, *args: Any, **kwargs: Any) -> None:
@@ -150,6 +153,8 @@ class EmbeddingTrigger(BaseConstraint):
                     f"{meta.label} embeds {field_name!r}, which is not a field. "
                     f"Choose from: {', '.join(names)}."
                 ) from None
+            if not isinstance(f, models.Field) or not f.column:
+                raise ImproperlyConfigured(f"{meta.label} embeds {field_name!r}, which has no column of its own.")
             return sql.SQL("r.{}").format(sql.Identifier(f.column))
 
         if self.template is not None:

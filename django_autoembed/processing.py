@@ -13,7 +13,7 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psycopg
@@ -130,7 +130,7 @@ class Processor:
         values = [body.get(k) for k in JOB_KEYS]
         if not all(isinstance(v, str) and v for v in values):
             return None, f"job needs string values for {', '.join(JOB_KEYS)}"
-        schema, table, function, column = values
+        schema, table, function, column = cast(list[str], values)
         config = registry.match(table, function, column)
         if config is None or self._schema_of(config) != schema:
             return None, (
@@ -296,8 +296,8 @@ class Processor:
                         vectors[lo:hi] = list(matrix)
                         # NaN, infinities or values past halfvec's range: pgvector would
                         # refuse the whole UPDATE, so such a row fails alone, here.
-                        for i in np.flatnonzero(~(np.abs(matrix) <= limit).all(axis=1)):
-                            errors[texts[lo + i]] = ProviderError(
+                        for bad in np.flatnonzero(~(np.abs(matrix) <= limit).all(axis=1)):
+                            errors[texts[lo + int(bad)]] = ProviderError(
                                 f"Provider {provider.name!r} returned a vector with NaN, infinite or "
                                 f"out-of-range values (beyond ±{limit:g} for a {column_type} column); "
                                 "pgvector cannot store it. Check the provider or model for this input.",
@@ -334,9 +334,9 @@ class Processor:
             if not locked:
                 return set(), busy
             # Rows with a vector first, then those whose content is empty (NULL vector).
-            filled = [pk for pk in locked if writes[pk][1] is not None]
-            order = filled + [pk for pk in locked if writes[pk][1] is None]
-            matrix = np.stack([writes[pk][1] for pk in filled]) if filled else np.empty((0, 0), np.float32)
+            rows = [(pk, vector) for pk in locked if (vector := writes[pk][1]) is not None]
+            order = [pk for pk, _ in rows] + [pk for pk in locked if writes[pk][1] is None]
+            matrix = np.stack([vector for _, vector in rows]) if rows else np.empty((0, 0), np.float32)
             cur.execute(
                 sql.SQL(
                     "update {table} t set {col} = v.vec "
@@ -345,7 +345,7 @@ class Processor:
                     "returning t.{pk}"
                 ).format(**names),
                 [order, [writes[pk][0] for pk in order],
-                 VectorArray(matrix, len(order) - len(filled), vector_type(config))],
+                 VectorArray(matrix, len(order) - len(rows), vector_type(config))],
             )
             return {r[0] for r in cur.fetchall()}, busy
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 _adapted: weakref.WeakSet[Any] = weakref.WeakSet()
 # Big-endian element values, as halfvec_recv and vector_recv read them.
-_VALUE_TYPES = {"halfvec": np.dtype(">f2"), "vector": np.dtype(">f4")}
+_VALUE_TYPES: dict[str, np.dtype[Any]] = {"halfvec": np.dtype(">f2"), "vector": np.dtype(">f4")}
 
 
 def vector_type(config: EmbeddingConfig) -> str:

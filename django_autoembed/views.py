@@ -89,8 +89,8 @@ def embed(request: HttpRequest) -> JsonResponse:
     for job in jobs:
         message = stored.get(job["jobId"])
         if message is None or not _names_row(message.body, job):
-            body = {k: job[k] for k in ("id", *JOB_KEYS)}
-            message = queue.Message(job["jobId"], message.read_ct if message else 1, body)
+            job_body = {k: job[k] for k in ("id", *JOB_KEYS)}
+            message = queue.Message(job["jobId"], message.read_ct if message else 1, job_body)
         messages[job["jobId"]] = message
     result = Processor().process(list(messages.values()), deadline=deadline)
 

@@ -186,7 +186,8 @@ class _Lane:
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
         """Give back messages past the row budget so one batch stays bounded."""
-        kept, rows = [], 0
+        kept: list[queue.Message] = []
+        rows = 0
         for message in messages:
             if kept and rows >= self.worker.row_budget:
                 break

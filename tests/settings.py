@@ -40,7 +40,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The push-path tier (scripts/test.sh runs it as a second pass) uses Postgres 17
 # with real pg_cron and pg_net; where that cannot run, its tests skip with this reason.
-PUSH_TIER_SKIP = "run by scripts/test.sh in its own pass (AUTOEMBED_PUSH_TIER=1)"
+PUSH_TIER_SKIP: str | None = "run by scripts/test.sh in its own pass (AUTOEMBED_PUSH_TIER=1)"
 if env.bool("AUTOEMBED_PUSH_TIER", default=False):
     from tests.pgcron import server as pgcron_server
 

@@ -7,7 +7,7 @@ from django_autoembed.install import drop_pgmq, install_pgmq
 
 class Migration(migrations.Migration):
     initial = True
-    dependencies: list = []
+    dependencies = []
 
     operations = [
         VectorExtension(),
