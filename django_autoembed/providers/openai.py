@@ -73,8 +73,13 @@ class OpenAIProvider(Provider):
 
 def _decode(embedding: Any) -> np.ndarray:
     if isinstance(embedding, str):
-        # pybase64: SIMD decoding, ~20x the standard library's on 8 KB strings.
-        return np.frombuffer(pybase64.b64decode(embedding, validate=True), dtype="<f4")
+        # pybase64: SIMD decoding, ~20x the standard library's on 8 KB strings. Its
+        # strict mode is the fast one; a server that wraps lines gets the lenient one.
+        try:
+            raw = pybase64.b64decode(embedding, validate=True)
+        except ValueError:
+            raw = pybase64.b64decode(embedding)
+        return np.frombuffer(raw, dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)
 
 
