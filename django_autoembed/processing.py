@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -70,10 +71,11 @@ class Processor:
     """Processes messages on one database alias with the given concurrency."""
 
     def __init__(self, *, using: str = "default", batch_size: int | None = None,
-                 max_requests: int | None = None) -> None:
+                 max_requests: int | None = None, pool: ThreadPoolExecutor | None = None) -> None:
         self.using = using
         self.batch_size = int(batch_size or conf.get("BATCH_SIZE"))
         self.max_requests = int(max_requests or conf.get("MAX_REQUESTS"))
+        self.pool = pool  # shared by a worker's lanes; else one per call, max_requests wide
         self._schemas: dict[str, str | None] = {}
 
     # -- entry point ----------------------------------------------------------
@@ -254,7 +256,9 @@ class Processor:
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
         column_type = vector_type(config)
         limit = float(np.finfo(np.float16 if column_type == "halfvec" else np.float32).max)
-        with ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed") as pool:
+        with ExitStack() as stack:
+            pool = self.pool or stack.enter_context(
+                ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed"))
             futures: dict[Future[Any], tuple[int, int]] = {}
 
             def submit(lo: int, hi: int) -> None:

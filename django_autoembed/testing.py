@@ -70,6 +70,8 @@ class FakeEmbeddingsServer:
         self._random = random.Random(1234)
         self.requests = 0
         self.inputs = 0
+        self._in_flight = 0
+        self.max_in_flight = 0
         self.failures = 0
         self.texts: list[str] = []
         self.first_request_at: float | None = None  # time.perf_counter() of the first request
@@ -99,6 +101,7 @@ class FakeEmbeddingsServer:
             self.dimensions_override = None
             self._scheduled.clear()
             self.requests = self.inputs = self.failures = 0
+            self.max_in_flight = 0  # most requests the server was answering at once
             self.texts = []
             self.first_request_at = None
 
@@ -176,6 +179,16 @@ class FakeEmbeddingsServer:
                     dims = int(body.get("dimensions") or 1536)
                 except (ValueError, KeyError, TypeError):
                     return self._send(400, {"error": {"message": "malformed request body"}})
+                with fake._lock:
+                    fake._in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+                try:
+                    self._answer(body, texts, dims)
+                finally:
+                    with fake._lock:
+                        fake._in_flight -= 1
+
+            def _answer(self, body: dict[str, Any], texts: list[str], dims: int) -> None:
                 failure = fake._decide_failure()
                 if fake.latency:
                     time.sleep(fake.latency)

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -49,6 +50,7 @@ class Worker:
         self.rows_done = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -64,8 +66,11 @@ class Worker:
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        lanes = max(1, self.o.concurrency)
+        # One pool of request slots for all lanes: the same bound in total, and a
+        # lane working alone (the last batch of a backlog) uses the idle lanes' slots.
+        self.pool = ThreadPoolExecutor(max_workers=lanes * self.o.max_requests, thread_name_prefix="autoembed")
         try:
-            lanes = max(1, self.o.concurrency)
             if lanes == 1:
                 return _Lane(self).run()
             codes: list[int] = []
@@ -88,6 +93,7 @@ class Worker:
                 raise errors[0]
             return max(codes, default=1)
         finally:
+            self.pool.shutdown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -116,7 +122,7 @@ class _Lane:
         self.worker = worker
         self.o = worker.o
         self.processor = Processor(using=self.o.using, batch_size=self.o.batch_size,
-                                   max_requests=self.o.max_requests)
+                                   max_requests=self.o.max_requests, pool=worker.pool)
         self._listener: psycopg.Connection[Any] | None = None
 
     def run(self) -> int:

@@ -365,3 +365,20 @@ def test_a_row_retried_after_a_lock_is_not_embedded_twice(api, monkeypatch):
     assert api.inputs == 1
     assert_fake_vector(Document, doc.pk, "locked for a moment")
     assert queue_messages() == []
+
+
+def test_a_lane_working_alone_borrows_the_idle_lanes_request_slots(api):
+    api.latency = 0.3
+    Document.objects.bulk_create([Document(title=f"slots {i}") for i in range(40)])  # one message, one lane
+    drain(batch_size=10, max_requests=2, concurrency=2)
+    assert api.requests == 4
+    assert api.max_in_flight == 4  # both lanes' slots on the one batch, in one round
+
+    api.reset()
+    api.latency = 0.1
+    for n in range(5):  # five messages: both lanes busy, the bound is lanes x max_requests in all
+        Document.objects.bulk_create([Document(title=f"more {n} {i}") for i in range(40)])
+    drain(batch_size=10, max_requests=2, concurrency=2)
+    assert api.requests == 20 and api.inputs == 200
+    assert api.max_in_flight <= 4
+    assert queue_messages() == []

@@ -23,7 +23,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--batch-size", type=int, help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})")
-        parser.add_argument("--max-requests", type=int, help="embedding requests in flight at once")
+        parser.add_argument("--max-requests", type=int, help="embedding requests in flight per lane (pooled across lanes)")
         parser.add_argument("--concurrency", type=int,
                             help="batches processed side by side, each on its own connection "
                                  f"(default {conf.DEFAULTS['CONCURRENCY']})")
