@@ -12,7 +12,13 @@ from django.test import override_settings
 from django_autoembed.models import EmbeddingFailure
 from django_autoembed.processing import Processor
 from django_autoembed.worker import Worker, connect, default_options
-from tests.conftest import assert_fake_vector, purge_queue, queue_messages, queued_ids, stored_vector
+from tests.conftest import (
+    assert_fake_vector,
+    purge_queue,
+    queue_messages,
+    queued_ids,
+    stored_vector,
+)
 from tests.testapp.models import Article, Document, Note, Tag
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
