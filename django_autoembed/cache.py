@@ -48,9 +48,6 @@ class VectorLRU:
         with self._lock:
             self._data.clear()
 
-    def __len__(self) -> int:
-        return len(self._data)
-
 
 def provider_key(config: Any) -> tuple[Any, ...]:
     """What makes two vectors of one text interchangeable: provider, model, dimensions, server."""

@@ -28,7 +28,7 @@ from .config import EmbeddingConfig, registry
 from .exceptions import DimensionMismatch, ProviderError
 from .providers.base import as_matrix, chunk_inputs
 from .queue import Message
-from .vectors import VectorArray, adapt, vector_type
+from .vectors import VectorArray, adapt, precision, vector_type
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +223,12 @@ class Processor:
         if not texts:
             return [], {}, 0
         column_type = vector_type(config)
-        stored = np.float16 if column_type == "halfvec" else np.float32  # what the column keeps anyway
+        stored = precision(column_type)  # what the column keeps anyway
         scope = (*provider_key(config), column_type)
         keys = [(*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in texts]
         known = recent_vectors.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in known]
-        fresh, errors, requests = self._call_provider(config, [texts[i] for i in missing], deadline)
+        fresh, errors, requests = self._call_provider(config, column_type, [texts[i] for i in missing], deadline)
         vectors: list[Any] = [known.get(key) for key in keys]
         remember = []
         for i, vector in zip(missing, fresh):
@@ -238,7 +238,7 @@ class Processor:
         recent_vectors.put_many(remember)
         return vectors, errors, requests
 
-    def _call_provider(self, config: EmbeddingConfig, texts: list[str],
+    def _call_provider(self, config: EmbeddingConfig, column_type: str, texts: list[str],
                        deadline: float | None) -> tuple[list[Any], dict[str, Exception], int]:
         """Embed unique texts, many per request, several requests in flight.
 
@@ -254,8 +254,7 @@ class Processor:
         errors: dict[str, Exception] = {}
         requests = 0
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
-        column_type = vector_type(config)
-        limit = float(np.finfo(np.float16 if column_type == "halfvec" else np.float32).max)
+        limit = float(np.finfo(precision(column_type)).max)
         with ExitStack() as stack:
             pool = self.pool or stack.enter_context(
                 ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed"))

@@ -26,6 +26,11 @@ def vector_type(config: EmbeddingConfig) -> str:
     return "halfvec" if isinstance(field, HalfVectorField) else "vector"
 
 
+def precision(type_name: str) -> np.dtype[Any]:
+    """The float type a 'halfvec' or 'vector' column stores, in native byte order."""
+    return _VALUE_TYPES[type_name].newbyteorder("=")
+
+
 class VectorArray:
     """Rows of a matrix (and trailing NULLs), sent as one binary ``halfvec[]`` or ``vector[]``.
 
