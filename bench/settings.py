@@ -6,7 +6,7 @@ env = environ.Env()
 
 SECRET_KEY = "bench"
 USE_TZ = True
-INSTALLED_APPS = ["django.contrib.postgres", "django_autoembed", "bench.benchapp"]
+INSTALLED_APPS = ["django_autoembed", "bench.benchapp"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if env("DATABASE_URL", default=None):

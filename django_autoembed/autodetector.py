@@ -14,12 +14,13 @@ from django.db import migrations
 from django.db.migrations.autodetector import MigrationAutodetector
 from pgvector.django import HalfVectorField, HnswIndex, IvfflatIndex, SparseVectorField, VectorField
 
+from .indexes import HnswIndex as AutoembedHnswIndex
 from .operations import EmbeddingTrigger
 
 APP = "django_autoembed"
 DEPENDENCY = (APP, "0001_initial")
 VECTOR_FIELDS = (VectorField, HalfVectorField, SparseVectorField)
-VECTOR_INDEXES = (HnswIndex, IvfflatIndex)
+VECTOR_INDEXES = (AutoembedHnswIndex, HnswIndex, IvfflatIndex)
 
 
 def needs_autoembed(operation: Any) -> bool:

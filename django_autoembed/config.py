@@ -200,8 +200,9 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
     configs = declared_configs(sender)
     if not configs:
         return
-    from pgvector.django import HalfVectorField, HnswIndex
+    from pgvector.django import HalfVectorField
 
+    from .indexes import HnswIndex
     from .operations import EmbeddingTrigger
 
     for config in configs:

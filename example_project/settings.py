@@ -23,7 +23,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django.contrib.postgres",  # Django 6 requires it for the HNSW index (postgres.E005)
     "django_autoembed",
     "example_project.documents",
 ]

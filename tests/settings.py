@@ -14,7 +14,6 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.postgres",  # Django 6 requires it for the HNSW index (postgres.E005)
     "django_autoembed",
     "tests.testapp",
     "example_project.documents",

@@ -92,7 +92,7 @@ def test_provider_error_names_the_provider(api):
 def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
     """A bulk-loaded table with the index built after the load, as after a backfill."""
     from pgvector import HalfVector
-    from pgvector.django import HnswIndex
+    from django_autoembed.indexes import HnswIndex
 
     index = next(i for i in Document._meta.indexes if isinstance(i, HnswIndex))
     vectors = np.random.default_rng(5).standard_normal((3000, 1536)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 import django_autoembed.operations
 import pgvector.django.halfvec
-import pgvector.django.indexes
+import django_autoembed.indexes
 from django.db import migrations, models
 
 
@@ -59,7 +59,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'abstract': False,
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='benchapp_indexeddoc_e_95bad391', opclasses=['halfvec_cosine_ops'])],
+                'indexes': [django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='benchapp_indexeddoc_e_95bad391', opclasses=['halfvec_cosine_ops'])],
                 'constraints': [django_autoembed.operations.EmbeddingTrigger(column='embedding', fields=['title', 'content'], function='benchapp_indexeddoc_embedding_input', name='autoembed_benchapp_indexeddoc_embedding')],
             },
         ),

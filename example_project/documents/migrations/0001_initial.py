@@ -2,7 +2,7 @@
 
 import django_autoembed.operations
 import pgvector.django.halfvec
-import pgvector.django.indexes
+import django_autoembed.indexes
 from django.db import migrations, models
 
 
@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'ordering': ['-created_at'],
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='documents_document_em_919516a1', opclasses=['halfvec_cosine_ops'])],
+                'indexes': [django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='documents_document_em_919516a1', opclasses=['halfvec_cosine_ops'])],
                 'constraints': [django_autoembed.operations.EmbeddingTrigger(column='embedding', fields=['title', 'content'], function='documents_document_embedding_input', name='autoembed_documents_document_embedding')],
             },
         ),

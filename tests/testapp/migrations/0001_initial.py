@@ -3,7 +3,7 @@
 import django.db.models.deletion
 import django_autoembed.operations
 import pgvector.django.halfvec
-import pgvector.django.indexes
+import django_autoembed.indexes
 import uuid
 from django.db import migrations, models
 
@@ -63,7 +63,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'abstract': False,
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['title_embedding'], m=16, name='testapp_article_title_2bb85611', opclasses=['halfvec_cosine_ops']), pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['body_embedding'], m=16, name='testapp_article_body__f74c5af0', opclasses=['halfvec_cosine_ops'])],
+                'indexes': [django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['title_embedding'], m=16, name='testapp_article_title_2bb85611', opclasses=['halfvec_cosine_ops']), django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['body_embedding'], m=16, name='testapp_article_body__f74c5af0', opclasses=['halfvec_cosine_ops'])],
                 'constraints': [django_autoembed.operations.EmbeddingTrigger(clear_on_update=True, column='title_embedding', fields=['title'], function='testapp_article_title_embedding_input', name='autoembed_testapp_article_title_embedding'), django_autoembed.operations.EmbeddingTrigger(column='body_embedding', function='testapp_article_body_embedding_input', name='autoembed_testapp_article_body_embedding', template='# {title}\n\n{body}')],
             },
         ),
@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='document',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='testapp_document_embe_ba0a9db8', opclasses=['halfvec_cosine_ops']),
+            index=django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='testapp_document_embe_ba0a9db8', opclasses=['halfvec_cosine_ops']),
         ),
         migrations.AddConstraint(
             model_name='document',
@@ -99,7 +99,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='note',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='notes_with_spaces_emb_290ab560', opclasses=['halfvec_cosine_ops']),
+            index=django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='notes_with_spaces_emb_290ab560', opclasses=['halfvec_cosine_ops']),
         ),
         migrations.AddConstraint(
             model_name='note',
@@ -107,7 +107,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='tag',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='testapp_tag_embedding_hnsw', opclasses=['halfvec_cosine_ops']),
+            index=django_autoembed.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='testapp_tag_embedding_hnsw', opclasses=['halfvec_cosine_ops']),
         ),
         migrations.AddConstraint(
             model_name='tag',
