@@ -8,10 +8,14 @@ was created from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.core import checks
 from django.db import DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
 from . import queue
@@ -23,6 +27,19 @@ MIGRATE_HINT = "Run `python manage.py migrate`."
 DRIFT_HINT = ("If every migration is applied, the object was changed in the database by hand: re-create it by "
               "migrating the model's app back one migration and forward again, or run the SQL that "
               "`python manage.py sqlmigrate <app> <migration>` prints for it.")
+
+
+_skipped: ContextVar[bool] = ContextVar("autoembed_dbchecks_skipped", default=False)
+
+
+@contextmanager
+def skipped() -> Iterator[None]:
+    """No database checks inside this block (migrate runs them before it migrates)."""
+    token = _skipped.set(True)
+    try:
+        yield
+    finally:
+        _skipped.reset(token)
 
 
 def _query(key: str) -> str:
@@ -89,16 +106,34 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
 def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Runs only when asked (``check --database``), as Django does with database checks."""
     out: list[checks.CheckMessage] = []
+    if _skipped.get():
+        return out
     for alias in databases or []:
         if connections[alias].vendor != "postgresql":
             continue
         try:
+            pending = _pending_migrations(alias)
+            if pending:
+                shown = ", ".join(pending[:8]) + (f" and {len(pending) - 8} more" if len(pending) > 8 else "")
+                out.append(checks.Error(
+                    f"Database {alias!r} lacks {len(pending)} migration{'s' if len(pending) > 1 else ''} that "
+                    f"automatic embeddings need: {shown}.",
+                    hint=f"Run `python manage.py migrate --database {alias}`.", id="autoembed.E110"))
+                continue
             with connections[alias].cursor() as cursor:
                 out.extend(_check_alias(cursor, alias, app_configs))
         except DatabaseError as exc:
             out.append(checks.Error(f"Database {alias!r} could not be checked: {exc}",
                                     hint="Check DATABASES and that the server is up.", id="autoembed.E100"))
     return out
+
+
+def _pending_migrations(alias: str) -> list[str]:
+    """Unapplied migrations of django_autoembed and of the apps that declare embeddings."""
+    apps = {"django_autoembed"} | {c.model_class._meta.app_label for c in registry.all()}
+    executor = MigrationExecutor(connections[alias])
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return [f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards and m.app_label in apps]
 
 
 def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.CheckMessage]:
