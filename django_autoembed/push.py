@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 JOB_NAME = "autoembed-process-embeddings"
 PROCESS_COMMAND = "select autoembed.process_embeddings()"
+# How sync_push's lines start when it only reports that the push path is not in use.
+PUSH_IDLE_PREFIXES = ("autoembed: rows are embedded by",)
 
 
 def _has(cursor: Any, extension: str) -> bool:
@@ -53,8 +55,8 @@ def sync_push(connection: Any) -> list[str]:
         net, cron = _has(cursor, "pg_net"), _has(cursor, "pg_cron")
         if not (net and cron):
             missing = " and ".join(e for e, ok in (("pg_cron", cron), ("pg_net", net)) if not ok)
-            return [f"autoembed: push path off ({missing} not in this database); "
-                    "run `manage.py process_embeddings` to embed queued rows."]
+            return [f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "
+                    f"needs {missing}, which this database does not have)."]
         cursor.execute("select jobid, schedule from cron.job where jobname = %s", [JOB_NAME])
         existing = cursor.fetchone()
         if schedule and url and token:
@@ -65,5 +67,5 @@ def sync_push(connection: Any) -> list[str]:
         if existing:
             cursor.execute("select cron.unschedule(%s)", [JOB_NAME])
             return [f"autoembed: removed pg_cron job {JOB_NAME!r}"]
-        return ["autoembed: push path idle (set AUTOEMBED SCHEDULE, ENDPOINT_URL and ENDPOINT_TOKEN to use it); "
-                "run `manage.py process_embeddings` to embed queued rows."]
+        return ["autoembed: rows are embedded by `manage.py process_embeddings` (for the push path, "
+                "set AUTOEMBED SCHEDULE, ENDPOINT_URL and ENDPOINT_TOKEN)."]

@@ -9,6 +9,7 @@ from django.db import connections
 
 from . import conf
 from .install import ensure_queue
+from .push import PUSH_IDLE_PREFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,16 @@ def sync(using: str = "default") -> list[str]:
     return said
 
 
-def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
-    for line in sync(using):
-        if verbosity >= 1:
-            print(line)
+def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, plan: Any = None,
+                      stdout: Any = None, **kwargs: Any) -> None:
+    lines = sync(using)
+    # What sync did is news; that the push path is off is worth saying when our
+    # migrations were just applied, not on every later migrate.
+    installing = any(migration.app_label == "django_autoembed" for migration, _ in plan or [])
+    if not installing:
+        lines = [line for line in lines if not line.startswith(PUSH_IDLE_PREFIXES)]
+    for line in lines:
+        if stdout is None:
+            logger.info(line)
+        elif verbosity >= 1:
+            stdout.write(line)

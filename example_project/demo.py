@@ -35,8 +35,11 @@ def main() -> None:
     call_command("process_embeddings", once=True, verbosity=0)
     query = sys.argv[1] if len(sys.argv) > 1 else "how do databases store vectors?"
     print(f"\nsemantic_search({query!r}):")
-    for doc in Document.objects.semantic_search(query, k=3):
+    results = list(Document.objects.semantic_search(query, k=3))
+    for doc in results:
         print(f"  {doc.distance:.3f}  {doc.title}")
+    if not results:
+        sys.exit("No search results: the documents were not embedded. Run with AUTOEMBED_LOG_LEVEL=INFO to see why.")
 
 
 if __name__ == "__main__":
