@@ -101,3 +101,53 @@ def hidden_messages(queue: str = "embedding_jobs") -> int:
 
 def embedded_pks(model, column: str = "embedding") -> set:
     return set(model.objects.filter(**{f"{column}__isnull": False}).values_list("pk", flat=True))
+
+
+# -- user paths: manage.py as a subprocess on a brand-new database ----------------
+
+
+def database_url(settings_dict: dict, name: str) -> str:
+    """A DATABASE_URL for database ``name`` on the test server (a socket directory goes in the query)."""
+    from urllib.parse import quote
+
+    user = quote(settings_dict.get("USER") or "", safe="")
+    password = quote(settings_dict.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else f"{user}@"
+    host, port = settings_dict.get("HOST") or "", settings_dict.get("PORT") or ""
+    if host.startswith("/"):
+        return f"postgres://{auth}/{name}?host={quote(host, safe='/')}" + (f"&port={port}" if port else "")
+    return f"postgres://{auth}{host}" + (f":{port}" if port else "") + f"/{name}"
+
+
+def server_connection(dbname: str = "postgres"):
+    """An autocommit psycopg connection to another database of the test server."""
+    import psycopg
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    params["dbname"] = dbname
+    return psycopg.connect(**params, autocommit=True)
+
+
+@pytest.fixture
+def fresh_database(django_db_blocker):
+    """A database created on the test server for this test alone (never pytest-django's); dropped after."""
+    import uuid
+
+    from psycopg import sql
+
+    name = f"autoembed_fresh_{uuid.uuid4().hex[:10]}"
+    with django_db_blocker.unblock():
+        with server_connection() as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        settings_dict = dict(connection.settings_dict)
+    yield {"name": name, "url": database_url(settings_dict, name), "settings": {**settings_dict, "NAME": name}}
+    with django_db_blocker.unblock(), server_connection() as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def manage(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python manage.py ...`` in ``cwd`` as a user runs it (system checks included)."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=cwd, env={**base, "PYTHONUNBUFFERED": "1",
+                          **(env or {})}, capture_output=True, text=True, timeout=timeout)
