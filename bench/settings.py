@@ -12,9 +12,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if env("DATABASE_URL", default=None):
     DATABASES = {"default": env.db("DATABASE_URL")}
 else:
-    from django_autoembed import embedded
+    from django_autoembed.testing import postgres
 
-    DATABASES = {"default": embedded.database("autoembed_bench")}
+    DATABASES = {"default": postgres.database("autoembed_bench")}
 
 # The bench starts the loopback fake OpenAI server and hands its URL to worker
 # subprocesses through AUTOEMBED_BENCH_BASE_URL.

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingConfig", "EmbeddingMixin", "EmbeddingQuerySet", "EmbeddingManager"]
 
 if TYPE_CHECKING:
-    from .config import EmbeddingConfig, EmbeddingMixin
+    from .config import EmbeddingConfig
+    from .mixin import EmbeddingMixin
     from .search import EmbeddingManager, EmbeddingQuerySet
+
+_HOMES = {"EmbeddingConfig": "config", "EmbeddingMixin": "mixin", "EmbeddingQuerySet": "search",
+          "EmbeddingManager": "search"}
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing models at package import time would break app loading.
-    if name in ("EmbeddingConfig", "EmbeddingMixin"):
-        from . import config
-
-        return getattr(config, name)
-    if name in ("EmbeddingQuerySet", "EmbeddingManager"):
-        from . import search
-
-        return getattr(search, name)
+    if name in _HOMES:
+        return getattr(import_module(f".{_HOMES[name]}", __name__), name)
     raise AttributeError(name)

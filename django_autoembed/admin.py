@@ -11,8 +11,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from .config import registry
-from .models import EmbeddingFailure
-from .retry import discard, retry
+from .exceptions import UnknownConfig
+from .failures import EmbeddingFailure, discard, retry
 
 
 class EmbeddingFilter(admin.SimpleListFilter):
@@ -39,7 +39,7 @@ class EmbeddingFilter(admin.SimpleListFilter):
         configs = registry.for_model(queryset.model)
         chosen = [c for c in configs if self.config in (None, c.config_name, c.column)]
         if not chosen:
-            raise LookupError(f"{queryset.model._meta.label} has no embedding {self.config!r}.")
+            raise UnknownConfig(f"{queryset.model._meta.label} has no embedding {self.config!r}.")
         return queryset.filter(**{f"{chosen[0].column}__isnull": self.value() == "missing"})
 
 

@@ -15,7 +15,7 @@ from django.db.migrations.autodetector import MigrationAutodetector
 from pgvector.django import HalfVectorField, HnswIndex, IvfflatIndex, SparseVectorField, VectorField
 
 from .indexes import HnswIndex as AutoembedHnswIndex
-from .operations import EmbeddingTrigger
+from .triggers import EmbeddingTrigger
 
 APP = "django_autoembed"
 DEPENDENCY = (APP, "0001_initial")

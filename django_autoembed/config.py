@@ -1,10 +1,7 @@
-"""Declarations: EmbeddingConfig, EmbeddingMixin and the registry of configs.
+"""Declarations: EmbeddingConfig and the registry of configs bound to models.
 
-A model declares ``embed_fields = [...]`` (shorthand) or
-``embedding_configs = [EmbeddingConfig(...), ...]``. When the model class is
-prepared, each config is bound to it: the vector column and HNSW index are
-added unless the model declares its own, and an ``EmbeddingTrigger``
-constraint is appended so ``makemigrations`` emits the database objects.
+A leaf: it imports nothing of this package but settings and exceptions. The
+model machinery that binds a config to a model class lives in ``mixin``.
 """
 
 from __future__ import annotations
@@ -13,16 +10,13 @@ import hashlib
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import models
-from django.db.models.signals import class_prepared
 
 from . import conf
-
-if TYPE_CHECKING:
-    from .providers.base import Provider
+from .exceptions import UnknownConfig
 
 HNSW_MAX_DIMENSIONS = 4000
 PG_IDENTIFIER_MAX = 63
@@ -107,11 +101,6 @@ class EmbeddingConfig:
     def get_model(self) -> str:
         return str(self.model or conf.get("MODEL"))
 
-    def get_provider(self) -> Provider:
-        from .providers import get_provider
-
-        return get_provider(self.provider, model=self.get_model(), dimensions=self.get_dimensions())
-
     def template_fields(self) -> list[str]:
         """Field names the embedded text is made of."""
         if self.template is not None:
@@ -141,7 +130,7 @@ class Registry:
             if label in (config.label, f"{config.model_class._meta.label}"):
                 return config
         known = ", ".join(c.label for c in self.all()) or "none"
-        raise LookupError(f"No embedding config {label!r}. Declared: {known}.")
+        raise UnknownConfig(f"No embedding config {label!r}. Declared: {known}.")
 
     def match(self, table: str, function: str, column: str) -> EmbeddingConfig | None:
         for config in self.all():
@@ -160,72 +149,3 @@ def _is_installed(model: type[models.Model]) -> bool:
         return apps.get_model(model._meta.label) is model
     except LookupError:
         return False
-
-
-class EmbeddingMixin(models.Model):
-    """Mixin for models whose text is embedded automatically.
-
-    Declare ``embed_fields = ["title", "content"]`` or
-    ``embedding_configs = [EmbeddingConfig(...)]`` on the model. The default
-    manager gains ``semantic_search``, ``nearest`` and ``similar_to``.
-    """
-
-    from .search import EmbeddingManager as _Manager
-
-    objects = _Manager()
-
-    class Meta:
-        abstract = True
-
-
-def declared_configs(cls: type[models.Model]) -> list[EmbeddingConfig]:
-    """Configs declared on cls itself or on an abstract ancestor (not a concrete parent)."""
-    for klass in cls.__mro__:
-        own = klass.__dict__
-        if "embed_fields" in own or "embedding_configs" in own:
-            meta = getattr(klass, "_meta", None)
-            if klass is not cls and meta is not None and not meta.abstract:
-                return []  # inherited from a concrete parent: the parent's table holds it
-            configs = list(own.get("embedding_configs") or [])
-            if own.get("embed_fields"):
-                configs.insert(0, EmbeddingConfig(fields=tuple(own["embed_fields"])))
-            return configs
-    return []
-
-
-def _bind(sender: type[models.Model], **kwargs: Any) -> None:
-    meta = sender._meta
-    if meta.abstract or meta.proxy or not meta.managed:
-        return
-    configs = declared_configs(sender)
-    if not configs:
-        return
-    from pgvector.django import HalfVectorField
-
-    from .indexes import HnswIndex
-    from .operations import EmbeddingTrigger
-
-    for config in configs:
-        bound = replace(config, model_class=sender)
-        names = {f.name for f in meta.local_fields}
-        if bound.column not in names:
-            sender.add_to_class(
-                bound.column,
-                HalfVectorField(dimensions=bound.get_dimensions(), null=True, blank=True, editable=False),
-            )
-            if bound.index:
-                index = HnswIndex(
-                    name=short_name(meta.db_table, bound.column, "hnsw", limit=30),
-                    fields=[bound.column],
-                    m=16,
-                    ef_construction=64,
-                    opclasses=["halfvec_cosine_ops"],
-                )
-                meta.indexes = [*meta.indexes, index]
-                meta.original_attrs["indexes"] = meta.indexes
-        meta.constraints = [*meta.constraints, EmbeddingTrigger.for_config(bound)]
-        meta.original_attrs["constraints"] = meta.constraints
-        registry.add(bound)
-
-
-class_prepared.connect(_bind, dispatch_uid="django_autoembed.bind")

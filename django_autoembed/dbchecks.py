@@ -21,7 +21,7 @@ from psycopg import sql
 from . import queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
-from .operations import EmbeddingTrigger, _text
+from .triggers import EmbeddingTrigger, as_text
 
 MIGRATE_HINT = "Run `python manage.py migrate`."
 DRIFT_HINT = ("If every migration is applied, the object was changed in the database by hand: re-create it by "
@@ -83,7 +83,7 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
         signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
         cursor.execute(_query("function_state"), [signature, signature, signature])
         exists, comment, source = cursor.fetchone()
-        body = _text(sql.SQL(" select {} ").format(trigger.expression(model)))
+        body = as_text(sql.SQL(" select {} ").format(trigger.expression(model)))
         if exists and source != body:
             comment = None  # edited in place: CREATE OR REPLACE keeps the old comment
         objects.append((f"function {config.function_name}", comment, "O" if exists else None))

@@ -1,31 +1,75 @@
-"""Exceptions raised by django-autoembed; all descend from AutoembedError."""
+"""Exceptions raised by django-autoembed; all descend from AutoembedError.
+
+Where callers expect a built-in kind (a lookup, a bad value, Django's
+ImproperlyConfigured), the exception is that kind too.
+"""
 
 from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
 
 
 class AutoembedError(Exception):
     """Base class for every error this library raises."""
 
 
+class ConfigurationError(AutoembedError, ImproperlyConfigured):
+    """Settings or declarations that cannot work; the message says what to change."""
+
+
+class UnknownConfig(AutoembedError, LookupError):
+    """No declared embedding has this label or name."""
+
+
+class QueueMissing(AutoembedError, LookupError):
+    """The queue's table is not in the database (not migrated yet)."""
+
+
+class InvalidValue(AutoembedError, ValueError):
+    """A value passed in (a query text, a queue name, a posted job) that cannot be used."""
+
+
 class ProviderError(AutoembedError):
     """The embedding provider failed or answered something unusable.
 
-    ``retryable`` tells the processor whether trying again later may succeed
-    (rate limits, timeouts, server errors) or whether the input itself is bad.
+    ``kind`` says what trying again can do:
+
+    - ``"transient"``: rate limits, timeouts, server errors; retry later.
+    - ``"input"``: the request's input was refused (400/413/422); a request of
+      several inputs is split to find the one at fault, that one fails alone.
+    - ``"config"``: the key, the model or the dimensions are wrong for every
+      input (401/403/404, a dimensions error); work pauses, costs no attempt
+      and resumes by itself once the configuration is fixed.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None):
+    KINDS = ("transient", "input", "config")
+
+    def __init__(self, message: str, *, kind: str = "transient", retry_after: float | None = None):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, not {kind!r}")
         super().__init__(message)
-        self.retryable = retryable
+        self.kind = kind
         self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind == "transient"
 
 
 class DimensionMismatch(ProviderError):
-    """The provider returned vectors of another length than the column holds."""
+    """The provider returned vectors of another length than the column holds (for every input)."""
 
     def __init__(self, message: str):
-        super().__init__(message, retryable=False)
+        super().__init__(message, kind="config")
 
 
-class UnknownTarget(AutoembedError):
-    """A job names a schema/table/function/column that no declaration matches."""
+class ProcessingPaused(AutoembedError):
+    """A configuration error stopped a batch; its jobs were handed back without costing an attempt.
+
+    ``provider`` names the provider (name, model, server; no secrets).
+    """
+
+    def __init__(self, error: ProviderError, *, provider: str = ""):
+        super().__init__(f"{provider}: {error}" if provider else str(error))
+        self.error = error
+        self.provider = provider

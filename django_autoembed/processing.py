@@ -1,9 +1,13 @@
 """One batch of queue messages: validate, read, embed, write, acknowledge.
 
-Used by the pull worker and by the push endpoint alike. No database
-transaction is open while the provider is called; writes land only where the
-row still holds the text that was embedded, so a concurrent edit (which has
-queued its own job) is never overwritten by a stale vector.
+Used by the pull worker and by the push endpoint alike. The decisions are
+pure and tested on their own: ``FanOut`` (which provider requests to send
+and what each answer means) and ``plan_acks`` (which messages to delete,
+archive, delay, hand back or resend). ``Processor`` is the thin I/O around
+them. No database transaction is open while the provider is called; writes
+land only where the row still holds the text that was embedded, so a
+concurrent edit (which has queued its own job) is never overwritten by a
+stale vector.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -22,11 +27,13 @@ from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from psycopg import sql
 
-from . import conf, queue
+from . import conf, providers, queue
+from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .config import EmbeddingConfig, registry
-from .exceptions import DimensionMismatch, ProviderError
-from .providers.base import as_matrix, chunk_inputs
+from .exceptions import ProcessingPaused, ProviderError
+from .failures import DeadRow, record
+from .providers.base import Provider, as_matrix, chunk_inputs
 from .queue import Message
 from .vectors import VectorArray, adapt, precision, vector_type
 
@@ -35,17 +42,37 @@ logger = logging.getLogger(__name__)
 # Texts this process embedded lately, per provider/model/dimensions/column type.
 recent_vectors = VectorLRU("RECENT_VECTORS")
 
-JOB_KEYS = ("schema", "table", "contentFunction", "embeddingColumn")
+# Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
+
+
+# -- outcomes ----------------------------------------------------------------------
 
 
 @dataclass
 class Outcome:
-    """What happened to one row of one message."""
+    """What happened to one row of one message.
 
-    kind: str  # "done", "failed" or "busy"
+    ``done``: embedded, emptied or gone. ``failed``: may be retried, costs an
+    attempt. ``busy``: the application held its lock; retried soon, no attempt.
+    ``skipped``: not worked on (not posted, or the batch paused); handed back,
+    no attempt.
+    """
+
+    kind: str
     error: str | None = None
     retry_after: float | None = None
+
+
+@dataclass
+class Row:
+    """One row named by a message, with the config it belongs to once validated."""
+
+    message: Message
+    raw_pk: Any
+    pk: Any = None
+    config: EmbeddingConfig | None = None
+    outcome: Outcome | None = None
 
 
 @dataclass
@@ -55,89 +82,301 @@ class BatchResult:
     embedded: int = 0
     requests: int = 0
     dead: int = 0
+    busy: int = 0
     seconds: float = 0.0
 
 
+# -- the acknowledgement plan (pure) -------------------------------------------------
+
+
 @dataclass
-class _Row:
-    message: Message
-    raw_pk: Any
-    pk: Any = None
-    config: EmbeddingConfig | None = None
-    outcome: Outcome | None = None
+class AckPlan:
+    """What to do with each message once its rows' outcomes are known."""
+
+    delete: list[int] = field(default_factory=list)
+    archive: list[int] = field(default_factory=list)
+    delay: dict[int, list[int]] = field(default_factory=dict)  # seconds -> messages; the next read counts
+    release: list[int] = field(default_factory=list)  # handed back now, this read not counted
+    resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (body, delay) for some rows
+    dead: list[DeadRow] = field(default_factory=list)
+
+
+def retry_delay(attempts: int, hints: Iterable[float | None], *, backoff: float, backoff_max: float) -> int:
+    """Seconds before a failed job's next attempt: exponential, capped, never before a Retry-After."""
+    delay = min(backoff * 2 ** max(0, attempts - 1), backoff_max)
+    return int(max([delay, *(h for h in hints if h)]) + 0.999)
+
+
+def plan_acks(messages: Sequence[Message], rows: Sequence[Row], *, max_attempts: int, backoff: float,
+              backoff_max: float, busy_retry: int = BUSY_RETRY_SECONDS) -> AckPlan:
+    """Delete, archive, delay, hand back or split each message by its rows' outcomes.
+
+    A message whose rows all fail waits for its next attempt as it is; one whose
+    rows fared differently is deleted and its unfinished rows are sent again as
+    new messages that carry the attempts they have used. Rows that were busy or
+    skipped spend no attempt.
+    """
+    plan = AckPlan()
+    by_message: dict[int, list[Row]] = {}
+    for row in rows:
+        by_message.setdefault(id(row.message), []).append(row)
+    for message in messages:
+        mine = by_message.get(id(message), [])
+        kinds = {r.outcome.kind if r.outcome else "skipped" for r in mine}
+        if kinds <= {"done"} and mine:
+            plan.delete.append(message.msg_id)
+            continue
+        if kinds == {"skipped"} or not mine:
+            plan.release.append(message.msg_id)
+            continue
+        failed = [r for r in mine if r.outcome and r.outcome.kind == "failed"]
+        attempts = message.attempts  # this read included
+        doomed = failed if attempts >= max_attempts else []
+        retry = [r for r in failed if r not in doomed]
+        delay = retry_delay(attempts, (r.outcome.retry_after for r in failed if r.outcome),
+                            backoff=backoff, backoff_max=backoff_max)
+        if retry and len(retry) == len(mine):  # the next read of this message counts the next attempt
+            plan.delay.setdefault(delay, []).append(message.msg_id)
+            continue
+        for row in doomed:
+            target = message.target
+            plan.dead.append(DeadRow(
+                config=row.config.label if row.config else "unknown",
+                table=row.config.table if row.config else (target.table if target else ""),
+                row_id=row.raw_pk,
+                job=message.body_for([row.raw_pk], 0) if isinstance(message.body, dict) else {"body": message.body},
+                error=(row.outcome.error if row.outcome else None) or "failed", attempts=attempts))
+        if retry:
+            plan.resend.append((message.body_for([r.raw_pk for r in retry], attempts), delay))
+        busy = [r.raw_pk for r in mine if r.outcome and r.outcome.kind == "busy"]
+        if busy:  # a row locked by the application is no failure: this read does not count
+            plan.resend.append((message.body_for(busy, attempts - 1), busy_retry))
+        skipped = [r.raw_pk for r in mine if r.outcome is None or r.outcome.kind == "skipped"]
+        if skipped:
+            plan.resend.append((message.body_for(skipped, attempts - 1), 0))
+        (plan.archive if doomed else plan.delete).append(message.msg_id)
+    return plan
+
+
+def apply_acks(cursor: Any, plan: AckPlan) -> None:
+    """Carry out a plan with the cursor of the transaction that wrote the vectors."""
+    queue.delete(cursor, plan.delete)
+    queue.archive(cursor, plan.archive)
+    queue.release(cursor, plan.release)
+    for seconds, ids in plan.delay.items():
+        queue.set_vt(cursor, ids, seconds)
+    for body, seconds in plan.resend:
+        queue.send_batch(cursor, [body], seconds)
+    record(cursor, plan.dead)
+
+
+# -- the provider fan-out (pure) -----------------------------------------------------
+
+
+class FanOut:
+    """Which provider requests to send for a list of unique texts, and what each answer means.
+
+    Slices of the texts become requests. A request refused for its input is
+    split in halves until the bad input stands alone, so one poison text fails
+    only itself. A configuration error (bad key, unknown model, wrong
+    dimensions) stops everything: ``config_error`` is set and nothing more is
+    sent. No I/O here; ``Processor`` sends the requests.
+    """
+
+    def __init__(self, texts: Sequence[str], slices: Iterable[tuple[int, int]], *, dimensions: int,
+                 provider: str, column_type: str) -> None:
+        self.texts = texts
+        self.dimensions = dimensions
+        self.provider = provider
+        self.column_type = column_type
+        self.limit = float(np.finfo(precision(column_type)).max)
+        self.todo: list[tuple[int, int]] = list(slices)
+        self.vectors: list[np.ndarray | None] = [None] * len(texts)
+        self.errors: dict[int, ProviderError] = {}
+        self.config_error: ProviderError | None = None
+        self.requests = 0
+
+    def take(self) -> list[tuple[int, int]]:
+        """Slices to send now (none once a configuration error was seen)."""
+        out, self.todo = ([] if self.config_error else self.todo), []
+        return out
+
+    def answered(self, lo: int, hi: int, answer: Any) -> None:
+        """Record what the provider said for ``texts[lo:hi]``: vectors, or the exception it raised."""
+        self.requests += 1
+        if isinstance(answer, BaseException):
+            self._failed(lo, hi, answer)
+            return
+        try:
+            matrix = as_matrix(answer, hi - lo, self.dimensions, self.provider)
+        except ProviderError as exc:
+            self._failed(lo, hi, exc)
+            return
+        for i, vector in enumerate(matrix):
+            self.vectors[lo + i] = vector
+        # NaN, infinities or values past halfvec's range: pgvector would refuse the
+        # whole UPDATE, so such a text fails alone, here.
+        for bad in np.flatnonzero(~(np.abs(matrix) <= self.limit).all(axis=1)):
+            self.errors[lo + int(bad)] = ProviderError(
+                f"Provider {self.provider!r} returned a vector with NaN, infinite or out-of-range values "
+                f"(beyond ±{self.limit:g} for a {self.column_type} column); pgvector cannot store it. "
+                "Check the provider or model for this input.", kind="input")
+
+    def expired(self, slices: Iterable[tuple[int, int]]) -> None:
+        """The time budget ran out before these slices were sent."""
+        for lo, hi in slices:
+            for i in range(lo, hi):
+                self.errors[i] = ProviderError("time budget spent before this job was reached")
+
+    def _failed(self, lo: int, hi: int, exc: BaseException) -> None:
+        if not isinstance(exc, ProviderError):  # a custom provider's own exception
+            exc = ProviderError(f"provider {self.provider!r} failed: {exc!r}")
+        if exc.kind == "config":
+            self.config_error = self.config_error or exc
+        elif exc.kind == "input" and hi - lo > 1:
+            mid = (lo + hi) // 2
+            self.todo += [(lo, mid), (mid, hi)]
+        else:
+            for i in range(lo, hi):
+                self.errors[i] = exc
+
+
+def send(fanout: FanOut, call: Callable[[list[str]], Any], pool: ThreadPoolExecutor,
+         deadline: float | None = None) -> None:
+    """Send a fan-out's requests through ``pool``, as many in flight as the pool has threads."""
+    futures: dict[Future[Any], tuple[int, int]] = {}
+    while True:
+        for lo, hi in fanout.take():
+            futures[pool.submit(call, list(fanout.texts[lo:hi]))] = (lo, hi)
+        if not futures:
+            return
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, _ = wait(list(futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:  # time budget spent: drop what has not started, wait for the rest
+            fanout.expired([futures.pop(f) for f in [f for f in futures if f.cancel()]])
+            deadline = None
+            continue
+        for future in done:
+            lo, hi = futures.pop(future)
+            try:
+                fanout.answered(lo, hi, future.result())
+            except Exception as exc:  # noqa: BLE001  (the provider's exception is the answer)
+                fanout.answered(lo, hi, exc)
+        if fanout.config_error:
+            for future in futures:
+                future.cancel()
+            wait([f for f in futures if not f.cancelled()])
+            return
+
+
+# -- one config, resolved once per batch --------------------------------------------
+
+
+@dataclass
+class Resolved:
+    """A config's names, column type and provider, looked up once for a batch."""
+
+    config: EmbeddingConfig
+    schema: str
+    names: dict[str, sql.Composable]
+    column_type: str
+    provider: Provider
+
+    def query(self, key: str) -> sql.Composed:
+        return sql.SQL(sqlfiles.section("processing.sql", key)).format(**self.names)
 
 
 class Processor:
-    """Processes messages on one database alias with the given concurrency."""
+    """Processes messages on one database alias.
+
+    ``pool`` is the thread pool that sends provider requests (a worker's lanes
+    share one); without it each batch makes its own, ``max_requests`` wide.
+    """
 
     def __init__(self, *, using: str = "default", batch_size: int | None = None,
                  max_requests: int | None = None, pool: ThreadPoolExecutor | None = None) -> None:
         self.using = using
         self.batch_size = int(batch_size or conf.get("BATCH_SIZE"))
         self.max_requests = int(max_requests or conf.get("MAX_REQUESTS"))
-        self.pool = pool  # shared by a worker's lanes; else one per call, max_requests wide
+        self.pool = pool
         self._schemas: dict[str, str | None] = {}
 
     # -- entry point ----------------------------------------------------------
 
-    def process(self, messages: list[Message], *, deadline: float | None = None) -> BatchResult:
+    def process(self, messages: list[Message], *, deadline: float | None = None,
+                rows_for: Callable[[Message], Iterable[Any]] | None = None,
+                pause_delay: float = 0.0) -> BatchResult:
+        """Work on ``messages``; ``rows_for`` limits a message to some of its rows (the endpoint's jobs).
+
+        Raises:
+            ProcessingPaused: the provider refused its configuration. Every message
+                not yet acknowledged was handed back, visible again after
+                ``pause_delay`` seconds, without costing an attempt.
+        """
         started = time.monotonic()
         result = BatchResult()
-        rows = [row for m in messages for row in self._expand(m)]
-        groups: dict[str, list[_Row]] = {}
+        rows = [row for m in messages for row in self._expand(m, rows_for)]
+        groups: dict[str, list[Row]] = {}
         for row in rows:
             if row.outcome is None and row.config is not None:
                 groups.setdefault(row.config.label, []).append(row)
-        for group in groups.values():
-            siblings = {id(r.message) for r in group}
-            acked = [r for r in rows if id(r.message) in siblings]
-            self._run_config(group[0].config, group, acked, result, deadline)  # type: ignore[arg-type]
-        unmatched = [m for m in messages if all(r.config is None for r in rows if r.message is m)]
+        acked: set[int] = set()
+        try:
+            for group in groups.values():
+                mine = {id(r.message) for r in group}
+                self._run_config(self._resolve(group[0].config), group,  # type: ignore[arg-type]
+                                 [r for r in rows if id(r.message) in mine], result, deadline)
+                acked |= mine
+        except ProcessingPaused:
+            with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
+                queue.release(cursor, [m.msg_id for m in messages if id(m) not in acked], pause_delay)
+            raise
+        unmatched = [m for m in messages if id(m) not in acked]
         if unmatched:
-            with transaction.atomic(using=self.using):
-                self._acknowledge(unmatched, rows, result)
+            ids = {id(m) for m in unmatched}
+            with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
+                plan = self._plan(unmatched, [r for r in rows if id(r.message) in ids])
+                apply_acks(cursor, plan)
+            result.dead += len(plan.dead)
         for row in rows:
             assert row.outcome is not None
             if row.outcome.kind == "done":
                 result.completed.append((row.message.msg_id, row.raw_pk))
             else:
-                result.failed.append((row.message.msg_id, row.raw_pk, row.outcome.error or "busy"))
+                result.failed.append((row.message.msg_id, row.raw_pk, row.outcome.error or row.outcome.kind))
+                result.busy += row.outcome.kind == "busy"
         result.seconds = time.monotonic() - started
         return result
 
     # -- validation -----------------------------------------------------------
 
-    def _expand(self, message: Message) -> list[_Row]:
-        body = message.body
-        if not isinstance(body, dict):
-            return [_Row(message, None, outcome=Outcome("failed", "job is not a JSON object"))]
-        ids = body.get("ids") if "ids" in body else [body.get("id")]
-        if not isinstance(ids, list) or not ids or any(i is None or isinstance(i, (dict, list, bool)) for i in ids):
-            return [_Row(message, None, outcome=Outcome("failed", "job needs 'id' (or a list 'ids') of row keys"))]
-        config, error = self._match(body)
-        rows = []
-        for raw in ids:
-            row = _Row(message, raw, config=config)
-            if config is None:
+    def _expand(self, message: Message, rows_for: Callable[[Message], Iterable[Any]] | None) -> list[Row]:
+        if message.problem:
+            return [Row(message, None, outcome=Outcome("failed", message.problem))]
+        assert message.target is not None
+        config, error = self._match(message.target)
+        wanted = None if rows_for is None else {str(i) for i in rows_for(message)}
+        out = []
+        for raw in message.row_ids:
+            row = Row(message, raw, config=config)
+            if wanted is not None and str(raw) not in wanted:
+                row.outcome = Outcome("skipped")
+            elif config is None:
                 row.outcome = Outcome("failed", error)
             else:
                 try:
                     row.pk = config.model_class._meta.pk.to_python(raw)
                 except (ValidationError, ValueError, TypeError):
                     row.outcome = Outcome("failed", f"id {raw!r} is not a valid key for {config.table}")
-            rows.append(row)
-        return rows
+            out.append(row)
+        return out
 
-    def _match(self, body: dict[str, Any]) -> tuple[EmbeddingConfig | None, str]:
-        values = [body.get(k) for k in JOB_KEYS]
-        if not all(isinstance(v, str) and v for v in values):
-            return None, f"job needs string values for {', '.join(JOB_KEYS)}"
-        schema, table, function, column = cast(list[str], values)
-        config = registry.match(table, function, column)
-        if config is None or self._schema_of(config) != schema:
+    def _match(self, target: queue.Target) -> tuple[EmbeddingConfig | None, str]:
+        config = registry.match(target.table, target.function, target.column)
+        if config is None or self._schema_of(config) != target.schema:
             return None, (
-                f"no declared embedding matches {schema}.{table} "
-                f"(contentFunction {function!r}, embeddingColumn {column!r}); "
+                f"no declared embedding matches {target.schema}.{target.table} "
+                f"(contentFunction {target.function!r}, embeddingColumn {target.column!r}); "
                 "deploy the code that declares it, or delete the job"
             )
         return config, ""
@@ -145,33 +384,38 @@ class Processor:
     def _schema_of(self, config: EmbeddingConfig) -> str | None:
         if config.table not in self._schemas:
             with connections[self.using].cursor() as cursor:
-                cursor.execute(
-                    "select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-                    "where c.oid = to_regclass(%s)",
-                    [sql.Identifier(config.table).as_string(None)],
-                )
+                cursor.execute(sqlfiles.section("processing.sql", "table_schema"),
+                               [sql.Identifier(config.table).as_string(None)])
                 row = cursor.fetchone()
             self._schemas[config.table] = row[0] if row else None
         return self._schemas[config.table]
 
+    def _resolve(self, config: EmbeddingConfig) -> Resolved:
+        schema = self._schema_of(config) or "public"
+        names: dict[str, sql.Composable] = {
+            "table": sql.Identifier(schema, config.table),
+            "pk": sql.Identifier(config.pk_column),
+            "pktype": sql.SQL(config.model_class._meta.pk.rel_db_type(connections[self.using])),
+            "fn": sql.Identifier(schema, config.function_name),
+            "col": sql.Identifier(config.column),
+            "vectype": sql.SQL(vector_type(config)),
+        }
+        return Resolved(config, schema, names, vector_type(config), providers.for_config(config))
+
     # -- one config: read, embed, write ---------------------------------------
 
-    def _run_config(self, config: EmbeddingConfig, rows: list[_Row], acked: list[_Row],
-                    result: BatchResult, deadline: float | None) -> None:
-        names = self._sql_names(config)
+    def _run_config(self, target: Resolved, rows: list[Row], acked: list[Row], result: BatchResult,
+                    deadline: float | None) -> None:
         pks = list({row.pk: None for row in rows})
         raw = self._raw()
         with psycopg.Cursor(raw) as cur:
-            cur.execute(
-                sql.SQL("select t.{pk}, {fn}(t) from {table} t where t.{pk} = any(%s::{pktype}[])").format(**names),
-                [pks],
-            )
+            cur.execute(target.query("read_texts"), [pks])
             contents = dict(cur.fetchall())
         if not raw.autocommit and not connections[self.using].in_atomic_block:
             raw.commit()  # no transaction stays open across the API calls below
 
         texts = sorted({t for t in contents.values() if t})
-        vectors, errors, requests = self._embed(config, texts, deadline)
+        vectors, errors, requests = self._embed(target, texts, deadline)
         result.requests += requests
         by_text = dict(zip(texts, vectors))
 
@@ -183,37 +427,33 @@ class Processor:
             text = contents[row.pk]
             if text and text in errors:
                 err = errors[text]
-                row.outcome = Outcome("failed", str(err), getattr(err, "retry_after", None))
+                row.outcome = Outcome("failed", str(err), err.retry_after)
             else:
                 writes[row.pk] = (text, by_text.get(text) if text else None)
 
+        messages = list({id(r.message): r.message for r in acked}.values())
         with transaction.atomic(using=self.using):
-            written, busy = self._write(config, names, writes)
+            written, busy = self._write(target, writes)
             result.embedded += len(written)
             for row in rows:
                 if row.outcome is None:
                     row.outcome = Outcome("busy") if row.pk in busy else Outcome("done")
-            self._acknowledge(list({id(r.message): r.message for r in acked}.values()), acked, result)
+            plan = self._plan(messages, acked)
+            with connections[self.using].cursor() as cursor:
+                apply_acks(cursor, plan)
+            result.dead += len(plan.dead)
 
-    def _sql_names(self, config: EmbeddingConfig) -> dict[str, sql.Composable]:
-        meta = config.model_class._meta
-        schema = self._schema_of(config) or "public"
-        return {
-            "table": sql.Identifier(schema, config.table),
-            "pk": sql.Identifier(config.pk_column),
-            "pktype": sql.SQL(meta.pk.rel_db_type(connections[self.using])),
-            "fn": sql.Identifier(schema, config.function_name),
-            "col": sql.Identifier(config.column),
-            "vectype": sql.SQL(vector_type(config)),
-        }
+    def _plan(self, messages: list[Message], rows: list[Row]) -> AckPlan:
+        return plan_acks(messages, rows, max_attempts=int(conf.get("MAX_ATTEMPTS")),
+                         backoff=float(conf.get("RETRY_BACKOFF")), backoff_max=float(conf.get("RETRY_BACKOFF_MAX")))
 
     def _raw(self) -> Any:
         connection = connections[self.using]
         connection.ensure_connection()
         return connection.connection
 
-    def _embed(self, config: EmbeddingConfig, texts: list[str],
-               deadline: float | None) -> tuple[list[Any], dict[str, Exception], int]:
+    def _embed(self, target: Resolved, texts: list[str],
+               deadline: float | None) -> tuple[list[Any], dict[str, ProviderError], int]:
         """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
 
         A row queued twice (edited again before the worker read it), or put back
@@ -222,94 +462,42 @@ class Processor:
         """
         if not texts:
             return [], {}, 0
-        column_type = vector_type(config)
-        stored = precision(column_type)  # what the column keeps anyway
-        scope = (*provider_key(config), column_type)
+        config = target.config
+        stored = precision(target.column_type)  # what the column keeps anyway
+        scope = (*provider_key(config), target.column_type)
         keys = [(*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in texts]
         known = recent_vectors.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in known]
-        fresh, errors, requests = self._call_provider(config, column_type, [texts[i] for i in missing], deadline)
+        fanout = self._call_provider(target, [texts[i] for i in missing], deadline)
         vectors: list[Any] = [known.get(key) for key in keys]
+        errors: dict[str, ProviderError] = {}
         remember = []
-        for i, vector in zip(missing, fresh):
-            vectors[i] = vector
-            if vector is not None and texts[i] not in errors:
-                remember.append((keys[i], vector.astype(stored)))
+        for n, i in enumerate(missing):
+            vectors[i] = fanout.vectors[n]
+            if n in fanout.errors:
+                errors[texts[i]] = fanout.errors[n]
+            elif fanout.vectors[n] is not None:
+                remember.append((keys[i], fanout.vectors[n].astype(stored)))  # type: ignore[union-attr]
         recent_vectors.put_many(remember)
-        return vectors, errors, requests
+        return vectors, errors, fanout.requests
 
-    def _call_provider(self, config: EmbeddingConfig, column_type: str, texts: list[str],
-                       deadline: float | None) -> tuple[list[Any], dict[str, Exception], int]:
-        """Embed unique texts, many per request, several requests in flight.
-
-        A request refused for its input (not retryable) is split in halves until
-        the bad input stands alone, so one poison row fails only itself.
-        """
-        if not texts:
-            return [], {}, 0
-        provider = config.get_provider()
-        dims = config.get_dimensions()
+    def _call_provider(self, target: Resolved, texts: list[str], deadline: float | None) -> FanOut:
+        provider = target.provider
         inputs = [provider.truncate(t) for t in texts]
-        vectors: list[Any] = [None] * len(texts)
-        errors: dict[str, Exception] = {}
-        requests = 0
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
-        limit = float(np.finfo(precision(column_type)).max)
-        with ExitStack() as stack:
-            pool = self.pool or stack.enter_context(
-                ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed"))
-            futures: dict[Future[Any], tuple[int, int]] = {}
+        fanout = FanOut(inputs, chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=provider.max_request_tokens),
+                        dimensions=target.config.get_dimensions(), provider=provider.name,
+                        column_type=target.column_type)
+        if texts:
+            with ExitStack() as stack:
+                pool = self.pool or stack.enter_context(
+                    ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed"))
+                send(fanout, provider.embed, pool, deadline)
+        if fanout.config_error is not None:
+            raise ProcessingPaused(fanout.config_error, provider=providers.label(target.config))
+        return fanout
 
-            def submit(lo: int, hi: int) -> None:
-                futures[pool.submit(provider.embed, inputs[lo:hi])] = (lo, hi)
-
-            for lo, hi in chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=provider.max_request_tokens):
-                submit(lo, hi)
-            while futures:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done, _ = wait(list(futures), timeout=timeout, return_when=FIRST_COMPLETED)
-                if not done:  # time budget spent: drop what has not started
-                    for fut in [f for f in futures if f.cancel()]:
-                        lo, hi = futures.pop(fut)
-                        for i in range(lo, hi):
-                            errors[texts[i]] = ProviderError("time budget spent before this job was reached")
-                    deadline = None
-                    continue
-                for fut in done:
-                    lo, hi = futures.pop(fut)
-                    requests += 1
-                    try:
-                        matrix = as_matrix(fut.result(), hi - lo, dims, provider.name)
-                    except DimensionMismatch as exc:
-                        for i in range(lo, hi):
-                            errors[texts[i]] = exc
-                    except ProviderError as exc:
-                        if not exc.retryable and hi - lo > 1:
-                            mid = (lo + hi) // 2
-                            submit(lo, mid)
-                            submit(mid, hi)
-                        else:
-                            for i in range(lo, hi):
-                                errors[texts[i]] = exc
-                    except Exception as exc:  # a custom provider's own exception
-                        wrapped = ProviderError(f"provider {provider.name!r} failed: {exc!r}")
-                        for i in range(lo, hi):
-                            errors[texts[i]] = wrapped
-                    else:
-                        vectors[lo:hi] = list(matrix)
-                        # NaN, infinities or values past halfvec's range: pgvector would
-                        # refuse the whole UPDATE, so such a row fails alone, here.
-                        for bad in np.flatnonzero(~(np.abs(matrix) <= limit).all(axis=1)):
-                            errors[texts[lo + int(bad)]] = ProviderError(
-                                f"Provider {provider.name!r} returned a vector with NaN, infinite or "
-                                f"out-of-range values (beyond ±{limit:g} for a {column_type} column); "
-                                "pgvector cannot store it. Check the provider or model for this input.",
-                                retryable=False,
-                            )
-        return vectors, errors, requests
-
-    def _write(self, config: EmbeddingConfig, names: dict[str, sql.Composable],
-               writes: dict[Any, tuple[str, np.ndarray | None]]) -> tuple[set[Any], set[Any]]:
+    def _write(self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]) -> tuple[set[Any], set[Any]]:
         """Store vectors where the text is unchanged. Returns (written, busy) keys."""
         if not writes:
             return set(), set()
@@ -320,19 +508,12 @@ class Processor:
         with psycopg.Cursor(raw) as cur:
             # Lock what is free and leave the rest: waiting on rows an application
             # transaction holds is how a bulk_update and the worker deadlock.
-            cur.execute(
-                sql.SQL("select t.{pk} from {table} t where t.{pk} = any(%s::{pktype}[]) "
-                        "for update of t skip locked").format(**names),
-                [pks],
-            )
+            cur.execute(target.query("lock_rows"), [pks])
             locked = [r[0] for r in cur.fetchall()]
             missing = set(pks) - set(locked)
             busy: set[Any] = set()
             if missing:
-                cur.execute(
-                    sql.SQL("select t.{pk} from {table} t where t.{pk} = any(%s::{pktype}[])").format(**names),
-                    [list(missing)],
-                )
+                cur.execute(target.query("existing_rows"), [list(missing)])
                 busy = {r[0] for r in cur.fetchall()}
             if not locked:
                 return set(), busy
@@ -340,75 +521,7 @@ class Processor:
             rows = [(pk, vector) for pk in locked if (vector := writes[pk][1]) is not None]
             order = [pk for pk, _ in rows] + [pk for pk in locked if writes[pk][1] is None]
             matrix = np.stack([vector for _, vector in rows]) if rows else np.empty((0, 0), np.float32)
-            cur.execute(
-                sql.SQL(
-                    "update {table} t set {col} = v.vec "
-                    "from unnest(%s::{pktype}[], %s::text[], %b::{vectype}[]) as v(pk, body, vec) "
-                    "where t.{pk} = v.pk and {fn}(t) is not distinct from v.body "
-                    "returning t.{pk}"
-                ).format(**names),
-                [order, [writes[pk][0] for pk in order],
-                 VectorArray(matrix, len(order) - len(rows), vector_type(config))],
-            )
+            cur.execute(target.query("write_vectors"), [
+                order, [writes[pk][0] for pk in order],
+                VectorArray(matrix, len(order) - len(rows), target.column_type)])
             return {r[0] for r in cur.fetchall()}, busy
-
-    # -- acknowledgement ------------------------------------------------------
-
-    def _acknowledge(self, messages: list[Message], rows: list[_Row], result: BatchResult) -> None:
-        """Delete, archive, delay or split each message by its rows' outcomes."""
-        from .deadletter import record_failures
-
-        max_attempts = int(conf.get("MAX_ATTEMPTS"))
-        delete: list[int] = []
-        archive: list[int] = []
-        delays: dict[int, list[int]] = {}
-        resend: list[tuple[dict[str, Any], int]] = []
-        dead: list[tuple[_Row, int]] = []
-        by_message: dict[int, list[_Row]] = {}
-        for row in rows:
-            by_message.setdefault(id(row.message), []).append(row)
-        for message in messages:
-            mine = by_message.get(id(message), [])
-            failed = [r for r in mine if r.outcome and r.outcome.kind == "failed"]
-            busy = [r for r in mine if r.outcome and r.outcome.kind == "busy"]
-            if not failed and not busy:
-                delete.append(message.msg_id)
-                continue
-            attempts = message.attempts  # this read included
-            doomed = failed if attempts >= max_attempts else []
-            dead.extend((r, attempts) for r in doomed)
-            retry = [r for r in failed if r not in doomed]
-            if retry and len(retry) == len(mine):  # the next read of this message counts the next attempt
-                delays.setdefault(self._delay(attempts, failed), []).append(message.msg_id)
-                continue
-            if retry:
-                resend.append((self._body(message, retry, attempts), self._delay(attempts, failed)))
-            if busy:  # a row locked by the application is no failure: this read does not count
-                resend.append((self._body(message, busy, attempts - 1), BUSY_RETRY_SECONDS))
-            (archive if doomed else delete).append(message.msg_id)
-        with self._raw().cursor() as cur:
-            queue.delete(cur, delete)
-            queue.archive(cur, archive)
-            for seconds, ids in delays.items():
-                queue.set_vt(cur, ids, seconds)
-            for body, seconds in resend:
-                queue.send_batch(cur, [body], seconds)
-        if dead:
-            record_failures(dead)
-            result.dead += len(dead)
-
-    @staticmethod
-    def _body(message: Message, rows: list[_Row], attempts: int) -> dict[str, Any]:
-        """A new message for some of ``message``'s rows, carrying the attempts they have used."""
-        body = {k: v for k, v in message.body.items() if k not in ("id", "ids", "attempts")}
-        keys = [r.raw_pk for r in rows]
-        body.update({"id": keys[0]} if len(keys) == 1 else {"ids": keys})
-        body["attempts"] = max(0, attempts)
-        return body
-
-    @staticmethod
-    def _delay(attempts: int, failed: list[_Row]) -> int:
-        base = float(conf.get("RETRY_BACKOFF"))
-        delay = min(base * 2 ** max(0, attempts - 1), float(conf.get("RETRY_BACKOFF_MAX")))
-        hinted = [r.outcome.retry_after for r in failed if r.outcome and r.outcome.retry_after]
-        return int(max([delay, *hinted]) + 0.999)

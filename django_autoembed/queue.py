@@ -1,79 +1,188 @@
-"""Thin wrappers over the pgmq calls this app makes. Values are always parameters."""
+"""Queue messages and the pgmq calls this app makes, in one place.
+
+A message names one row (``"id"``, the Supabase guide's shape) or, when a
+statement changed many rows, several (``"ids"``), plus the target (schema,
+table, content function, embedding column) and, when it was split off an
+earlier message, the attempts its rows have used (``"attempts"``). Only
+``Message`` reads or writes those keys.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from psycopg import sql
 
 from . import conf
+from . import sql as sqlfiles
+from .exceptions import InvalidValue
+
+# The keys naming a message's target, in the guide's spelling.
+TARGET_KEYS = ("schema", "table", "contentFunction", "embeddingColumn")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a message's rows live and how their text and vector are found."""
+
+    schema: str
+    table: str
+    function: str
+    column: str
+
+    def as_body(self) -> dict[str, str]:
+        return dict(zip(TARGET_KEYS, (self.schema, self.table, self.function, self.column)))
 
 
 @dataclass
 class Message:
-    """A queue message as read from pgmq (or rebuilt from an endpoint job)."""
+    """One queue message: its id, how often it was read, and what its body says."""
 
     msg_id: int
     read_ct: int
     body: Any
-    enqueued_at: datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Message:
+        msg_id, read_ct, body = row[:3]
+        return cls(int(msg_id), int(read_ct), json.loads(body) if isinstance(body, (str, bytes)) else body)
+
+    @classmethod
+    def new(cls, target: Target, row_ids: list[Any], *, msg_id: int = 0, read_ct: int = 0,
+            attempts: int = 0) -> Message:
+        """A message for ``row_ids`` of ``target`` (the body a trigger would send)."""
+        return cls(msg_id, read_ct, _body(target.as_body(), row_ids, attempts))
+
+    # -- what the body says --------------------------------------------------
+
+    @cached_property
+    def row_ids(self) -> list[Any]:
+        """The row keys this message names; empty when the body is malformed (see ``problem``)."""
+        return [] if self._ids_problem else list(self._raw_ids)
+
+    @cached_property
+    def target(self) -> Target | None:
+        if not isinstance(self.body, dict):
+            return None
+        values = [self.body.get(k) for k in TARGET_KEYS]
+        if not all(isinstance(v, str) and v for v in values):
+            return None
+        return Target(*values)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the message cannot be worked on, or None."""
+        if not isinstance(self.body, dict):
+            return "job is not a JSON object"
+        if self._ids_problem:
+            return self._ids_problem
+        if self.target is None:
+            return f"job needs string values for {', '.join(TARGET_KEYS)}"
+        return None
+
+    @property
+    def prior_attempts(self) -> int:
+        """Attempts used before this message was queued (it was split off an earlier one)."""
+        prior = self.body.get("attempts", 0) if isinstance(self.body, dict) else 0
+        return prior if isinstance(prior, int) and not isinstance(prior, bool) and prior > 0 else 0
 
     @property
     def attempts(self) -> int:
-        prior = self.body.get("attempts", 0) if isinstance(self.body, dict) else 0
-        return (prior if isinstance(prior, int) else 0) + self.read_ct
+        """Attempts used by its rows, this read included."""
+        return self.prior_attempts + self.read_ct
+
+    def names(self, row_id: Any) -> bool:
+        """Whether this message names ``row_id`` (compared as text, as JSON keys travel)."""
+        return any(str(i) == str(row_id) for i in self.row_ids)
+
+    def body_for(self, row_ids: list[Any], attempts: int) -> dict[str, Any]:
+        """The body of a new message for some of this message's rows, carrying ``attempts``."""
+        base = {k: v for k, v in self.body.items() if k not in ("id", "ids", "attempts")}
+        return _body(base, row_ids, attempts)
+
+    @cached_property
+    def _raw_ids(self) -> Any:
+        if not isinstance(self.body, dict):
+            return None
+        return self.body.get("ids") if "ids" in self.body else [self.body.get("id")]
+
+    @cached_property
+    def _ids_problem(self) -> str | None:
+        ids = self._raw_ids
+        if not isinstance(self.body, dict):
+            return "job is not a JSON object"
+        if not isinstance(ids, list) or not ids or any(i is None or isinstance(i, (dict, list, bool)) for i in ids):
+            return "job needs 'id' (or a list 'ids') of row keys"
+        return None
+
+
+def _body(base: dict[str, Any], row_ids: list[Any], attempts: int) -> dict[str, Any]:
+    body = dict(base)
+    body.update({"id": row_ids[0]} if len(row_ids) == 1 else {"ids": list(row_ids)})
+    if attempts > 0:
+        body["attempts"] = attempts
+    return body
+
+
+# -- the queue ---------------------------------------------------------------
 
 
 def name() -> str:
-    return str(conf.get("QUEUE"))
+    """The configured queue's name (pgmq allows lowercase letters, digits and '_')."""
+    queue = str(conf.get("QUEUE"))
+    if not queue or not queue.replace("_", "").isalnum() or not queue.isascii() or queue != queue.lower():
+        raise InvalidValue(f"AUTOEMBED['QUEUE'] = {queue!r}: use lowercase letters, digits and '_'.")
+    return queue
+
+
+def tables(queue: str | None = None) -> dict[str, sql.Identifier]:
+    """The queue's pgmq tables, for queries composed with psycopg.sql: ``queue`` and ``archive``."""
+    queue = queue or name()
+    return {"queue": sql.Identifier("pgmq", f"q_{queue}"), "archive": sql.Identifier("pgmq", f"a_{queue}")}
+
+
+def query(key: str, queue: str | None = None) -> str:
+    """A section of queue.sql with the queue's table names filled in."""
+    return sql.SQL(sqlfiles.section("queue.sql", key)).format(**tables(queue)).as_string(None)
 
 
 def read(cursor: Any, qty: int, visibility_timeout: int) -> list[Message]:
-    cursor.execute(
-        "select msg_id, read_ct, message, enqueued_at from pgmq.read(%s, %s, %s)",
-        [name(), visibility_timeout, qty],
-    )
-    return [Message(r[0], r[1], _json(r[2]), r[3]) for r in cursor.fetchall()]
+    cursor.execute(query("read"), [name(), visibility_timeout, qty])
+    return [Message.from_row(r) for r in cursor.fetchall()]
 
 
-def send_batch(cursor: Any, bodies: list[dict[str, Any]], delay: int = 0) -> None:
+def send_batch(cursor: Any, bodies: list[dict[str, Any]], delay: float = 0) -> None:
     if bodies:
-        cursor.execute(
-            "select pgmq.send_batch(%s, %s::jsonb[], %s)",
-            [name(), [json.dumps(b) for b in bodies], int(delay)],
-        )
+        cursor.execute(query("send_batch"), [name(), [json.dumps(b) for b in bodies], int(delay)])
 
 
 def delete(cursor: Any, msg_ids: list[int]) -> None:
     if msg_ids:
-        cursor.execute("select pgmq.delete(%s, %s::bigint[])", [name(), msg_ids])
+        cursor.execute(query("delete"), [name(), msg_ids])
 
 
 def archive(cursor: Any, msg_ids: list[int]) -> None:
     if msg_ids:
-        cursor.execute("select pgmq.archive(%s, %s::bigint[])", [name(), msg_ids])
+        cursor.execute(query("archive"), [name(), msg_ids])
 
 
-def set_vt(cursor: Any, msg_ids: list[int], seconds: int) -> None:
+def set_vt(cursor: Any, msg_ids: list[int], seconds: float) -> None:
     if msg_ids:
-        cursor.execute("select msg_id from pgmq.set_vt(%s, %s::bigint[], %s)", [name(), msg_ids, int(seconds)])
+        cursor.execute(query("set_vt"), [name(), msg_ids, int(seconds)])
 
 
-def release(cursor: Any, msg_ids: list[int]) -> None:
-    """Hand back messages read but not worked on: visible now, and the read not counted as an attempt."""
+def release(cursor: Any, msg_ids: list[int], delay: float = 0) -> None:
+    """Hand back messages read but not worked on: visible after ``delay``, the read not counted."""
     if msg_ids:
-        cursor.execute(
-            "update pgmq.q_" + _table_suffix() + " set vt = clock_timestamp(), read_ct = greatest(read_ct - 1, 0) "
-            "where msg_id = any(%s::bigint[])", [msg_ids])
+        cursor.execute(query("release"), [float(delay), msg_ids])
 
 
 def next_visible_in(cursor: Any) -> float | None:
     """Seconds until the next hidden message becomes visible (None: the queue is empty)."""
-    cursor.execute("select extract(epoch from min(vt) - clock_timestamp()) from pgmq.q_" + _table_suffix())
+    cursor.execute(query("next_visible_in"))
     row = cursor.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
@@ -82,40 +191,18 @@ def lookup(cursor: Any, msg_ids: list[int]) -> dict[int, Message]:
     """Messages by id, straight from the queue table (for jobs posted to the endpoint)."""
     if not msg_ids:
         return {}
-    cursor.execute(
-        "select msg_id, read_ct, message, enqueued_at from pgmq.q_" + _table_suffix()
-        + " where msg_id = any(%s::bigint[])",
-        [msg_ids],
-    )
-    return {r[0]: Message(r[0], r[1], _json(r[2]), r[3]) for r in cursor.fetchall()}
-
-
-def _table_suffix() -> str:
-    # pgmq itself restricts queue names to [a-z0-9_]; refuse anything else here too.
-    queue = name()
-    if not queue.replace("_", "").isalnum() or not queue.isascii() or queue != queue.lower():
-        raise ValueError(f"AUTOEMBED['QUEUE'] = {queue!r}: use lowercase letters, digits and '_'.")
-    return queue
+    cursor.execute(query("lookup"), [msg_ids])
+    return {m.msg_id: m for m in map(Message.from_row, cursor.fetchall())}
 
 
 def depth(cursor: Any) -> tuple[int, float | None]:
     """(messages in the queue, fractional seconds the oldest has waited)."""
-    cursor.execute("select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from pgmq.q_"
-                   + _table_suffix())
+    cursor.execute(query("depth"))
     count, oldest = cursor.fetchone()
     return int(count), None if oldest is None else float(oldest)
 
 
-def exists(cursor: Any) -> bool:
+def exists(cursor: Any, queue: str | None = None) -> bool:
     """Whether the queue's table is there (migrate and autoembed_sync create it)."""
-    cursor.execute("select to_regclass(%s) is not null", ["pgmq.q_" + _table_suffix()])
+    cursor.execute(query("exists"), [tables(queue)["queue"].as_string(None)])
     return bool(cursor.fetchone()[0])
-
-
-def table() -> sql.Identifier:
-    """The queue's table, for queries composed with psycopg.sql."""
-    return sql.Identifier("pgmq", "q_" + _table_suffix())
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value

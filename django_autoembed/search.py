@@ -10,6 +10,7 @@ from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
 from .cache import VectorLRU, provider_key
+from .exceptions import InvalidValue, UnknownConfig
 
 if TYPE_CHECKING:
     from .config import EmbeddingConfig
@@ -22,9 +23,10 @@ class _QueryCache(VectorLRU):
         key = (*provider_key(config), text)
         vector = self.get(key)
         if vector is None:
+            from .providers import for_config
             from .providers.base import as_matrix
 
-            provider = config.get_provider()
+            provider = for_config(config)
             vector = as_matrix(provider.embed([provider.truncate(text)]), 1, config.get_dimensions(),
                                provider.name)[0]
             self.put_many([(key, vector)])
@@ -49,17 +51,17 @@ class EmbeddingQuerySet(models.QuerySet):
 
         configs = registry.for_model(self.model)
         if not configs:
-            raise LookupError(f"{self.model._meta.label} declares no embedding (embed_fields or embedding_configs).")
+            raise UnknownConfig(f"{self.model._meta.label} declares no embedding (embed_fields or embedding_configs).")
         if config is None:
             if len(configs) > 1:
                 names = ", ".join(c.config_name for c in configs)
-                raise ValueError(f"{self.model._meta.label} has several embeddings; pass config= one of: {names}.")
+                raise InvalidValue(f"{self.model._meta.label} has several embeddings; pass config= one of: {names}.")
             return configs[0]
         for c in configs:
             if config in (c.config_name, c.column, c.label):
                 return c
         names = ", ".join(c.config_name for c in configs)
-        raise ValueError(f"{self.model._meta.label} has no embedding {config!r}; choose from: {names}.")
+        raise InvalidValue(f"{self.model._meta.label} has no embedding {config!r}; choose from: {names}.")
 
     def nearest(self, vector: Any, *, config: str | None = None, ef_search: int | None = None) -> EmbeddingQuerySet:
         """Rows ordered by cosine distance to ``vector``, annotated with ``distance``."""
@@ -83,7 +85,7 @@ class EmbeddingQuerySet(models.QuerySet):
             ProviderError: the provider failed; the message names it.
         """
         if not isinstance(text, str) or not text.strip():
-            raise ValueError("semantic_search needs a non-empty query text.")
+            raise InvalidValue("semantic_search needs a non-empty query text.")
         cfg = self.embedding_config(config)
         qs = self.nearest(query_cache.embed(cfg, text), config=config, ef_search=ef_search)
         return qs[:k] if k else qs

@@ -8,9 +8,10 @@ from typing import Any
 from django.db import connections
 from psycopg import sql
 
-from . import queue
+from . import pauses, queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
+from .exceptions import QueueMissing
 from .push import JOB_NAME
 
 
@@ -44,6 +45,8 @@ class Status:
     oldest_message_age_s: float | None
     configs: list[ConfigStatus] = field(default_factory=list)
     push: PushStatus | None = None
+    # Providers paused by a configuration error: {"provider", "error", "since", "last_seen"}.
+    paused: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +57,7 @@ def _query(key: str, **names: sql.Composable) -> str:
 
 
 def _config_status(cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable) -> ConfigStatus:
-    from .models import EmbeddingFailure
+    from .failures import EmbeddingFailure
 
     cursor.execute(_query("config_rows", column=sql.Identifier(config.column), table=sql.Identifier(config.table)))
     rows, embedded = cursor.fetchone()
@@ -87,15 +90,16 @@ def _push_status(cursor: Any) -> PushStatus:
 
 
 def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
-    """Read the numbers from the database (raises LookupError when the queue is missing)."""
+    """Read the numbers from the database (raises QueueMissing, a LookupError, when the queue is missing)."""
     name = queue.name()
     with connections[using].cursor() as cursor:
         if not queue.exists(cursor):
-            raise LookupError(f"The queue {name!r} does not exist in database {using!r}. "
+            raise QueueMissing(f"The queue {name!r} does not exist in database {using!r}. "
                               "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
         depth, oldest = queue.depth(cursor)
         status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
         for config in configs if configs is not None else registry.all():
-            status.configs.append(_config_status(cursor, config, queue.table()))
+            status.configs.append(_config_status(cursor, config, queue.tables()["queue"]))
         status.push = _push_status(cursor)
+    status.paused = pauses.as_dicts(pauses.current(using))
     return status

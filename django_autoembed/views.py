@@ -8,16 +8,23 @@ import logging
 import time
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import conf, queue
-from .processing import JOB_KEYS, Processor
+from .config import registry
+from .exceptions import InvalidValue, ProcessingPaused
+from .pauses import record_pause
+from .processing import Processor
 
 logger = logging.getLogger(__name__)
 
 MAX_KEY = 2**63 - 1
+# Most rows one posted job may name (a packed message names up to 500).
+MAX_IDS = 10_000
+# Seconds the jobs of a paused batch stay hidden, so pg_cron's next ticks do not re-post them at once.
+PAUSE_RELEASE_SECONDS = 30
 
 
 def _error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -27,31 +34,55 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
+def _key_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return "must be an integer or a string"
+    if isinstance(value, int) and abs(value) > MAX_KEY:
+        return "is out of range (64-bit)"
+    return None
+
+
 def validate_jobs(payload: Any) -> list[dict[str, Any]]:
-    """The request body as a list of jobs; ValueError saying what is wrong."""
+    """The request body as a list of jobs; InvalidValue saying what is wrong.
+
+    A job names one row (``"id"``, the guide's shape) or several (``"ids"``, a
+    packed message posted whole), its target, and the queue message it came
+    from (``"jobId"``).
+    """
     if not isinstance(payload, list):
-        raise ValueError("body must be a JSON list of jobs")
+        raise InvalidValue("body must be a JSON list of jobs")
     seen: set[int] = set()
     for n, job in enumerate(payload):
         if not isinstance(job, dict):
-            raise ValueError(f"job {n} is not an object")
-        missing = [k for k in ("jobId", "id", *JOB_KEYS) if k not in job]
+            raise InvalidValue(f"job {n} is not an object")
+        missing = [k for k in ("jobId", *queue.TARGET_KEYS) if k not in job]
+        if "id" not in job and "ids" not in job:
+            missing.insert(1, "id")
         if missing:
-            raise ValueError(f"job {n} lacks {', '.join(missing)}")
+            raise InvalidValue(f"job {n} lacks {', '.join(missing)}")
         job_id = job["jobId"]
         if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id <= MAX_KEY:
-            raise ValueError(f"job {n}: jobId must be a positive 64-bit integer")
+            raise InvalidValue(f"job {n}: jobId must be a positive 64-bit integer")
         if job_id in seen:
-            raise ValueError(f"job {n}: jobId {job_id} appears twice")
+            raise InvalidValue(f"job {n}: jobId {job_id} appears twice")
         seen.add(job_id)
-        if not isinstance(job["id"], (int, str)) or isinstance(job["id"], bool):
-            raise ValueError(f"job {n}: id must be an integer or a string")
-        if isinstance(job["id"], int) and abs(job["id"]) > MAX_KEY:
-            raise ValueError(f"job {n}: id is out of range")
-        for key in JOB_KEYS:
+        if "ids" in job:
+            ids = job["ids"]
+            if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS:
+                raise InvalidValue(f"job {n}: ids must be a list of 1 to {MAX_IDS} row keys")
+            problem = next(filter(None, map(_key_problem, ids)), None)
+            if problem:
+                raise InvalidValue(f"job {n}: each of ids {problem}")
+        elif problem := _key_problem(job["id"]):
+            raise InvalidValue(f"job {n}: id {problem}")
+        for key in queue.TARGET_KEYS:
             if not isinstance(job[key], str) or not job[key] or len(job[key]) > 255:
-                raise ValueError(f"job {n}: {key} must be a non-empty string of at most 255 characters")
+                raise InvalidValue(f"job {n}: {key} must be a non-empty string of at most 255 characters")
     return payload
+
+
+def _ids(job: dict[str, Any]) -> list[Any]:
+    return list(job["ids"]) if "ids" in job else [job["id"]]
 
 
 @csrf_exempt
@@ -81,37 +112,70 @@ def embed(request: HttpRequest) -> JsonResponse:
         jobs = validate_jobs(json.loads(body))
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"invalid jobs: {exc}")
+    except RecursionError:
+        return _error(400, "invalid jobs: the JSON is nested too deeply")
 
     deadline = time.monotonic() + float(conf.get("ENDPOINT_TIME_BUDGET"))
-    with connection.cursor() as cursor:
-        stored = queue.lookup(cursor, [j["jobId"] for j in jobs])
-    messages: dict[int, queue.Message] = {}
-    for job in jobs:
-        message = stored.get(job["jobId"])
-        if message is None or not _names_row(message.body, job):
-            job_body = {k: job[k] for k in ("id", *JOB_KEYS)}
-            message = queue.Message(job["jobId"], message.read_ct if message else 1, job_body)
-        messages[job["jobId"]] = message
-    result = Processor().process(list(messages.values()), deadline=deadline)
+    errors: dict[int, str] = {}  # jobId -> why the job failed
+    paused: ProcessingPaused | None = None
+    for using, mine in _by_database(jobs).items():
+        try:
+            errors.update(_process(using, mine, deadline))
+        except ProcessingPaused as exc:
+            paused = paused or exc
+            record_pause(using, exc, retry_in=PAUSE_RELEASE_SECONDS)
+            errors.update({job["jobId"]: f"paused: {exc}" for job in mine})
 
-    errors: dict[tuple[int, str], str] = {(m, str(pk)): e for m, pk, e in result.failed}
-    completed, failed = [], []
-    for job in jobs:
-        error = errors.get((job["jobId"], str(job["id"])))
-        if error is None:
-            completed.append(job)
-        else:
-            failed.append({**job, "error": error})
+    completed = [job for job in jobs if job["jobId"] not in errors]
+    failed = [{**job, "error": errors[job["jobId"]]} for job in jobs if job["jobId"] in errors]
     logger.info("Endpoint: %d jobs done, %d failed", len(completed), len(failed),
                 extra={"completed": len(completed), "failed": len(failed)})
-    response = JsonResponse({"completedJobs": completed, "failedJobs": failed})
+    response = JsonResponse({"completedJobs": completed, "failedJobs": failed}, status=503 if paused else 200)
     response["X-Completed-Jobs"] = str(len(completed))
     response["X-Failed-Jobs"] = str(len(failed))
+    if paused:
+        response["Retry-After"] = str(PAUSE_RELEASE_SECONDS)
     return response
 
 
-def _names_row(body: Any, job: dict[str, Any]) -> bool:
-    if not isinstance(body, dict) or any(body.get(k) != job[k] for k in JOB_KEYS):
-        return False
-    ids = body.get("ids") if "ids" in body else [body.get("id")]
-    return isinstance(ids, list) and any(str(i) == str(job["id"]) for i in ids)
+def _by_database(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Jobs by the database their table is written on (the router's choice for the declaring model)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        config = registry.match(job["table"], job["contentFunction"], job["embeddingColumn"])
+        using = router.db_for_write(config.model_class) if config else DEFAULT_DB_ALIAS
+        out.setdefault(using or DEFAULT_DB_ALIAS, []).append(job)
+    return out
+
+
+def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[int, str]:
+    """Embed the rows ``jobs`` name on one database; returns the failed jobs' errors by jobId.
+
+    A posted job acknowledges only the rows it names in its own message: a
+    message's other rows go back to the queue, and a job naming rows its
+    message does not hold fails without touching that message.
+    """
+    with connections[using].cursor() as cursor:
+        stored = queue.lookup(cursor, [j["jobId"] for j in jobs])
+    errors: dict[int, str] = {}
+    posted: dict[int, list[Any]] = {}
+    messages: list[queue.Message] = []
+    for job in jobs:
+        job_id, ids = job["jobId"], _ids(job)
+        target = queue.Target(job["schema"], job["table"], job["contentFunction"], job["embeddingColumn"])
+        message = stored.get(job_id)
+        if message is None:  # already done elsewhere, or never queued: embed what was posted, as the guide does
+            message = queue.Message.new(target, ids, msg_id=job_id, read_ct=1)
+        elif message.target != target or not all(message.names(i) for i in ids):
+            errors[job_id] = f"jobId {job_id} is a queue message for other rows; nothing was done with it"
+            continue
+        posted[job_id] = ids
+        messages.append(message)
+    if not messages:
+        return errors
+    result = Processor(using=using).process(messages, deadline=deadline, rows_for=lambda m: posted[m.msg_id],
+                                            pause_delay=PAUSE_RELEASE_SECONDS)
+    for msg_id, row_id, error in result.failed:
+        if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
+            errors.setdefault(msg_id, f"id {row_id}: {error}")
+    return errors

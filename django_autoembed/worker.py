@@ -4,36 +4,57 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TextIO
 
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from . import conf, queue
+from .exceptions import ProcessingPaused
 from .processing import Processor
+from .pauses import clear_pause, record_pause
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "autoembed"
+# With --once: how long to wait for jobs put back a moment ago (rows that were locked).
 ONCE_GRACE_SECONDS = 2.0
+# A paused worker tries again after this many seconds, doubling up to the maximum.
+PAUSE_FIRST, PAUSE_MAX = 5.0, 60.0
 
 
 @dataclass
 class WorkerOptions:
+    """How a worker runs. ``default_options`` fills the AUTOEMBED-backed ones."""
+
     batch_size: int
     max_requests: int
     visibility_timeout: int
-    concurrency: int = 2
+    concurrency: int
     poll_interval: float = 5.0
     once: bool = False
     using: str = "default"
     max_downtime: float = 60.0
+    # With --once: give up on rows other transactions keep locked after this many seconds.
+    once_busy_limit: float = 10.0
     progress: TextIO | None = None
+
+
+def default_options(**overrides: Any) -> WorkerOptions:
+    """Options from AUTOEMBED and WorkerOptions' defaults; a None override keeps the default."""
+    values: dict[str, Any] = {
+        "batch_size": conf.get("BATCH_SIZE"),
+        "max_requests": conf.get("MAX_REQUESTS"),
+        "visibility_timeout": conf.get("VISIBILITY_TIMEOUT"),
+        "concurrency": conf.get("CONCURRENCY"),
+    }
+    known = {f.name for f in fields(WorkerOptions)}
+    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    return WorkerOptions(**values)
 
 
 class Worker:
@@ -41,7 +62,9 @@ class Worker:
 
     ``concurrency`` lanes run side by side, each reading and processing its own
     batches on its own connection, so one lane writes while another waits on
-    the provider.
+    the provider. A configuration error from the provider pauses every lane:
+    the jobs go back to the queue unspent, the worker says once what is wrong,
+    and tries again with a growing pause until the provider accepts it.
     """
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -49,8 +72,15 @@ class Worker:
         self.stopping = False
         self.rows_done = 0
         self.started = time.monotonic()
+        # Why the worker gave up, for the command to print (None: it did not).
+        self.exit_reason: str | None = None
+        # Rows left queued by --once because other transactions kept them locked.
+        self.left_busy = 0
         self._lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
+        self._paused: ProcessingPaused | None = None
+        self._paused_until = 0.0
+        self._pause_seconds = PAUSE_FIRST
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -58,9 +88,14 @@ class Worker:
         return self.o.batch_size * self.o.max_requests * 2
 
     def stop(self, signum: int | None = None, frame: Any = None) -> None:
-        if not self.stopping:
+        if not self.stopping and signum is not None:
             logger.info("Stopping after the current batch (signal %s).", signum)
         self.stopping = True
+
+    def give_up(self, reason: str, code: int) -> int:
+        self.exit_reason = self.exit_reason or reason
+        self.stop()
+        return code
 
     def run(self) -> int:
         previous = {}
@@ -97,6 +132,37 @@ class Worker:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    # -- pausing on configuration errors ------------------------------------------
+
+    def paused_for(self) -> float:
+        """Seconds this worker still waits before trying a paused provider again."""
+        with self._lock:
+            return max(0.0, self._paused_until - time.monotonic()) if self._paused else 0.0
+
+    def pause(self, paused: ProcessingPaused) -> None:
+        with self._lock:
+            first = self._paused is None or str(self._paused) != str(paused)
+            if self._paused is not None and time.monotonic() >= self._paused_until:
+                self._pause_seconds = min(self._pause_seconds * 2, PAUSE_MAX)
+            self._paused = paused
+            self._paused_until = time.monotonic() + self._pause_seconds
+            seconds = self._pause_seconds
+        if first:
+            logger.error("Embedding paused: %s Nothing was spent: the jobs stay queued, and this worker tries "
+                         "again every %.0f-%.0f s until the provider accepts the configuration.",
+                         paused, PAUSE_FIRST, PAUSE_MAX, extra={"provider": paused.provider})
+        record_pause(self.o.using, paused, retry_in=seconds)
+
+    def resume(self) -> None:
+        with self._lock:
+            paused, self._paused = self._paused, None
+            self._pause_seconds = PAUSE_FIRST
+        if paused is not None:
+            logger.warning("Embedding resumed: %s accepts the configuration again.", paused.provider or "the provider")
+            clear_pause(self.o.using, paused.provider)
+
+    # -- progress -----------------------------------------------------------------
+
     def _done(self, rows: int) -> None:
         with self._lock:
             self.rows_done += rows
@@ -124,6 +190,7 @@ class _Lane:
         self.processor = Processor(using=self.o.using, batch_size=self.o.batch_size,
                                    max_requests=self.o.max_requests, pool=worker.pool)
         self._listener: psycopg.Connection[Any] | None = None
+        self._busy_since: float | None = None
 
     def run(self) -> int:
         down_since: float | None = None
@@ -133,17 +200,25 @@ class _Lane:
             except (psycopg.Error, DatabaseError):
                 pass
             while not self.worker.stopping:
+                if self.worker.paused_for():
+                    self._sleep(self.worker.paused_for())
+                    continue
                 try:
                     handled = self.step()
                     down_since = None
+                except ProcessingPaused as paused:
+                    self.worker.pause(paused)
+                    if self.o.once:
+                        return self.worker.give_up(
+                            f"paused: {paused} The jobs stay queued; fix the configuration and run again.", 2)
+                    continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
                     down_since = down_since or time.monotonic()
                     if time.monotonic() - down_since > self.o.max_downtime:
                         logger.error("Database unreachable for %.0f s, giving up: %s", self.o.max_downtime, exc)
-                        print(f"process_embeddings: database unreachable for {self.o.max_downtime:.0f} s "
-                              f"({exc}). Check the database and start the worker again.", file=sys.stderr)
-                        self.worker.stop()
-                        return 1
+                        return self.worker.give_up(
+                            f"database unreachable for {self.o.max_downtime:.0f} s ({exc}). "
+                            "Check the database and start the worker again.", 1)
                     logger.warning("Database connection lost (%s); reconnecting.", exc)
                     self._reset()
                     time.sleep(1.0)
@@ -170,19 +245,36 @@ class _Lane:
         if not messages:
             return 0
         result = self.processor.process(messages)
+        self.worker.resume()
         rows = len(result.completed) + len(result.failed)
         logger.info(
-            "Batch: %d messages, %d rows done, %d failed, %d dead, %d requests, %.2f s",
-            len(messages), len(result.completed), len(result.failed), result.dead, result.requests,
-            result.seconds,
+            "Batch: %d messages, %d rows done, %d failed, %d busy, %d dead, %d requests, %.2f s",
+            len(messages), len(result.completed), len(result.failed) - result.busy, result.busy, result.dead,
+            result.requests, result.seconds,
             extra={"messages": len(messages), "completed": len(result.completed),
-                   "failed": len(result.failed), "seconds": result.seconds},
+                   "failed": len(result.failed), "busy": result.busy, "seconds": result.seconds},
         )
         self.worker._done(len(result.completed))
+        if self.o.once and self._only_busy(result):
+            return 0  # nothing else to do; _due_soon decides whether to wait for the locks
         return rows
+
+    def _only_busy(self, result: Any) -> bool:
+        """With --once: whether locked rows are all that is left, and for too long."""
+        if not result.busy or len(result.failed) > result.busy or result.completed:
+            self._busy_since = None
+            return False
+        self._busy_since = self._busy_since or time.monotonic()
+        if time.monotonic() - self._busy_since < self.o.once_busy_limit:
+            return False
+        self.worker.left_busy = result.busy
+        self.worker.stop()
+        return True
 
     def _due_soon(self) -> bool:
         """With --once: wait for jobs put back for a moment (rows that were locked), not for backoffs."""
+        if self.worker.stopping:
+            return False
         with connections[self.o.using].cursor() as cursor:
             wait = queue.next_visible_in(cursor)
         if wait is None or wait > ONCE_GRACE_SECONDS:
@@ -198,13 +290,16 @@ class _Lane:
             if kept and rows >= self.worker.row_budget:
                 break
             kept.append(message)
-            body = message.body if isinstance(message.body, dict) else {}
-            ids = body.get("ids")
-            rows += len(ids) if isinstance(ids, list) else 1
+            rows += max(1, len(message.row_ids))
         queue.release(cursor, [m.msg_id for m in messages[len(kept):]])
         return kept
 
     # -- waiting --------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.worker.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def _wait(self) -> None:
         """Sleep until a trigger's NOTIFY, the poll interval, or a stop signal."""
@@ -254,14 +349,3 @@ def connect(using: str = "default") -> psycopg.Connection[Any]:
     # Django's own cursor factory and adapters context belong to its connection only.
     params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
     return psycopg.connect(**params, autocommit=True)
-
-
-def default_options(**overrides: Any) -> WorkerOptions:
-    values = {
-        "batch_size": conf.get("BATCH_SIZE"),
-        "max_requests": conf.get("MAX_REQUESTS"),
-        "visibility_timeout": conf.get("VISIBILITY_TIMEOUT"),
-        "concurrency": conf.get("CONCURRENCY"),
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return WorkerOptions(**values)

@@ -52,9 +52,9 @@ WSGI_APPLICATION = "example_project.wsgi.application"
 if env("DATABASE_URL", default=None):
     DATABASES = {"default": env.db("DATABASE_URL")}
 else:
-    from django_autoembed import embedded
+    from django_autoembed.testing import postgres
 
-    DATABASES = {"default": embedded.database("autoembed_example")}
+    DATABASES = {"default": postgres.database("autoembed_example")}
 
 OPENAI_API_KEY = env("OPENAI_API_KEY", default=None)
 AUTOEMBED = {

@@ -34,6 +34,21 @@ def api(fake_api, settings):
     return fake_api
 
 
+def drain(**options):
+    """Run an in-process worker until the queue has no visible job (``--once``)."""
+    from django_autoembed.worker import Worker, default_options
+
+    worker = Worker(default_options(once=True, **options))
+    assert worker.run() == 0, worker.exit_reason
+    return worker
+
+
+def archived_count(queue: str = "embedding_jobs") -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"select count(*) from pgmq.a_{queue}")
+        return cursor.fetchone()[0]
+
+
 def queue_messages(queue: str = "embedding_jobs") -> list[dict]:
     with connection.cursor() as cursor:
         cursor.execute(f"select message from pgmq.q_{queue} order by msg_id")

@@ -56,9 +56,9 @@ if "DATABASES" in globals():
 elif env("DATABASE_URL", default=None):
     DATABASES = {"default": env.db("DATABASE_URL")}
 else:
-    from django_autoembed import embedded
+    from django_autoembed.testing import postgres
 
-    DATABASES = {"default": embedded.database("autoembed_tests")}
+    DATABASES = {"default": postgres.database("autoembed_tests")}
 
 # Worker subprocesses started by the tests connect straight to the test database.
 if env("AUTOEMBED_TEST_DB", default=None):

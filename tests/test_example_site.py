@@ -11,8 +11,7 @@ import urllib.request
 import pytest
 
 from example_project.documents.models import Document
-from tests.conftest import purge_queue
-from tests.test_processing import drain
+from tests.conftest import drain, purge_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

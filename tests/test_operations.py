@@ -15,9 +15,8 @@ from django_autoembed.admin import EmbeddingFilter
 from django_autoembed.checks import check_endpoint
 from django_autoembed.config import registry
 from django_autoembed.models import EmbeddingFailure
-from django_autoembed.operations import EmbeddingTrigger
-from tests.conftest import purge_queue, queue_messages
-from tests.test_processing import drain
+from django_autoembed.triggers import EmbeddingTrigger
+from tests.conftest import drain, purge_queue, queue_messages
 from tests.testapp.models import Article, Document
 
 DOC = "testapp.Document.embedding"

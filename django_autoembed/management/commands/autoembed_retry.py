@@ -6,8 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...models import EmbeddingFailure
-from ...retry import discard, retry
+from ...failures import EmbeddingFailure, discard, retry
 
 
 class Command(BaseCommand):

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from ...config import registry
+from ...exceptions import QueueMissing, UnknownConfig
 from ...status import collect
 
 LAG_EXIT = 3
@@ -36,7 +37,7 @@ class Command(BaseCommand):
         try:
             configs = [registry.get(c) for c in options["config"]] or None
             status = collect(options["database"], configs)
-        except LookupError as exc:
+        except (UnknownConfig, QueueMissing) as exc:
             raise CommandError(str(exc)) from exc
         lag = options["fail_on_lag"]
         lagging = lag is not None and (status.oldest_message_age_s or 0) > lag

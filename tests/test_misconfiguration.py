@@ -1,0 +1,98 @@
+"""A wrong key, model or dimensions pauses work loudly; it never spends attempts or dead-letters rows."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.status import collect
+from django_autoembed.worker import Worker, default_options
+from tests.conftest import archived_count, assert_fake_vector, drain, queued_ids, wait_for
+from tests.testapp.models import Document
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
+
+
+def misconfigure(api, settings, what: str) -> str:
+    """Break one thing the way a user would; returns what the error must say."""
+    if what == "revoked key":
+        api.valid_keys = {"the-new-key"}
+        return "401"
+    if what == "forbidden":
+        api.fail_next(10_000, status=403)
+        return "403"
+    if what == "unknown model":
+        api.strict_models = True
+        settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-4-tiny"}
+        return "404"
+    api.dimensions_override = 768  # "wrong dimensions": every vector has another length
+    return "768 dimensions"
+
+
+def read_counts() -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("select read_ct from pgmq.q_embedding_jobs order by msg_id")
+        return [r[0] for r in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("what", ["revoked key", "forbidden", "unknown model", "wrong dimensions"])
+def test_a_configuration_error_pauses_without_spending_attempts(api, settings, what):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    docs = Document.objects.bulk_create([Document(title=f"paused {i}") for i in range(100)])
+    said = misconfigure(api, settings, what)
+
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2
+    assert "paused" in worker.exit_reason and said in worker.exit_reason
+    assert api.requests <= 2  # no splitting a refused key into halves: 995 requests before
+    assert not EmbeddingFailure.objects.exists() and archived_count() == 0
+    assert sorted(queued_ids()) == sorted(d.pk for d in docs)
+    assert set(read_counts()) == {0}  # no attempt spent
+    [pause] = collect().paused
+    assert said in pause["error"] and "text-embedding" in pause["provider"]
+
+
+def test_a_400_about_the_dimensions_parameter_is_a_configuration_error(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small", "DIMENSIONS": 1536,
+                          "MAX_ATTEMPTS": 1}
+    Document.objects.bulk_create([Document(title=f"dims {i}") for i in range(20)])
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "DIMENSIONS": 4000}  # more than the model gives
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "dimensions" in worker.exit_reason
+    assert api.requests == 1 and not EmbeddingFailure.objects.exists()
+    assert set(read_counts()) == {0}
+
+
+def test_input_errors_still_split_and_fail_only_the_bad_row(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"POISON"}
+    docs = Document.objects.bulk_create([Document(title=f"fine {i}") for i in range(15)]
+                                        + [Document(title="POISON")])
+    drain()
+    assert EmbeddingFailure.objects.get().object_pk == str(docs[-1].pk)
+    for doc in docs[:-1]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_a_running_worker_resumes_by_itself_once_the_key_works_again(api, settings):
+    api.valid_keys = {"the-new-key"}
+    docs = Document.objects.bulk_create([Document(title=f"later {i}") for i in range(30)])
+    worker = Worker(default_options(poll_interval=0.2))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: collect().paused, timeout=15, message="the pause to be recorded")
+        requests = api.requests
+        time.sleep(1.0)
+        assert api.requests == requests  # backing off, not hammering the API
+        api.valid_keys = None  # the key is fixed at the provider (or rotated in the secret store)
+        wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, timeout=30,
+                 message="the worker to resume")
+    finally:
+        worker.stop()
+        thread.join(30)
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert collect().paused == [] and not EmbeddingFailure.objects.exists()
