@@ -1,11 +1,25 @@
-"""Search by cosine distance: semantic_search, nearest, similar_to."""
+"""Search by cosine distance: semantic_search, nearest, similar_to.
+
+pgvector's HNSW scan reads two settings while it runs: ``hnsw.ef_search``
+(candidates kept, recall against speed) and ``hnsw.iterative_scan`` (keep
+scanning until a filtered query has its k rows). They must hold for the
+search query and for nothing else, however the queryset is evaluated: a
+list, ``iterator()``, ``count()``, ``exists()``, an aggregate, a subquery of
+another query, a prefetch, async iteration. So the distance expression
+writes the settings it needs into its SQL as a comment, and one execute
+wrapper on every connection applies them around exactly the statements that
+carry it, restoring the previous values afterwards (``SET LOCAL`` inside the
+caller's transaction, or a transaction of its own).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.db import connections, models, transaction
+from django.db import models, transaction
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
@@ -14,6 +28,11 @@ from .exceptions import InvalidValue, UnknownConfig
 
 if TYPE_CHECKING:
     from .config import EmbeddingConfig
+
+MARK = "autoembed:hnsw"
+_MARKED = re.compile(r"/\* autoembed:hnsw(?: ef_search=(\d+))? \*/")
+# Strict order: an iterative scan never returns rows out of distance order.
+ITERATIVE_SCAN = "strict_order"
 
 
 class _QueryCache(VectorLRU):
@@ -36,15 +55,72 @@ class _QueryCache(VectorLRU):
 query_cache = _QueryCache("QUERY_CACHE_SIZE")
 
 
+class SearchDistance(CosineDistance):
+    """Cosine distance whose SQL carries the HNSW settings its query needs (as a comment)."""
+
+    def __init__(self, expression: Any, vector: Any, *, ef_search: int | None = None, **extra: Any) -> None:
+        self.ef_search = int(ef_search) if ef_search else None
+        super().__init__(expression, vector, **extra)
+        if hasattr(self, "_constructor_args"):
+            self._constructor_args = (self._constructor_args[0], {**extra, "ef_search": ef_search})
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, Any]:
+        sql, params = super().as_sql(compiler, connection, **extra)
+        settings = f" ef_search={self.ef_search}" if self.ef_search else ""
+        return f"{sql} /* {MARK}{settings} */", params
+
+
+def hnsw_settings(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """Execute wrapper: run a statement that holds a search with the HNSW settings it asks for."""
+    if MARK not in sql:
+        return execute(sql, params, many, context)
+    wanted = {"hnsw.iterative_scan": ITERATIVE_SCAN}
+    ef = max((int(m) for m in _MARKED.findall(sql) if m), default=None)
+    if ef:
+        wanted["hnsw.ef_search"] = str(ef)
+    connection = context["connection"]
+    if not connection.in_atomic_block:  # a transaction of its own: the local settings end with it
+        with transaction.atomic(using=connection.alias):
+            _set(connection, wanted)
+            return execute(sql, params, many, context)
+    before = _current(connection, list(wanted))
+    _set(connection, wanted)
+    # On an error the settings go with the failed transaction (or savepoint) they were set in.
+    result = execute(sql, params, many, context)
+    _restore(connection, before)  # the caller's transaction goes on: give it back what it had
+    return result
+
+
+def _current(connection: Any, names: list[str]) -> dict[str, str | None]:
+    with connection.cursor() as cursor:
+        cursor.execute("select " + ", ".join(["current_setting(%s, true)"] * len(names)), names)
+        return dict(zip(names, cursor.fetchone()))
+
+
+def _set(connection: Any, values: dict[str, str]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("select " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
+                       [v for pair in values.items() for v in pair])
+
+
+def _restore(connection: Any, values: dict[str, str | None]) -> None:
+    with connection.cursor() as cursor:
+        for name, value in values.items():
+            if value is None:  # pgvector was not loaded before: back to the default (names are ours)
+                cursor.execute(f"set local {name} to default")
+            else:
+                cursor.execute("select set_config(%s, %s, true)", [name, value])
+
+
+def install_wrapper(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
+    """``connection_created`` receiver: put ``hnsw_settings`` on the connection once."""
+    if connection is not None and connection.vendor == "postgresql" \
+            and hnsw_settings not in connection.execute_wrappers:
+        connection.execute_wrappers.append(hnsw_settings)
+
+
 class EmbeddingQuerySet(models.QuerySet):
     """QuerySet with vector search over the model's embedding configs."""
-
-    _ef_search: int | None = None
-
-    def _clone(self) -> EmbeddingQuerySet:
-        clone = super()._clone()  # type: ignore[misc]
-        clone._ef_search = self._ef_search
-        return clone
 
     def embedding_config(self, config: str | None = None) -> EmbeddingConfig:
         from .config import registry
@@ -68,20 +144,18 @@ class EmbeddingQuerySet(models.QuerySet):
         cfg = self.embedding_config(config)
         from .vectors import vector_type
 
-        value = HalfVector(np.asarray(vector, dtype=np.float32)) if vector_type(cfg) == "halfvec" \
-            else Vector(np.asarray(vector, dtype=np.float32))
-        qs = self.filter(**{f"{cfg.column}__isnull": False}).annotate(
-            distance=CosineDistance(cfg.column, value)
+        array = np.asarray(vector, dtype=np.float32)
+        value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
+        return self.filter(**{f"{cfg.column}__isnull": False}).annotate(
+            distance=SearchDistance(cfg.column, value, ef_search=ef_search)
         ).order_by("distance")
-        qs._ef_search = ef_search
-        return qs
 
     def semantic_search(self, text: str, k: int | None = None, *, config: str | None = None,
                         ef_search: int | None = None) -> EmbeddingQuerySet:
         """Rows nearest in meaning to ``text`` (embedded once, cached), best first.
 
         Raises:
-            ValueError: ``text`` is empty.
+            InvalidValue: ``text`` is empty (a ValueError).
             ProviderError: the provider failed; the message names it.
         """
         if not isinstance(text, str) or not text.strip():
@@ -99,16 +173,25 @@ class EmbeddingQuerySet(models.QuerySet):
         qs = self.nearest(vector, config=config).exclude(pk=obj.pk)
         return qs[:k] if k else qs
 
-    def _fetch_all(self) -> None:
-        if self._result_cache is not None or not self.query.order_by or "distance" not in self.query.annotations:
-            return super()._fetch_all()  # type: ignore[misc]
-        # Settings for this query only: strict-order iterative scans keep filtered
-        # searches returning k rows; ef_search trades speed for recall.
-        with transaction.atomic(using=self.db), connections[self.db].cursor() as cursor:
-            cursor.execute("select set_config('hnsw.iterative_scan', 'strict_order', true)")
-            if self._ef_search:
-                cursor.execute("select set_config('hnsw.ef_search', %s, true)", [str(int(self._ef_search))])
-            super()._fetch_all()  # type: ignore[misc]
+    # The HNSW scan reads its settings while rows are fetched; a server-side cursor
+    # inside a transaction would fetch them after the settings were given back.
+    # A search's results are few: fetch them in one go.
+
+    def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
+        if not self._is_search():
+            return super().iterator(chunk_size)
+        return iter(self.all())
+
+    async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
+        if not self._is_search():
+            async for item in super().aiterator(chunk_size):
+                yield item
+            return
+        async for item in self.all():
+            yield item
+
+    def _is_search(self) -> bool:
+        return any(isinstance(a, SearchDistance) for a in self.query.annotations.values())
 
 
 class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type: ignore[misc]

@@ -1,13 +1,18 @@
 """semantic_search, nearest, similar_to: ranking, composition, the index, caching, errors."""
 
+import asyncio
+import contextlib
+import re
+
 import numpy as np
 import pytest
 from django.db import connection, transaction
+from django.db.models import Count, Min, Prefetch
 
 from django_autoembed.exceptions import ProviderError
 from django_autoembed.testing import fake_vector
 from tests.conftest import drain, purge_queue
-from tests.testapp.models import Article, Document
+from tests.testapp.models import Article, Book, Document, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,10 +123,118 @@ def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
         # 1 row in 100 passes the filter: a plain index scan stops after its
         # ef_search=20 candidates, holding almost none of them; iterative scans go on.
         rows = list(filtered)
-        # the control: the same query without iterative scans comes back short
+        # the control: the same query without iterative scans (and without the
+        # settings it carries) comes back short
         cursor.execute("set local hnsw.iterative_scan = off")
-        cursor.execute(*filtered.query.sql_with_params())
+        cursor.execute("set local hnsw.ef_search = 20")
+        plain, params = filtered.query.sql_with_params()
+        cursor.execute(re.sub(r"/\* autoembed:hnsw[^*]*\*/", "", plain), params)
         assert len(cursor.fetchall()) < 10
     assert len(rows) == 10 and all(r.views == 7 for r in rows)
     assert rows[0].title == "row 7"
     assert [r.distance for r in rows] == sorted(r.distance for r in rows)
+
+
+@pytest.fixture
+def loaded(api):
+    """3,000 rows with vectors, bulk-loaded with the index built after the load; 30 rows have views == 7."""
+    from pgvector import HalfVector
+
+    from django_autoembed.indexes import HnswIndex
+
+    index = next(i for i in Document._meta.indexes if isinstance(i, HnswIndex))
+    vectors = np.random.default_rng(5).standard_normal((3000, 1536)).astype(np.float32)
+    purge_queue()
+    with connection.schema_editor() as editor:
+        editor.remove_index(Document, index)
+    try:
+        Document.objects.bulk_create([Document(title=f"row {i}", views=i % 100, embedding=HalfVector(v))
+                                      for i, v in enumerate(vectors)], batch_size=1000)
+    finally:
+        with connection.schema_editor() as editor:
+            editor.add_index(Document, index)
+    purge_queue()
+    with connection.cursor() as cursor:
+        cursor.execute("analyze testapp_document")
+    return vectors[7]
+
+
+def hnsw_settings_now():
+    with connection.cursor() as cursor:
+        cursor.execute("select current_setting('hnsw.iterative_scan', true), current_setting('hnsw.ef_search', true)")
+        return cursor.fetchone()
+
+
+EVALUATIONS = {
+    "list": lambda qs: [r.pk for r in qs],
+    "iterator": lambda qs: [r.pk for r in qs.iterator()],
+    "iterator(chunk_size)": lambda qs: [r.pk for r in qs.iterator(chunk_size=3)],
+    "count": lambda qs: qs.count(),
+    "exists": lambda qs: qs.exists(),
+    "aggregate": lambda qs: qs.aggregate(n=Count("pk"), best=Min("distance")),
+    "values": lambda qs: [r["pk"] for r in qs.values("pk")],
+    "values_list": lambda qs: list(qs.values_list("pk", flat=True)),
+    "subquery": lambda qs: sorted(Document.objects.filter(pk__in=qs.values("pk")).values_list("pk", flat=True)),
+    "async": lambda qs: asyncio.run(_async_pks(qs)),
+}
+
+
+async def _async_pks(qs):
+    return [r.pk async for r in qs]
+
+
+def expected_for(rows):
+    pks = [r.pk for r in rows]
+    return {"list": pks, "iterator": pks, "iterator(chunk_size)": pks, "count": len(pks), "exists": True,
+            "aggregate": {"n": len(pks), "best": rows[0].distance}, "values": pks, "values_list": pks,
+            "subquery": sorted(pks), "async": pks}
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_every_way_of_evaluating_a_filtered_search_gives_the_same_rows(loaded, in_transaction):
+    search = Document.objects.filter(views=7).nearest(loaded, ef_search=20)[:10]
+    with contextlib.ExitStack() as stack:
+        if in_transaction:
+            stack.enter_context(transaction.atomic())
+        with connection.cursor() as cursor:  # as on a big table: the index, not an exact scan
+            cursor.execute("set local enable_seqscan = off" if in_transaction else "set enable_seqscan = off")
+        before = hnsw_settings_now()
+        rows = list(search)
+        assert len(rows) == 10 and rows[0].title == "row 7" and all(r.views == 7 for r in rows)
+        expected = expected_for(rows)
+        for name, evaluate in EVALUATIONS.items():
+            got = evaluate(search)
+            if name == "aggregate":
+                assert got["n"] == expected[name]["n"] and got["best"] == pytest.approx(expected[name]["best"])
+            else:
+                assert got == expected[name], name
+            # the search's settings held for the search and for nothing after it
+            assert hnsw_settings_now() == before, name
+        if not in_transaction:
+            with connection.cursor() as cursor:
+                cursor.execute("reset enable_seqscan")
+
+
+def test_a_search_in_a_prefetch_ranks_each_parents_rows(api):
+    shelves = [Shelf.objects.create(name=f"shelf {n}") for n in range(2)]
+    for shelf in shelves:
+        Book.objects.bulk_create([Book(shelf=shelf, title=f"{shelf.name} book {i}") for i in range(5)])
+    drain()
+    query = fake_vector("shelf 1 book 3", 1536)
+    with transaction.atomic():
+        before = hnsw_settings_now()
+        found = {s.name: [b.title for b in s.top_books] for s in Shelf.objects.prefetch_related(
+            Prefetch("books", queryset=Book.objects.nearest(query, ef_search=80)[:2], to_attr="top_books"))}
+        assert hnsw_settings_now() == before
+    assert found["shelf 1"][0] == "shelf 1 book 3" and len(found["shelf 1"]) == 2
+    assert len(found["shelf 0"]) == 2 and all(t.startswith("shelf 0") for t in found["shelf 0"])
+
+
+def test_no_private_queryset_method_is_overridden():
+    from django.db.models import QuerySet
+
+    from django_autoembed.search import EmbeddingQuerySet
+
+    private = [name for name in vars(EmbeddingQuerySet)
+               if name.startswith("_") and not name.startswith("__") and hasattr(QuerySet, name)]
+    assert private == []

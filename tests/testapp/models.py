@@ -55,3 +55,16 @@ class Tag(EmbeddingMixin, models.Model):
     label = models.TextField()
 
     embed_fields = ["label"]
+
+
+class Shelf(models.Model):
+    name = models.TextField()
+
+
+class Book(EmbeddingMixin, models.Model):
+    """A declared model behind a foreign key, for searches inside prefetch_related."""
+
+    shelf = models.ForeignKey(Shelf, related_name="books", on_delete=models.CASCADE)
+    title = models.TextField()
+
+    embed_fields = ["title"]
