@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from django.core import checks
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models, router
 from pgvector.django import HalfVectorField, VectorField
 
 from . import conf
@@ -68,7 +68,21 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
                 f"{config.label} and {columns[key]} both write {meta.db_table}.{config.column}.",
                 hint="Give each EmbeddingConfig its own column=.", obj=model, id="autoembed.E007"))
         columns[key] = config.label
+        errors.extend(_check_routing(config))
     return errors
+
+
+def _check_routing(config: Any) -> list[checks.CheckMessage]:
+    """The database a declared model is written to must hold this app's queue and tables too."""
+    model = config.model_class
+    using = router.db_for_write(model) or DEFAULT_DB_ALIAS
+    if router.allow_migrate(using, "django_autoembed"):
+        return []
+    return [checks.Error(
+        f"{config.label} is written to database {using!r}, where your DATABASE_ROUTERS do not let "
+        "django_autoembed migrate: its triggers would find no queue there.",
+        hint=f"Let allow_migrate() return True for app 'django_autoembed' on {using!r}, then run "
+             f"`python manage.py migrate --database {using}`.", obj=model, id="autoembed.E008")]
 
 
 @checks.register("autoembed")

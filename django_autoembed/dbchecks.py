@@ -14,12 +14,13 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.core import checks
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, router
 from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
-from . import queue
+from . import grants, queue
 from . import sql as sqlfiles
+from .install import has_extension, scalar
 from .config import EmbeddingConfig, registry
 from .triggers import EmbeddingTrigger, as_text
 
@@ -46,24 +47,18 @@ def _query(key: str) -> str:
     return sqlfiles.section("ops.sql", key)
 
 
-def _one(cursor: Any, key: str, params: list[Any] | None = None) -> Any:
-    cursor.execute(_query(key), params)
-    row = cursor.fetchone()
-    return row[0] if row else None
-
-
 def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
     out: list[checks.CheckMessage] = []
     model = config.model_class
     table = sql.Identifier(config.table).as_string(None)
-    if not _one(cursor, "table_exists", [table]):
+    if not scalar(cursor, "table_exists", [table]):
         return [checks.Error(f"{config.label}: table {config.table!r} does not exist.", hint=MIGRATE_HINT,
                              obj=model, id="autoembed.E104")]
     cursor.execute(_query("column_type"), [table, config.column])
     column = cursor.fetchone()
     if column is None:
         out.append(checks.Error(f"{config.label}: column {config.table}.{config.column} is missing.",
-                                hint=MIGRATE_HINT, obj=model, id="autoembed.E104"))
+                                hint=MIGRATE_HINT, obj=model, id="autoembed.E107"))
     elif column[0] not in ("vector", "halfvec") or column[1] != config.get_dimensions():
         shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
         out.append(checks.Error(
@@ -137,13 +132,13 @@ def _pending_migrations(alias: str) -> list[str]:
 
 
 def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.CheckMessage]:
-    if not _one(cursor, "has_extension", ["vector"]):
+    if not has_extension(cursor, "vector"):
         return [checks.Error(f"pgvector is not installed in database {alias!r}.",
                              hint=f"{MIGRATE_HINT} Its first migration creates the extension; that needs a role "
                                   "allowed to CREATE EXTENSION, and the pgvector package on the server.",
                              id="autoembed.E101")]
     out: list[checks.CheckMessage] = []
-    if not _one(cursor, "has_pgmq"):
+    if not scalar(cursor, "has_pgmq"):
         out.append(checks.Error(f"pgmq is not installed in database {alias!r}.",
                                 hint=f"{MIGRATE_HINT} django_autoembed's first migration installs it "
                                      "(as the extension where available, otherwise from the pgmq package's SQL).",
@@ -154,6 +149,19 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
                                 hint="Run `python manage.py autoembed_sync` (migrate does it too).",
                                 id="autoembed.E103"))
     for config in registry.all():
-        if app_configs is None or config.model_class._meta.app_config in app_configs:
+        model = config.model_class
+        if not router.allow_migrate_model(alias, model):
+            continue  # this model's table lives in another database
+        if app_configs is None or model._meta.app_config in app_configs:
             out.extend(_check_config(cursor, config))
+    lacks = grants.missing(alias)
+    if lacks:
+        cursor.execute("select current_user")
+        role = cursor.fetchone()[0]
+        out.append(checks.Warning(
+            f"Role {role!r} on database {alias!r} cannot run process_embeddings, the endpoint or autoembed_status: "
+            f"it lacks {', '.join(lacks[:6])}{f' and {len(lacks) - 6} more' if len(lacks) > 6 else ''}.",
+            hint=f"As the owner of the tables, run `python manage.py autoembed_grants {role} --apply`. A role that "
+                 "only writes your tables needs none of this; silence the warning for it.",
+            id="autoembed.W101"))
     return out

@@ -1,4 +1,4 @@
-"""Installing pgmq and the queue; used by the first migration and by sync."""
+"""Installing pgmq and the queue (first migration, sync), and the extension facts others ask."""
 
 from __future__ import annotations
 
@@ -6,24 +6,36 @@ import logging
 from typing import Any
 
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from psycopg import sql
 
-from . import conf
+from . import queue
+from . import sql as sqlfiles
 
 logger = logging.getLogger(__name__)
 
 
-def _one(cursor: Any, query: str, params: Any = None) -> Any:
-    cursor.execute(query, params)
+def scalar(cursor: Any, key: str, params: Any = None) -> Any:
+    """The first value of ops.sql's query ``key`` (None without a row)."""
+    cursor.execute(sqlfiles.section("ops.sql", key), params)
     row = cursor.fetchone()
     return row[0] if row else None
+
+
+def has_extension(cursor: Any, name: str) -> bool:
+    return bool(scalar(cursor, "has_extension", [name]))
+
+
+def extension_available(cursor: Any, name: str) -> bool:
+    """Whether the server could create extension ``name``."""
+    return bool(scalar(cursor, "extension_available", [name]))
 
 
 def install_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     """Create extension pgmq where the server has it, else run the SQL the pgmq package bundles."""
     with schema_editor.connection.cursor() as cursor:
-        if _one(cursor, "select to_regnamespace('pgmq') is not null"):
+        if scalar(cursor, "has_pgmq_schema"):
             pass  # already there (extension or an earlier SQL install)
-        elif _one(cursor, "select count(*) from pg_available_extensions where name = 'pgmq'"):
+        elif extension_available(cursor, "pgmq"):
             cursor.execute("create extension if not exists pgmq")
         else:
             from pgmq.install import get_embedded_install_sql
@@ -35,9 +47,9 @@ def install_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
 
 def ensure_queue(connection: Any, name: str | None = None) -> bool:
     """Create the queue if it is missing; True if it was created."""
-    name = name or conf.get("QUEUE")
+    name = name or queue.name()
     with connection.cursor() as cursor:
-        if _one(cursor, "select count(*) from pgmq.meta where queue_name = %s", [name]):
+        if scalar(cursor, "queue_registered", [name]):
             return False
         cursor.execute("select pgmq.create(%s)", [name])
         return True
@@ -46,15 +58,12 @@ def ensure_queue(connection: Any, name: str | None = None) -> bool:
 def drop_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     """Drop our queue; drop pgmq itself only when no other queue uses it."""
     with schema_editor.connection.cursor() as cursor:
-        if not _one(cursor, "select to_regnamespace('pgmq') is not null"):
+        if not scalar(cursor, "has_pgmq_schema"):
             return
-        cursor.execute(
-            "select pgmq.drop_queue(queue_name) from pgmq.meta where queue_name = %s",
-            [conf.get("QUEUE")],
-        )
-        if _one(cursor, "select count(*) from pgmq.meta"):
+        cursor.execute("select pgmq.drop_queue(queue_name) from pgmq.meta where queue_name = %s", [queue.name()])
+        if scalar(cursor, "queue_count"):
             return
-        if _one(cursor, "select count(*) from pg_extension where extname = 'pgmq'"):
+        if has_extension(cursor, "pgmq"):
             cursor.execute("drop extension pgmq cascade")
         else:
-            cursor.execute("drop schema pgmq cascade")
+            cursor.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier("pgmq")).as_string(None))

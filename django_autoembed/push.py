@@ -9,6 +9,7 @@ from django.db import transaction
 from psycopg import sql
 
 from . import conf
+from .install import extension_available, has_extension
 
 logger = logging.getLogger(__name__)
 
@@ -18,18 +19,12 @@ PROCESS_COMMAND = "select autoembed.process_embeddings()"
 PUSH_IDLE_PREFIXES = ("autoembed: rows are embedded by",)
 
 
-def _has(cursor: Any, extension: str) -> bool:
-    cursor.execute("select count(*) from pg_extension where extname = %s", [extension])
-    return bool(cursor.fetchone()[0])
-
-
 def enable_extensions(apps: Any, schema_editor: Any) -> None:
     """Create pg_net and pg_cron where the server offers them; skip quietly otherwise."""
     connection = schema_editor.connection
     for extension in ("pg_net", "pg_cron"):
         with connection.cursor() as cursor:
-            cursor.execute("select count(*) from pg_available_extensions where name = %s", [extension])
-            if not cursor.fetchone()[0] or _has(cursor, extension):
+            if not extension_available(cursor, extension) or has_extension(cursor, extension):
                 continue
             try:
                 # pg_cron refuses databases other than cron.database_name; that is not our error.
@@ -52,7 +47,7 @@ def sync_push(connection: Any) -> list[str]:
             cursor.execute(
                 "insert into autoembed.settings (key, value) values (%s, %s) "
                 "on conflict (key) do update set value = excluded.value", [key, value])
-        net, cron = _has(cursor, "pg_net"), _has(cursor, "pg_cron")
+        net, cron = has_extension(cursor, "pg_net"), has_extension(cursor, "pg_cron")
         if not (net and cron):
             missing = " and ".join(e for e, ok in (("pg_cron", cron), ("pg_net", net)) if not ok)
             return [f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "

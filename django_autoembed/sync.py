@@ -1,23 +1,36 @@
-"""After migrate: point the database at Django's settings (queue, push path)."""
+"""After migrate (and ``manage.py autoembed_sync``): make the database match the settings.
+
+- The queue: the triggers write to ``AUTOEMBED["QUEUE"]``; when that name
+  changes, the jobs still waiting in the old queue move to the new one.
+- Per-model objects made by an earlier version of this app are rendered anew.
+- The push path: endpoint URL and token, and the pg_cron job.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from django.db import connections
+from django.db import connections, router, transaction
+from psycopg import sql
 
-from . import conf
+from . import queue
+from . import sql as sqlfiles
+from .config import registry
 from .install import ensure_queue
-from .push import PUSH_IDLE_PREFIXES
+from .push import PUSH_IDLE_PREFIXES, sync_push
+from .triggers import SQL_VERSION, EmbeddingTrigger
 
 logger = logging.getLogger(__name__)
 
 
+def _query(key: str, **names: sql.Composable) -> str:
+    return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
+
+
 def installed(connection: Any) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("select to_regprocedure('autoembed.queue_name()') is not null "
-                       "and to_regnamespace('pgmq') is not null")
+        cursor.execute(_query("installed"))
         return bool(cursor.fetchone()[0])
 
 
@@ -26,23 +39,78 @@ def sync(using: str = "default") -> list[str]:
     connection = connections[using]
     if not installed(connection):
         return []
-    said: list[str] = []
-    name = conf.get("QUEUE")
-    with connection.cursor() as cursor:
-        cursor.execute("select autoembed.queue_name()")
-        if cursor.fetchone()[0] != name:
-            from psycopg import sql
+    said = sync_queue(using)
+    said += refresh_objects(using)
+    said += sync_push(connection)
+    return said
 
-            cursor.execute(sql.SQL(
-                "create or replace function autoembed.queue_name() returns text language sql "
-                "immutable as $$ select {}::text $$").format(sql.Literal(name)).as_string(None))
-            said.append(f"autoembed: triggers now queue into {name!r}")
+
+def sync_queue(using: str) -> list[str]:
+    """Point the triggers at the configured queue, moving jobs left in the queue they used before."""
+    connection = connections[using]
+    name = queue.name()
+    said = []
     if ensure_queue(connection, name):
         said.append(f"autoembed: created queue {name!r}")
-    from .push import sync_push
-
-    said.extend(sync_push(connection))
+    with connection.cursor() as cursor:
+        cursor.execute("select autoembed.queue_name()")
+        old = cursor.fetchone()[0]
+    if old == name:
+        return said
+    moved = 0
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        # Writers already past queue_name() wait here, then land in the old queue:
+        # the second sweep below, after they are done, moves theirs too.
+        if queue.exists(cursor, old):
+            cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
+        cursor.execute(sql.SQL(sqlfiles.section("ops.sql", "set_queue_name")).format(sql.Literal(name))
+                       .as_string(None))
+        moved += _move(cursor, old, name)
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        if queue.exists(cursor, old):
+            cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
+            moved += _move(cursor, old, name)
+    said.append(f"autoembed: triggers now queue into {name!r}"
+                + (f"; moved {moved} waiting jobs from {old!r}" if moved else ""))
     return said
+
+
+def _move(cursor: Any, old: str, new: str) -> int:
+    if not queue.exists(cursor, old):
+        return 0
+    cursor.execute(_query("move_jobs", old=queue.tables(old)["queue"], new=queue.tables(new)["queue"]))
+    return int(cursor.fetchone()[0])
+
+
+def refresh_objects(using: str) -> list[str]:
+    """Render anew the triggers and content functions an earlier version of this app made.
+
+    Only objects that still carry an earlier version's fingerprint of their
+    current declaration are touched; objects edited by hand are left for the
+    drift check to report.
+    """
+    connection = connections[using]
+    refreshed = []
+    for config in registry.all():
+        model = config.model_class
+        if not router.allow_migrate_model(using, model):
+            continue
+        trigger = EmbeddingTrigger.for_config(config)
+        table = sql.Identifier(config.table).as_string(None)
+        with connection.cursor() as cursor:
+            cursor.execute(_query("trigger_state"), [table, trigger.trigger_names()["insert_trigger"]])
+            row = cursor.fetchone()
+        if row is None or row[0] == trigger.fingerprint():
+            continue
+        if row[0] not in {trigger.fingerprint(v) for v in range(1, SQL_VERSION)}:
+            continue
+        with transaction.atomic(using=using), connection.schema_editor(atomic=False) as editor:
+            editor.execute(trigger.remove_sql(model, editor))
+            editor.execute(trigger.create_sql(model, editor))
+        refreshed.append(config.label)
+    if not refreshed:
+        return []
+    return [f"autoembed: brought the triggers of {', '.join(refreshed)} up to SQL version {SQL_VERSION}"]
 
 
 def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, plan: Any = None,
@@ -58,3 +126,4 @@ def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, p
             logger.info(line)
         elif verbosity >= 1:
             stdout.write(line)
+

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 TEMPLATE = "model.sql"
 # Bump when the rendered SQL changes shape, so drift checks notice old objects.
-SQL_VERSION = 1
+# 2: built-ins in content functions are qualified with pg_catalog.
+SQL_VERSION = 2
 
 
 def as_text(composable: sql.Composable) -> str:
@@ -119,9 +120,9 @@ class EmbeddingTrigger(BaseConstraint):
 
     # -- SQL ----------------------------------------------------------------
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, version: int = SQL_VERSION) -> str:
         _, _, kwargs = self.deconstruct()
-        blob = json.dumps([SQL_VERSION, kwargs], sort_keys=True)
+        blob = json.dumps([version, kwargs], sort_keys=True)
         return "autoembed:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def trigger_names(self) -> dict[str, str]:
@@ -171,9 +172,11 @@ class EmbeddingTrigger(BaseConstraint):
                     parts.append(column(field_name))
             if not parts:
                 return sql.SQL("''::text")
-            return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
-        cols = [sql.SQL("nullif({}::text, '')").format(column(f)) for f in self.fields]
-        return sql.SQL("concat_ws(E'\\n\\n', {})").format(sql.SQL(", ").join(cols))
+            return sql.SQL("pg_catalog.concat({})").format(sql.SQL(", ").join(parts))
+        # Qualified: a function called concat_ws earlier on a caller's search path must
+        # not get to decide what is embedded.
+        cols = [sql.SQL("nullif({}::pg_catalog.text, '')").format(column(f)) for f in self.fields]
+        return sql.SQL("pg_catalog.concat_ws(E'\\n\\n', {})").format(sql.SQL(", ").join(cols))
 
     def statements(self, model: type[models.Model]) -> list[str]:
         sec = sqlfiles.sections(TEMPLATE)

@@ -148,7 +148,7 @@ def test_database_checks_are_silent_on_a_migrated_database():
     ("comment on trigger {ins} on testapp_document is 'edited'", "autoembed.E106", "differs from the declaration"),
     ("create or replace function testapp_document_embedding_input(r testapp_document) returns text "
      "language sql as $$ select r.title $$", "autoembed.E106", "function testapp_document_embedding_input"),
-    ("alter table testapp_document drop column embedding cascade", "autoembed.E104", "is missing"),
+    ("alter table testapp_document drop column embedding cascade", "autoembed.E107", "is missing"),
     ("alter table testapp_document alter column embedding type halfvec(768) using null",
      "autoembed.E105", "is halfvec(768), but the declaration embeds 1536"),
     ("select pgmq.drop_queue('embedding_jobs')", "autoembed.E103", "queue 'embedding_jobs' does not exist"),

@@ -1,5 +1,5 @@
--- Read-only queries of the operations side: autoembed_status and the database
--- checks. Placeholders are psycopg.sql names; values are query parameters.
+-- The operations side: autoembed_status, the database checks and autoembed_sync.
+-- Placeholders are psycopg.sql names; values are query parameters.
 
 -- table_exists -- does a (quoted) table name resolve
 select to_regclass(%s) is not null
@@ -23,7 +23,19 @@ select jobid, active, schedule from cron.job where jobname = %s
 select end_time, status from cron.job_run_details where jobid = %s order by runid desc limit 1
 
 -- has_extension -- is an extension installed
-select count(*) from pg_extension where extname = %s
+select count(*) > 0 from pg_extension where extname = %s
+
+-- extension_available -- could the server create an extension
+select count(*) > 0 from pg_available_extensions where name = %s
+
+-- has_pgmq_schema -- is pgmq there, as the extension or from its bundled SQL
+select to_regnamespace('pgmq') is not null
+
+-- queue_registered -- does pgmq know a queue of this name
+select count(*) > 0 from pgmq.meta where queue_name = %s
+
+-- queue_count -- how many queues pgmq holds (ours and others')
+select count(*) from pgmq.meta
 
 -- has_pgmq -- pgmq's functions, as the extension or from its bundled SQL
 select to_regprocedure('pgmq.send(text, jsonb, integer)') is not null
@@ -42,3 +54,22 @@ select obj_description(oid, 'pg_trigger'), tgenabled
 select to_regprocedure(%s) is not null,
        obj_description(to_regprocedure(%s)::oid, 'pg_proc'),
        (select prosrc from pg_proc where oid = to_regprocedure(%s)::oid)
+
+-- installed -- are this app's functions and pgmq in the database
+select to_regprocedure('autoembed.queue_name()') is not null and to_regnamespace('pgmq') is not null
+
+-- lock_queue -- keep writers out of a queue's table until this transaction ends
+lock table {queue} in exclusive mode
+
+-- set_queue_name -- point the triggers at another queue (stable, not immutable: it changes)
+create or replace function autoembed.queue_name() returns text language sql stable as $$ select {}::text $$
+
+-- move_jobs -- move every waiting job from one queue to another, keeping its state
+with moved as (
+    delete from {old} returning vt, read_ct, enqueued_at, message
+), inserted as (
+    insert into {new} (vt, read_ct, enqueued_at, message)
+    select vt, read_ct, enqueued_at, message from moved
+    returning 1
+)
+select count(*) from inserted

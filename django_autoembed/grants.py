@@ -1,0 +1,98 @@
+"""The privileges a least-privilege role needs to run the worker, the endpoint and status.
+
+Writing a declared table needs nothing but the grants on that table: the
+trigger functions run as their owner. Processing needs more: the queue's
+tables, this app's own tables, and SELECT/UPDATE on the declared tables.
+``manage.py autoembed_grants ROLE`` prints (or applies) the statements; the
+database checks report what the connected role lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, router
+from psycopg import sql
+
+from . import queue
+from .config import registry
+
+QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
+# Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not exist).
+_TESTS = {"schema": ("has_schema_privilege", "to_regnamespace"), "table": ("has_table_privilege", "to_regclass"),
+          "function": ("has_function_privilege", "to_regprocedure")}
+
+
+@dataclass(frozen=True)
+class Privilege:
+    """One privilege on one object: how to test for it and how to grant it."""
+
+    kind: str  # "schema", "table" or "function"
+    name: str  # as Postgres prints it: quoted where needed, schema-qualified
+    privileges: tuple[str, ...]
+
+    def missing_for(self, cursor: Any, role: str) -> list[str]:
+        """What ``role`` lacks of this; nothing for an object that does not exist (yet)."""
+        test, resolve = _TESTS[self.kind]
+        query = sql.SQL("select case when {resolve}(%s) is null then null else {test}(%s, {resolve}(%s), %s) end") \
+            .format(test=sql.Identifier(test), resolve=sql.Identifier(resolve)).as_string(None)
+        out = []
+        for privilege in self.privileges:
+            cursor.execute(query, [self.name, role, self.name, privilege])
+            if cursor.fetchone()[0] is False:
+                out.append(f"{privilege} on {self.kind} {self.name}")
+        return out
+
+    def grant(self, role: str) -> str:
+        return f"grant {', '.join(p.lower() for p in self.privileges)} on {self.kind} {self.name} to {_ident(role)};"
+
+
+def _ident(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def needed(using: str = "default") -> list[Privilege]:
+    """What the worker, the endpoint and ``autoembed_status`` need on database ``using``."""
+    from .failures import EmbeddingFailure
+    from .pauses import ProviderPause
+
+    tables = queue.tables()
+    out = [
+        Privilege("schema", "pgmq", ("USAGE",)),
+        Privilege("table", tables["queue"].as_string(None), ("SELECT", "INSERT", "UPDATE", "DELETE")),
+        Privilege("table", tables["archive"].as_string(None), ("SELECT", "INSERT")),
+        Privilege("schema", "autoembed", ("USAGE",)),
+        Privilege("function", QUEUE_IDS, ("EXECUTE",)),  # --backfill queues rows as the triggers do
+        Privilege("table", "django_migrations", ("SELECT",)),
+    ]
+    for model in (EmbeddingFailure, ProviderPause):
+        out.append(Privilege("table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")))
+    for config in registry.all():
+        if not router.allow_migrate_model(using, config.model_class):
+            continue
+        table = _ident(config.table)
+        out.append(Privilege("table", table, ("SELECT", "UPDATE")))
+        out.append(Privilege("function", f"{_ident(config.function_name)}({table})", ("EXECUTE",)))
+    unique: dict[tuple[str, str], Privilege] = {}
+    for privilege in out:
+        key = (privilege.kind, privilege.name)
+        earlier = unique.get(key)
+        merged = privilege.privileges if earlier is None else \
+            tuple(dict.fromkeys(earlier.privileges + privilege.privileges))
+        unique[key] = Privilege(privilege.kind, privilege.name, merged)
+    return list(unique.values())
+
+
+def statements(role: str, using: str = "default") -> list[str]:
+    """GRANT statements that give ``role`` what processing needs."""
+    return [p.grant(role) for p in needed(using)]
+
+
+def missing(using: str = "default", role: str | None = None) -> list[str]:
+    """Privileges ``role`` (default: the connected role) lacks, as 'PRIVILEGE on KIND NAME'."""
+    with connections[using].cursor() as cursor:
+        if role is None:
+            cursor.execute("select current_user")
+            role = cursor.fetchone()[0]
+        return [lack for privilege in needed(using) for lack in privilege.missing_for(cursor, role)]
