@@ -121,6 +121,12 @@ class Registry:
     def all(self) -> list[EmbeddingConfig]:
         return [c for c in self._configs if _is_installed(c.model_class)]
 
+    def on_database(self, using: str) -> list[EmbeddingConfig]:
+        """Configs whose table lives in database ``using`` (as DATABASE_ROUTERS decide)."""
+        from django.db import router
+
+        return [c for c in self.all() if router.allow_migrate_model(using, c.model_class)]
+
     def for_model(self, model: type[models.Model]) -> list[EmbeddingConfig]:
         concrete = model._meta.concrete_model
         return [c for c in self.all() if c.model_class is concrete]

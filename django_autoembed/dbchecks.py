@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.core import checks
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
@@ -124,8 +124,14 @@ def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any
 
 
 def _pending_migrations(alias: str) -> list[str]:
-    """Unapplied migrations of django_autoembed and of the apps that declare embeddings."""
-    apps = {"django_autoembed"} | {c.model_class._meta.app_label for c in registry.all()}
+    """Unapplied migrations of django_autoembed and of the apps that declare embeddings.
+
+    A role that may not read django_migrations cannot tell; the grants warning says so.
+    """
+    with connections[alias].cursor() as cursor:
+        if not scalar(cursor, "can_read_migrations"):
+            return []
+    apps = {"django_autoembed"} | {c.model_class._meta.app_label for c in registry.on_database(alias)}
     executor = MigrationExecutor(connections[alias])
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
     return [f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards and m.app_label in apps]
@@ -144,17 +150,15 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
                                      "(as the extension where available, otherwise from the pgmq package's SQL).",
                                 id="autoembed.E102"))
         return out
-    if not queue.exists(cursor):
+    lacks = grants.missing(alias)
+    if "USAGE on schema pgmq" not in lacks and not queue.exists(cursor):
         out.append(checks.Error(f"The queue {queue.name()!r} does not exist in database {alias!r}.",
                                 hint="Run `python manage.py autoembed_sync` (migrate does it too).",
                                 id="autoembed.E103"))
-    for config in registry.all():
+    for config in registry.on_database(alias):
         model = config.model_class
-        if not router.allow_migrate_model(alias, model):
-            continue  # this model's table lives in another database
         if app_configs is None or model._meta.app_config in app_configs:
             out.extend(_check_config(cursor, config))
-    lacks = grants.missing(alias)
     if lacks:
         cursor.execute("select current_user")
         role = cursor.fetchone()[0]

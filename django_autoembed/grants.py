@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, router
+from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
 from . import queue
@@ -32,15 +32,20 @@ class Privilege:
     name: str  # as Postgres prints it: quoted where needed, schema-qualified
     privileges: tuple[str, ...]
 
-    def missing_for(self, cursor: Any, role: str) -> list[str]:
+    def missing_for(self, using: str, role: str) -> list[str]:
         """What ``role`` lacks of this; nothing for an object that does not exist (yet)."""
         test, resolve = _TESTS[self.kind]
         query = sql.SQL("select case when {resolve}(%s) is null then null else {test}(%s, {resolve}(%s), %s) end") \
             .format(test=sql.Identifier(test), resolve=sql.Identifier(resolve)).as_string(None)
         out = []
         for privilege in self.privileges:
-            cursor.execute(query, [self.name, role, self.name, privilege])
-            if cursor.fetchone()[0] is False:
+            try:
+                with transaction.atomic(using=using), connections[using].cursor() as cursor:
+                    cursor.execute(query, [self.name, role, self.name, privilege])
+                    lacking = cursor.fetchone()[0] is False
+            except DatabaseError:  # not even allowed to look the object up: its schema is out of reach
+                lacking = True
+            if lacking:
                 out.append(f"{privilege} on {self.kind} {self.name}")
         return out
 
@@ -68,9 +73,7 @@ def needed(using: str = "default") -> list[Privilege]:
     ]
     for model in (EmbeddingFailure, ProviderPause):
         out.append(Privilege("table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")))
-    for config in registry.all():
-        if not router.allow_migrate_model(using, config.model_class):
-            continue
+    for config in registry.on_database(using):
         table = _ident(config.table)
         out.append(Privilege("table", table, ("SELECT", "UPDATE")))
         out.append(Privilege("function", f"{_ident(config.function_name)}({table})", ("EXECUTE",)))
@@ -91,8 +94,8 @@ def statements(role: str, using: str = "default") -> list[str]:
 
 def missing(using: str = "default", role: str | None = None) -> list[str]:
     """Privileges ``role`` (default: the connected role) lacks, as 'PRIVILEGE on KIND NAME'."""
-    with connections[using].cursor() as cursor:
-        if role is None:
+    if role is None:
+        with connections[using].cursor() as cursor:
             cursor.execute("select current_user")
             role = cursor.fetchone()[0]
-        return [lack for privilege in needed(using) for lack in privilege.missing_for(cursor, role)]
+    return [lack for privilege in needed(using) for lack in privilege.missing_for(using, role)]

@@ -98,7 +98,7 @@ def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None
                               "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
         depth, oldest = queue.depth(cursor)
         status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
-        for config in configs if configs is not None else registry.all():
+        for config in configs if configs is not None else registry.on_database(using):
             status.configs.append(_config_status(cursor, config, queue.tables()["queue"]))
         status.push = _push_status(cursor)
     status.paused = pauses.as_dicts(pauses.current(using))

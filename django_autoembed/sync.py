@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import connections, transaction
 from psycopg import sql
 
 from . import queue
@@ -91,10 +91,8 @@ def refresh_objects(using: str) -> list[str]:
     """
     connection = connections[using]
     refreshed = []
-    for config in registry.all():
+    for config in registry.on_database(using):
         model = config.model_class
-        if not router.allow_migrate_model(using, model):
-            continue
         trigger = EmbeddingTrigger.for_config(config)
         table = sql.Identifier(config.table).as_string(None)
         with connection.cursor() as cursor:

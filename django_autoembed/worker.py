@@ -40,7 +40,7 @@ class WorkerOptions:
     using: str = "default"
     max_downtime: float = 60.0
     # With --once: give up on rows other transactions keep locked after this many seconds.
-    once_busy_limit: float = 10.0
+    lock_wait: float = 10.0
     progress: TextIO | None = None
 
 
@@ -265,7 +265,7 @@ class _Lane:
             self._busy_since = None
             return False
         self._busy_since = self._busy_since or time.monotonic()
-        if time.monotonic() - self._busy_since < self.o.once_busy_limit:
+        if time.monotonic() - self._busy_since < self.o.lock_wait:
             return False
         self.worker.left_busy = result.busy
         self.worker.stop()

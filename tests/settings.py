@@ -60,9 +60,21 @@ else:
 
     DATABASES = {"default": postgres.database("autoembed_tests")}
 
-# Worker subprocesses started by the tests connect straight to the test database.
+# A second database on the same server: testapp.RemoteDoc lives there, with its own
+# queue and this app's tables (tests/testapp/routers.py).
+DATABASES["other"] = {**DATABASES["default"], "NAME": DATABASES["default"]["NAME"] + "_other",
+                      "TEST": {"NAME": DATABASES["default"].get("TEST", {}).get("NAME", "test_autoembed") + "_other"}}
+DATABASE_ROUTERS = ["tests.testapp.routers.RemoteRouter"]
+
+# Subprocesses started by the tests connect straight to the test databases, as the
+# role a test chooses.
 if env("AUTOEMBED_TEST_DB", default=None):
     DATABASES["default"]["NAME"] = env("AUTOEMBED_TEST_DB")
+if env("AUTOEMBED_TEST_OTHER_DB", default=None):
+    DATABASES["other"]["NAME"] = env("AUTOEMBED_TEST_OTHER_DB")
+if env("AUTOEMBED_TEST_DB_USER", default=None):
+    for alias in DATABASES:
+        DATABASES[alias].update(USER=env("AUTOEMBED_TEST_DB_USER"), PASSWORD=env("AUTOEMBED_TEST_DB_PASSWORD", default=""))
 
 # The fake OpenAI server's URL is set by tests/conftest.py (and handed to worker
 # subprocesses through AUTOEMBED_TEST_BASE_URL).

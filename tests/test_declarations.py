@@ -115,7 +115,7 @@ def test_add_alter_remove_a_declaration_forward_and_back():
         assert cursor.fetchone()[0] is None
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(databases=["default", "other"])
 def test_makemigrations_is_quiet_when_nothing_changed():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
 

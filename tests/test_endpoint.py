@@ -215,3 +215,74 @@ def test_hostile_targets_never_reach_sql_and_the_server_keeps_serving(post, api,
     ok = post([{**base, "jobId": 1}])
     assert ok.status_code == 200 and ok.headers["X-Completed-Jobs"] == "1"
     assert_fake_vector(Document, doc.pk, "real row")
+
+
+def packed_message():
+    """The one queue message a multi-row insert sends: (msg_id, body naming several rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute("select msg_id, message from pgmq.q_embedding_jobs")
+        [(msg_id, body)] = cursor.fetchall()
+    return msg_id, json.loads(body) if isinstance(body, str) else body
+
+
+def test_a_job_naming_rows_its_message_does_not_hold_touches_nothing(post, api):
+    docs = Document.objects.bulk_create([Document(title=f"packed {i}") for i in range(5)])
+    stranger = Document.objects.create(title="not in that message")
+    purge_queue()
+    Document.objects.bulk_create([Document(title=f"again {i}") for i in range(3)])  # a fresh packed message
+    msg_id, body = packed_message()
+    job = {k: v for k, v in body.items() if k != "ids"} | {"id": stranger.pk, "jobId": msg_id}
+    response = post([job])
+    assert response.status_code == 200
+    [failed] = response.json()["failedJobs"]
+    assert "other rows" in failed["error"]
+    assert queue_messages() == [body]  # the packed message is still there, its rows unembedded
+    assert api.requests == 0 and not Document.objects.filter(embedding__isnull=False).exists()
+    assert len(docs) == 5
+
+
+def test_a_job_for_one_row_of_a_packed_message_acknowledges_only_that_row(post, api):
+    docs = Document.objects.bulk_create([Document(title=f"part {i}") for i in range(4)])
+    msg_id, body = packed_message()
+    job = {k: v for k, v in body.items() if k != "ids"} | {"id": docs[1].pk, "jobId": msg_id}
+    response = post([job])
+    assert response.status_code == 200 and response.json()["completedJobs"] == [job]
+    assert_fake_vector(Document, docs[1].pk, "part 1")
+    left = queue_messages()
+    assert sorted(left[0]["ids"]) == sorted(d.pk for i, d in enumerate(docs) if i != 1)
+    assert "attempts" not in left[0]  # the rows not posted spent no attempt
+
+
+def test_a_packed_message_posted_whole_is_embedded_whole(post, api):
+    docs = Document.objects.bulk_create([Document(title=f"whole {i}") for i in range(6)])
+    msg_id, body = packed_message()
+    response = post([{**body, "jobId": msg_id}])
+    assert response.status_code == 200 and response.headers["X-Completed-Jobs"] == "1"
+    assert queue_messages() == []
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(post):
+    response = post(None, raw=b"[" * 100_000 + b"]" * 100_000)
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
+    assert post([]).status_code == 200  # still serving
+
+
+def test_a_misconfigured_provider_answers_503_and_spends_nothing(post, api, settings):
+    from django_autoembed.failures import EmbeddingFailure
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.valid_keys = {"another-key"}
+    Document.objects.bulk_create([Document(title=f"no key {i}") for i in range(3)])
+    msg_id, body = packed_message()
+    with connection.cursor() as cursor:  # as pg_cron's tick does before it posts
+        cursor.execute("select count(*) from pgmq.read('embedding_jobs', 300, 10)")
+    response = post([{**body, "jobId": msg_id}])
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    [failed] = response.json()["failedJobs"]
+    assert "401" in failed["error"] and "API_KEY" in failed["error"]
+    assert not EmbeddingFailure.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("select read_ct from pgmq.q_embedding_jobs where msg_id = %s", [msg_id])
+        assert cursor.fetchone()[0] == 0  # the read pg_cron made is not counted

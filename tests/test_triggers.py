@@ -99,7 +99,7 @@ def test_proxy_and_multi_table_child_add_no_triggers():
                        "group by 1 order by 1")
         triggers = dict(cursor.fetchall())
     assert triggers == {'"Notes With Spaces"': 2, "testapp_article": 5, "testapp_document": 2, "testapp_tag": 2,
-                        "testapp_book": 2,
+                        "testapp_book": 2, "testapp_memo": 3,
                         "documents_document": 2}
     chapter = Chapter.objects.create(title="c", number=2)
     proxy = DocumentProxy.objects.create(title="p")

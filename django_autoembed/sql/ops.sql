@@ -37,8 +37,10 @@ select count(*) > 0 from pgmq.meta where queue_name = %s
 -- queue_count -- how many queues pgmq holds (ours and others')
 select count(*) from pgmq.meta
 
--- has_pgmq -- pgmq's functions, as the extension or from its bundled SQL
-select to_regprocedure('pgmq.send(text, jsonb, integer)') is not null
+-- has_pgmq -- pgmq's functions, as the extension or from its bundled SQL (from the catalog:
+-- a role without USAGE on schema pgmq may still ask)
+select exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                where n.nspname = 'pgmq' and p.proname = 'send_batch')
 
 -- column_type -- type and typmod (the dimensions of vector/halfvec) of a column
 select format_type(atttypid, null), atttypmod
@@ -73,3 +75,7 @@ with moved as (
     returning 1
 )
 select count(*) from inserted
+
+-- can_read_migrations -- may the connected role read Django's migration records (true where there are none yet)
+select to_regclass('django_migrations') is null
+    or has_table_privilege(current_user, to_regclass('django_migrations'), 'SELECT')

@@ -68,3 +68,19 @@ class Book(EmbeddingMixin, models.Model):
     title = models.TextField()
 
     embed_fields = ["title"]
+
+
+class RemoteDoc(EmbeddingMixin, models.Model):
+    """Written to the 'other' database (tests/testapp/routers.py)."""
+
+    title = models.TextField()
+
+    embed_fields = ["title"]
+
+
+class Memo(EmbeddingMixin, models.Model):
+    """Its own SQL content function, which calls a helper of its schema unqualified."""
+
+    body = models.TextField()
+
+    embedding_configs = [EmbeddingConfig(content_function="memo_text", clear_on_update=True)]

@@ -36,6 +36,9 @@ class Command(BaseCommand):
         parser.add_argument("--max-downtime", type=float,
                             help="seconds to keep reconnecting to a lost database before exiting 1 "
                                  f"(default {WorkerOptions.max_downtime:g})")
+        parser.add_argument("--lock-wait", type=float,
+                            help="with --once: seconds to wait for rows other transactions keep locked before "
+                                 f"leaving them queued (default {WorkerOptions.lock_wait:g})")
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -48,7 +51,7 @@ class Command(BaseCommand):
             log.addHandler(handler)
         if options["backfill"]:
             try:
-                configs = [registry.get(c) for c in options["config"]] or registry.all()
+                configs = [registry.get(c) for c in options["config"]] or registry.on_database(options["database"])
             except UnknownConfig as exc:
                 raise CommandError(str(exc)) from exc
             for config in configs:
@@ -63,6 +66,7 @@ class Command(BaseCommand):
             once=options["once"],
             using=options["database"],
             max_downtime=options["max_downtime"],
+            lock_wait=options["lock_wait"],
             progress=self.stdout._out if options["verbosity"] >= 1 else None,
         ))
         # Startup objects (Django, the app registry) live as long as the process:
@@ -81,7 +85,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Embedded {worker.rows_done} rows.")
         if worker.left_busy:
             self.stderr.write(f"Left {worker.left_busy} rows queued: other transactions held their row locks for "
-                              f"over {worker.o.once_busy_limit:g} s. The next run embeds them.")
+                              f"over {worker.o.lock_wait:g} s. The next run embeds them.")
         if worker.exit_reason:
             self.stderr.write(f"process_embeddings: {worker.exit_reason}")
         if code:

@@ -1,0 +1,297 @@
+"""Production setups: a least-privilege role, racing workers, a renamed queue, content functions,
+rows locked for long, and a model on a second database."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, connections
+
+from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.status import collect
+from django_autoembed.sync import sync
+from django_autoembed.worker import Worker, default_options
+from tests.conftest import (
+    ROOT,
+    archived_count,
+    assert_fake_vector,
+    drain,
+    purge_queue,
+    queue_messages,
+    queued_ids,
+    server_connection,
+    wait_for,
+)
+from tests.testapp.models import Document, Memo, RemoteDoc
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
+
+ROLE = "autoembed_app"
+
+
+# -- a role with grants on its tables only -------------------------------------------
+
+
+@pytest.fixture
+def app_role():
+    """A login role that holds DML grants on testapp_document and nothing else; dropped after."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"drop owned by {ROLE}" if _role_exists() else "select 1")
+        cursor.execute(f"drop role if exists {ROLE}")
+        cursor.execute(f"create role {ROLE} login password 'app'")
+        cursor.execute(f"grant select, insert, update, delete on testapp_document to {ROLE}")
+    yield ROLE
+    with connection.cursor() as cursor:
+        cursor.execute(f"drop owned by {ROLE}")
+        cursor.execute(f"drop role {ROLE}")
+
+
+def _role_exists() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("select count(*) from pg_roles where rolname = %s", [ROLE])
+        return bool(cursor.fetchone()[0])
+
+
+def as_role(dbname: str | None = None):
+    import psycopg
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    return psycopg.connect(**{**params, "user": ROLE, "password": "app",
+                              "dbname": dbname or connection.settings_dict["NAME"]}, autocommit=True)
+
+
+def manage_as_role(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
+           "AUTOEMBED_TEST_OTHER_DB": connections["other"].settings_dict["NAME"],
+           "AUTOEMBED_TEST_DB_USER": ROLE, "AUTOEMBED_TEST_DB_PASSWORD": "app", "PYTHONPATH": str(ROOT),
+           "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env.pop("AUTOEMBED_PUSH_TIER", None)
+    return subprocess.run([sys.executable, "-m", "django", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_role_with_table_grants_only_writes_every_way_and_its_rows_are_queued(app_role):
+    with as_role() as conn:
+        conn.execute("insert into testapp_document (title, content, views) values ('one', '', 0)")
+        conn.execute("insert into testapp_document (title, content, views) "
+                     "select 'many ' || i, '', 0 from generate_series(1, 50) i")
+        conn.execute("update testapp_document set views = views + 1")  # no text changed
+        conn.execute("update testapp_document set content = 'edited' where title = 'one'")
+        conn.execute("delete from testapp_document where title = 'many 50'")
+    titles = dict(Document.objects.values_list("pk", "title"))
+    assert len(titles) == 50
+    queued = queued_ids()
+    assert set(titles) <= set(queued)
+    one = next(pk for pk, t in titles.items() if t == "one")
+    assert queued.count(one) == 2  # inserted, then its text changed
+
+
+def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_grants(app_role, api):
+    with as_role() as conn:
+        conn.execute("insert into testapp_document (title, content, views) "
+                     "select 'role ' || i, '', 0 from generate_series(1, 20) i")
+    before = manage_as_role("check", "--database", "default")
+    assert before.returncode == 0 and "autoembed.W101" in before.stderr and ROLE in before.stderr
+    assert f"autoembed_grants {ROLE} --apply" in before.stderr
+
+    call_command("autoembed_grants", ROLE, "--apply", verbosity=0)  # as the owner, as the README says
+    checked = manage_as_role("check", "--database", "default")
+    assert checked.returncode == 0 and "W101" not in checked.stderr, checked.stderr
+    worked = manage_as_role("process_embeddings", "--once")
+    assert worked.returncode == 0, worked.stderr
+    for doc in Document.objects.all():
+        assert_fake_vector(Document, doc.pk, doc.title)
+    status = manage_as_role("autoembed_status", "--json")
+    assert status.returncode == 0, status.stderr
+    [document] = [c for c in json.loads(status.stdout)["configs"] if c["config"] == "testapp.Document.embedding"]
+    assert document["rows"] == 20 and document["missing"] == 0
+
+    # the endpoint, served by a process connected as the role
+    with as_role() as conn:
+        conn.execute("update testapp_document set title = 'served ' || id")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "AUTOEMBED_TEST_DB_USER": ROLE,
+           "AUTOEMBED_TEST_DB_PASSWORD": "app", "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    server = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 60, 100)")
+            jobs = [{**(json.loads(m) if isinstance(m, str) else m), "jobId": i} for i, m in cursor.fetchall()]
+        body = json.dumps(jobs).encode()
+        deadline = time.monotonic() + 30
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/autoembed/embed/", data=body, headers={
+                "Content-Type": "application/json", "Authorization": "Bearer test-token"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    answer = json.loads(response.read())
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the endpoint did not answer"
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert answer["failedJobs"] == [] and answer["completedJobs"]
+    for doc in Document.objects.all():
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+# -- racing workers --------------------------------------------------------------------
+
+
+def test_two_workers_dead_lettering_one_row_both_finish(api, settings):
+    """Another worker records the same row's failure while this one does: an upsert, no IntegrityError."""
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"POISON"}
+    doc = Document.objects.create(title="POISON row")
+    fine = Document.objects.create(title="fine row")
+    other = server_connection(connection.settings_dict["NAME"])
+    other.execute("begin")
+    other.execute("insert into django_autoembed_embeddingfailure (config, \"table\", object_pk, job, error, attempts, "
+                  "first_failed_at, last_failed_at) values ('testapp.Document.embedding', 'testapp_document', %s, "
+                  "'{}', 'the other worker', 2, now(), now())", [str(doc.pk)])
+    threading.Timer(0.5, other.execute, ["commit"]).start()
+    try:
+        drain()  # waits on the other worker's row, then adds to it
+    finally:
+        time.sleep(0.6)
+        other.close()
+    failure = EmbeddingFailure.objects.get()
+    assert failure.attempts == 3 and "400" in failure.error
+    assert archived_count() == 1 and queue_messages() == []
+    assert_fake_vector(Document, fine.pk, "fine row")
+
+
+# -- renaming the queue ------------------------------------------------------------------
+
+
+def test_renaming_the_queue_moves_the_waiting_jobs(api, settings):
+    docs = Document.objects.bulk_create([Document(title=f"waiting {i}") for i in range(30)])
+    Document.objects.create(title="single")
+    assert len(queue_messages()) == 2
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "renamed_jobs"}
+    try:
+        said = sync()
+        assert any("moved 2 waiting jobs from 'embedding_jobs'" in line for line in said), said
+        assert queue_messages() == [] and len(queue_messages("renamed_jobs")) == 2
+        late = Document.objects.create(title="after the rename")
+        assert queued_ids("renamed_jobs")[-1] == late.pk
+        drain()
+        for doc in [*docs, late]:
+            assert_fake_vector(Document, doc.pk, doc.title)
+        with connection.cursor() as cursor:
+            cursor.execute("select provolatile from pg_proc where oid = 'autoembed.queue_name()'::regprocedure")
+            assert cursor.fetchone()[0] == "s"  # stable, not immutable
+    finally:
+        settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "embedding_jobs"}
+        sync()
+        with connection.cursor() as cursor:
+            cursor.execute("select pgmq.drop_queue('renamed_jobs')")
+    assert Document.objects.create(title="back").pk == queued_ids()[-1]
+
+
+# -- content functions ---------------------------------------------------------------------
+
+
+def test_a_function_named_concat_ws_earlier_on_the_search_path_changes_nothing(api):
+    with connection.cursor() as cursor:
+        cursor.execute("create schema if not exists shadow")
+        cursor.execute("create or replace function shadow.concat_ws(sep text, variadic parts text[]) returns text "
+                       "language sql immutable as $$ select 'hijacked' $$")
+        cursor.execute("create or replace function shadow.concat(variadic parts text[]) returns text "
+                       "language sql immutable as $$ select 'hijacked' $$")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("set search_path = shadow, public, pg_catalog")
+        doc = Document.objects.create(title="real title", content="real body")
+        Document.objects.filter(pk=doc.pk).update(content="edited body")
+        drain(concurrency=1)  # one lane, on this session: it reads with the same search path
+        assert_fake_vector(Document, doc.pk, "real title\n\nedited body")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("reset search_path")
+            cursor.execute("drop schema shadow cascade")
+
+
+def test_a_users_content_function_may_call_a_helper_of_its_schema(api):
+    memo = Memo.objects.create(body="hello")
+    Memo.objects.filter(pk=memo.pk).update(body="changed")  # runs the update trigger's comparison
+    drain()
+    assert_fake_vector(Memo, memo.pk, "CHANGED!")
+
+
+# -- rows kept locked --------------------------------------------------------------------------
+
+
+def test_once_leaves_rows_locked_for_long_queued_and_says_so(api):
+    doc = Document.objects.create(title="held")
+    ok = Document.objects.create(title="free")
+    holder = server_connection(connection.settings_dict["NAME"])
+    holder.execute("begin")
+    holder.execute("select 1 from testapp_document where id = %s for update", [doc.pk])
+    try:
+        started = time.monotonic()
+        worker = Worker(default_options(once=True, lock_wait=1.5))
+        assert worker.run() == 0
+        assert time.monotonic() - started < 15
+        assert worker.left_busy == 1
+        assert queued_ids() == [doc.pk]
+        assert_fake_vector(Document, ok.pk, "free")
+        out = subprocess.run(
+            [sys.executable, "-m", "django", "process_embeddings", "--once", "--lock-wait=1"], cwd=ROOT,
+            env={**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "PYTHONPATH": str(ROOT),
+                 "DJANGO_SETTINGS_MODULE": "tests.settings"}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "Left 1 rows queued" in out.stderr, out.stderr
+    finally:
+        holder.close()
+    drain()
+    assert_fake_vector(Document, doc.pk, "held")
+
+
+# -- a second database ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_model_on_another_database_works_end_to_end(api, settings, live_server):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"POISON"}
+    with connections["other"].cursor() as cursor:
+        cursor.execute("select pgmq.purge_queue('embedding_jobs')")
+    docs = RemoteDoc.objects.bulk_create([RemoteDoc(title=f"remote {i}") for i in range(5)]
+                                         + [RemoteDoc(title="POISON remote")])
+    assert queue_messages() == []  # the other database's triggers fill its own queue
+    Worker(default_options(once=True, using="other")).run()
+    for doc in docs[:-1]:
+        assert_fake_vector(RemoteDoc, doc.pk, doc.title)
+    assert EmbeddingFailure.objects.using("other").get().object_pk == str(docs[-1].pk)
+    assert not EmbeddingFailure.objects.using("default").exists()
+
+    [remote] = [c for c in collect("other").configs if c.config == "testapp.RemoteDoc.embedding"]
+    assert remote.rows == 6 and remote.embedded == 5
+    assert all(c.config != "testapp.RemoteDoc.embedding" for c in collect("default").configs)
+
+    # the endpoint routes the other database's jobs to it
+    RemoteDoc.objects.filter(pk=docs[0].pk).update(title="remote renamed")
+    with connections["other"].cursor() as cursor:
+        cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 60, 10)")
+        jobs = [{**(json.loads(m) if isinstance(m, str) else m), "jobId": i} for i, m in cursor.fetchall()]
+    request = urllib.request.Request(live_server.url + "/autoembed/embed/", data=json.dumps(jobs).encode(), headers={
+        "Content-Type": "application/json", "Authorization": "Bearer test-token"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["failedJobs"] == []
+    assert_fake_vector(RemoteDoc, docs[0].pk, "remote renamed")
+
+    from django.core.checks import run_checks
+
+    assert [m.id for m in run_checks(databases=["default", "other"]) if m.id.startswith("autoembed")] == []
