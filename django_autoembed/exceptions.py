@@ -64,12 +64,16 @@ class DimensionMismatch(ProviderError):
 
 
 class ProcessingPaused(AutoembedError):
-    """A configuration error stopped a batch; its jobs were handed back without costing an attempt.
+    """The provider refused a whole batch; its jobs were handed back without costing an attempt.
 
-    ``provider`` names the provider (name, model, server; no secrets).
+    ``kind`` is ``"config"`` (the key, model or dimensions are wrong: nothing
+    works until they are fixed) or ``"unavailable"`` (every request failed in
+    passing: an outage or a rate limit). ``provider`` names the provider (name,
+    model, server; no secrets).
     """
 
-    def __init__(self, error: ProviderError, *, provider: str = ""):
+    def __init__(self, error: ProviderError, *, provider: str = "", kind: str = "config"):
         super().__init__(f"{provider}: {error}" if provider else str(error))
         self.error = error
         self.provider = provider
+        self.kind = kind

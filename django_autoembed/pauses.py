@@ -41,8 +41,10 @@ def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> No
     """Say (or say again) that ``paused.provider`` is paused; never fails the caller."""
     try:
         with transaction.atomic(using=using):
+            what = "misconfigured" if paused.kind == "config" else "unavailable"
             ProviderPause.objects.using(using).update_or_create(
-                provider=paused.provider[:255], defaults={"error": f"{paused.error} (next try in {retry_in:.0f} s)"})
+                provider=paused.provider[:255],
+                defaults={"error": f"{what}: {paused.error} (next try in {retry_in:.0f} s)"})
     except DatabaseError:  # the table may be missing (not migrated) or not granted; the log still says it
         pass
 

@@ -44,6 +44,8 @@ recent_vectors = VectorLRU("RECENT_VECTORS")
 
 # Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
+# At most this long (or the provider's Retry-After) a paused batch's jobs stay hidden after an outage.
+OUTAGE_RELEASE_SECONDS = 5
 
 
 # -- outcomes ----------------------------------------------------------------------
@@ -180,7 +182,9 @@ class FanOut:
     split in halves until the bad input stands alone, so one poison text fails
     only itself. A configuration error (bad key, unknown model, wrong
     dimensions) stops everything: ``config_error`` is set and nothing more is
-    sent. No I/O here; ``Processor`` sends the requests.
+    sent. When every request failed for a passing reason (rate limits, server
+    errors, timeouts) and none got through, the provider is ``unavailable``:
+    the rows are not to blame. No I/O here; ``Processor`` sends the requests.
     """
 
     def __init__(self, texts: Sequence[str], slices: Iterable[tuple[int, int]], *, dimensions: int,
@@ -195,6 +199,7 @@ class FanOut:
         self.errors: dict[int, ProviderError] = {}
         self.config_error: ProviderError | None = None
         self.requests = 0
+        self.answers = 0  # requests the provider answered with vectors
 
     def take(self) -> list[tuple[int, int]]:
         """Slices to send now (none once a configuration error was seen)."""
@@ -212,6 +217,7 @@ class FanOut:
         except ProviderError as exc:
             self._failed(lo, hi, exc)
             return
+        self.answers += 1
         for i, vector in enumerate(matrix):
             self.vectors[lo + i] = vector
         # NaN, infinities or values past halfvec's range: pgvector would refuse the
@@ -221,6 +227,16 @@ class FanOut:
                 f"Provider {self.provider!r} returned a vector with NaN, infinite or out-of-range values "
                 f"(beyond ±{self.limit:g} for a {self.column_type} column); pgvector cannot store it. "
                 "Check the provider or model for this input.", kind="input")
+
+    @property
+    def unavailable(self) -> ProviderError | None:
+        """The error that shows the provider is down or saturated: every request failed in passing."""
+        if self.answers or not self.errors or self.config_error:
+            return None
+        errors = list(self.errors.values())
+        if not all(e.kind == "transient" for e in errors):
+            return None
+        return max(errors, key=lambda e: e.retry_after or 0)
 
     def expired(self, slices: Iterable[tuple[int, int]]) -> None:
         """The time budget ran out before these slices were sent."""
@@ -294,8 +310,12 @@ class Processor:
     """
 
     def __init__(self, *, using: str = "default", batch_size: int | None = None,
-                 max_requests: int | None = None, pool: ThreadPoolExecutor | None = None) -> None:
+                 max_requests: int | None = None, pool: ThreadPoolExecutor | None = None,
+                 charge_outages: bool = False) -> None:
         self.using = using
+        # Whether a batch whose every request failed in passing spends its rows' attempts
+        # (True), or is handed back unspent as an outage (False, the default).
+        self.charge_outages = charge_outages
         self.batch_size = int(batch_size or conf.get("BATCH_SIZE"))
         self.max_requests = int(max_requests or conf.get("MAX_REQUESTS"))
         self.pool = pool
@@ -309,9 +329,10 @@ class Processor:
         """Work on ``messages``; ``rows_for`` limits a message to some of its rows (the endpoint's jobs).
 
         Raises:
-            ProcessingPaused: the provider refused its configuration. Every message
-                not yet acknowledged was handed back, visible again after
-                ``pause_delay`` seconds, without costing an attempt.
+            ProcessingPaused: the provider refused its configuration, or every
+                request failed in passing (an outage). Every message not yet
+                acknowledged was handed back without costing an attempt, visible
+                again after ``pause_delay`` seconds (an outage: a few seconds).
         """
         started = time.monotonic()
         result = BatchResult()
@@ -327,9 +348,11 @@ class Processor:
                 self._run_config(self._resolve(group[0].config), group,  # type: ignore[arg-type]
                                  [r for r in rows if id(r.message) in mine], result, deadline)
                 acked |= mine
-        except ProcessingPaused:
+        except ProcessingPaused as paused:
+            delay = pause_delay if paused.kind == "config" else \
+                min(pause_delay, max(OUTAGE_RELEASE_SECONDS, paused.error.retry_after or 0))
             with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
-                queue.release(cursor, [m.msg_id for m in messages if id(m) not in acked], pause_delay)
+                queue.release(cursor, [m.msg_id for m in messages if id(m) not in acked], delay)
             raise
         unmatched = [m for m in messages if id(m) not in acked]
         if unmatched:
@@ -495,6 +518,8 @@ class Processor:
                 send(fanout, provider.embed, pool, deadline)
         if fanout.config_error is not None:
             raise ProcessingPaused(fanout.config_error, provider=providers.label(target.config))
+        if fanout.unavailable is not None and not self.charge_outages:
+            raise ProcessingPaused(fanout.unavailable, provider=providers.label(target.config), kind="unavailable")
         return fanout
 
     def _write(self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]) -> tuple[set[Any], set[Any]]:

@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "autoembed"
 # With --once: how long to wait for jobs put back a moment ago (rows that were locked).
 ONCE_GRACE_SECONDS = 2.0
-# A paused worker tries again after this many seconds, doubling up to the maximum.
-PAUSE_FIRST, PAUSE_MAX = 5.0, 60.0
+# A paused worker tries again after this many seconds, doubling up to the maximum:
+# sooner after an outage or a rate limit than after a configuration error.
+PAUSE_FIRST = {"config": 5.0, "unavailable": 1.0}
+PAUSE_MAX = 60.0
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self._paused: ProcessingPaused | None = None
         self._paused_until = 0.0
-        self._pause_seconds = PAUSE_FIRST
+        self._pause_seconds = 0.0
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -139,26 +141,33 @@ class Worker:
         with self._lock:
             return max(0.0, self._paused_until - time.monotonic()) if self._paused else 0.0
 
-    def pause(self, paused: ProcessingPaused) -> None:
+    def pause(self, paused: ProcessingPaused) -> float:
+        """Pause every lane; returns the seconds of this pause."""
         with self._lock:
-            first = self._paused is None or str(self._paused) != str(paused)
-            if self._paused is not None and time.monotonic() >= self._paused_until:
+            first = self._paused is None or self._paused.kind != paused.kind
+            if first:
+                self._pause_seconds = PAUSE_FIRST[paused.kind]
+            elif time.monotonic() >= self._paused_until:
                 self._pause_seconds = min(self._pause_seconds * 2, PAUSE_MAX)
+            seconds = max(self._pause_seconds, paused.error.retry_after or 0.0)
             self._paused = paused
-            self._paused_until = time.monotonic() + self._pause_seconds
-            seconds = self._pause_seconds
-        if first:
+            self._paused_until = time.monotonic() + seconds
+        if first and paused.kind == "config":
             logger.error("Embedding paused: %s Nothing was spent: the jobs stay queued, and this worker tries "
                          "again every %.0f-%.0f s until the provider accepts the configuration.",
-                         paused, PAUSE_FIRST, PAUSE_MAX, extra={"provider": paused.provider})
+                         paused, PAUSE_FIRST["config"], PAUSE_MAX, extra={"provider": paused.provider})
+        elif first:
+            logger.warning("Provider unavailable: %s Every request of a batch failed; the jobs stay queued "
+                           "without spending attempts, and this worker tries again in %.0f s, backing off to "
+                           "%.0f s.", paused, seconds, PAUSE_MAX, extra={"provider": paused.provider})
         record_pause(self.o.using, paused, retry_in=seconds)
+        return seconds
 
     def resume(self) -> None:
         with self._lock:
             paused, self._paused = self._paused, None
-            self._pause_seconds = PAUSE_FIRST
         if paused is not None:
-            logger.warning("Embedding resumed: %s accepts the configuration again.", paused.provider or "the provider")
+            logger.warning("Embedding resumed: %s answers again.", paused.provider or "the provider")
             clear_pause(self.o.using, paused.provider)
 
     # -- progress -----------------------------------------------------------------
@@ -207,10 +216,13 @@ class _Lane:
                     handled = self.step()
                     down_since = None
                 except ProcessingPaused as paused:
-                    self.worker.pause(paused)
-                    if self.o.once:
+                    waited = self.worker.pause(paused)
+                    # --once gives up at once on a configuration error, and on an outage
+                    # once it has backed off as far as it goes.
+                    if self.o.once and (paused.kind == "config" or waited >= PAUSE_MAX):
+                        fix = "fix the configuration" if paused.kind == "config" else "wait for the provider"
                         return self.worker.give_up(
-                            f"paused: {paused} The jobs stay queued; fix the configuration and run again.", 2)
+                            f"paused: {paused} The jobs stay queued; {fix} and run again.", 2)
                     continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
                     down_since = down_since or time.monotonic()

@@ -72,16 +72,31 @@ def test_jobs_are_embedded_and_answered_in_the_guides_shape(post, api):
         assert_fake_vector(Document, doc.pk, doc.title)
 
 
-def test_provider_failure_reports_failed_jobs_and_keeps_messages(post, api):
-    Document.objects.create(title="will fail")
+def test_provider_failure_reports_failed_jobs_and_keeps_messages(post, api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "BATCH_SIZE": 1}  # one request per row
+    docs = Document.objects.bulk_create([Document(title=f"some fail {i}") for i in range(4)])
     jobs = read_jobs()
-    api.fail_next(5, status=500)
+    api.fail_next(1, status=500)  # one of the requests; the others get through
     response = post(jobs)
     assert response.status_code == 200
     assert response.headers["X-Failed-Jobs"] == "1"
     (failed,) = response.json()["failedJobs"]
-    assert failed["jobId"] == jobs[0]["jobId"] and "500" in failed["error"]
+    assert "500" in failed["error"]
     assert len(queue_messages()) == 1  # visible again after the backoff
+    assert Document.objects.filter(embedding__isnull=False).count() == 3 and len(docs) == 4
+
+
+def test_a_provider_that_is_down_answers_503_and_spends_no_attempt(post, api):
+    Document.objects.create(title="outage")
+    jobs = read_jobs()
+    api.fail_next(5, status=500)
+    response = post(jobs)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    (failed,) = response.json()["failedJobs"]
+    assert failed["jobId"] == jobs[0]["jobId"] and "500" in failed["error"]
+    with connection.cursor() as cursor:
+        cursor.execute("select read_ct from pgmq.q_embedding_jobs")
+        assert cursor.fetchone()[0] == 0  # read once (by read_jobs), handed back uncounted
 
 
 def test_unknown_target_is_a_failed_job_and_nothing_runs(post, api):

@@ -96,3 +96,28 @@ def test_a_running_worker_resumes_by_itself_once_the_key_works_again(api, settin
     for doc in docs:
         assert_fake_vector(Document, doc.pk, doc.title)
     assert collect().paused == [] and not EmbeddingFailure.objects.exists()
+
+
+def test_an_outage_spends_no_attempts_and_the_worker_carries_on_after_it(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.failure_rate = 1.0
+    api.failure_statuses = (500, 503, 429)
+    api.retry_after = 1
+    docs = Document.objects.bulk_create([Document(title=f"outage {i}") for i in range(40)])
+    worker = Worker(default_options(poll_interval=0.2))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: api.failures >= 3, timeout=20, message="a few failed tries")
+        assert not EmbeddingFailure.objects.exists() and set(read_counts()) == {0}
+        [pause] = collect().paused
+        assert pause["error"].startswith("unavailable")
+        api.failure_rate = 0.0  # the provider is back
+        wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, timeout=30,
+                 message="the worker to carry on")
+    finally:
+        worker.stop()
+        thread.join(30)
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert not EmbeddingFailure.objects.exists() and archived_count() == 0

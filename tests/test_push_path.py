@@ -88,7 +88,8 @@ def test_failing_provider_is_reported_and_retried_on_later_ticks(push, api, sett
     api.failure_rate = 1.0
     api.failure_statuses = (500,)
     doc = Document.objects.create(title="flaky")
-    wait_for(lambda: any(status == 200 and failed not in (None, "0") for status, failed in responses()),
+    # every request fails: an outage, answered 503 with the failed jobs, no attempt spent
+    wait_for(lambda: any(status == 503 and failed not in (None, "0") for status, failed in responses()),
              what="a response with failed jobs")
     assert Document.objects.get(pk=doc.pk).embedding is None
     api.failure_rate = 0.0
