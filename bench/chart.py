@@ -32,7 +32,9 @@ def main() -> None:
     ax.set_yscale("log")
     ax.set_xlabel("fake API latency per request (ms)")
     ax.set_ylabel("rows embedded per second (log)")
-    ax.set_title(f"{data['rows']:,} rows of ~670 chars, 1536 dims, one run\n{data['machine']}", fontsize=8)
+    ax.set_title(
+        f"{data['rows']:,} rows of ~670 chars, 1536 dims, one run\n{data['machine']}", fontsize=8
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

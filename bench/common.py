@@ -27,8 +27,10 @@ from django.db import connection  # noqa: E402
 
 from django_autoembed.testing import FakeEmbeddingsServer  # noqa: E402
 
-WORDS = ("vector index query embedding postgres table row column search cosine distance "
-         "trigger queue worker batch model token latency memory graph neighbour").split()
+WORDS = (
+    "vector index query embedding postgres table row column search cosine distance "
+    "trigger queue worker batch model token latency memory graph neighbour"
+).split()
 
 
 def text_for(i: int, length: int = 670) -> str:
@@ -65,7 +67,10 @@ def load(table: str, rows: int, columns: str = "title, content") -> float:
     titles = [f"title {i}" for i in range(rows)]
     texts = [text_for(i) for i in range(rows)]
     start = time.perf_counter()
-    execute(f"insert into {table} ({columns}) select * from unnest(%s::text[], %s::text[])", [titles, texts])
+    execute(
+        f"insert into {table} ({columns}) select * from unnest(%s::text[], %s::text[])",
+        [titles, texts],
+    )
     return time.perf_counter() - start
 
 
@@ -89,12 +94,22 @@ class Run:
     stderr: str
 
 
-def run_process(cmd: list[str], api: FakeEmbeddingsServer, env: dict[str, str] | None = None,
-                timeout: float = 600) -> Run:
+def run_process(
+    cmd: list[str],
+    api: FakeEmbeddingsServer,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> Run:
     """Run a worker to completion; time it from the fake API's first request, with its peak RSS."""
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         watched = psutil.Process(proc.pid)
         peak = 0
@@ -115,12 +130,22 @@ def run_process(cmd: list[str], api: FakeEmbeddingsServer, env: dict[str, str] |
         err.seek(0)
         stderr = err.read()
     started = api.first_request_at or end
-    return Run(end - started, peak / 2**20, usage.ru_utime + usage.ru_stime, proc.returncode, stderr)
+    return Run(
+        end - started, peak / 2**20, usage.ru_utime + usage.ru_stime, proc.returncode, stderr
+    )
 
 
 def ours_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "django", "process_embeddings", "--once", "--verbosity=0",
-            "--settings=bench.settings", *args]
+    return [
+        sys.executable,
+        "-m",
+        "django",
+        "process_embeddings",
+        "--once",
+        "--verbosity=0",
+        "--settings=bench.settings",
+        *args,
+    ]
 
 
 def machine() -> str:
@@ -130,6 +155,8 @@ def machine() -> str:
 
     version = execute("select extversion from pg_extension where extname = 'vector'")[0][0]
     server = execute("show server_version")[0][0].split()[0]
-    return (f"{os.cpu_count()} cores, Python {platform.python_version()}, Django {dj.get_version()}, "
-            f"Postgres {server}, pgvector {version}, openai {package_version('openai')}, "
-            f"{time.strftime('%Y-%m-%d')}")
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, Django {dj.get_version()}, "
+        f"Postgres {server}, pgvector {version}, openai {package_version('openai')}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )

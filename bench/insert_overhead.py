@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -45,8 +45,10 @@ def main() -> None:
             cursor.execute("select pgmq.purge_queue('embedding_jobs')")
             start = time.perf_counter()
             cursor.execute(
-                f"insert into {table} (title, content, views) select * from unnest(%s::text[], %s::text[], %s::int[])",
-                [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]])
+                f"insert into {table} (title, content, views) select * from unnest(%s::text[], "
+                "%s::text[], %s::int[])",
+                [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]],
+            )
             return time.perf_counter() - start
 
     for run in range(args.runs):
@@ -54,15 +56,24 @@ def main() -> None:
         for name, table in order if run % 2 == 0 else reversed(order):
             times[name].append(insert(table))
     with connection.cursor() as cursor:
-        cursor.execute("select count(*), sum(coalesce(jsonb_array_length(message->'ids'), 1)) from pgmq.q_embedding_jobs")
+        cursor.execute(
+            "select count(*), sum(coalesce(jsonb_array_length(message->'ids'), 1)) from "
+            "pgmq.q_embedding_jobs"
+        )
         messages, queued = cursor.fetchone()
         cursor.execute("truncate testapp_document cascade; drop table bench_plain")
         cursor.execute("select pgmq.purge_queue('embedding_jobs')")
     plain_s, ours_s = statistics.median(times["plain"]), statistics.median(times["autoembed"])
     print(f"rows per statement: {args.rows}, runs: {args.runs} (alternating)")
     print(f"plain table:        {plain_s * 1000:8.1f} ms (median)")
-    print(f"with our triggers:  {ours_s * 1000:8.1f} ms (median), queued {queued} rows in {messages} messages")
-    print(f"ratio:              {ours_s / plain_s:.2f}x  (target <= 1.3x; pgai's row trigger 2.1-2.5x)")
+    print(
+        f"with our triggers:  {ours_s * 1000:8.1f} ms (median), queued {queued} rows in "
+        f"{messages} messages"
+    )
+    print(
+        f"ratio:              {ours_s / plain_s:.2f}x  (target <= 1.3x; pgai's row trigger "
+        "2.1-2.5x)"
+    )
 
 
 if __name__ == "__main__":

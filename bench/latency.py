@@ -1,6 +1,6 @@
 """Insert → vector latency for single-row inserts with an idle worker (woken by NOTIFY).
 
-    python -m bench.latency [--inserts 50] [--quick]
+python -m bench.latency [--inserts 50] [--quick]
 """
 
 from __future__ import annotations
@@ -24,18 +24,34 @@ def measure(api, inserts: int) -> dict:
 
     api.reset()
     common.load("benchapp_doc", 0)
-    worker = subprocess.Popen([sys.executable, "-m", "django", "process_embeddings", "--verbosity=0",
-                               "--settings=bench.settings", "--poll-interval=60"],
-                              cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "process_embeddings",
+            "--verbosity=0",
+            "--settings=bench.settings",
+            "--poll-interval=60",
+        ],
+        cwd=common.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     samples: list[float] = []
     try:
         with connect() as conn:
             time.sleep(3)  # started, drained, listening
             for i in range(inserts):
                 start = time.perf_counter()
-                pk = conn.execute("insert into benchapp_doc (title, content) values (%s, %s) returning id",
-                                  [f"single {i}", common.text_for(i)]).fetchone()[0]
-                while conn.execute("select embedding is null from benchapp_doc where id = %s", [pk]).fetchone()[0]:
+                pk = conn.execute(
+                    "insert into benchapp_doc (title, content) values (%s, %s) returning id",
+                    [f"single {i}", common.text_for(i)],
+                ).fetchone()[0]
+                while conn.execute(
+                    "select embedding is null from benchapp_doc where id = %s", [pk]
+                ).fetchone()[0]:
                     if time.perf_counter() - start > 30:
                         raise RuntimeError("no vector after 30 s: is the worker running?")
                     time.sleep(0.002)
@@ -45,8 +61,12 @@ def measure(api, inserts: int) -> dict:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=30)
     samples.sort()
-    return {"inserts": inserts, "p50_ms": statistics.median(samples) * 1000,
-            "p95_ms": samples[int(0.95 * (len(samples) - 1))] * 1000, "max_ms": samples[-1] * 1000}
+    return {
+        "inserts": inserts,
+        "p50_ms": statistics.median(samples) * 1000,
+        "p95_ms": samples[int(0.95 * (len(samples) - 1))] * 1000,
+        "max_ms": samples[-1] * 1000,
+    }
 
 
 def main() -> None:
@@ -57,8 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     api = common.setup()
     result = measure(api, 10 if args.quick else args.inserts)
-    print(f"insert -> vector, idle worker: p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms "
-          f"(target p50 < 1000 ms; the guide's cron polls every 10 s)")
+    print(
+        f"insert -> vector, idle worker: p50 {result['p50_ms']:.0f} ms, p95 "
+        f"{result['p95_ms']:.0f} ms "
+        f"(target p50 < 1000 ms; the guide's cron polls every 10 s)"
+    )
     Path(args.out).parent.mkdir(exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": common.machine(), **result}, indent=2))
 

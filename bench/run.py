@@ -23,7 +23,9 @@ def part(module: str, *args: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every part")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: a smoke run of every part"
+    )
     parser.add_argument("--no-pgai", action="store_true", help="leave out the pgai side by side")
     args = parser.parse_args()
     quick = ["--quick"] if args.quick else []

@@ -26,5 +26,8 @@ AUTOEMBED = {
     "BASE_URL": env("AUTOEMBED_BENCH_BASE_URL", default="http://127.0.0.1:9/v1"),
     "PROVIDER_RETRIES": 0,
 }
-LOGGING = {"version": 1, "disable_existing_loggers": False,
-           "loggers": {"django_autoembed": {"level": "WARNING"}}}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"django_autoembed": {"level": "WARNING"}},
+}

@@ -6,15 +6,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["EmbeddingConfig", "EmbeddingMixin", "EmbeddingQuerySet", "EmbeddingManager"]
+__all__ = ["EmbeddingConfig", "EmbeddingManager", "EmbeddingMixin", "EmbeddingQuerySet"]
 
 if TYPE_CHECKING:
     from .config import EmbeddingConfig
     from .mixin import EmbeddingMixin
     from .search import EmbeddingManager, EmbeddingQuerySet
 
-_HOMES = {"EmbeddingConfig": "config", "EmbeddingMixin": "mixin", "EmbeddingQuerySet": "search",
-          "EmbeddingManager": "search"}
+_HOMES = {
+    "EmbeddingConfig": "config",
+    "EmbeddingMixin": "mixin",
+    "EmbeddingQuerySet": "search",
+    "EmbeddingManager": "search",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -27,8 +27,11 @@ class EmbeddingFilter(admin.SimpleListFilter):
 
     @classmethod
     def for_config(cls, name: str) -> type[EmbeddingFilter]:
-        return type(f"EmbeddingFilter_{name}", (cls,), {
-            "config": name, "title": f"embedding {name}", "parameter_name": f"embedding_{name}"})
+        return type(
+            f"EmbeddingFilter_{name}",
+            (cls,),
+            {"config": name, "title": f"embedding {name}", "parameter_name": f"embedding_{name}"},
+        )
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("present", "present"), ("missing", "missing")]
@@ -48,8 +51,16 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
     list_display = ("config", "object_link", "short_error", "attempts", "last_failed_at")
     list_filter = ("config",)
     search_fields = ("object_pk", "error")
-    readonly_fields = ("config", "table", "object_pk", "job", "error", "attempts", "first_failed_at",
-                       "last_failed_at")
+    readonly_fields = (
+        "config",
+        "table",
+        "object_pk",
+        "job",
+        "error",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+    )
     actions = ["retry_selected", "discard_selected"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -72,7 +83,9 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         result = retry(queryset)
         if result.queued:
-            self.message_user(request, f"Queued {result.queued} rows again; the next worker run embeds them.")
+            self.message_user(
+                request, f"Queued {result.queued} rows again; the next worker run embeds them."
+            )
         for reason in result.refused:
             self.message_user(request, reason, level=messages.WARNING)
 

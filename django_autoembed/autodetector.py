@@ -27,9 +27,11 @@ def needs_autoembed(operation: Any) -> bool:
     """Whether the operation's SQL needs pgvector or the ``autoembed`` schema."""
     if isinstance(operation, migrations.CreateModel):
         options = operation.options
-        return (any(isinstance(f, VECTOR_FIELDS) for _, f in operation.fields)
-                or any(isinstance(c, EmbeddingTrigger) for c in options.get("constraints", []))
-                or any(isinstance(i, VECTOR_INDEXES) for i in options.get("indexes", [])))
+        return (
+            any(isinstance(f, VECTOR_FIELDS) for _, f in operation.fields)
+            or any(isinstance(c, EmbeddingTrigger) for c in options.get("constraints", []))
+            or any(isinstance(i, VECTOR_INDEXES) for i in options.get("indexes", []))
+        )
     if isinstance(operation, (migrations.AddField, migrations.AlterField)):
         return isinstance(operation.field, VECTOR_FIELDS)
     if isinstance(operation, migrations.AddConstraint):
@@ -40,12 +42,15 @@ def needs_autoembed(operation: Any) -> bool:
 
 
 class AutoembedAutodetector(MigrationAutodetector):
-    def arrange_for_graph(self, changes: dict[str, list[Any]], graph: Any, migration_name: str | None = None
-                          ) -> dict[str, list[Any]]:
+    def arrange_for_graph(
+        self, changes: dict[str, list[Any]], graph: Any, migration_name: str | None = None
+    ) -> dict[str, list[Any]]:
         for app_label, app_migrations in changes.items():
             if app_label == APP:
                 continue
             for migration in app_migrations:
-                if DEPENDENCY not in migration.dependencies and any(map(needs_autoembed, migration.operations)):
+                if DEPENDENCY not in migration.dependencies and any(
+                    map(needs_autoembed, migration.operations)
+                ):
                     migration.dependencies.append(DEPENDENCY)
         return super().arrange_for_graph(changes, graph, migration_name)

@@ -17,7 +17,10 @@ def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
     """Queue every row of ``config`` with a NULL vector and non-empty text; returns the count."""
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(sqlfiles.section("processing.sql", "table_schema"), [sql.Identifier(config.table).as_string(None)])
+        cursor.execute(
+            sqlfiles.section("processing.sql", "table_schema"),
+            [sql.Identifier(config.table).as_string(None)],
+        )
         found = cursor.fetchone()
         schema = found[0] if found else "public"
         names: dict[str, Any] = {
@@ -32,7 +35,11 @@ def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
         total = 0
         last: str | None = None
         while True:
-            after = sql.SQL("and t.{pk} > %s::{pktype}").format(**names) if last is not None else sql.SQL("")
+            after = (
+                sql.SQL("and t.{pk} > %s::{pktype}").format(**names)
+                if last is not None
+                else sql.SQL("")
+            )
             params: list[Any] = ([last] if last is not None else []) + [PAGE, *target]
             cursor.execute(page.format(after=after, **names).as_string(None), params)
             queued, last = cursor.fetchone()

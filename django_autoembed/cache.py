@@ -13,7 +13,7 @@ from . import conf
 
 
 class VectorLRU:
-    """Least-recently-used vectors by key; its size is the AUTOEMBED setting ``size_key``, read on each put."""
+    """Least-recently-used vectors by key, as many as the AUTOEMBED setting ``size_key`` says."""
 
     def __init__(self, size_key: str) -> None:
         self.size_key = size_key
@@ -51,5 +51,9 @@ class VectorLRU:
 
 def provider_key(config: Any) -> tuple[Any, ...]:
     """What makes two vectors of one text interchangeable: provider, model, dimensions, server."""
-    return (config.provider or conf.get("PROVIDER"), config.get_model(), config.get_dimensions(),
-            conf.get("BASE_URL"))
+    return (
+        config.provider or conf.get("PROVIDER"),
+        config.get_model(),
+        config.get_dimensions(),
+        conf.get("BASE_URL"),
+    )

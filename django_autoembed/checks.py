@@ -29,44 +29,89 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
             field = local.get(name)
             if field is None:
                 inherited = name in {f.name for f in meta.concrete_fields}
-                errors.append(checks.Error(
-                    f"{config.label} embeds {name!r}, which is "
-                    + ("a field of a parent model's table." if inherited else "not a field."),
-                    hint="Embed fields stored in this model's own table. Choose from: "
-                    + ", ".join(sorted(local)) + ".",
-                    obj=model, id="autoembed.E001"))
+                errors.append(
+                    checks.Error(
+                        f"{config.label} embeds {name!r}, which is "
+                        + ("a field of a parent model's table." if inherited else "not a field."),
+                        hint="Embed fields stored in this model's own table. Choose from: "
+                        + ", ".join(sorted(local))
+                        + ".",
+                        obj=model,
+                        id="autoembed.E001",
+                    )
+                )
             elif isinstance(field, NOT_EMBEDDABLE):
-                errors.append(checks.Error(
-                    f"{config.label} embeds {name!r}, a {type(field).__name__}, which has no text to embed.",
-                    hint="Embed text, number or date fields, or write a content_function.",
-                    obj=model, id="autoembed.E002"))
+                errors.append(
+                    checks.Error(
+                        f"{config.label} embeds {name!r}, a {type(field).__name__}, which has no "
+                        "text to embed.",
+                        hint="Embed text, number or date fields, or write a content_function.",
+                        obj=model,
+                        id="autoembed.E002",
+                    )
+                )
         if not config.template_fields() and not config.content_function:
-            errors.append(checks.Error(
-                f"{config.label} has no fields, template or content_function.",
-                hint="Give EmbeddingConfig(fields=[...]) or template='...'.", obj=model, id="autoembed.E003"))
-        column = local.get(config.column) or next((f for f in meta.local_fields if f.column == config.column), None)
+            errors.append(
+                checks.Error(
+                    f"{config.label} has no fields, template or content_function.",
+                    hint="Give EmbeddingConfig(fields=[...]) or template='...'.",
+                    obj=model,
+                    id="autoembed.E003",
+                )
+            )
+        column = local.get(config.column) or next(
+            (f for f in meta.local_fields if f.column == config.column), None
+        )
         if column is not None and not isinstance(column, (HalfVectorField, VectorField)):
-            errors.append(checks.Error(
-                f"{config.label} writes to {config.column!r}, a {type(column).__name__}, not a vector column.",
-                hint="Point column= at a HalfVectorField/VectorField, or at a free name to have one added.",
-                obj=model, id="autoembed.E004"))
-        if column is not None and getattr(column, "dimensions", None) not in (None, config.get_dimensions()):
-            errors.append(checks.Error(
-                f"{config.label}: column {config.column!r} holds {column.dimensions} dimensions but the "
-                f"config embeds {config.get_dimensions()}.",
-                hint="Make EmbeddingConfig(dimensions=...) or AUTOEMBED['DIMENSIONS'] match the column.",
-                obj=model, id="autoembed.E005"))
+            errors.append(
+                checks.Error(
+                    f"{config.label} writes to {config.column!r}, a {type(column).__name__}, not "
+                    "a vector column.",
+                    hint="Point column= at a HalfVectorField/VectorField, or at a free name to "
+                    "have one added.",
+                    obj=model,
+                    id="autoembed.E004",
+                )
+            )
+        if column is not None and getattr(column, "dimensions", None) not in (
+            None,
+            config.get_dimensions(),
+        ):
+            errors.append(
+                checks.Error(
+                    f"{config.label}: column {config.column!r} holds {column.dimensions} "
+                    "dimensions but the "
+                    f"config embeds {config.get_dimensions()}.",
+                    hint="Make EmbeddingConfig(dimensions=...) or AUTOEMBED['DIMENSIONS'] match "
+                    "the column.",
+                    obj=model,
+                    id="autoembed.E005",
+                )
+            )
         if config.index and config.get_dimensions() > HNSW_MAX_DIMENSIONS:
-            errors.append(checks.Error(
-                f"{config.label}: {config.get_dimensions()} dimensions is over the {HNSW_MAX_DIMENSIONS} an HNSW "
-                "halfvec index can hold.",
-                hint="Ask the model for fewer dimensions (text-embedding-3 models take dimensions=), "
-                "or declare index=False.", obj=model, id="autoembed.E006"))
+            errors.append(
+                checks.Error(
+                    f"{config.label}: {config.get_dimensions()} dimensions is over the "
+                    f"{HNSW_MAX_DIMENSIONS} an HNSW "
+                    "halfvec index can hold.",
+                    hint="Ask the model for fewer dimensions (text-embedding-3 models take "
+                    "dimensions=), "
+                    "or declare index=False.",
+                    obj=model,
+                    id="autoembed.E006",
+                )
+            )
         key = (meta.db_table, config.column)
         if key in columns:
-            errors.append(checks.Error(
-                f"{config.label} and {columns[key]} both write {meta.db_table}.{config.column}.",
-                hint="Give each EmbeddingConfig its own column=.", obj=model, id="autoembed.E007"))
+            errors.append(
+                checks.Error(
+                    f"{config.label} and {columns[key]} both write "
+                    f"{meta.db_table}.{config.column}.",
+                    hint="Give each EmbeddingConfig its own column=.",
+                    obj=model,
+                    id="autoembed.E007",
+                )
+            )
         columns[key] = config.label
         errors.extend(_check_routing(config))
     return errors
@@ -78,11 +123,18 @@ def _check_routing(config: Any) -> list[checks.CheckMessage]:
     using = router.db_for_write(model) or DEFAULT_DB_ALIAS
     if router.allow_migrate(using, "django_autoembed"):
         return []
-    return [checks.Error(
-        f"{config.label} is written to database {using!r}, where your DATABASE_ROUTERS do not let "
-        "django_autoembed migrate: its triggers would find no queue there.",
-        hint=f"Let allow_migrate() return True for app 'django_autoembed' on {using!r}, then run "
-             f"`python manage.py migrate --database {using}`.", obj=model, id="autoembed.E008")]
+    return [
+        checks.Error(
+            f"{config.label} is written to database {using!r}, where your DATABASE_ROUTERS do not "
+            "let "
+            "django_autoembed migrate: its triggers would find no queue there.",
+            hint=f"Let allow_migrate() return True for app 'django_autoembed' on {using!r}, then "
+            "run "
+            f"`python manage.py migrate --database {using}`.",
+            obj=model,
+            id="autoembed.E008",
+        )
+    ]
 
 
 @checks.register("autoembed")
@@ -90,15 +142,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     out: list[checks.CheckMessage] = []
     unknown = conf.unknown_keys()
     if unknown:
-        out.append(checks.Warning(
-            f"AUTOEMBED has unknown keys: {', '.join(unknown)}.",
-            hint="Known keys: " + ", ".join(sorted(conf.DEFAULTS)) + ".", id="autoembed.W001"))
+        out.append(
+            checks.Warning(
+                f"AUTOEMBED has unknown keys: {', '.join(unknown)}.",
+                hint="Known keys: " + ", ".join(sorted(conf.DEFAULTS)) + ".",
+                id="autoembed.W001",
+            )
+        )
     uses_openai = any((c.provider or conf.get("PROVIDER")) == "openai" for c in registry.all())
     if uses_openai and not (conf.get("API_KEY") or os.environ.get("OPENAI_API_KEY")):
-        out.append(checks.Warning(
-            "The openai provider has no API key, so nothing can be embedded.",
-            hint="Set OPENAI_API_KEY or AUTOEMBED['API_KEY'], or set AUTOEMBED['PROVIDER'] to 'local'.",
-            id="autoembed.W002"))
+        out.append(
+            checks.Warning(
+                "The openai provider has no API key, so nothing can be embedded.",
+                hint="Set OPENAI_API_KEY or AUTOEMBED['API_KEY'], or set AUTOEMBED['PROVIDER'] to "
+                "'local'.",
+                id="autoembed.W002",
+            )
+        )
     return out
 
 
@@ -115,9 +175,14 @@ def check_endpoint(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         return []
     if conf.get("ENDPOINT_TOKEN"):
         return []
-    return [checks.Warning(
-        f"The embedding endpoint is routed at {path} but AUTOEMBED['ENDPOINT_TOKEN'] is not set, so it "
-        "answers 404 and pg_cron's calls do nothing.",
-        hint="Set ENDPOINT_TOKEN to a long random secret (and ENDPOINT_URL), then run `manage.py autoembed_sync`; "
-             "or remove include('django_autoembed.urls') if you only use the pull worker.",
-        id="autoembed.W003")]
+    return [
+        checks.Warning(
+            f"The embedding endpoint is routed at {path} but AUTOEMBED['ENDPOINT_TOKEN'] is not "
+            "set, so it "
+            "answers 404 and pg_cron's calls do nothing.",
+            hint="Set ENDPOINT_TOKEN to a long random secret (and ENDPOINT_URL), then run "
+            "`manage.py autoembed_sync`; "
+            "or remove include('django_autoembed.urls') if you only use the pull worker.",
+            id="autoembed.W003",
+        )
+    ]

@@ -20,14 +20,17 @@ from psycopg import sql
 
 from . import grants, queue
 from . import sql as sqlfiles
-from .install import has_extension, scalar
 from .config import EmbeddingConfig, registry
+from .install import has_extension, scalar
 from .triggers import EmbeddingTrigger, as_text
 
 MIGRATE_HINT = "Run `python manage.py migrate`."
-DRIFT_HINT = ("If every migration is applied, the object was changed in the database by hand: re-create it by "
-              "migrating the model's app back one migration and forward again, or run the SQL that "
-              "`python manage.py sqlmigrate <app> <migration>` prints for it.")
+DRIFT_HINT = (
+    "If every migration is applied, the object was changed in the database by hand: re-create it "
+    "by "
+    "migrating the model's app back one migration and forward again, or run the SQL that "
+    "`python manage.py sqlmigrate <app> <migration>` prints for it."
+)
 
 
 _skipped: ContextVar[bool] = ContextVar("autoembed_dbchecks_skipped", default=False)
@@ -52,21 +55,39 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
     model = config.model_class
     table = sql.Identifier(config.table).as_string(None)
     if not scalar(cursor, "table_exists", [table]):
-        return [checks.Error(f"{config.label}: table {config.table!r} does not exist.", hint=MIGRATE_HINT,
-                             obj=model, id="autoembed.E104")]
+        return [
+            checks.Error(
+                f"{config.label}: table {config.table!r} does not exist.",
+                hint=MIGRATE_HINT,
+                obj=model,
+                id="autoembed.E104",
+            )
+        ]
     cursor.execute(_query("column_type"), [table, config.column])
     column = cursor.fetchone()
     if column is None:
-        out.append(checks.Error(f"{config.label}: column {config.table}.{config.column} is missing.",
-                                hint=MIGRATE_HINT, obj=model, id="autoembed.E107"))
+        out.append(
+            checks.Error(
+                f"{config.label}: column {config.table}.{config.column} is missing.",
+                hint=MIGRATE_HINT,
+                obj=model,
+                id="autoembed.E107",
+            )
+        )
     elif column[0] not in ("vector", "halfvec") or column[1] != config.get_dimensions():
         shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
-        out.append(checks.Error(
-            f"{config.label}: column {config.table}.{config.column} is {shown}, but the declaration "
-            f"embeds {config.get_dimensions()} dimensions.",
-            hint="Create the migration for the change (`makemigrations`) and apply it; to move a live table "
-                 "to new dimensions, see 'Upgrading a model's embedding' in the README.",
-            obj=model, id="autoembed.E105"))
+        out.append(
+            checks.Error(
+                f"{config.label}: column {config.table}.{config.column} is {shown}, but the "
+                "declaration "
+                f"embeds {config.get_dimensions()} dimensions.",
+                hint="Create the migration for the change (`makemigrations`) and apply it; to "
+                "move a live table "
+                "to new dimensions, see 'Upgrading a model's embedding' in the README.",
+                obj=model,
+                id="autoembed.E105",
+            )
+        )
     trigger = EmbeddingTrigger.for_config(config)  # what _bind declared on the model
     expected = trigger.fingerprint()
     objects: list[tuple[str, str | None, str | None]] = []  # (what, comment, enabled)
@@ -91,14 +112,22 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
             problem = "differs from the declaration"
         else:
             continue
-        out.append(checks.Error(f"{config.label}: {what} on {config.table} {problem}; rows will not be "
-                                "queued as declared.", hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
-                                obj=model, id="autoembed.E106"))
+        out.append(
+            checks.Error(
+                f"{config.label}: {what} on {config.table} {problem}; rows will not be "
+                "queued as declared.",
+                hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
+                obj=model,
+                id="autoembed.E106",
+            )
+        )
     return out
 
 
 @checks.register(checks.Tags.database)
-def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_database(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """Runs only when asked (``check --database``), as Django does with database checks."""
     out: list[checks.CheckMessage] = []
     if _skipped.get():
@@ -109,17 +138,29 @@ def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any
         try:
             pending = _pending_migrations(alias)
             if pending:
-                shown = ", ".join(pending[:8]) + (f" and {len(pending) - 8} more" if len(pending) > 8 else "")
-                out.append(checks.Error(
-                    f"Database {alias!r} lacks {len(pending)} migration{'s' if len(pending) > 1 else ''} that "
-                    f"automatic embeddings need: {shown}.",
-                    hint=f"Run `python manage.py migrate --database {alias}`.", id="autoembed.E110"))
+                shown = ", ".join(pending[:8]) + (
+                    f" and {len(pending) - 8} more" if len(pending) > 8 else ""
+                )
+                out.append(
+                    checks.Error(
+                        f"Database {alias!r} lacks {len(pending)} "
+                        f"migration{'s' if len(pending) > 1 else ''} that "
+                        f"automatic embeddings need: {shown}.",
+                        hint=f"Run `python manage.py migrate --database {alias}`.",
+                        id="autoembed.E110",
+                    )
+                )
                 continue
             with connections[alias].cursor() as cursor:
                 out.extend(_check_alias(cursor, alias, app_configs))
         except DatabaseError as exc:
-            out.append(checks.Error(f"Database {alias!r} could not be checked: {exc}",
-                                    hint="Check DATABASES and that the server is up.", id="autoembed.E100"))
+            out.append(
+                checks.Error(
+                    f"Database {alias!r} could not be checked: {exc}",
+                    hint="Check DATABASES and that the server is up.",
+                    id="autoembed.E100",
+                )
+            )
     return out
 
 
@@ -131,30 +172,46 @@ def _pending_migrations(alias: str) -> list[str]:
     with connections[alias].cursor() as cursor:
         if not scalar(cursor, "can_read_migrations"):
             return []
-    apps = {"django_autoembed"} | {c.model_class._meta.app_label for c in registry.on_database(alias)}
+    apps = {"django_autoembed"} | {
+        c.model_class._meta.app_label for c in registry.on_database(alias)
+    }
     executor = MigrationExecutor(connections[alias])
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    return [f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards and m.app_label in apps]
+    return [
+        f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards and m.app_label in apps
+    ]
 
 
 def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.CheckMessage]:
     if not has_extension(cursor, "vector"):
-        return [checks.Error(f"pgvector is not installed in database {alias!r}.",
-                             hint=f"{MIGRATE_HINT} Its first migration creates the extension; that needs a role "
-                                  "allowed to CREATE EXTENSION, and the pgvector package on the server.",
-                             id="autoembed.E101")]
+        return [
+            checks.Error(
+                f"pgvector is not installed in database {alias!r}.",
+                hint=f"{MIGRATE_HINT} Its first migration creates the extension; that needs a role "
+                "allowed to CREATE EXTENSION, and the pgvector package on the server.",
+                id="autoembed.E101",
+            )
+        ]
     out: list[checks.CheckMessage] = []
     if not scalar(cursor, "has_pgmq"):
-        out.append(checks.Error(f"pgmq is not installed in database {alias!r}.",
-                                hint=f"{MIGRATE_HINT} django_autoembed's first migration installs it "
-                                     "(as the extension where available, otherwise from the pgmq package's SQL).",
-                                id="autoembed.E102"))
+        out.append(
+            checks.Error(
+                f"pgmq is not installed in database {alias!r}.",
+                hint=f"{MIGRATE_HINT} django_autoembed's first migration installs it "
+                "(as the extension where available, otherwise from the pgmq package's SQL).",
+                id="autoembed.E102",
+            )
+        )
         return out
     lacks = grants.missing(alias)
     if "USAGE on schema pgmq" not in lacks and not queue.exists(cursor):
-        out.append(checks.Error(f"The queue {queue.name()!r} does not exist in database {alias!r}.",
-                                hint="Run `python manage.py autoembed_sync` (migrate does it too).",
-                                id="autoembed.E103"))
+        out.append(
+            checks.Error(
+                f"The queue {queue.name()!r} does not exist in database {alias!r}.",
+                hint="Run `python manage.py autoembed_sync` (migrate does it too).",
+                id="autoembed.E103",
+            )
+        )
     for config in registry.on_database(alias):
         model = config.model_class
         if app_configs is None or model._meta.app_config in app_configs:
@@ -162,10 +219,16 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
     if lacks:
         cursor.execute("select current_user")
         role = cursor.fetchone()[0]
-        out.append(checks.Warning(
-            f"Role {role!r} on database {alias!r} cannot run process_embeddings, the endpoint or autoembed_status: "
-            f"it lacks {', '.join(lacks[:6])}{f' and {len(lacks) - 6} more' if len(lacks) > 6 else ''}.",
-            hint=f"As the owner of the tables, run `python manage.py autoembed_grants {role} --apply`. A role that "
-                 "only writes your tables needs none of this; silence the warning for it.",
-            id="autoembed.W101"))
+        out.append(
+            checks.Warning(
+                f"Role {role!r} on database {alias!r} cannot run process_embeddings, the endpoint "
+                "or autoembed_status: "
+                "it lacks "
+                f"{', '.join(lacks[:6])}{f' and {len(lacks) - 6} more' if len(lacks) > 6 else ''}.",
+                hint=f"As the owner of the tables, run `python manage.py autoembed_grants {role} "
+                "--apply`. A role that "
+                "only writes your tables needs none of this; silence the warning for it.",
+                id="autoembed.W101",
+            )
+        )
     return out

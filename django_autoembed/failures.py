@@ -38,7 +38,9 @@ class EmbeddingFailure(models.Model):
     class Meta:
         app_label = "django_autoembed"
         constraints = [
-            models.UniqueConstraint(fields=["config", "object_pk"], name="autoembed_failure_unique_row")
+            models.UniqueConstraint(
+                fields=["config", "object_pk"], name="autoembed_failure_unique_row"
+            )
         ]
         ordering = ["-last_failed_at"]
 
@@ -48,7 +50,7 @@ class EmbeddingFailure(models.Model):
 
 @dataclass(frozen=True)
 class DeadRow:
-    """A row given up on: which config, which key, the job to send again, why, after how many attempts."""
+    """A row given up on: config, key, the job to send again, why, and after how many attempts."""
 
     config: str
     table: str
@@ -63,21 +65,46 @@ def record(cursor: Any, dead: list[DeadRow]) -> None:
     if not dead:
         return
     statement = sql.SQL(sqlfiles.section("failures.sql", "record")).format(
-        failures=sql.Identifier(EmbeddingFailure._meta.db_table))
+        failures=sql.Identifier(EmbeddingFailure._meta.db_table)
+    )
     # One row per key: a batch that gives up on a row twice adds both attempts.
     merged: dict[tuple[str, str], DeadRow] = {}
     for row in dead:
         key = (row.config, str(row.row_id))
         earlier = merged.get(key)
-        merged[key] = row if earlier is None else DeadRow(row.config, row.table, row.row_id, row.job, row.error,
-                                                          earlier.attempts + row.attempts)
+        merged[key] = (
+            row
+            if earlier is None
+            else DeadRow(
+                row.config,
+                row.table,
+                row.row_id,
+                row.job,
+                row.error,
+                earlier.attempts + row.attempts,
+            )
+        )
     rows = list(merged.values())
-    cursor.execute(statement.as_string(None), [
-        [r.config for r in rows], [r.table for r in rows], [str(r.row_id) for r in rows],
-        [json.dumps(r.job) for r in rows], [r.error for r in rows], [r.attempts for r in rows]])
+    cursor.execute(
+        statement.as_string(None),
+        [
+            [r.config for r in rows],
+            [r.table for r in rows],
+            [str(r.row_id) for r in rows],
+            [json.dumps(r.job) for r in rows],
+            [r.error for r in rows],
+            [r.attempts for r in rows],
+        ],
+    )
     for row in rows:
-        logger.error("Gave up embedding %s pk=%s after %d attempts: %s", row.config, row.row_id, row.attempts,
-                     row.error, extra={"config": row.config, "pk": str(row.row_id), "attempts": row.attempts})
+        logger.error(
+            "Gave up embedding %s pk=%s after %d attempts: %s",
+            row.config,
+            row.row_id,
+            row.attempts,
+            row.error,
+            extra={"config": row.config, "pk": str(row.row_id), "attempts": row.attempts},
+        )
 
 
 @dataclass
@@ -99,8 +126,10 @@ def retry(failures: models.QuerySet[EmbeddingFailure]) -> RetryResult:
         try:
             config = registry.get(failure.config)
         except UnknownConfig:
-            result.refused.append(f"{failure.config} pk={failure.object_pk}: no such embedding is declared; "
-                                  "discard it instead")
+            result.refused.append(
+                f"{failure.config} pk={failure.object_pk}: no such embedding is declared; "
+                "discard it instead"
+            )
             continue
         stored = queue.Message(0, 0, failure.job)
         schema = stored.target.schema if stored.target else "public"

@@ -10,7 +10,6 @@ database checks report what the connected role lacks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
@@ -19,9 +18,13 @@ from . import queue
 from .config import registry
 
 QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
-# Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not exist).
-_TESTS = {"schema": ("has_schema_privilege", "to_regnamespace"), "table": ("has_table_privilege", "to_regclass"),
-          "function": ("has_function_privilege", "to_regprocedure")}
+# Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not
+# exist).
+_TESTS = {
+    "schema": ("has_schema_privilege", "to_regnamespace"),
+    "table": ("has_table_privilege", "to_regclass"),
+    "function": ("has_function_privilege", "to_regprocedure"),
+}
 
 
 @dataclass(frozen=True)
@@ -35,22 +38,31 @@ class Privilege:
     def missing_for(self, using: str, role: str) -> list[str]:
         """What ``role`` lacks of this; nothing for an object that does not exist (yet)."""
         test, resolve = _TESTS[self.kind]
-        query = sql.SQL("select case when {resolve}(%s) is null then null else {test}(%s, {resolve}(%s), %s) end") \
-            .format(test=sql.Identifier(test), resolve=sql.Identifier(resolve)).as_string(None)
+        query = (
+            sql.SQL(
+                "select case when {resolve}(%s) is null then null else {test}(%s, {resolve}(%s), "
+                "%s) end"
+            )
+            .format(test=sql.Identifier(test), resolve=sql.Identifier(resolve))
+            .as_string(None)
+        )
         out = []
         for privilege in self.privileges:
             try:
                 with transaction.atomic(using=using), connections[using].cursor() as cursor:
                     cursor.execute(query, [self.name, role, self.name, privilege])
                     lacking = cursor.fetchone()[0] is False
-            except DatabaseError:  # not even allowed to look the object up: its schema is out of reach
+            except (
+                DatabaseError
+            ):  # not even allowed to look the object up: its schema is out of reach
                 lacking = True
             if lacking:
                 out.append(f"{privilege} on {self.kind} {self.name}")
         return out
 
     def grant(self, role: str) -> str:
-        return f"grant {', '.join(p.lower() for p in self.privileges)} on {self.kind} {self.name} to {_ident(role)};"
+        privileges = ", ".join(p.lower() for p in self.privileges)
+        return f"grant {privileges} on {self.kind} {self.name} to {_ident(role)};"
 
 
 def _ident(name: str) -> str:
@@ -65,14 +77,20 @@ def needed(using: str = "default") -> list[Privilege]:
     tables = queue.tables()
     out = [
         Privilege("schema", "pgmq", ("USAGE",)),
-        Privilege("table", tables["queue"].as_string(None), ("SELECT", "INSERT", "UPDATE", "DELETE")),
+        Privilege(
+            "table", tables["queue"].as_string(None), ("SELECT", "INSERT", "UPDATE", "DELETE")
+        ),
         Privilege("table", tables["archive"].as_string(None), ("SELECT", "INSERT")),
         Privilege("schema", "autoembed", ("USAGE",)),
         Privilege("function", QUEUE_IDS, ("EXECUTE",)),  # --backfill queues rows as the triggers do
         Privilege("table", "django_migrations", ("SELECT",)),
     ]
     for model in (EmbeddingFailure, ProviderPause):
-        out.append(Privilege("table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")))
+        out.append(
+            Privilege(
+                "table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")
+            )
+        )
     for config in registry.on_database(using):
         table = _ident(config.table)
         out.append(Privilege("table", table, ("SELECT", "UPDATE")))
@@ -81,8 +99,11 @@ def needed(using: str = "default") -> list[Privilege]:
     for privilege in out:
         key = (privilege.kind, privilege.name)
         earlier = unique.get(key)
-        merged = privilege.privileges if earlier is None else \
-            tuple(dict.fromkeys(earlier.privileges + privilege.privileges))
+        merged = (
+            privilege.privileges
+            if earlier is None
+            else tuple(dict.fromkeys(earlier.privileges + privilege.privileges))
+        )
         unique[key] = Privilege(privilege.kind, privilege.name, merged)
     return list(unique.values())
 

@@ -18,8 +18,13 @@ class HnswIndex(models.Index):
 
     suffix = "hnsw"
 
-    def __init__(self, *expressions: Any, m: int | None = None, ef_construction: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *expressions: Any,
+        m: int | None = None,
+        ef_construction: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.m = m
         self.ef_construction = ef_construction
         super().__init__(*expressions, **kwargs)
@@ -45,13 +50,16 @@ class HnswIndex(models.Index):
         statement = super().create_sql(model, schema_editor, using=" USING hnsw", **kwargs)
         params = self.with_params()
         if params:
-            statement.parts["extra"] = f" WITH ({', '.join(params)}){statement.parts['extra']}"
+            statement.parts["extra"] = f" WITH ({', '.join(params)}){statement.parts['extra']}"  # type: ignore[assignment]
         return statement
 
     def __eq__(self, other: object) -> bool:
         # Migrations written before this class existed hold pgvector's HnswIndex with
         # the same arguments; it builds the same index, so makemigrations sees no change.
-        if isinstance(other, models.Index) and type(other).__name__ == "HnswIndex" \
-                and type(other).__module__.startswith("pgvector."):
+        if (
+            isinstance(other, models.Index)
+            and type(other).__name__ == "HnswIndex"
+            and type(other).__module__.startswith("pgvector.")
+        ):
             return self.deconstruct()[1:] == other.deconstruct()[1:]
         return super().__eq__(other)

@@ -60,10 +60,15 @@ def drop_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     with schema_editor.connection.cursor() as cursor:
         if not scalar(cursor, "has_pgmq_schema"):
             return
-        cursor.execute("select pgmq.drop_queue(queue_name) from pgmq.meta where queue_name = %s", [queue.name()])
+        cursor.execute(
+            "select pgmq.drop_queue(queue_name) from pgmq.meta where queue_name = %s",
+            [queue.name()],
+        )
         if scalar(cursor, "queue_count"):
             return
         if has_extension(cursor, "pgmq"):
             cursor.execute("drop extension pgmq cascade")
         else:
-            cursor.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier("pgmq")).as_string(None))
+            cursor.execute(
+                sql.SQL("drop schema {} cascade").format(sql.Identifier("pgmq")).as_string(None)
+            )

@@ -52,9 +52,14 @@ def declared_configs(cls: type[models.Model]) -> list[EmbeddingConfig]:
 
 
 def hnsw_index(table: str, column: str) -> HnswIndex:
-    """The index the mixin adds to a vector column it adds (pgvector's default m and ef_construction)."""
-    return HnswIndex(name=short_name(table, column, "hnsw", limit=30), fields=[column], m=16,
-                     ef_construction=64, opclasses=["halfvec_cosine_ops"])
+    """The index the mixin puts on a column it adds (pgvector's default m and ef_construction)."""
+    return HnswIndex(
+        name=short_name(table, column, "hnsw", limit=30),
+        fields=[column],
+        m=16,
+        ef_construction=64,
+        opclasses=["halfvec_cosine_ops"],
+    )
 
 
 def _bind(sender: type[models.Model], **kwargs: Any) -> None:
@@ -70,7 +75,9 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
         if bound.column not in names:
             sender.add_to_class(
                 bound.column,
-                HalfVectorField(dimensions=bound.get_dimensions(), null=True, blank=True, editable=False),
+                HalfVectorField(
+                    dimensions=bound.get_dimensions(), null=True, blank=True, editable=False
+                ),
             )
             if bound.index:
                 meta.indexes = [*meta.indexes, hnsw_index(meta.db_table, bound.column)]

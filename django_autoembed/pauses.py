@@ -24,7 +24,9 @@ STALE_AFTER = timedelta(minutes=3)
 class ProviderPause(models.Model):
     """Embedding through one provider is paused by a configuration error."""
 
-    provider = models.CharField(max_length=255, unique=True, help_text="name, model and server; no secrets")
+    provider = models.CharField(
+        max_length=255, unique=True, help_text="name, model and server; no secrets"
+    )
     error = models.TextField()
     since = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(auto_now=True)
@@ -44,8 +46,11 @@ def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> No
             what = "misconfigured" if paused.kind == "config" else "unavailable"
             ProviderPause.objects.using(using).update_or_create(
                 provider=paused.provider[:255],
-                defaults={"error": f"{what}: {paused.error} (next try in {retry_in:.0f} s)"})
-    except DatabaseError:  # the table may be missing (not migrated) or not granted; the log still says it
+                defaults={"error": f"{what}: {paused.error} (next try in {retry_in:.0f} s)"},
+            )
+    except (
+        DatabaseError
+    ):  # the table may be missing (not migrated) or not granted; the log still says it
         pass
 
 
@@ -64,5 +69,12 @@ def current(using: str) -> list[ProviderPause]:
 
 
 def as_dicts(pauses: list[ProviderPause]) -> list[dict[str, Any]]:
-    return [{"provider": p.provider, "error": p.error, "since": p.since.isoformat(),
-             "last_seen": p.last_seen.isoformat()} for p in pauses]
+    return [
+        {
+            "provider": p.provider,
+            "error": p.error,
+            "since": p.since.isoformat(),
+            "last_seen": p.last_seen.isoformat(),
+        }
+        for p in pauses
+    ]

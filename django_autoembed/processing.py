@@ -44,7 +44,8 @@ recent_vectors = VectorLRU("RECENT_VECTORS")
 
 # Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
-# At most this long (or the provider's Retry-After) a paused batch's jobs stay hidden after an outage.
+# At most this long (or the provider's Retry-After) a paused batch's jobs stay hidden after an
+# outage.
 OUTAGE_RELEASE_SECONDS = 5
 
 
@@ -97,20 +98,33 @@ class AckPlan:
 
     delete: list[int] = field(default_factory=list)
     archive: list[int] = field(default_factory=list)
-    delay: dict[int, list[int]] = field(default_factory=dict)  # seconds -> messages; the next read counts
+    delay: dict[int, list[int]] = field(
+        default_factory=dict
+    )  # seconds -> messages; the next read counts
     release: list[int] = field(default_factory=list)  # handed back now, this read not counted
-    resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (body, delay) for some rows
+    resend: list[tuple[dict[str, Any], int]] = field(
+        default_factory=list
+    )  # (body, delay) for some rows
     dead: list[DeadRow] = field(default_factory=list)
 
 
-def retry_delay(attempts: int, hints: Iterable[float | None], *, backoff: float, backoff_max: float) -> int:
-    """Seconds before a failed job's next attempt: exponential, capped, never before a Retry-After."""
+def retry_delay(
+    attempts: int, hints: Iterable[float | None], *, backoff: float, backoff_max: float
+) -> int:
+    """Seconds before a failed job's next attempt: exponential, capped, never before Retry-After."""
     delay = min(backoff * 2 ** max(0, attempts - 1), backoff_max)
     return int(max([delay, *(h for h in hints if h)]) + 0.999)
 
 
-def plan_acks(messages: Sequence[Message], rows: Sequence[Row], *, max_attempts: int, backoff: float,
-              backoff_max: float, busy_retry: int = BUSY_RETRY_SECONDS) -> AckPlan:
+def plan_acks(
+    messages: Sequence[Message],
+    rows: Sequence[Row],
+    *,
+    max_attempts: int,
+    backoff: float,
+    backoff_max: float,
+    busy_retry: int = BUSY_RETRY_SECONDS,
+) -> AckPlan:
     """Delete, archive, delay, hand back or split each message by its rows' outcomes.
 
     A message whose rows all fail waits for its next attempt as it is; one whose
@@ -135,19 +149,31 @@ def plan_acks(messages: Sequence[Message], rows: Sequence[Row], *, max_attempts:
         attempts = message.attempts  # this read included
         doomed = failed if attempts >= max_attempts else []
         retry = [r for r in failed if r not in doomed]
-        delay = retry_delay(attempts, (r.outcome.retry_after for r in failed if r.outcome),
-                            backoff=backoff, backoff_max=backoff_max)
-        if retry and len(retry) == len(mine):  # the next read of this message counts the next attempt
+        delay = retry_delay(
+            attempts,
+            (r.outcome.retry_after for r in failed if r.outcome),
+            backoff=backoff,
+            backoff_max=backoff_max,
+        )
+        if retry and len(retry) == len(
+            mine
+        ):  # the next read of this message counts the next attempt
             plan.delay.setdefault(delay, []).append(message.msg_id)
             continue
         for row in doomed:
             target = message.target
-            plan.dead.append(DeadRow(
-                config=row.config.label if row.config else "unknown",
-                table=row.config.table if row.config else (target.table if target else ""),
-                row_id=row.raw_pk,
-                job=message.body_for([row.raw_pk], 0) if isinstance(message.body, dict) else {"body": message.body},
-                error=(row.outcome.error if row.outcome else None) or "failed", attempts=attempts))
+            plan.dead.append(
+                DeadRow(
+                    config=row.config.label if row.config else "unknown",
+                    table=row.config.table if row.config else (target.table if target else ""),
+                    row_id=row.raw_pk,
+                    job=message.body_for([row.raw_pk], 0)
+                    if isinstance(message.body, dict)
+                    else {"body": message.body},
+                    error=(row.outcome.error if row.outcome else None) or "failed",
+                    attempts=attempts,
+                )
+            )
         if retry:
             plan.resend.append((message.body_for([r.raw_pk for r in retry], attempts), delay))
         busy = [r.raw_pk for r in mine if r.outcome and r.outcome.kind == "busy"]
@@ -187,8 +213,15 @@ class FanOut:
     the rows are not to blame. No I/O here; ``Processor`` sends the requests.
     """
 
-    def __init__(self, texts: Sequence[str], slices: Iterable[tuple[int, int]], *, dimensions: int,
-                 provider: str, column_type: str) -> None:
+    def __init__(
+        self,
+        texts: Sequence[str],
+        slices: Iterable[tuple[int, int]],
+        *,
+        dimensions: int,
+        provider: str,
+        column_type: str,
+    ) -> None:
         self.texts = texts
         self.dimensions = dimensions
         self.provider = provider
@@ -207,7 +240,7 @@ class FanOut:
         return out
 
     def answered(self, lo: int, hi: int, answer: Any) -> None:
-        """Record what the provider said for ``texts[lo:hi]``: vectors, or the exception it raised."""
+        """Record the provider's answer for ``texts[lo:hi]``: vectors, or the exception raised."""
         self.requests += 1
         if isinstance(answer, BaseException):
             self._failed(lo, hi, answer)
@@ -224,13 +257,17 @@ class FanOut:
         # whole UPDATE, so such a text fails alone, here.
         for bad in np.flatnonzero(~(np.abs(matrix) <= self.limit).all(axis=1)):
             self.errors[lo + int(bad)] = ProviderError(
-                f"Provider {self.provider!r} returned a vector with NaN, infinite or out-of-range values "
-                f"(beyond ±{self.limit:g} for a {self.column_type} column); pgvector cannot store it. "
-                "Check the provider or model for this input.", kind="input")
+                f"Provider {self.provider!r} returned a vector with NaN, infinite or out-of-range "
+                "values "
+                f"(beyond ±{self.limit:g} for a {self.column_type} column); pgvector cannot store "
+                "it. "
+                "Check the provider or model for this input.",
+                kind="input",
+            )
 
     @property
     def unavailable(self) -> ProviderError | None:
-        """The error that shows the provider is down or saturated: every request failed in passing."""
+        """The error that shows the provider down or saturated: every request failed in passing."""
         if self.answers or not self.errors or self.config_error:
             return None
         errors = list(self.errors.values())
@@ -257,8 +294,12 @@ class FanOut:
                 self.errors[i] = exc
 
 
-def send(fanout: FanOut, call: Callable[[list[str]], Any], pool: ThreadPoolExecutor,
-         deadline: float | None = None) -> None:
+def send(
+    fanout: FanOut,
+    call: Callable[[list[str]], Any],
+    pool: ThreadPoolExecutor,
+    deadline: float | None = None,
+) -> None:
     """Send a fan-out's requests through ``pool``, as many in flight as the pool has threads."""
     futures: dict[Future[Any], tuple[int, int]] = {}
     while True:
@@ -276,7 +317,7 @@ def send(fanout: FanOut, call: Callable[[list[str]], Any], pool: ThreadPoolExecu
             lo, hi = futures.pop(future)
             try:
                 fanout.answered(lo, hi, future.result())
-            except Exception as exc:  # noqa: BLE001  (the provider's exception is the answer)
+            except Exception as exc:
                 fanout.answered(lo, hi, exc)
         if fanout.config_error:
             for future in futures:
@@ -309,9 +350,15 @@ class Processor:
     share one); without it each batch makes its own, ``max_requests`` wide.
     """
 
-    def __init__(self, *, using: str = "default", batch_size: int | None = None,
-                 max_requests: int | None = None, pool: ThreadPoolExecutor | None = None,
-                 charge_outages: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        using: str = "default",
+        batch_size: int | None = None,
+        max_requests: int | None = None,
+        pool: ThreadPoolExecutor | None = None,
+        charge_outages: bool = False,
+    ) -> None:
         self.using = using
         # Whether a batch whose every request failed in passing spends its rows' attempts
         # (True), or is handed back unspent as an outage (False, the default).
@@ -323,10 +370,15 @@ class Processor:
 
     # -- entry point ----------------------------------------------------------
 
-    def process(self, messages: list[Message], *, deadline: float | None = None,
-                rows_for: Callable[[Message], Iterable[Any]] | None = None,
-                pause_delay: float = 0.0) -> BatchResult:
-        """Work on ``messages``; ``rows_for`` limits a message to some of its rows (the endpoint's jobs).
+    def process(
+        self,
+        messages: list[Message],
+        *,
+        deadline: float | None = None,
+        rows_for: Callable[[Message], Iterable[Any]] | None = None,
+        pause_delay: float = 0.0,
+    ) -> BatchResult:
+        """Work on ``messages``; ``rows_for`` limits a message to some of its rows (posted jobs).
 
         Raises:
             ProcessingPaused: the provider refused its configuration, or every
@@ -337,20 +389,23 @@ class Processor:
         started = time.monotonic()
         result = BatchResult()
         rows = [row for m in messages for row in self._expand(m, rows_for)]
-        groups: dict[str, list[Row]] = {}
+        groups: dict[str, tuple[EmbeddingConfig, list[Row]]] = {}
         for row in rows:
             if row.outcome is None and row.config is not None:
-                groups.setdefault(row.config.label, []).append(row)
+                groups.setdefault(row.config.label, (row.config, []))[1].append(row)
         acked: set[int] = set()
         try:
-            for group in groups.values():
+            for config, group in groups.values():
                 mine = {id(r.message) for r in group}
-                self._run_config(self._resolve(group[0].config), group,  # type: ignore[arg-type]
-                                 [r for r in rows if id(r.message) in mine], result, deadline)
+                siblings = [r for r in rows if id(r.message) in mine]
+                self._run_config(self._resolve(config), group, siblings, result, deadline)
                 acked |= mine
         except ProcessingPaused as paused:
-            delay = pause_delay if paused.kind == "config" else \
-                min(pause_delay, max(OUTAGE_RELEASE_SECONDS, paused.error.retry_after or 0))
+            delay = (
+                pause_delay
+                if paused.kind == "config"
+                else min(pause_delay, max(OUTAGE_RELEASE_SECONDS, paused.error.retry_after or 0))
+            )
             with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
                 queue.release(cursor, [m.msg_id for m in messages if id(m) not in acked], delay)
             raise
@@ -366,14 +421,18 @@ class Processor:
             if row.outcome.kind == "done":
                 result.completed.append((row.message.msg_id, row.raw_pk))
             else:
-                result.failed.append((row.message.msg_id, row.raw_pk, row.outcome.error or row.outcome.kind))
+                result.failed.append(
+                    (row.message.msg_id, row.raw_pk, row.outcome.error or row.outcome.kind)
+                )
                 result.busy += row.outcome.kind == "busy"
         result.seconds = time.monotonic() - started
         return result
 
     # -- validation -----------------------------------------------------------
 
-    def _expand(self, message: Message, rows_for: Callable[[Message], Iterable[Any]] | None) -> list[Row]:
+    def _expand(
+        self, message: Message, rows_for: Callable[[Message], Iterable[Any]] | None
+    ) -> list[Row]:
         if message.problem:
             return [Row(message, None, outcome=Outcome("failed", message.problem))]
         assert message.target is not None
@@ -390,7 +449,9 @@ class Processor:
                 try:
                     row.pk = config.model_class._meta.pk.to_python(raw)
                 except (ValidationError, ValueError, TypeError):
-                    row.outcome = Outcome("failed", f"id {raw!r} is not a valid key for {config.table}")
+                    row.outcome = Outcome(
+                        "failed", f"id {raw!r} is not a valid key for {config.table}"
+                    )
             out.append(row)
         return out
 
@@ -407,8 +468,10 @@ class Processor:
     def _schema_of(self, config: EmbeddingConfig) -> str | None:
         if config.table not in self._schemas:
             with connections[self.using].cursor() as cursor:
-                cursor.execute(sqlfiles.section("processing.sql", "table_schema"),
-                               [sql.Identifier(config.table).as_string(None)])
+                cursor.execute(
+                    sqlfiles.section("processing.sql", "table_schema"),
+                    [sql.Identifier(config.table).as_string(None)],
+                )
                 row = cursor.fetchone()
             self._schemas[config.table] = row[0] if row else None
         return self._schemas[config.table]
@@ -427,8 +490,14 @@ class Processor:
 
     # -- one config: read, embed, write ---------------------------------------
 
-    def _run_config(self, target: Resolved, rows: list[Row], acked: list[Row], result: BatchResult,
-                    deadline: float | None) -> None:
+    def _run_config(
+        self,
+        target: Resolved,
+        rows: list[Row],
+        acked: list[Row],
+        result: BatchResult,
+        deadline: float | None,
+    ) -> None:
         pks = list({row.pk: None for row in rows})
         raw = self._raw()
         with psycopg.Cursor(raw) as cur:
@@ -440,7 +509,7 @@ class Processor:
         texts = sorted({t for t in contents.values() if t})
         vectors, errors, requests = self._embed(target, texts, deadline)
         result.requests += requests
-        by_text = dict(zip(texts, vectors))
+        by_text = dict(zip(texts, vectors, strict=False))
 
         writes: dict[Any, tuple[str, np.ndarray | None]] = {}
         for row in rows:
@@ -467,16 +536,22 @@ class Processor:
             result.dead += len(plan.dead)
 
     def _plan(self, messages: list[Message], rows: list[Row]) -> AckPlan:
-        return plan_acks(messages, rows, max_attempts=int(conf.get("MAX_ATTEMPTS")),
-                         backoff=float(conf.get("RETRY_BACKOFF")), backoff_max=float(conf.get("RETRY_BACKOFF_MAX")))
+        return plan_acks(
+            messages,
+            rows,
+            max_attempts=int(conf.get("MAX_ATTEMPTS")),
+            backoff=float(conf.get("RETRY_BACKOFF")),
+            backoff_max=float(conf.get("RETRY_BACKOFF_MAX")),
+        )
 
     def _raw(self) -> Any:
         connection = connections[self.using]
         connection.ensure_connection()
         return connection.connection
 
-    def _embed(self, target: Resolved, texts: list[str],
-               deadline: float | None) -> tuple[list[Any], dict[str, ProviderError], int]:
+    def _embed(
+        self, target: Resolved, texts: list[str], deadline: float | None
+    ) -> tuple[list[Any], dict[str, ProviderError], int]:
         """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
 
         A row queued twice (edited again before the worker read it), or put back
@@ -508,21 +583,32 @@ class Processor:
         provider = target.provider
         inputs = [provider.truncate(t) for t in texts]
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
-        fanout = FanOut(inputs, chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=provider.max_request_tokens),
-                        dimensions=target.config.get_dimensions(), provider=provider.name,
-                        column_type=target.column_type)
+        fanout = FanOut(
+            inputs,
+            chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=provider.max_request_tokens),
+            dimensions=target.config.get_dimensions(),
+            provider=provider.name,
+            column_type=target.column_type,
+        )
         if texts:
             with ExitStack() as stack:
                 pool = self.pool or stack.enter_context(
-                    ThreadPoolExecutor(max_workers=self.max_requests, thread_name_prefix="autoembed"))
+                    ThreadPoolExecutor(
+                        max_workers=self.max_requests, thread_name_prefix="autoembed"
+                    )
+                )
                 send(fanout, provider.embed, pool, deadline)
         if fanout.config_error is not None:
             raise ProcessingPaused(fanout.config_error, provider=providers.label(target.config))
         if fanout.unavailable is not None and not self.charge_outages:
-            raise ProcessingPaused(fanout.unavailable, provider=providers.label(target.config), kind="unavailable")
+            raise ProcessingPaused(
+                fanout.unavailable, provider=providers.label(target.config), kind="unavailable"
+            )
         return fanout
 
-    def _write(self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]) -> tuple[set[Any], set[Any]]:
+    def _write(
+        self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]
+    ) -> tuple[set[Any], set[Any]]:
         """Store vectors where the text is unchanged. Returns (written, busy) keys."""
         if not writes:
             return set(), set()
@@ -545,8 +631,15 @@ class Processor:
             # Rows with a vector first, then those whose content is empty (NULL vector).
             rows = [(pk, vector) for pk in locked if (vector := writes[pk][1]) is not None]
             order = [pk for pk, _ in rows] + [pk for pk in locked if writes[pk][1] is None]
-            matrix = np.stack([vector for _, vector in rows]) if rows else np.empty((0, 0), np.float32)
-            cur.execute(target.query("write_vectors"), [
-                order, [writes[pk][0] for pk in order],
-                VectorArray(matrix, len(order) - len(rows), target.column_type)])
+            matrix = (
+                np.stack([vector for _, vector in rows]) if rows else np.empty((0, 0), np.float32)
+            )
+            cur.execute(
+                target.query("write_vectors"),
+                [
+                    order,
+                    [writes[pk][0] for pk in order],
+                    VectorArray(matrix, len(order) - len(rows), target.column_type),
+                ],
+            )
             return {r[0] for r in cur.fetchall()}, busy

@@ -30,37 +30,53 @@ def enable_extensions(apps: Any, schema_editor: Any) -> None:
                 # pg_cron refuses databases other than cron.database_name; that is not our error.
                 with transaction.atomic(using=connection.alias):
                     cursor.execute(
-                        sql.SQL("create extension if not exists {}").format(sql.Identifier(extension)).as_string(None)
+                        sql.SQL("create extension if not exists {}")
+                        .format(sql.Identifier(extension))
+                        .as_string(None)
                     )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 logger.info("Could not create extension %s: %s", extension, exc)
 
 
 def sync_push(connection: Any) -> list[str]:
     """Store endpoint URL/token, and create, update or remove the cron job."""
-    url, token, schedule = conf.get("ENDPOINT_URL"), conf.get("ENDPOINT_TOKEN"), conf.get("SCHEDULE")
+    url, token, schedule = (
+        conf.get("ENDPOINT_URL"),
+        conf.get("ENDPOINT_TOKEN"),
+        conf.get("SCHEDULE"),
+    )
     with connection.cursor() as cursor:
-        cursor.execute("select to_regprocedure('autoembed.process_embeddings(int, int, int)') is not null")
+        cursor.execute(
+            "select to_regprocedure('autoembed.process_embeddings(int, int, int)') is not null"
+        )
         if not cursor.fetchone()[0]:
             return []
         for key, value in (("endpoint_url", url), ("endpoint_token", token)):
             cursor.execute(
                 "insert into autoembed.settings (key, value) values (%s, %s) "
-                "on conflict (key) do update set value = excluded.value", [key, value])
+                "on conflict (key) do update set value = excluded.value",
+                [key, value],
+            )
         net, cron = has_extension(cursor, "pg_net"), has_extension(cursor, "pg_cron")
         if not (net and cron):
             missing = " and ".join(e for e, ok in (("pg_cron", cron), ("pg_net", net)) if not ok)
-            return [f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "
-                    f"needs {missing}, which this database does not have)."]
+            return [
+                f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "
+                f"needs {missing}, which this database does not have)."
+            ]
         cursor.execute("select jobid, schedule from cron.job where jobname = %s", [JOB_NAME])
         existing = cursor.fetchone()
         if schedule and url and token:
             if existing and existing[1] == schedule:
                 return []
-            cursor.execute("select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, PROCESS_COMMAND])
+            cursor.execute(
+                "select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, PROCESS_COMMAND]
+            )
             return [f"autoembed: pg_cron job {JOB_NAME!r} runs every {schedule} and posts to {url}"]
         if existing:
             cursor.execute("select cron.unschedule(%s)", [JOB_NAME])
             return [f"autoembed: removed pg_cron job {JOB_NAME!r}"]
-        return ["autoembed: rows are embedded by `manage.py process_embeddings` (for the push path, "
-                "set AUTOEMBED SCHEDULE, ENDPOINT_URL and ENDPOINT_TOKEN)."]
+        return [
+            "autoembed: rows are embedded by `manage.py process_embeddings` (for the push path, "
+            "set AUTOEMBED SCHEDULE, ENDPOINT_URL and ENDPOINT_TOKEN)."
+        ]

@@ -34,7 +34,9 @@ class Target:
     column: str
 
     def as_body(self) -> dict[str, str]:
-        return dict(zip(TARGET_KEYS, (self.schema, self.table, self.function, self.column)))
+        return dict(
+            zip(TARGET_KEYS, (self.schema, self.table, self.function, self.column), strict=False)
+        )
 
 
 @dataclass
@@ -48,11 +50,20 @@ class Message:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Message:
         msg_id, read_ct, body = row[:3]
-        return cls(int(msg_id), int(read_ct), json.loads(body) if isinstance(body, (str, bytes)) else body)
+        return cls(
+            int(msg_id), int(read_ct), json.loads(body) if isinstance(body, (str, bytes)) else body
+        )
 
     @classmethod
-    def new(cls, target: Target, row_ids: list[Any], *, msg_id: int = 0, read_ct: int = 0,
-            attempts: int = 0) -> Message:
+    def new(
+        cls,
+        target: Target,
+        row_ids: list[Any],
+        *,
+        msg_id: int = 0,
+        read_ct: int = 0,
+        attempts: int = 0,
+    ) -> Message:
         """A message for ``row_ids`` of ``target`` (the body a trigger would send)."""
         return cls(msg_id, read_ct, _body(target.as_body(), row_ids, attempts))
 
@@ -68,9 +79,8 @@ class Message:
         if not isinstance(self.body, dict):
             return None
         values = [self.body.get(k) for k in TARGET_KEYS]
-        if not all(isinstance(v, str) and v for v in values):
-            return None
-        return Target(*values)
+        names = [v for v in values if isinstance(v, str) and v]
+        return Target(*names) if len(names) == len(TARGET_KEYS) else None
 
     @property
     def problem(self) -> str | None:
@@ -114,7 +124,11 @@ class Message:
         ids = self._raw_ids
         if not isinstance(self.body, dict):
             return "job is not a JSON object"
-        if not isinstance(ids, list) or not ids or any(i is None or isinstance(i, (dict, list, bool)) for i in ids):
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or any(i is None or isinstance(i, (dict, list, bool)) for i in ids)
+        ):
             return "job needs 'id' (or a list 'ids') of row keys"
         return None
 
@@ -133,15 +147,25 @@ def _body(base: dict[str, Any], row_ids: list[Any], attempts: int) -> dict[str, 
 def name() -> str:
     """The configured queue's name (pgmq allows lowercase letters, digits and '_')."""
     queue = str(conf.get("QUEUE"))
-    if not queue or not queue.replace("_", "").isalnum() or not queue.isascii() or queue != queue.lower():
-        raise InvalidValue(f"AUTOEMBED['QUEUE'] = {queue!r}: use lowercase letters, digits and '_'.")
+    if (
+        not queue
+        or not queue.replace("_", "").isalnum()
+        or not queue.isascii()
+        or queue != queue.lower()
+    ):
+        raise InvalidValue(
+            f"AUTOEMBED['QUEUE'] = {queue!r}: use lowercase letters, digits and '_'."
+        )
     return queue
 
 
 def tables(queue: str | None = None) -> dict[str, sql.Identifier]:
     """The queue's pgmq tables, for queries composed with psycopg.sql: ``queue`` and ``archive``."""
     queue = queue or name()
-    return {"queue": sql.Identifier("pgmq", f"q_{queue}"), "archive": sql.Identifier("pgmq", f"a_{queue}")}
+    return {
+        "queue": sql.Identifier("pgmq", f"q_{queue}"),
+        "archive": sql.Identifier("pgmq", f"a_{queue}"),
+    }
 
 
 def query(key: str, queue: str | None = None) -> str:

@@ -46,8 +46,9 @@ class _QueryCache(VectorLRU):
             from .providers.base import as_matrix
 
             provider = for_config(config)
-            vector = as_matrix(provider.embed([provider.truncate(text)]), 1, config.get_dimensions(),
-                               provider.name)[0]
+            vector = as_matrix(
+                provider.embed([provider.truncate(text)]), 1, config.get_dimensions(), provider.name
+            )[0]
             self.put_many([(key, vector)])
         return vector
 
@@ -58,19 +59,23 @@ query_cache = _QueryCache("QUERY_CACHE_SIZE")
 class SearchDistance(CosineDistance):
     """Cosine distance whose SQL carries the HNSW settings its query needs (as a comment)."""
 
-    def __init__(self, expression: Any, vector: Any, *, ef_search: int | None = None, **extra: Any) -> None:
+    def __init__(
+        self, expression: Any, vector: Any, *, ef_search: int | None = None, **extra: Any
+    ) -> None:
         self.ef_search = int(ef_search) if ef_search else None
         super().__init__(expression, vector, **extra)
         if hasattr(self, "_constructor_args"):
             self._constructor_args = (self._constructor_args[0], {**extra, "ef_search": ef_search})
 
-    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, Any]:
-        sql, params = super().as_sql(compiler, connection, **extra)
+    def as_sql(self, compiler: Any, connection: Any, *args: Any, **extra: Any) -> tuple[str, Any]:  # type: ignore[override]
+        sql, params = super().as_sql(compiler, connection, *args, **extra)
         settings = f" ef_search={self.ef_search}" if self.ef_search else ""
         return f"{sql} /* {MARK}{settings} */", params
 
 
-def hnsw_settings(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+def hnsw_settings(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
     """Execute wrapper: run a statement that holds a search with the HNSW settings it asks for."""
     if MARK not in sql:
         return execute(sql, params, many, context)
@@ -94,19 +99,23 @@ def hnsw_settings(execute: Callable[..., Any], sql: str, params: Any, many: bool
 def _current(connection: Any, names: list[str]) -> dict[str, str | None]:
     with connection.cursor() as cursor:
         cursor.execute("select " + ", ".join(["current_setting(%s, true)"] * len(names)), names)
-        return dict(zip(names, cursor.fetchone()))
+        return dict(zip(names, cursor.fetchone(), strict=False))
 
 
 def _set(connection: Any, values: dict[str, str]) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("select " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
-                       [v for pair in values.items() for v in pair])
+        cursor.execute(
+            "select " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
+            [v for pair in values.items() for v in pair],
+        )
 
 
 def _restore(connection: Any, values: dict[str, str | None]) -> None:
     with connection.cursor() as cursor:
         for name, value in values.items():
-            if value is None:  # pgvector was not loaded before: back to the default (names are ours)
+            if (
+                value is None
+            ):  # pgvector was not loaded before: back to the default (names are ours)
                 cursor.execute(f"set local {name} to default")
             else:
                 cursor.execute("select set_config(%s, %s, true)", [name, value])
@@ -114,8 +123,11 @@ def _restore(connection: Any, values: dict[str, str | None]) -> None:
 
 def install_wrapper(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
     """``connection_created`` receiver: put ``hnsw_settings`` on the connection once."""
-    if connection is not None and connection.vendor == "postgresql" \
-            and hnsw_settings not in connection.execute_wrappers:
+    if (
+        connection is not None
+        and connection.vendor == "postgresql"
+        and hnsw_settings not in connection.execute_wrappers
+    ):
         connection.execute_wrappers.append(hnsw_settings)
 
 
@@ -127,31 +139,49 @@ class EmbeddingQuerySet(models.QuerySet):
 
         configs = registry.for_model(self.model)
         if not configs:
-            raise UnknownConfig(f"{self.model._meta.label} declares no embedding (embed_fields or embedding_configs).")
+            raise UnknownConfig(
+                f"{self.model._meta.label} declares no embedding (embed_fields or "
+                "embedding_configs)."
+            )
         if config is None:
             if len(configs) > 1:
                 names = ", ".join(c.config_name for c in configs)
-                raise InvalidValue(f"{self.model._meta.label} has several embeddings; pass config= one of: {names}.")
+                raise InvalidValue(
+                    f"{self.model._meta.label} has several embeddings; pass config= one of: "
+                    f"{names}."
+                )
             return configs[0]
         for c in configs:
             if config in (c.config_name, c.column, c.label):
                 return c
         names = ", ".join(c.config_name for c in configs)
-        raise InvalidValue(f"{self.model._meta.label} has no embedding {config!r}; choose from: {names}.")
+        raise InvalidValue(
+            f"{self.model._meta.label} has no embedding {config!r}; choose from: {names}."
+        )
 
-    def nearest(self, vector: Any, *, config: str | None = None, ef_search: int | None = None) -> EmbeddingQuerySet:
+    def nearest(
+        self, vector: Any, *, config: str | None = None, ef_search: int | None = None
+    ) -> EmbeddingQuerySet:
         """Rows ordered by cosine distance to ``vector``, annotated with ``distance``."""
         cfg = self.embedding_config(config)
         from .vectors import vector_type
 
         array = np.asarray(vector, dtype=np.float32)
         value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
-        return self.filter(**{f"{cfg.column}__isnull": False}).annotate(
-            distance=SearchDistance(cfg.column, value, ef_search=ef_search)
-        ).order_by("distance")
+        return (
+            self.filter(**{f"{cfg.column}__isnull": False})
+            .annotate(distance=SearchDistance(cfg.column, value, ef_search=ef_search))
+            .order_by("distance")
+        )
 
-    def semantic_search(self, text: str, k: int | None = None, *, config: str | None = None,
-                        ef_search: int | None = None) -> EmbeddingQuerySet:
+    def semantic_search(
+        self,
+        text: str,
+        k: int | None = None,
+        *,
+        config: str | None = None,
+        ef_search: int | None = None,
+    ) -> EmbeddingQuerySet:
         """Rows nearest in meaning to ``text`` (embedded once, cached), best first.
 
         Raises:
@@ -164,7 +194,9 @@ class EmbeddingQuerySet(models.QuerySet):
         qs = self.nearest(query_cache.embed(cfg, text), config=config, ef_search=ef_search)
         return qs[:k] if k else qs
 
-    def similar_to(self, obj: models.Model, k: int | None = None, *, config: str | None = None) -> EmbeddingQuerySet:
+    def similar_to(
+        self, obj: models.Model, k: int | None = None, *, config: str | None = None
+    ) -> EmbeddingQuerySet:
         """Rows nearest to ``obj``'s stored embedding, ``obj`` itself excluded."""
         cfg = self.embedding_config(config)
         vector = getattr(obj, cfg.column)

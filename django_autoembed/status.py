@@ -1,4 +1,4 @@
-"""What ``autoembed_status`` reports: per config rows, vectors, queue and failures; the push path."""
+"""What ``autoembed_status`` reports: per config rows, vectors, queue, failures; the push path."""
 
 from __future__ import annotations
 
@@ -56,17 +56,31 @@ def _query(key: str, **names: sql.Composable) -> str:
     return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
 
 
-def _config_status(cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable) -> ConfigStatus:
+def _config_status(
+    cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable
+) -> ConfigStatus:
     from .failures import EmbeddingFailure
 
-    cursor.execute(_query("config_rows", column=sql.Identifier(config.column), table=sql.Identifier(config.table)))
+    cursor.execute(
+        _query(
+            "config_rows", column=sql.Identifier(config.column), table=sql.Identifier(config.table)
+        )
+    )
     rows, embedded = cursor.fetchone()
     cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.column])
     queued, oldest = cursor.fetchone()
     return ConfigStatus(
-        config=config.label, table=config.table, column=config.column, rows=rows, embedded=embedded,
-        missing=rows - embedded, queued_rows=int(queued), oldest_job_age_s=None if oldest is None else float(oldest),
-        failures=EmbeddingFailure.objects.using(cursor.db.alias).filter(config=config.label).count(),
+        config=config.label,
+        table=config.table,
+        column=config.column,
+        rows=rows,
+        embedded=embedded,
+        missing=rows - embedded,
+        queued_rows=int(queued),
+        oldest_job_age_s=None if oldest is None else float(oldest),
+        failures=EmbeddingFailure.objects.using(cursor.db.alias)
+        .filter(config=config.label)
+        .count(),
     )
 
 
@@ -90,12 +104,14 @@ def _push_status(cursor: Any) -> PushStatus:
 
 
 def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
-    """Read the numbers from the database (raises QueueMissing, a LookupError, when the queue is missing)."""
+    """Read the numbers from the database (QueueMissing, a LookupError, when there is no queue)."""
     name = queue.name()
     with connections[using].cursor() as cursor:
         if not queue.exists(cursor):
-            raise QueueMissing(f"The queue {name!r} does not exist in database {using!r}. "
-                              "Run `python manage.py migrate` (or `manage.py autoembed_sync`).")
+            raise QueueMissing(
+                f"The queue {name!r} does not exist in database {using!r}. "
+                "Run `python manage.py migrate` (or `manage.py autoembed_sync`)."
+            )
         depth, oldest = queue.depth(cursor)
         status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
         for config in configs if configs is not None else registry.on_database(using):

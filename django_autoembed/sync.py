@@ -46,7 +46,7 @@ def sync(using: str = "default") -> list[str]:
 
 
 def sync_queue(using: str) -> list[str]:
-    """Point the triggers at the configured queue, moving jobs left in the queue they used before."""
+    """Point the triggers at the configured queue, moving the jobs left in the one used before."""
     connection = connections[using]
     name = queue.name()
     said = []
@@ -63,22 +63,29 @@ def sync_queue(using: str) -> list[str]:
         # the second sweep below, after they are done, moves theirs too.
         if queue.exists(cursor, old):
             cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
-        cursor.execute(sql.SQL(sqlfiles.section("ops.sql", "set_queue_name")).format(sql.Literal(name))
-                       .as_string(None))
+        cursor.execute(
+            sql.SQL(sqlfiles.section("ops.sql", "set_queue_name"))
+            .format(sql.Literal(name))
+            .as_string(None)
+        )
         moved += _move(cursor, old, name)
     with transaction.atomic(using=using), connection.cursor() as cursor:
         if queue.exists(cursor, old):
             cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
             moved += _move(cursor, old, name)
-    said.append(f"autoembed: triggers now queue into {name!r}"
-                + (f"; moved {moved} waiting jobs from {old!r}" if moved else ""))
+    said.append(
+        f"autoembed: triggers now queue into {name!r}"
+        + (f"; moved {moved} waiting jobs from {old!r}" if moved else "")
+    )
     return said
 
 
 def _move(cursor: Any, old: str, new: str) -> int:
     if not queue.exists(cursor, old):
         return 0
-    cursor.execute(_query("move_jobs", old=queue.tables(old)["queue"], new=queue.tables(new)["queue"]))
+    cursor.execute(
+        _query("move_jobs", old=queue.tables(old)["queue"], new=queue.tables(new)["queue"])
+    )
     return int(cursor.fetchone()[0])
 
 
@@ -96,7 +103,9 @@ def refresh_objects(using: str) -> list[str]:
         trigger = EmbeddingTrigger.for_config(config)
         table = sql.Identifier(config.table).as_string(None)
         with connection.cursor() as cursor:
-            cursor.execute(_query("trigger_state"), [table, trigger.trigger_names()["insert_trigger"]])
+            cursor.execute(
+                _query("trigger_state"), [table, trigger.trigger_names()["insert_trigger"]]
+            )
             row = cursor.fetchone()
         if row is None or row[0] == trigger.fingerprint():
             continue
@@ -108,11 +117,19 @@ def refresh_objects(using: str) -> list[str]:
         refreshed.append(config.label)
     if not refreshed:
         return []
-    return [f"autoembed: brought the triggers of {', '.join(refreshed)} up to SQL version {SQL_VERSION}"]
+    return [
+        f"autoembed: brought the triggers of {', '.join(refreshed)} up to SQL version {SQL_VERSION}"
+    ]
 
 
-def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, plan: Any = None,
-                      stdout: Any = None, **kwargs: Any) -> None:
+def post_migrate_sync(
+    sender: Any,
+    using: str = "default",
+    verbosity: int = 1,
+    plan: Any = None,
+    stdout: Any = None,
+    **kwargs: Any,
+) -> None:
     lines = sync(using)
     # What sync did is news; that the push path is off is worth saying when our
     # migrations were just applied, not on every later migrate.
@@ -124,4 +141,3 @@ def post_migrate_sync(sender: Any, using: str = "default", verbosity: int = 1, p
             logger.info(line)
         elif verbosity >= 1:
             stdout.write(line)
-

@@ -155,7 +155,9 @@ class EmbeddingTrigger(BaseConstraint):
                     f"Choose from: {', '.join(names)}."
                 ) from None
             if not isinstance(f, models.Field) or not f.column:
-                raise ConfigurationError(f"{meta.label} embeds {field_name!r}, which has no column of its own.")
+                raise ConfigurationError(
+                    f"{meta.label} embeds {field_name!r}, which has no column of its own."
+                )
             return sql.SQL("r.{}").format(sql.Identifier(f.column))
 
         if self.template is not None:
@@ -184,7 +186,11 @@ class EmbeddingTrigger(BaseConstraint):
         out: list[str] = []
         if not self.own_function:
             out.append(
-                as_text(sql.SQL(sec["content_function"]).format(expression=self.expression(model), **names))
+                as_text(
+                    sql.SQL(sec["content_function"]).format(
+                        expression=self.expression(model), **names
+                    )
+                )
             )
             out.append(as_text(sql.SQL(sec["comment_function"]).format(**names)))
         for key, trigger in self.trigger_names().items():

@@ -49,7 +49,9 @@ class VectorArray:
         # array_recv: ndim, has-nulls flag, element type, then (length, lower bound) per dimension.
         header = struct.pack(">iiiii", 1, 1 if self.nulls else 0, element_oid, rows + self.nulls, 1)
         # each element: its byte length, then the vector's own binary form (dims, unused, values).
-        layout = np.dtype([("size", ">i4"), ("dims", ">u2"), ("unused", ">u2"), ("values", values, (dims,))])
+        layout = np.dtype(
+            [("size", ">i4"), ("dims", ">u2"), ("unused", ">u2"), ("values", values, (dims,))]
+        )
         body = np.empty(rows, dtype=layout)
         body["size"] = 4 + dims * values.itemsize
         body["dims"] = dims

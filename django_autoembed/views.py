@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 MAX_KEY = 2**63 - 1
 # Most rows one posted job may name (a packed message names up to 500).
 MAX_IDS = 10_000
-# Seconds the jobs of a paused batch stay hidden, so pg_cron's next ticks do not re-post them at once.
+# Seconds the jobs of a paused batch stay hidden, so pg_cron's next ticks do not re-post them at
+# once.
 PAUSE_RELEASE_SECONDS = 30
 
 
@@ -77,7 +78,9 @@ def validate_jobs(payload: Any) -> list[dict[str, Any]]:
             raise InvalidValue(f"job {n}: id {problem}")
         for key in queue.TARGET_KEYS:
             if not isinstance(job[key], str) or not job[key] or len(job[key]) > 255:
-                raise InvalidValue(f"job {n}: {key} must be a non-empty string of at most 255 characters")
+                raise InvalidValue(
+                    f"job {n}: {key} must be a non-empty string of at most 255 characters"
+                )
     return payload
 
 
@@ -128,9 +131,15 @@ def embed(request: HttpRequest) -> JsonResponse:
 
     completed = [job for job in jobs if job["jobId"] not in errors]
     failed = [{**job, "error": errors[job["jobId"]]} for job in jobs if job["jobId"] in errors]
-    logger.info("Endpoint: %d jobs done, %d failed", len(completed), len(failed),
-                extra={"completed": len(completed), "failed": len(failed)})
-    response = JsonResponse({"completedJobs": completed, "failedJobs": failed}, status=503 if paused else 200)
+    logger.info(
+        "Endpoint: %d jobs done, %d failed",
+        len(completed),
+        len(failed),
+        extra={"completed": len(completed), "failed": len(failed)},
+    )
+    response = JsonResponse(
+        {"completedJobs": completed, "failedJobs": failed}, status=503 if paused else 200
+    )
     response["X-Completed-Jobs"] = str(len(completed))
     response["X-Failed-Jobs"] = str(len(failed))
     if paused:
@@ -139,7 +148,7 @@ def embed(request: HttpRequest) -> JsonResponse:
 
 
 def _by_database(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Jobs by the database their table is written on (the router's choice for the declaring model)."""
+    """Jobs by the database their table is written to (the router's db_for_write of the model)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         config = registry.match(job["table"], job["contentFunction"], job["embeddingColumn"])
@@ -162,19 +171,29 @@ def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[in
     messages: list[queue.Message] = []
     for job in jobs:
         job_id, ids = job["jobId"], _ids(job)
-        target = queue.Target(job["schema"], job["table"], job["contentFunction"], job["embeddingColumn"])
+        target = queue.Target(
+            job["schema"], job["table"], job["contentFunction"], job["embeddingColumn"]
+        )
         message = stored.get(job_id)
-        if message is None:  # already done elsewhere, or never queued: embed what was posted, as the guide does
+        if (
+            message is None
+        ):  # already done elsewhere, or never queued: embed what was posted, as the guide does
             message = queue.Message.new(target, ids, msg_id=job_id, read_ct=1)
         elif message.target != target or not all(message.names(i) for i in ids):
-            errors[job_id] = f"jobId {job_id} is a queue message for other rows; nothing was done with it"
+            errors[job_id] = (
+                f"jobId {job_id} is a queue message for other rows; nothing was done with it"
+            )
             continue
         posted[job_id] = ids
         messages.append(message)
     if not messages:
         return errors
-    result = Processor(using=using).process(messages, deadline=deadline, rows_for=lambda m: posted[m.msg_id],
-                                            pause_delay=PAUSE_RELEASE_SECONDS)
+    result = Processor(using=using).process(
+        messages,
+        deadline=deadline,
+        rows_for=lambda m: posted[m.msg_id],
+        pause_delay=PAUSE_RELEASE_SECONDS,
+    )
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")

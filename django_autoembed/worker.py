@@ -15,8 +15,8 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from . import conf, queue
 from .exceptions import ProcessingPaused
-from .processing import Processor
 from .pauses import clear_pause, record_pause
+from .processing import Processor
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ class Worker:
         lanes = max(1, self.o.concurrency)
         # One pool of request slots for all lanes: the same bound in total, and a
         # lane working alone (the last batch of a backlog) uses the idle lanes' slots.
-        self.pool = ThreadPoolExecutor(max_workers=lanes * self.o.max_requests, thread_name_prefix="autoembed")
+        self.pool = ThreadPoolExecutor(
+            max_workers=lanes * self.o.max_requests, thread_name_prefix="autoembed"
+        )
         try:
             if lanes == 1:
                 return _Lane(self).run()
@@ -116,11 +118,15 @@ class Worker:
             def lane() -> None:
                 try:
                     codes.append(_Lane(self).run())
-                except BaseException as exc:  # one lane failing stops the others, then re-raised below
+                except (
+                    BaseException
+                ) as exc:  # one lane failing stops the others, then re-raised below
                     errors.append(exc)
                     self.stop()
 
-            threads = [threading.Thread(target=lane, name=f"autoembed-lane-{i}") for i in range(lanes)]
+            threads = [
+                threading.Thread(target=lane, name=f"autoembed-lane-{i}") for i in range(lanes)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -153,13 +159,25 @@ class Worker:
             self._paused = paused
             self._paused_until = time.monotonic() + seconds
         if first and paused.kind == "config":
-            logger.error("Embedding paused: %s Nothing was spent: the jobs stay queued, and this worker tries "
-                         "again every %.0f-%.0f s until the provider accepts the configuration.",
-                         paused, PAUSE_FIRST["config"], PAUSE_MAX, extra={"provider": paused.provider})
+            logger.error(
+                "Embedding paused: %s Nothing was spent: the jobs stay queued, and this worker "
+                "tries "
+                "again every %.0f-%.0f s until the provider accepts the configuration.",
+                paused,
+                PAUSE_FIRST["config"],
+                PAUSE_MAX,
+                extra={"provider": paused.provider},
+            )
         elif first:
-            logger.warning("Provider unavailable: %s Every request of a batch failed; the jobs stay queued "
-                           "without spending attempts, and this worker tries again in %.0f s, backing off to "
-                           "%.0f s.", paused, seconds, PAUSE_MAX, extra={"provider": paused.provider})
+            logger.warning(
+                "Provider unavailable: %s Every request of a batch failed; the jobs stay queued "
+                "without spending attempts, and this worker tries again in %.0f s, backing off to "
+                "%.0f s.",
+                paused,
+                seconds,
+                PAUSE_MAX,
+                extra={"provider": paused.provider},
+            )
         record_pause(self.o.using, paused, retry_in=seconds)
         return seconds
 
@@ -167,7 +185,9 @@ class Worker:
         with self._lock:
             paused, self._paused = self._paused, None
         if paused is not None:
-            logger.warning("Embedding resumed: %s answers again.", paused.provider or "the provider")
+            logger.warning(
+                "Embedding resumed: %s answers again.", paused.provider or "the provider"
+            )
             clear_pause(self.o.using, paused.provider)
 
     # -- progress -----------------------------------------------------------------
@@ -185,8 +205,10 @@ class Worker:
         with connections[self.o.using].cursor() as cursor:
             depth, _ = queue.depth(cursor)
         with self._lock:
-            out.write(f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "
-                      f"queue {depth}   ")
+            out.write(
+                f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "
+                f"queue {depth}   "
+            )
             out.flush()
 
 
@@ -196,8 +218,12 @@ class _Lane:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.o = worker.o
-        self.processor = Processor(using=self.o.using, batch_size=self.o.batch_size,
-                                   max_requests=self.o.max_requests, pool=worker.pool)
+        self.processor = Processor(
+            using=self.o.using,
+            batch_size=self.o.batch_size,
+            max_requests=self.o.max_requests,
+            pool=worker.pool,
+        )
         self._listener: psycopg.Connection[Any] | None = None
         self._busy_since: float | None = None
 
@@ -220,17 +246,28 @@ class _Lane:
                     # --once gives up at once on a configuration error, and on an outage
                     # once it has backed off as far as it goes.
                     if self.o.once and (paused.kind == "config" or waited >= PAUSE_MAX):
-                        fix = "fix the configuration" if paused.kind == "config" else "wait for the provider"
+                        fix = (
+                            "fix the configuration"
+                            if paused.kind == "config"
+                            else "wait for the provider"
+                        )
                         return self.worker.give_up(
-                            f"paused: {paused} The jobs stay queued; {fix} and run again.", 2)
+                            f"paused: {paused} The jobs stay queued; {fix} and run again.", 2
+                        )
                     continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
                     down_since = down_since or time.monotonic()
                     if time.monotonic() - down_since > self.o.max_downtime:
-                        logger.error("Database unreachable for %.0f s, giving up: %s", self.o.max_downtime, exc)
+                        logger.error(
+                            "Database unreachable for %.0f s, giving up: %s",
+                            self.o.max_downtime,
+                            exc,
+                        )
                         return self.worker.give_up(
                             f"database unreachable for {self.o.max_downtime:.0f} s ({exc}). "
-                            "Check the database and start the worker again.", 1)
+                            "Check the database and start the worker again.",
+                            1,
+                        )
                     logger.warning("Database connection lost (%s); reconnecting.", exc)
                     self._reset()
                     time.sleep(1.0)
@@ -261,10 +298,20 @@ class _Lane:
         rows = len(result.completed) + len(result.failed)
         logger.info(
             "Batch: %d messages, %d rows done, %d failed, %d busy, %d dead, %d requests, %.2f s",
-            len(messages), len(result.completed), len(result.failed) - result.busy, result.busy, result.dead,
-            result.requests, result.seconds,
-            extra={"messages": len(messages), "completed": len(result.completed),
-                   "failed": len(result.failed), "busy": result.busy, "seconds": result.seconds},
+            len(messages),
+            len(result.completed),
+            len(result.failed) - result.busy,
+            result.busy,
+            result.dead,
+            result.requests,
+            result.seconds,
+            extra={
+                "messages": len(messages),
+                "completed": len(result.completed),
+                "failed": len(result.failed),
+                "busy": result.busy,
+                "seconds": result.seconds,
+            },
         )
         self.worker._done(len(result.completed))
         if self.o.once and self._only_busy(result):
@@ -284,7 +331,7 @@ class _Lane:
         return True
 
     def _due_soon(self) -> bool:
-        """With --once: wait for jobs put back for a moment (rows that were locked), not for backoffs."""
+        """With --once: wait for jobs put back for a moment (rows that were locked), not backoff."""
         if self.worker.stopping:
             return False
         with connections[self.o.using].cursor() as cursor:
@@ -303,7 +350,7 @@ class _Lane:
                 break
             kept.append(message)
             rows += max(1, len(message.row_ids))
-        queue.release(cursor, [m.msg_id for m in messages[len(kept):]])
+        queue.release(cursor, [m.msg_id for m in messages[len(kept) :]])
         return kept
 
     # -- waiting --------------------------------------------------------------

@@ -37,16 +37,20 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "example_project.urls"
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [],
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 WSGI_APPLICATION = "example_project.wsgi.application"
 
 if env("DATABASE_URL", default=None):
@@ -74,5 +78,10 @@ TIME_ZONE = "UTC"
 LOGGING = {
     "version": 1,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_autoembed": {"handlers": ["console"], "level": env("AUTOEMBED_LOG_LEVEL", default="WARNING")}},
+    "loggers": {
+        "django_autoembed": {
+            "handlers": ["console"],
+            "level": env("AUTOEMBED_LOG_LEVEL", default="WARNING"),
+        }
+    },
 }

@@ -52,7 +52,10 @@ def archived_count(queue: str = "embedding_jobs") -> int:
 def queue_messages(queue: str = "embedding_jobs") -> list[dict]:
     with connection.cursor() as cursor:
         cursor.execute(f"select message from pgmq.q_{queue} order by msg_id")
-        return [row[0] if isinstance(row[0], dict) else __import__("json").loads(row[0]) for row in cursor.fetchall()]
+        return [
+            row[0] if isinstance(row[0], dict) else __import__("json").loads(row[0])
+            for row in cursor.fetchall()
+        ]
 
 
 def queued_ids(queue: str = "embedding_jobs") -> list:
@@ -78,7 +81,11 @@ def empty_queue():
 
 def stored_vector(model, pk, column: str = "embedding"):
     value = model.objects.filter(pk=pk).values_list(column, flat=True).get()
-    return None if value is None else np.asarray(value.to_list() if hasattr(value, "to_list") else value, dtype=np.float32)
+    return (
+        None
+        if value is None
+        else np.asarray(value.to_list() if hasattr(value, "to_list") else value, dtype=np.float32)
+    )
 
 
 def assert_fake_vector(model, pk, text: str, column: str = "embedding", dims: int = 1536) -> None:
@@ -92,11 +99,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_worker(*args: str) -> subprocess.Popen:
     """``manage.py process_embeddings`` as a real subprocess on the test database."""
-    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "PYTHONPATH": str(ROOT),
-           "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("AUTOEMBED_PUSH_TIER", None)
-    return subprocess.Popen([sys.executable, "-m", "django", "process_embeddings", "--poll-interval=0.3", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "process_embeddings", "--poll-interval=0.3", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout: float = 30.0, message: str = "condition") -> None:
@@ -122,7 +140,7 @@ def embedded_pks(model, column: str = "embedding") -> set:
 
 
 def database_url(settings_dict: dict, name: str) -> str:
-    """A DATABASE_URL for database ``name`` on the test server (a socket directory goes in the query)."""
+    """A DATABASE_URL for database ``name`` on the test server (a socket dir goes in the query)."""
     from urllib.parse import quote
 
     user = quote(settings_dict.get("USER") or "", safe="")
@@ -130,7 +148,9 @@ def database_url(settings_dict: dict, name: str) -> str:
     auth = f"{user}:{password}@" if password else f"{user}@"
     host, port = settings_dict.get("HOST") or "", settings_dict.get("PORT") or ""
     if host.startswith("/"):
-        return f"postgres://{auth}/{name}?host={quote(host, safe='/')}" + (f"&port={port}" if port else "")
+        return f"postgres://{auth}/{name}?host={quote(host, safe='/')}" + (
+            f"&port={port}" if port else ""
+        )
     return f"postgres://{auth}{host}" + (f":{port}" if port else "") + f"/{name}"
 
 
@@ -138,14 +158,18 @@ def server_connection(dbname: str = "postgres"):
     """An autocommit psycopg connection to another database of the test server."""
     import psycopg
 
-    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    params = {
+        k: v
+        for k, v in connection.get_connection_params().items()
+        if k not in ("cursor_factory", "context")
+    }
     params["dbname"] = dbname
     return psycopg.connect(**params, autocommit=True)
 
 
 @pytest.fixture
 def fresh_database(django_db_blocker):
-    """A database created on the test server for this test alone (never pytest-django's); dropped after."""
+    """A database made on the test server for this test alone (not pytest-django's); dropped."""
     import uuid
 
     from psycopg import sql
@@ -155,14 +179,31 @@ def fresh_database(django_db_blocker):
         with server_connection() as conn:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
         settings_dict = dict(connection.settings_dict)
-    yield {"name": name, "url": database_url(settings_dict, name), "settings": {**settings_dict, "NAME": name}}
+    yield {
+        "name": name,
+        "url": database_url(settings_dict, name),
+        "settings": {**settings_dict, "NAME": name},
+    }
     with django_db_blocker.unblock(), server_connection() as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
-def manage(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def manage(
+    cwd: Path, *args: str, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """``python manage.py ...`` in ``cwd`` as a user runs it (system checks included)."""
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=cwd, env={**base, "PYTHONUNBUFFERED": "1",
-                          **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=cwd,
+        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -25,15 +25,19 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -45,8 +49,14 @@ if env.bool("AUTOEMBED_PUSH_TIER", default=False):
 
     try:
         params = pgcron_server.start("test_autoembed_push")
-        DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", **params, "NAME": "autoembed_push",
-                                 "TEST": {"NAME": "test_autoembed_push"}}}
+        DATABASES = {
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                **params,
+                "NAME": "autoembed_push",
+                "TEST": {"NAME": "test_autoembed_push"},
+            }
+        }
         PUSH_TIER_SKIP = None
     except pgcron_server.Unavailable as exc:
         PUSH_TIER_SKIP = f"pg_cron/pg_net tier unavailable: {exc}"
@@ -62,8 +72,10 @@ else:
 
 # A second database on the same server: testapp.RemoteDoc lives there, with its own
 # queue and this app's tables (tests/testapp/routers.py).
-DATABASES["other"] = {**DATABASES["default"], "NAME": DATABASES["default"]["NAME"] + "_other",
-                      "TEST": {"NAME": DATABASES["default"].get("TEST", {}).get("NAME", "test_autoembed") + "_other"}}
+_other: dict = {**DATABASES["default"], "NAME": f"{DATABASES['default']['NAME']}_other"}
+if "TEST" in _other:
+    _other["TEST"] = {"NAME": _other["TEST"]["NAME"] + "_other"}
+DATABASES["other"] = _other
 DATABASE_ROUTERS = ["tests.testapp.routers.RemoteRouter"]
 
 # Subprocesses started by the tests connect straight to the test databases, as the
@@ -74,7 +86,10 @@ if env("AUTOEMBED_TEST_OTHER_DB", default=None):
     DATABASES["other"]["NAME"] = env("AUTOEMBED_TEST_OTHER_DB")
 if env("AUTOEMBED_TEST_DB_USER", default=None):
     for alias in DATABASES:
-        DATABASES[alias].update(USER=env("AUTOEMBED_TEST_DB_USER"), PASSWORD=env("AUTOEMBED_TEST_DB_PASSWORD", default=""))
+        DATABASES[alias].update(
+            USER=env("AUTOEMBED_TEST_DB_USER"),
+            PASSWORD=env("AUTOEMBED_TEST_DB_PASSWORD", default=""),
+        )
 
 # The fake OpenAI server's URL is set by tests/conftest.py (and handed to worker
 # subprocesses through AUTOEMBED_TEST_BASE_URL).

@@ -28,7 +28,9 @@ def throwaway(*configs, **fields):
         "__module__": "tests.throwaway",
         "title": models.TextField(),
         "body": models.TextField(null=True),
-        "Meta": type("Meta", (), {"app_label": "throwaway", "apps": Apps(), "db_table": "throwaway_doc"}),
+        "Meta": type(
+            "Meta", (), {"app_label": "throwaway", "apps": Apps(), "db_table": "throwaway_doc"}
+        ),
         **fields,
     }
     if configs:
@@ -44,13 +46,17 @@ def project(model=None):
 
 
 def diff(before, after):
-    changes = MigrationAutodetector(before, after, NonInteractiveMigrationQuestioner())._detect_changes()
+    changes = MigrationAutodetector(
+        before, after, NonInteractiveMigrationQuestioner()
+    )._detect_changes()
     return [op for migration in changes.get("throwaway", []) for op in migration.operations]
 
 
 def db_objects():
     with connection.cursor() as cursor:
-        cursor.execute("select tgname from pg_trigger where tgrelid = to_regclass('throwaway_doc') order by 1")
+        cursor.execute(
+            "select tgname from pg_trigger where tgrelid = to_regclass('throwaway_doc') order by 1"
+        )
         triggers = [r[0] for r in cursor.fetchall()]
         cursor.execute("select proname from pg_proc where proname like 'throwaway%%' order by 1")
         functions = [r[0] for r in cursor.fetchall()]
@@ -61,6 +67,7 @@ def db_objects():
 def test_add_alter_remove_a_declaration_forward_and_back():
     with connection.cursor() as cursor:  # leftovers of an interrupted run
         cursor.execute("drop table if exists throwaway_doc cascade")
+
     # the autodetector mutates its states, so each diff gets fresh ones
     def v0():
         return project()
@@ -69,7 +76,9 @@ def test_add_alter_remove_a_declaration_forward_and_back():
         return project(throwaway(EmbeddingConfig(fields=["title"])))
 
     def v2():
-        return project(throwaway(EmbeddingConfig(template="# {title}\n\n{body}", clear_on_update=True)))
+        return project(
+            throwaway(EmbeddingConfig(template="# {title}\n\n{body}", clear_on_update=True))
+        )
 
     def v3():
         return project(throwaway())
@@ -91,15 +100,23 @@ def test_add_alter_remove_a_declaration_forward_and_back():
                 state = migration.apply(state.clone(), editor)
             applied.append((migration, before))
             if len(applied) == 1:
-                assert db_objects() == (["autoembed_throwaway_doc_embedding_ins",
-                                         "autoembed_throwaway_doc_embedding_upd"],
-                                        ["throwaway_doc_embedding_input"])
+                assert db_objects() == (
+                    [
+                        "autoembed_throwaway_doc_embedding_ins",
+                        "autoembed_throwaway_doc_embedding_upd",
+                    ],
+                    ["throwaway_doc_embedding_input"],
+                )
             if len(applied) == 2:
-                assert db_objects()[0] == ["autoembed_throwaway_doc_embedding_clr",
-                                           "autoembed_throwaway_doc_embedding_ins",
-                                           "autoembed_throwaway_doc_embedding_upd"]
+                assert db_objects()[0] == [
+                    "autoembed_throwaway_doc_embedding_clr",
+                    "autoembed_throwaway_doc_embedding_ins",
+                    "autoembed_throwaway_doc_embedding_upd",
+                ]
                 with connection.cursor() as cursor:
-                    cursor.execute("select prosrc from pg_proc where proname = 'throwaway_doc_embedding_input'")
+                    cursor.execute(
+                        "select prosrc from pg_proc where proname = 'throwaway_doc_embedding_input'"
+                    )
                     assert "'# '" in cursor.fetchone()[0]
         assert db_objects() == ([], [])
     finally:
@@ -108,7 +125,9 @@ def test_add_alter_remove_a_declaration_forward_and_back():
             with connection.schema_editor() as editor:
                 migration.unapply(before.clone(), editor)
             if n == 2:  # back to the template declaration
-                assert len(db_objects()[0]) == 3 and db_objects()[1] == ["throwaway_doc_embedding_input"]
+                assert len(db_objects()[0]) == 3 and db_objects()[1] == [
+                    "throwaway_doc_embedding_input"
+                ]
     assert db_objects() == ([], [])
     with connection.cursor() as cursor:
         cursor.execute("select to_regclass('throwaway_doc')")
@@ -124,13 +143,15 @@ def test_rendered_sql_matches_the_golden_file():
     (constraint,) = [c for c in Article._meta.constraints if c.column == "body_embedding"]
     rendered = ";\n".join(constraint.statements(Article)) + ";\n"
     golden = GOLDEN / "article_body_embedding.sql"
-    assert rendered == golden.read_text(), "regenerate with: python -m tests.golden (after reviewing the diff)"
+    assert rendered == golden.read_text(), (
+        "regenerate with: python -m tests.golden (after reviewing the diff)"
+    )
 
 
 def test_every_migration_sql_file_is_used_by_exactly_one_migration():
     files = {p.name for p in (PACKAGE / "sql").glob("*.sql")}
     numbered = {name for name in files if re.match(r"\d{4}_", name)}
-    uses = {name: 0 for name in numbered}
+    uses = dict.fromkeys(numbered, 0)
     for migration in (PACKAGE / "migrations").glob("0*.py"):
         for name in re.findall(r'sql\.load\("([^"]+)"\)', migration.read_text()):
             uses[name] = uses.get(name, 0) + 1
@@ -143,29 +164,41 @@ def test_every_migration_sql_file_is_used_by_exactly_one_migration():
 def test_fingerprint_changes_with_the_declaration():
     a = EmbeddingTrigger(name="n", column="c", function="f", fields=["title"])
     b = EmbeddingTrigger(name="n", column="c", function="f", fields=["title", "body"])
-    assert a.fingerprint() != b.fingerprint() and a.fingerprint() == EmbeddingTrigger(**a.deconstruct()[2]).fingerprint()
+    assert (
+        a.fingerprint() != b.fingerprint()
+        and a.fingerprint() == EmbeddingTrigger(**a.deconstruct()[2]).fingerprint()
+    )
 
 
 def check_ids(model, monkeypatch):
     from dataclasses import replace
 
-    configs = [replace(c, model_class=model) for c in autoembed_checks.registry._configs if c.model_class is model]
+    configs = [
+        replace(c, model_class=model)
+        for c in autoembed_checks.registry._configs
+        if c.model_class is model
+    ]
     monkeypatch.setattr(registry, "all", lambda: configs)
     return sorted(m.id for m in autoembed_checks.check_declarations())
 
 
-@pytest.mark.parametrize("config,fields,expected", [
-    (EmbeddingConfig(fields=["nope"]), {}, ["autoembed.E001"]),
-    (EmbeddingConfig(fields=["data"]), {"data": models.BinaryField()}, ["autoembed.E002"]),
-    (EmbeddingConfig(fields=["title"], column="body"), {}, ["autoembed.E004"]),
-    (EmbeddingConfig(fields=["title"], dimensions=4096), {}, ["autoembed.E006"]),
-])
+@pytest.mark.parametrize(
+    ("config", "fields", "expected"),
+    [
+        (EmbeddingConfig(fields=["nope"]), {}, ["autoembed.E001"]),
+        (EmbeddingConfig(fields=["data"]), {"data": models.BinaryField()}, ["autoembed.E002"]),
+        (EmbeddingConfig(fields=["title"], column="body"), {}, ["autoembed.E004"]),
+        (EmbeddingConfig(fields=["title"], dimensions=4096), {}, ["autoembed.E006"]),
+    ],
+)
 def test_checks_explain_declarations_that_cannot_work(config, fields, expected, monkeypatch):
     assert check_ids(throwaway(config, **fields), monkeypatch) == expected
 
 
 def test_two_configs_on_one_column_is_an_error(monkeypatch):
-    model = throwaway(EmbeddingConfig(fields=["title"], name="a"), EmbeddingConfig(fields=["body"], name="b"))
+    model = throwaway(
+        EmbeddingConfig(fields=["title"], name="a"), EmbeddingConfig(fields=["body"], name="b")
+    )
     assert check_ids(model, monkeypatch) == ["autoembed.E007"]
 
 
@@ -182,14 +215,25 @@ def test_makemigrations_makes_embedding_migrations_depend_on_django_autoembed():
     graph = MigrationLoader(None, ignore_no_migrations=True).graph
 
     def dependencies(model):
-        detector = AutoembedAutodetector(project(), project(model),
-                                         NonInteractiveMigrationQuestioner(specified_apps={"throwaway"}))
+        detector = AutoembedAutodetector(
+            project(),
+            project(model),
+            NonInteractiveMigrationQuestioner(specified_apps={"throwaway"}),
+        )
         changes = detector.changes(graph=graph)
         return [dep for m in changes["throwaway"] for dep in m.dependencies]
 
-    assert ("django_autoembed", "0001_initial") in dependencies(throwaway(EmbeddingConfig(fields=["title"])))
-    plain = type("Plain", (models.Model,), {
-        "__module__": "tests.throwaway", "title": models.TextField(),
-        "Meta": type("Meta", (), {"app_label": "throwaway", "apps": Apps()})})
+    assert ("django_autoembed", "0001_initial") in dependencies(
+        throwaway(EmbeddingConfig(fields=["title"]))
+    )
+    plain = type(
+        "Plain",
+        (models.Model,),
+        {
+            "__module__": "tests.throwaway",
+            "title": models.TextField(),
+            "Meta": type("Meta", (), {"app_label": "throwaway", "apps": Apps()}),
+        },
+    )
     assert dependencies(plain) == []
     assert call_command("check") is None  # makemigrations and migrate agree on the autodetector

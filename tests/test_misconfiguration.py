@@ -1,4 +1,4 @@
-"""A wrong key, model or dimensions pauses work loudly; it never spends attempts or dead-letters rows."""
+"""A wrong key, model or dimensions pauses work loudly; it never spends attempts or dead-letters."""
 
 import threading
 import time
@@ -55,8 +55,12 @@ def test_a_configuration_error_pauses_without_spending_attempts(api, settings, w
 
 
 def test_a_400_about_the_dimensions_parameter_is_a_configuration_error(api, settings):
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small", "DIMENSIONS": 1536,
-                          "MAX_ATTEMPTS": 1}
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "MODEL": "text-embedding-3-small",
+        "DIMENSIONS": 1536,
+        "MAX_ATTEMPTS": 1,
+    }
     Document.objects.bulk_create([Document(title=f"dims {i}") for i in range(20)])
     settings.AUTOEMBED = {**settings.AUTOEMBED, "DIMENSIONS": 4000}  # more than the model gives
     worker = Worker(default_options(once=True))
@@ -68,8 +72,9 @@ def test_a_400_about_the_dimensions_parameter_is_a_configuration_error(api, sett
 def test_input_errors_still_split_and_fail_only_the_bad_row(api, settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
     api.poison = {"POISON"}
-    docs = Document.objects.bulk_create([Document(title=f"fine {i}") for i in range(15)]
-                                        + [Document(title="POISON")])
+    docs = Document.objects.bulk_create(
+        [Document(title=f"fine {i}") for i in range(15)] + [Document(title="POISON")]
+    )
     drain()
     assert EmbeddingFailure.objects.get().object_pk == str(docs[-1].pk)
     for doc in docs[:-1]:
@@ -88,8 +93,11 @@ def test_a_running_worker_resumes_by_itself_once_the_key_works_again(api, settin
         time.sleep(1.0)
         assert api.requests == requests  # backing off, not hammering the API
         api.valid_keys = None  # the key is fixed at the provider (or rotated in the secret store)
-        wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, timeout=30,
-                 message="the worker to resume")
+        wait_for(
+            lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+            timeout=30,
+            message="the worker to resume",
+        )
     finally:
         worker.stop()
         thread.join(30)
@@ -113,8 +121,11 @@ def test_an_outage_spends_no_attempts_and_the_worker_carries_on_after_it(api, se
         [pause] = collect().paused
         assert pause["error"].startswith("unavailable")
         api.failure_rate = 0.0  # the provider is back
-        wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, timeout=30,
-                 message="the worker to carry on")
+        wait_for(
+            lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+            timeout=30,
+            message="the worker to carry on",
+        )
     finally:
         worker.stop()
         thread.join(30)

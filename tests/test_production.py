@@ -23,11 +23,9 @@ from tests.conftest import (
     archived_count,
     assert_fake_vector,
     drain,
-    purge_queue,
     queue_messages,
     queued_ids,
     server_connection,
-    wait_for,
 )
 from tests.testapp.models import Document, Memo, RemoteDoc
 
@@ -62,26 +60,50 @@ def _role_exists() -> bool:
 def as_role(dbname: str | None = None):
     import psycopg
 
-    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
-    return psycopg.connect(**{**params, "user": ROLE, "password": "app",
-                              "dbname": dbname or connection.settings_dict["NAME"]}, autocommit=True)
+    params = {
+        k: v
+        for k, v in connection.get_connection_params().items()
+        if k not in ("cursor_factory", "context")
+    }
+    return psycopg.connect(
+        **{
+            **params,
+            "user": ROLE,
+            "password": "app",
+            "dbname": dbname or connection.settings_dict["NAME"],
+        },
+        autocommit=True,
+    )
 
 
 def manage_as_role(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
-           "AUTOEMBED_TEST_OTHER_DB": connections["other"].settings_dict["NAME"],
-           "AUTOEMBED_TEST_DB_USER": ROLE, "AUTOEMBED_TEST_DB_PASSWORD": "app", "PYTHONPATH": str(ROOT),
-           "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env = {
+        **os.environ,
+        "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
+        "AUTOEMBED_TEST_OTHER_DB": connections["other"].settings_dict["NAME"],
+        "AUTOEMBED_TEST_DB_USER": ROLE,
+        "AUTOEMBED_TEST_DB_PASSWORD": "app",
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
     env.pop("AUTOEMBED_PUSH_TIER", None)
-    return subprocess.run([sys.executable, "-m", "django", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_a_role_with_table_grants_only_writes_every_way_and_its_rows_are_queued(app_role):
     with as_role() as conn:
         conn.execute("insert into testapp_document (title, content, views) values ('one', '', 0)")
-        conn.execute("insert into testapp_document (title, content, views) "
-                     "select 'many ' || i, '', 0 from generate_series(1, 50) i")
+        conn.execute(
+            "insert into testapp_document (title, content, views) "
+            "select 'many ' || i, '', 0 from generate_series(1, 50) i"
+        )
         conn.execute("update testapp_document set views = views + 1")  # no text changed
         conn.execute("update testapp_document set content = 'edited' where title = 'one'")
         conn.execute("delete from testapp_document where title = 'many 50'")
@@ -93,15 +115,21 @@ def test_a_role_with_table_grants_only_writes_every_way_and_its_rows_are_queued(
     assert queued.count(one) == 2  # inserted, then its text changed
 
 
-def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_grants(app_role, api):
+def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_grants(
+    app_role, api
+):
     with as_role() as conn:
-        conn.execute("insert into testapp_document (title, content, views) "
-                     "select 'role ' || i, '', 0 from generate_series(1, 20) i")
+        conn.execute(
+            "insert into testapp_document (title, content, views) "
+            "select 'role ' || i, '', 0 from generate_series(1, 20) i"
+        )
     before = manage_as_role("check", "--database", "default")
     assert before.returncode == 0 and "autoembed.W101" in before.stderr and ROLE in before.stderr
     assert f"autoembed_grants {ROLE} --apply" in before.stderr
 
-    call_command("autoembed_grants", ROLE, "--apply", verbosity=0)  # as the owner, as the README says
+    call_command(
+        "autoembed_grants", ROLE, "--apply", verbosity=0
+    )  # as the owner, as the README says
     checked = manage_as_role("check", "--database", "default")
     assert checked.returncode == 0 and "W101" not in checked.stderr, checked.stderr
     worked = manage_as_role("process_embeddings", "--once")
@@ -110,7 +138,11 @@ def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_
         assert_fake_vector(Document, doc.pk, doc.title)
     status = manage_as_role("autoembed_status", "--json")
     assert status.returncode == 0, status.stderr
-    [document] = [c for c in json.loads(status.stdout)["configs"] if c["config"] == "testapp.Document.embedding"]
+    [document] = [
+        c
+        for c in json.loads(status.stdout)["configs"]
+        if c["config"] == "testapp.Document.embedding"
+    ]
     assert document["rows"] == 20 and document["missing"] == 0
 
     # the endpoint, served by a process connected as the role
@@ -119,19 +151,36 @@ def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "AUTOEMBED_TEST_DB_USER": ROLE,
-           "AUTOEMBED_TEST_DB_PASSWORD": "app", "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
+        "AUTOEMBED_TEST_DB_USER": ROLE,
+        "AUTOEMBED_TEST_DB_PASSWORD": "app",
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with connection.cursor() as cursor:
             cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 60, 100)")
-            jobs = [{**(json.loads(m) if isinstance(m, str) else m), "jobId": i} for i, m in cursor.fetchall()]
+            jobs = [
+                {**(json.loads(m) if isinstance(m, str) else m), "jobId": i}
+                for i, m in cursor.fetchall()
+            ]
         body = json.dumps(jobs).encode()
         deadline = time.monotonic() + 30
         while True:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/autoembed/embed/", data=body, headers={
-                "Content-Type": "application/json", "Authorization": "Bearer test-token"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/autoembed/embed/",
+                data=body,
+                headers={"Content-Type": "application/json", "Authorization": "Bearer test-token"},
+            )
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     answer = json.loads(response.read())
@@ -151,16 +200,21 @@ def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_
 
 
 def test_two_workers_dead_lettering_one_row_both_finish(api, settings):
-    """Another worker records the same row's failure while this one does: an upsert, no IntegrityError."""
+    """Another worker records the same row's failure meanwhile: an upsert, no IntegrityError."""
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
     api.poison = {"POISON"}
     doc = Document.objects.create(title="POISON row")
     fine = Document.objects.create(title="fine row")
     other = server_connection(connection.settings_dict["NAME"])
     other.execute("begin")
-    other.execute("insert into django_autoembed_embeddingfailure (config, \"table\", object_pk, job, error, attempts, "
-                  "first_failed_at, last_failed_at) values ('testapp.Document.embedding', 'testapp_document', %s, "
-                  "'{}', 'the other worker', 2, now(), now())", [str(doc.pk)])
+    other.execute(
+        'insert into django_autoembed_embeddingfailure (config, "table", object_pk, job, error, '
+        "attempts, "
+        "first_failed_at, last_failed_at) values ('testapp.Document.embedding', "
+        "'testapp_document', %s, "
+        "'{}', 'the other worker', 2, now(), now())",
+        [str(doc.pk)],
+    )
     threading.Timer(0.5, other.execute, ["commit"]).start()
     try:
         drain()  # waits on the other worker's row, then adds to it
@@ -191,7 +245,9 @@ def test_renaming_the_queue_moves_the_waiting_jobs(api, settings):
         for doc in [*docs, late]:
             assert_fake_vector(Document, doc.pk, doc.title)
         with connection.cursor() as cursor:
-            cursor.execute("select provolatile from pg_proc where oid = 'autoembed.queue_name()'::regprocedure")
+            cursor.execute(
+                "select provolatile from pg_proc where oid = 'autoembed.queue_name()'::regprocedure"
+            )
             assert cursor.fetchone()[0] == "s"  # stable, not immutable
     finally:
         settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "embedding_jobs"}
@@ -207,10 +263,15 @@ def test_renaming_the_queue_moves_the_waiting_jobs(api, settings):
 def test_a_function_named_concat_ws_earlier_on_the_search_path_changes_nothing(api):
     with connection.cursor() as cursor:
         cursor.execute("create schema if not exists shadow")
-        cursor.execute("create or replace function shadow.concat_ws(sep text, variadic parts text[]) returns text "
-                       "language sql immutable as $$ select 'hijacked' $$")
-        cursor.execute("create or replace function shadow.concat(variadic parts text[]) returns text "
-                       "language sql immutable as $$ select 'hijacked' $$")
+        cursor.execute(
+            "create or replace function shadow.concat_ws(sep text, variadic parts text[]) returns "
+            "text "
+            "language sql immutable as $$ select 'hijacked' $$"
+        )
+        cursor.execute(
+            "create or replace function shadow.concat(variadic parts text[]) returns text "
+            "language sql immutable as $$ select 'hijacked' $$"
+        )
     try:
         with connection.cursor() as cursor:
             cursor.execute("set search_path = shadow, public, pg_catalog")
@@ -249,9 +310,18 @@ def test_once_leaves_rows_locked_for_long_queued_and_says_so(api):
         assert queued_ids() == [doc.pk]
         assert_fake_vector(Document, ok.pk, "free")
         out = subprocess.run(
-            [sys.executable, "-m", "django", "process_embeddings", "--once", "--lock-wait=1"], cwd=ROOT,
-            env={**os.environ, "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"], "PYTHONPATH": str(ROOT),
-                 "DJANGO_SETTINGS_MODULE": "tests.settings"}, capture_output=True, text=True, timeout=60)
+            [sys.executable, "-m", "django", "process_embeddings", "--once", "--lock-wait=1"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
+                "PYTHONPATH": str(ROOT),
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and "Left 1 rows queued" in out.stderr, out.stderr
     finally:
         holder.close()
@@ -268,8 +338,9 @@ def test_a_model_on_another_database_works_end_to_end(api, settings, live_server
     api.poison = {"POISON"}
     with connections["other"].cursor() as cursor:
         cursor.execute("select pgmq.purge_queue('embedding_jobs')")
-    docs = RemoteDoc.objects.bulk_create([RemoteDoc(title=f"remote {i}") for i in range(5)]
-                                         + [RemoteDoc(title="POISON remote")])
+    docs = RemoteDoc.objects.bulk_create(
+        [RemoteDoc(title=f"remote {i}") for i in range(5)] + [RemoteDoc(title="POISON remote")]
+    )
     assert queue_messages() == []  # the other database's triggers fill its own queue
     Worker(default_options(once=True, using="other")).run()
     for doc in docs[:-1]:
@@ -285,13 +356,21 @@ def test_a_model_on_another_database_works_end_to_end(api, settings, live_server
     RemoteDoc.objects.filter(pk=docs[0].pk).update(title="remote renamed")
     with connections["other"].cursor() as cursor:
         cursor.execute("select msg_id, message from pgmq.read('embedding_jobs', 60, 10)")
-        jobs = [{**(json.loads(m) if isinstance(m, str) else m), "jobId": i} for i, m in cursor.fetchall()]
-    request = urllib.request.Request(live_server.url + "/autoembed/embed/", data=json.dumps(jobs).encode(), headers={
-        "Content-Type": "application/json", "Authorization": "Bearer test-token"})
+        jobs = [
+            {**(json.loads(m) if isinstance(m, str) else m), "jobId": i}
+            for i, m in cursor.fetchall()
+        ]
+    request = urllib.request.Request(
+        live_server.url + "/autoembed/embed/",
+        data=json.dumps(jobs).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer test-token"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read())["failedJobs"] == []
     assert_fake_vector(RemoteDoc, docs[0].pk, "remote renamed")
 
     from django.core.checks import run_checks
 
-    assert [m.id for m in run_checks(databases=["default", "other"]) if m.id.startswith("autoembed")] == []
+    assert [
+        m.id for m in run_checks(databases=["default", "other"]) if m.id.startswith("autoembed")
+    ] == []

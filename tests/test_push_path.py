@@ -21,7 +21,9 @@ from tests.testapp.models import Document
 pytestmark = [
     pytest.mark.pgcron,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(bool(django_settings.PUSH_TIER_SKIP), reason=str(django_settings.PUSH_TIER_SKIP)),
+    pytest.mark.skipif(
+        bool(django_settings.PUSH_TIER_SKIP), reason=str(django_settings.PUSH_TIER_SKIP)
+    ),
 ]
 
 
@@ -46,7 +48,9 @@ def responses():
     rows = fetch("select status_code, headers from net._http_response order by id")
     out = []
     for status, headers in rows:
-        headers = headers if isinstance(headers, dict) else __import__("json").loads(headers or "{}")
+        headers = (
+            headers if isinstance(headers, dict) else __import__("json").loads(headers or "{}")
+        )
         failed = next((v for k, v in headers.items() if k.lower() == "x-failed-jobs"), None)
         out.append((status, failed))
     return out
@@ -56,8 +60,11 @@ def responses():
 def push(live_server, settings):
     purge_queue()
     fetch("delete from net._http_response")
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_URL": live_server.url + "/autoembed/embed/",
-                          "SCHEDULE": "1 seconds"}
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "ENDPOINT_URL": live_server.url + "/autoembed/embed/",
+        "SCHEDULE": "1 seconds",
+    }
     said = sync()
     assert any(JOB_NAME in line for line in said), said
     yield
@@ -69,8 +76,13 @@ def push(live_server, settings):
 
 def test_cron_posts_through_pg_net_and_the_view_embeds(push, api):
     docs = [Document.objects.create(title=f"pushed {i}") for i in range(3)]
-    Document.objects.bulk_create([Document(title=f"bulk {i}") for i in range(30)])  # a packed message
-    wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, what="cron to embed rows")
+    Document.objects.bulk_create(
+        [Document(title=f"bulk {i}") for i in range(30)]
+    )  # a packed message
+    wait_for(
+        lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+        what="cron to embed rows",
+    )
     for doc in docs:
         assert_fake_vector(Document, doc.pk, doc.title)
     assert (200, "0") in responses()
@@ -89,11 +101,15 @@ def test_failing_provider_is_reported_and_retried_on_later_ticks(push, api, sett
     api.failure_statuses = (500,)
     doc = Document.objects.create(title="flaky")
     # every request fails: an outage, answered 503 with the failed jobs, no attempt spent
-    wait_for(lambda: any(status == 503 and failed not in (None, "0") for status, failed in responses()),
-             what="a response with failed jobs")
+    wait_for(
+        lambda: any(status == 503 and failed not in (None, "0") for status, failed in responses()),
+        what="a response with failed jobs",
+    )
     assert Document.objects.get(pk=doc.pk).embedding is None
     api.failure_rate = 0.0
-    wait_for(lambda: Document.objects.get(pk=doc.pk).embedding is not None, what="the retry to embed")
+    wait_for(
+        lambda: Document.objects.get(pk=doc.pk).embedding is not None, what="the retry to embed"
+    )
     assert_fake_vector(Document, doc.pk, "flaky")
 
 

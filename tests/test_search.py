@@ -16,8 +16,13 @@ from tests.testapp.models import Article, Book, Document, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-TEXTS = ["pgvector stores embeddings", "sourdough needs a starter", "trail shoes need grip",
-         "migrations change the schema", "pour-over coffee and grind size"]
+TEXTS = [
+    "pgvector stores embeddings",
+    "sourdough needs a starter",
+    "trail shoes need grip",
+    "migrations change the schema",
+    "pour-over coffee and grind size",
+]
 
 
 @pytest.fixture
@@ -41,7 +46,9 @@ def test_results_compose_with_filter_exclude_slicing_and_values(docs):
     query = docs[0].title
     filtered = Document.objects.filter(views__gte=2).semantic_search(query)
     assert {d.pk for d in filtered} == {d.pk for d in docs[2:]}
-    assert docs[0].pk not in Document.objects.semantic_search(query).exclude(pk=docs[0].pk).values_list("pk", flat=True)
+    assert docs[0].pk not in Document.objects.semantic_search(query).exclude(
+        pk=docs[0].pk
+    ).values_list("pk", flat=True)
     values = list(Document.objects.semantic_search(query).values("title", "distance")[:2])
     assert values[0]["title"] == query and len(values) == 2
     assert Document.objects.semantic_search(query, k=2).count() == 2
@@ -96,6 +103,7 @@ def test_provider_error_names_the_provider(api):
 def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
     """A bulk-loaded table with the index built after the load, as after a backfill."""
     from pgvector import HalfVector
+
     from django_autoembed.indexes import HnswIndex
 
     index = next(i for i in Document._meta.indexes if isinstance(i, HnswIndex))
@@ -104,8 +112,13 @@ def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
     with connection.schema_editor() as editor:
         editor.remove_index(Document, index)
     try:
-        Document.objects.bulk_create([Document(title=f"row {i}", views=i % 100, embedding=HalfVector(v))
-                                      for i, v in enumerate(vectors)], batch_size=1000)
+        Document.objects.bulk_create(
+            [
+                Document(title=f"row {i}", views=i % 100, embedding=HalfVector(v))
+                for i, v in enumerate(vectors)
+            ],
+            batch_size=1000,
+        )
     finally:
         with connection.schema_editor() as editor:
             editor.add_index(Document, index)
@@ -137,7 +150,7 @@ def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
 
 @pytest.fixture
 def loaded(api):
-    """3,000 rows with vectors, bulk-loaded with the index built after the load; 30 rows have views == 7."""
+    """3,000 rows with vectors, bulk-loaded, the index built after the load; 30 have views == 7."""
     from pgvector import HalfVector
 
     from django_autoembed.indexes import HnswIndex
@@ -148,8 +161,13 @@ def loaded(api):
     with connection.schema_editor() as editor:
         editor.remove_index(Document, index)
     try:
-        Document.objects.bulk_create([Document(title=f"row {i}", views=i % 100, embedding=HalfVector(v))
-                                      for i, v in enumerate(vectors)], batch_size=1000)
+        Document.objects.bulk_create(
+            [
+                Document(title=f"row {i}", views=i % 100, embedding=HalfVector(v))
+                for i, v in enumerate(vectors)
+            ],
+            batch_size=1000,
+        )
     finally:
         with connection.schema_editor() as editor:
             editor.add_index(Document, index)
@@ -161,7 +179,10 @@ def loaded(api):
 
 def hnsw_settings_now():
     with connection.cursor() as cursor:
-        cursor.execute("select current_setting('hnsw.iterative_scan', true), current_setting('hnsw.ef_search', true)")
+        cursor.execute(
+            "select current_setting('hnsw.iterative_scan', true), "
+            "current_setting('hnsw.ef_search', true)"
+        )
         return cursor.fetchone()
 
 
@@ -174,7 +195,9 @@ EVALUATIONS = {
     "aggregate": lambda qs: qs.aggregate(n=Count("pk"), best=Min("distance")),
     "values": lambda qs: [r["pk"] for r in qs.values("pk")],
     "values_list": lambda qs: list(qs.values_list("pk", flat=True)),
-    "subquery": lambda qs: sorted(Document.objects.filter(pk__in=qs.values("pk")).values_list("pk", flat=True)),
+    "subquery": lambda qs: sorted(
+        Document.objects.filter(pk__in=qs.values("pk")).values_list("pk", flat=True)
+    ),
     "async": lambda qs: asyncio.run(_async_pks(qs)),
 }
 
@@ -185,9 +208,18 @@ async def _async_pks(qs):
 
 def expected_for(rows):
     pks = [r.pk for r in rows]
-    return {"list": pks, "iterator": pks, "iterator(chunk_size)": pks, "count": len(pks), "exists": True,
-            "aggregate": {"n": len(pks), "best": rows[0].distance}, "values": pks, "values_list": pks,
-            "subquery": sorted(pks), "async": pks}
+    return {
+        "list": pks,
+        "iterator": pks,
+        "iterator(chunk_size)": pks,
+        "count": len(pks),
+        "exists": True,
+        "aggregate": {"n": len(pks), "best": rows[0].distance},
+        "values": pks,
+        "values_list": pks,
+        "subquery": sorted(pks),
+        "async": pks,
+    }
 
 
 @pytest.mark.parametrize("in_transaction", [False, True])
@@ -197,7 +229,9 @@ def test_every_way_of_evaluating_a_filtered_search_gives_the_same_rows(loaded, i
         if in_transaction:
             stack.enter_context(transaction.atomic())
         with connection.cursor() as cursor:  # as on a big table: the index, not an exact scan
-            cursor.execute("set local enable_seqscan = off" if in_transaction else "set enable_seqscan = off")
+            cursor.execute(
+                "set local enable_seqscan = off" if in_transaction else "set enable_seqscan = off"
+            )
         before = hnsw_settings_now()
         rows = list(search)
         assert len(rows) == 10 and rows[0].title == "row 7" and all(r.views == 7 for r in rows)
@@ -205,7 +239,9 @@ def test_every_way_of_evaluating_a_filtered_search_gives_the_same_rows(loaded, i
         for name, evaluate in EVALUATIONS.items():
             got = evaluate(search)
             if name == "aggregate":
-                assert got["n"] == expected[name]["n"] and got["best"] == pytest.approx(expected[name]["best"])
+                assert got["n"] == expected[name]["n"] and got["best"] == pytest.approx(
+                    expected[name]["best"]
+                )
             else:
                 assert got == expected[name], name
             # the search's settings held for the search and for nothing after it
@@ -218,13 +254,23 @@ def test_every_way_of_evaluating_a_filtered_search_gives_the_same_rows(loaded, i
 def test_a_search_in_a_prefetch_ranks_each_parents_rows(api):
     shelves = [Shelf.objects.create(name=f"shelf {n}") for n in range(2)]
     for shelf in shelves:
-        Book.objects.bulk_create([Book(shelf=shelf, title=f"{shelf.name} book {i}") for i in range(5)])
+        Book.objects.bulk_create(
+            [Book(shelf=shelf, title=f"{shelf.name} book {i}") for i in range(5)]
+        )
     drain()
     query = fake_vector("shelf 1 book 3", 1536)
     with transaction.atomic():
         before = hnsw_settings_now()
-        found = {s.name: [b.title for b in s.top_books] for s in Shelf.objects.prefetch_related(
-            Prefetch("books", queryset=Book.objects.nearest(query, ef_search=80)[:2], to_attr="top_books"))}
+        found = {
+            s.name: [b.title for b in s.top_books]
+            for s in Shelf.objects.prefetch_related(
+                Prefetch(
+                    "books",
+                    queryset=Book.objects.nearest(query, ef_search=80)[:2],
+                    to_attr="top_books",
+                )
+            )
+        }
         assert hnsw_settings_now() == before
     assert found["shelf 1"][0] == "shelf 1 book 3" and len(found["shelf 1"]) == 2
     assert len(found["shelf 0"]) == 2 and all(t.startswith("shelf 0") for t in found["shelf 0"])
@@ -235,6 +281,9 @@ def test_no_private_queryset_method_is_overridden():
 
     from django_autoembed.search import EmbeddingQuerySet
 
-    private = [name for name in vars(EmbeddingQuerySet)
-               if name.startswith("_") and not name.startswith("__") and hasattr(QuerySet, name)]
+    private = [
+        name
+        for name in vars(EmbeddingQuerySet)
+        if name.startswith("_") and not name.startswith("__") and hasattr(QuerySet, name)
+    ]
     assert private == []

@@ -1,4 +1,4 @@
-"""Randomized sync: whatever happens to the rows, once the queue drains every vector matches its text.
+"""Randomized sync: whatever happens to the rows, once the queue drains every vector fits its text.
 
 Seeded and reproducible: AUTOEMBED_SEED=<n> replays a run; the seed and the
 tail of the operation log are printed on failure. The default size runs in
@@ -42,7 +42,8 @@ class Run:
 
     def fail(self, message: str) -> str:
         tail = "\n  ".join(self.log[-25:])
-        return f"{message}\nseed={self.seed} (replay: AUTOEMBED_SEED={self.seed})\nlast operations:\n  {tail}"
+        replay = f"seed={self.seed} (replay: AUTOEMBED_SEED={self.seed})"
+        return f"{message}\n{replay}\nlast operations:\n  {tail}"
 
     def live(self, k: int) -> list[int]:
         pks = list(Document.objects.exclude(pk__in=self.poison).values_list("pk", flat=True))
@@ -56,7 +57,9 @@ class Run:
         self.log.append(f"create {doc.pk}")
 
     def op_bulk_create(self) -> None:
-        docs = Document.objects.bulk_create([Document(title=self.text()) for _ in range(self.rng.randint(2, 20))])
+        docs = Document.objects.bulk_create(
+            [Document(title=self.text()) for _ in range(self.rng.randint(2, 20))]
+        )
         self.versions += len(docs)
         self.log.append(f"bulk_create {len(docs)}")
 
@@ -94,14 +97,18 @@ class Run:
 
     def op_queryset_update(self) -> None:
         pks = self.live(5)
-        n = Document.objects.filter(pk__in=pks).update(content=self.text() + f" {self.rng.random():.6f}")
+        n = Document.objects.filter(pk__in=pks).update(
+            content=self.text() + f" {self.rng.random():.6f}"
+        )
         self.versions += n
         self.log.append(f"queryset update {pks}")
 
     def op_raw_sql(self) -> None:
         pks = self.live(5)
         with connection.cursor() as cursor:
-            cursor.execute("update testapp_document set title = title || ' raw' where id = any(%s)", [pks])
+            cursor.execute(
+                "update testapp_document set title = title || ' raw' where id = any(%s)", [pks]
+            )
             self.versions += cursor.rowcount
         self.log.append(f"raw update {pks}")
 
@@ -123,9 +130,20 @@ class Run:
             transaction.set_rollback(True)
         self.log.append("rolled back insert + update")
 
-    WEIGHTS = {"op_create": 6, "op_bulk_create": 3, "op_poison": 0.3, "op_save_text": 8, "op_unrelated": 3,
-               "op_same_value": 4, "op_bulk_update": 3, "op_queryset_update": 3, "op_raw_sql": 2, "op_empty": 1,
-               "op_delete": 2, "op_rollback": 2}
+    WEIGHTS = {
+        "op_create": 6,
+        "op_bulk_create": 3,
+        "op_poison": 0.3,
+        "op_save_text": 8,
+        "op_unrelated": 3,
+        "op_same_value": 4,
+        "op_bulk_update": 3,
+        "op_queryset_update": 3,
+        "op_raw_sql": 2,
+        "op_empty": 1,
+        "op_delete": 2,
+        "op_rollback": 2,
+    }
 
     def step(self) -> None:
         name = self.rng.choices(list(self.WEIGHTS), weights=list(self.WEIGHTS.values()))[0]
@@ -133,7 +151,9 @@ class Run:
 
 
 def size() -> int:
-    return int(os.environ.get("AUTOEMBED_SYNC_OPS") or (3000 if os.environ.get("AUTOEMBED_SOAK") else 300))
+    return int(
+        os.environ.get("AUTOEMBED_SYNC_OPS") or (3000 if os.environ.get("AUTOEMBED_SOAK") else 300)
+    )
 
 
 def run_against_workers(api, settings, seed: int, operations: int) -> Run:
@@ -146,8 +166,18 @@ def run_against_workers(api, settings, seed: int, operations: int) -> Run:
     EmbeddingFailure.objects.all().delete()
     Document.objects.all().delete()
     run = Run(seed, operations)
-    workers = [Worker(default_options(poll_interval=0.2, concurrency=1, batch_size=10, max_requests=2,
-                                      visibility_timeout=5)) for _ in range(2)]
+    workers = [
+        Worker(
+            default_options(
+                poll_interval=0.2,
+                concurrency=1,
+                batch_size=10,
+                max_requests=2,
+                visibility_timeout=5,
+            )
+        )
+        for _ in range(2)
+    ]
     errors: list[BaseException] = []
 
     def work(worker: Worker) -> None:
@@ -167,10 +197,12 @@ def run_against_workers(api, settings, seed: int, operations: int) -> Run:
             if run.rng.random() < 0.05:
                 time.sleep(0.02)  # let the workers catch up now and then
         while run.noop_rows <= run.versions and Document.objects.exists():
-            run.op_unrelated()  # enough writes that leave the text alone for the input bound to bite
+            run.op_unrelated()  # enough writes that leave the text alone for the bound to bite
         deadline = time.monotonic() + 90
         while queue_messages():
-            assert time.monotonic() < deadline, run.fail(f"queue not drained: {len(queue_messages())} messages")
+            assert time.monotonic() < deadline, run.fail(
+                f"queue not drained: {len(queue_messages())} messages"
+            )
             time.sleep(0.2)
     finally:
         for w in workers:
@@ -201,8 +233,11 @@ def test_randomized_operations_converge(api, settings, soak):
             continue
         assert stored is not None, run.fail(
             f"row {pk} ({text!r}) has no vector; failure recorded: "
-            f"{list(EmbeddingFailure.objects.filter(object_pk=str(pk)).values_list('error', 'attempts'))}")
-        vector = np.asarray(stored.to_list() if hasattr(stored, "to_list") else stored, dtype=np.float32)
+            f"{list(EmbeddingFailure.objects.filter(object_pk=str(pk)).values_list('error'))}"
+        )
+        vector = np.asarray(
+            stored.to_list() if hasattr(stored, "to_list") else stored, dtype=np.float32
+        )
         if not np.allclose(vector, fake_vector(text, 1536), atol=2e-3):
             stale += 1
     assert stale == 0, run.fail(f"{stale} rows hold a vector of an older text")
@@ -212,14 +247,23 @@ def test_randomized_operations_converge(api, settings, soak):
         for (m,) in cursor.fetchall():
             m = json.loads(m) if isinstance(m, str) else m
             archived.update(int(i) for i in (m["ids"] if "ids" in m else [m["id"]]))
-    assert archived <= run.poison, run.fail(f"archived jobs for rows that are not poison: {archived - run.poison}")
+    assert archived <= run.poison, run.fail(
+        f"archived jobs for rows that are not poison: {archived - run.poison}"
+    )
     # Unrelated and same-value updates touched many rows: had they been re-embedded, the API
     # would have seen at least versions + noop_rows inputs, over the bound below whenever
     # noop_rows > versions. Duplicates of a current text (a row queued twice, a locked row
     # retried) stay well under one extra per version.
-    assert run.noop_rows > run.versions, run.fail("the run should touch more rows without changing their text")
+    assert run.noop_rows > run.versions, run.fail(
+        "the run should touch more rows without changing their text"
+    )
     assert api.inputs <= 2 * run.versions, run.fail(
-        f"{api.inputs} inputs for {run.versions} text versions ({run.noop_rows} rows touched without a change)")
-    print(f"randomized sync: {run.operations} operations, {len(rows)} rows checked, {api.failures} API faults "
-          f"injected, {run.versions} text versions, {run.noop_rows} rows touched without a change, "
-          f"{api.inputs} inputs, 0 lost, 0 stale")
+        f"{api.inputs} inputs for {run.versions} text versions ({run.noop_rows} rows touched "
+        "without a change)"
+    )
+    print(
+        f"randomized sync: {run.operations} operations, {len(rows)} rows checked, {api.failures} "
+        "API faults "
+        f"injected, {run.versions} text versions, {run.noop_rows} rows touched without a change, "
+        f"{api.inputs} inputs, 0 lost, 0 stale"
+    )

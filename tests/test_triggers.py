@@ -24,15 +24,24 @@ def test_insert_queues_one_message_in_the_guides_shape():
     doc = Document.objects.create(title="t", content="c")
     (message,) = queue_messages()
     assert set(message) == GUIDE_KEYS
-    assert message == {"id": doc.pk, "schema": "public", "table": "testapp_document",
-                       "contentFunction": "testapp_document_embedding_input", "embeddingColumn": "embedding"}
+    assert message == {
+        "id": doc.pk,
+        "schema": "public",
+        "table": "testapp_document",
+        "contentFunction": "testapp_document_embedding_input",
+        "embeddingColumn": "embedding",
+    }
 
 
 def test_bulk_create_queues_each_row_once_in_one_trigger_call():
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("set local track_functions = 'all'")
-        docs = Document.objects.bulk_create([Document(title=f"t{i}", content="c") for i in range(10_000)])
-        cursor.execute("select pg_stat_get_xact_function_calls('autoembed.queue_inserted'::regproc)")
+        docs = Document.objects.bulk_create(
+            [Document(title=f"t{i}", content="c") for i in range(10_000)]
+        )
+        cursor.execute(
+            "select pg_stat_get_xact_function_calls('autoembed.queue_inserted'::regproc)"
+        )
         calls = cursor.fetchone()[0]
     assert calls == 1
     ids = queued_ids()
@@ -63,22 +72,30 @@ def test_update_of_embedded_field_queues_that_row():
 def test_clear_on_update_nulls_only_when_text_changes():
     article = Article.objects.create(title="a", body="b")
     with connection.cursor() as cursor:
-        cursor.execute("update testapp_article set title_embedding = array_fill(0.5, array[1536])::halfvec, "
-                       "body_embedding = array_fill(0.5, array[1536])::halfvec")
+        cursor.execute(
+            "update testapp_article set title_embedding = array_fill(0.5, array[1536])::halfvec, "
+            "body_embedding = array_fill(0.5, array[1536])::halfvec"
+        )
     Article.objects.filter(pk=article.pk).update(body="b2")  # title config unaffected
     article.refresh_from_db()
     assert article.title_embedding is not None and article.body_embedding is not None
     Article.objects.filter(pk=article.pk).update(title="a2")
     article.refresh_from_db()
     assert article.title_embedding is None  # clear_on_update=True
-    assert article.body_embedding is not None  # clear_on_update=False: old vector kept until re-embedded
+    assert (
+        article.body_embedding is not None
+    )  # clear_on_update=False: old vector kept until re-embedded
 
 
 def test_template_config_and_null_fields_render_as_empty():
     article = Article.objects.create(title="Hello", body=None)
     with connection.cursor() as cursor:
-        cursor.execute("select testapp_article_body_embedding_input(a), testapp_article_title_embedding_input(a) "
-                       "from testapp_article a where id = %s", [article.pk])
+        cursor.execute(
+            "select testapp_article_body_embedding_input(a), "
+            "testapp_article_title_embedding_input(a) "
+            "from testapp_article a where id = %s",
+            [article.pk],
+        )
         assert cursor.fetchone() == ("# Hello\n\n", "Hello")
     messages = queue_messages()
     assert {m["embeddingColumn"] for m in messages} == {"title_embedding", "body_embedding"}
@@ -95,12 +112,21 @@ def test_uuid_and_text_primary_keys_and_quoted_table_names():
 
 def test_proxy_and_multi_table_child_add_no_triggers():
     with connection.cursor() as cursor:
-        cursor.execute("select tgrelid::regclass::text, count(*) from pg_trigger where tgname like 'autoembed%%' "
-                       "group by 1 order by 1")
+        cursor.execute(
+            "select tgrelid::regclass::text, count(*) from pg_trigger where tgname like "
+            "'autoembed%%' "
+            "group by 1 order by 1"
+        )
         triggers = dict(cursor.fetchall())
-    assert triggers == {'"Notes With Spaces"': 2, "testapp_article": 5, "testapp_document": 2, "testapp_tag": 2,
-                        "testapp_book": 2, "testapp_memo": 3,
-                        "documents_document": 2}
+    assert triggers == {
+        '"Notes With Spaces"': 2,
+        "testapp_article": 5,
+        "testapp_document": 2,
+        "testapp_tag": 2,
+        "testapp_book": 2,
+        "testapp_memo": 3,
+        "documents_document": 2,
+    }
     chapter = Chapter.objects.create(title="c", number=2)
     proxy = DocumentProxy.objects.create(title="p")
     assert sorted(queued_ids()) == sorted([chapter.pk, proxy.pk])

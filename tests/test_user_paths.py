@@ -1,4 +1,4 @@
-"""The front door, walked as a user walks it: manage.py commands as subprocesses on a brand-new database.
+"""The front door, walked as a user walks it: manage.py as subprocesses on a brand-new database.
 
 pytest-django migrates through call_command, which skips system checks, on a
 database it made itself; these tests do neither. tox runs them under every
@@ -22,7 +22,7 @@ from tests.conftest import ROOT, manage, server_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NOTES_MODEL = '''
+NOTES_MODEL = """
 from django.db import models
 
 from django_autoembed import EmbeddingMixin
@@ -33,13 +33,16 @@ class Note(EmbeddingMixin, models.Model):
     body = models.TextField()
 
     embed_fields = ["title", "body"]
-'''
+"""
 
 
 def vectors(dbname: str, table: str) -> dict:
     with server_connection(dbname) as conn:
         rows = conn.execute(f"select title, embedding::text from {table} order by id").fetchall()
-    return {title: None if text is None else np.array(json.loads(text), dtype=np.float32) for title, text in rows}
+    return {
+        title: None if text is None else np.array(json.loads(text), dtype=np.float32)
+        for title, text in rows
+    }
 
 
 def assert_clean(result, what: str) -> None:
@@ -61,24 +64,32 @@ def startproject(tmp_path, fresh_database, api):
     """A project made by startproject + startapp, with one line added to INSTALLED_APPS."""
     project = tmp_path / "site"
     project.mkdir()
-    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(project)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(project)], check=True
+    )
     subprocess.run([sys.executable, "manage.py", "startapp", "notes"], cwd=project, check=True)
     (project / "notes" / "models.py").write_text(NOTES_MODEL)
     db = fresh_database["settings"]
     settings = project / "mysite" / "settings.py"
-    settings.write_text(settings.read_text() + textwrap.dedent(f"""
+    settings.write_text(
+        settings.read_text()
+        + textwrap.dedent(f"""
         INSTALLED_APPS += ["notes", "django_autoembed"]
         DATABASES = {{"default": {{
-            "ENGINE": "django.db.backends.postgresql", "NAME": {db['NAME']!r}, "USER": {db['USER']!r},
-            "PASSWORD": {db.get('PASSWORD') or ''!r}, "HOST": {db.get('HOST') or ''!r},
-            "PORT": {str(db.get('PORT') or '')!r},
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": {db["NAME"]!r}, "USER": {db["USER"]!r},
+            "PASSWORD": {db.get("PASSWORD") or ""!r}, "HOST": {db.get("HOST") or ""!r},
+            "PORT": {str(db.get("PORT") or "")!r},
         }}}}
         AUTOEMBED = {{"API_KEY": "sk-test", "BASE_URL": {api.base_url!r}}}
-    """))
+    """)
+    )
     return project
 
 
-def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors(startproject, fresh_database):
+def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors(
+    startproject, fresh_database
+):
     made = manage(startproject, "makemigrations")
     assert_clean(made, "makemigrations")
     assert (startproject / "notes" / "migrations" / "0001_initial.py").exists()
@@ -92,21 +103,33 @@ def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_v
     assert "no issues" in after.stdout
 
     titles = ["Vector search", "Bread", "Trail running"]
-    created = manage(startproject, "shell", "-c",
-                     "from notes.models import Note; "
-                     f"Note.objects.bulk_create([Note(title=t, body=t + ' body') for t in {titles!r}])")
+    created = manage(
+        startproject,
+        "shell",
+        "-c",
+        "from notes.models import Note; "
+        f"Note.objects.bulk_create([Note(title=t, body=t + ' body') for t in {titles!r}])",
+    )
     assert created.returncode == 0, created.stderr
     worked = manage(startproject, "process_embeddings", "--once")
     assert_clean(worked, "process_embeddings --once")
     assert "Embedded 3 rows." in worked.stdout
     stored = vectors(fresh_database["name"], "notes_note")
     for title in titles:
-        np.testing.assert_allclose(stored[title], fake_vector(f"{title}\n\n{title} body", 1536), atol=2e-3)
-    assert_clean(manage(startproject, "makemigrations", "--check", "--dry-run"), "makemigrations --check")
+        np.testing.assert_allclose(
+            stored[title], fake_vector(f"{title}\n\n{title} body", 1536), atol=2e-3
+        )
+    assert_clean(
+        manage(startproject, "makemigrations", "--check", "--dry-run"), "makemigrations --check"
+    )
 
 
 def test_example_project_migrates_a_new_database_and_embeds(fresh_database, api):
-    env = {"DATABASE_URL": fresh_database["url"], "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": api.base_url}
+    env = {
+        "DATABASE_URL": fresh_database["url"],
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": api.base_url,
+    }
     before = manage(ROOT, "check", "--database", "default", env=env)
     one_pending_migrations_error(before, "django_autoembed.0001_initial", "documents.0001_initial")
 
@@ -116,28 +139,47 @@ def test_example_project_migrates_a_new_database_and_embeds(fresh_database, api)
     assert_clean(checked, "check --database default")
     assert "no issues" in checked.stdout
 
-    created = manage(ROOT, "shell", "-c", "from example_project.documents.models import Document; "
-                     "Document.objects.create(title='Vector databases', content='pgvector')", env=env)
+    created = manage(
+        ROOT,
+        "shell",
+        "-c",
+        "from example_project.documents.models import Document; "
+        "Document.objects.create(title='Vector databases', content='pgvector')",
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
     worked = manage(ROOT, "process_embeddings", "--once", env=env)
     assert_clean(worked, "process_embeddings --once")
     stored = vectors(fresh_database["name"], "documents_document")
-    np.testing.assert_allclose(stored["Vector databases"], fake_vector("Vector databases\n\npgvector", 384),
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        stored["Vector databases"], fake_vector("Vector databases\n\npgvector", 384), atol=2e-3
+    )
 
 
 def test_example_project_runserver_starts_without_warnings(fresh_database, api):
-    env = {"DATABASE_URL": fresh_database["url"], "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": api.base_url,
-           "DJANGO_RUNSERVER_HIDE_WARNING": "true"}
+    env = {
+        "DATABASE_URL": fresh_database["url"],
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": api.base_url,
+        "DJANGO_RUNSERVER_HIDE_WARNING": "true",
+    }
     assert manage(ROOT, "migrate", env=env).returncode == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"}
-    server = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-                              cwd=ROOT, env={**base, **env, "PYTHONUNBUFFERED": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"
+    }
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env={**base, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -146,7 +188,9 @@ def test_example_project_runserver_starts_without_warnings(fresh_database, api):
                     assert response.status == 200
                     break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "runserver did not answer"
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    "runserver did not answer"
+                )
                 time.sleep(0.2)
     finally:
         server.terminate()

@@ -11,17 +11,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.mark.parametrize(
-    ("type_name", "dtype", "cls"), [("halfvec", np.float16, HalfVector), ("vector", np.float32, Vector)]
+    ("type_name", "dtype", "cls"),
+    [("halfvec", np.float16, HalfVector), ("vector", np.float32, Vector)],
 )
 @pytest.mark.parametrize("nulls", [0, 2])
 def test_array_round_trips_with_trailing_nulls(type_name, dtype, cls, nulls):
     matrix = np.random.default_rng(7).standard_normal((5, 12)).astype(np.float32)
     with connect() as conn:
         adapt(conn)
-        [stored] = conn.execute(f"select %b::{type_name}[]", [VectorArray(matrix, nulls, type_name)]).fetchone()
+        [stored] = conn.execute(
+            f"select %b::{type_name}[]", [VectorArray(matrix, nulls, type_name)]
+        ).fetchone()
     assert len(stored) == 5 + nulls
     assert stored[5:] == [None] * nulls
-    for row, value in zip(matrix, stored[:5]):
+    for row, value in zip(matrix, stored[:5], strict=False):
         assert isinstance(value, cls)
         assert np.array_equal(value.to_numpy(), row.astype(dtype))
 

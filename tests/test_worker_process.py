@@ -45,7 +45,7 @@ def make_docs(n: int, prefix: str, per_statement: int = 20) -> list[Document]:
     """Rows inserted a few per statement, so the queue holds many messages for workers to share."""
     docs = [Document(title=f"{prefix} {i}") for i in range(n)]
     for start in range(0, n, per_statement):
-        Document.objects.bulk_create(docs[start:start + per_statement])
+        Document.objects.bulk_create(docs[start : start + per_statement])
     return docs
 
 
@@ -59,7 +59,9 @@ def drain_until_empty(timeout: float = 30.0) -> None:
     """Run in-process workers until every message (also those still hidden) is handled."""
     deadline = time.monotonic() + timeout
     while queue_messages():
-        assert time.monotonic() < deadline, f"queue not drained: {len(queue_messages())} messages left"
+        assert time.monotonic() < deadline, (
+            f"queue not drained: {len(queue_messages())} messages left"
+        )
         drain(batch_size=50, max_requests=2)
         time.sleep(0.2)
 
@@ -71,7 +73,7 @@ def test_sigterm_mid_run_finishes_or_releases_its_work(api, workers):
     proc = workers("--batch-size=10", "--max-requests=2", "--visibility-timeout=300")
     wait_for(lambda: api.inputs >= 40, message="the worker to embed some rows")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Stopping after the current batch" in err
     done = embedded_pks(Document)
@@ -98,9 +100,11 @@ def test_sigkill_mid_batch_another_worker_finishes_after_the_visibility_timeout(
 
 def terminate_other_backends() -> int:
     with connection.cursor() as cursor:
-        cursor.execute("select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                       "where datname = current_database() and pid <> pg_backend_pid() "
-                       "and backend_type = 'client backend'")
+        cursor.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid() "
+            "and backend_type = 'client backend'"
+        )
         return cursor.fetchone()[0]
 
 
@@ -111,7 +115,11 @@ def test_dropped_connection_mid_batch_worker_reconnects_and_continues(api, worke
     wait_for(lambda: api.inputs >= 20, message="the worker to embed some rows")
     assert terminate_other_backends() >= 1
     api.latency = 0.0
-    wait_for(lambda: queue_messages() == [], timeout=40, message="the reconnected worker to drain the queue")
+    wait_for(
+        lambda: queue_messages() == [],
+        timeout=40,
+        message="the reconnected worker to drain the queue",
+    )
     assert proc.poll() is None, "the worker must keep running after a dropped connection"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -148,13 +156,18 @@ def test_postgres_restart_while_the_worker_runs(api, workers):
     server = needs_embedded_server()
     proc = workers("--batch-size=10", "--max-requests=2", "--visibility-timeout=2")
     first = make_docs(20, "before")
-    wait_for(lambda: embedded_pks(Document) >= {d.pk for d in first}, message="rows before the restart")
+    wait_for(
+        lambda: embedded_pks(Document) >= {d.pk for d in first}, message="rows before the restart"
+    )
     connection.close()
     pg_ctl(server, "-w", "-m", "fast", "restart")
     connection.close()
     second = make_docs(20, "after")
-    wait_for(lambda: embedded_pks(Document) >= {d.pk for d in second}, timeout=40,
-             message="the worker to recover and embed rows inserted after the restart")
+    wait_for(
+        lambda: embedded_pks(Document) >= {d.pk for d in second},
+        timeout=40,
+        message="the worker to recover and embed rows inserted after the restart",
+    )
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)

@@ -17,8 +17,18 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="EmbeddingFailure",
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("config", models.CharField(db_index=True, help_text="app_label.Model.config", max_length=255)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "config",
+                    models.CharField(
+                        db_index=True, help_text="app_label.Model.config", max_length=255
+                    ),
+                ),
                 ("table", models.CharField(max_length=255)),
                 ("object_pk", models.TextField()),
                 ("job", models.JSONField(help_text="The queue message to send again on retry.")),
@@ -30,7 +40,9 @@ class Migration(migrations.Migration):
             options={
                 "ordering": ["-last_failed_at"],
                 "constraints": [
-                    models.UniqueConstraint(fields=("config", "object_pk"), name="autoembed_failure_unique_row")
+                    models.UniqueConstraint(
+                        fields=("config", "object_pk"), name="autoembed_failure_unique_row"
+                    )
                 ],
             },
         ),

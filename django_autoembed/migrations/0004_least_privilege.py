@@ -6,7 +6,8 @@ BACKWARD = """
 alter function autoembed.queue_name() immutable;
 alter function autoembed.queue_ids(jsonb[], text, text, text, text) security invoker;
 alter function autoembed.queue_inserted() security invoker;
-grant execute on function autoembed.queue_name(), autoembed.queue_ids(jsonb[], text, text, text, text),
+grant execute on function autoembed.queue_name(),
+    autoembed.queue_ids(jsonb[], text, text, text, text),
     autoembed.queue_inserted(), autoembed.queue_updated(), autoembed.clear_column(),
     autoembed.process_embeddings(int, int, int) to public;
 """

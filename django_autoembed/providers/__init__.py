@@ -26,8 +26,15 @@ _lock = threading.Lock()
 def get_provider(name: str | None = None, *, model: str, dimensions: int) -> Provider:
     """The provider instance for this name/model/dimensions, built once per settings."""
     name = name or conf.get("PROVIDER")
-    key = (name, model, dimensions, conf.get("BASE_URL"), conf.get("API_KEY"),
-           conf.get("REQUEST_TIMEOUT"), conf.get("PROVIDER_RETRIES"))
+    key = (
+        name,
+        model,
+        dimensions,
+        conf.get("BASE_URL"),
+        conf.get("API_KEY"),
+        conf.get("REQUEST_TIMEOUT"),
+        conf.get("PROVIDER_RETRIES"),
+    )
     with _lock:
         provider = _cache.get(key)
         if provider is None:
@@ -64,11 +71,13 @@ class _Wrapped(Provider):
 
 def for_config(config: EmbeddingConfig) -> Provider:
     """The provider that embeds ``config``'s text (and its search queries)."""
-    return get_provider(config.provider, model=config.get_model(), dimensions=config.get_dimensions())
+    return get_provider(
+        config.provider, model=config.get_model(), dimensions=config.get_dimensions()
+    )
 
 
 def label(config: EmbeddingConfig) -> str:
-    """How logs and status name the provider behind ``config``: name, model and server, no secrets."""
+    """How logs and status name the provider of ``config``: name, model and server, no secrets."""
     server = conf.get("BASE_URL")
     name = config.provider or conf.get("PROVIDER")
     return f"{name} {config.get_model()}" + (f" at {server}" if server and name == "openai" else "")

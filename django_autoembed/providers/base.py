@@ -43,14 +43,20 @@ class Provider:
             return text
         logger.warning(
             "Input of %d bytes is over %s's limit of about %d tokens; truncated.",
-            len(data), self.name, self.max_input_tokens,
+            len(data),
+            self.name,
+            self.max_input_tokens,
             extra={"bytes": len(data), "provider": self.name},
         )
         return data[:limit].decode("utf-8", errors="ignore")
 
 
 def chunk_inputs(
-    texts: Sequence[str], *, max_inputs: int, max_tokens: int, estimate: Any = Provider.estimate_tokens
+    texts: Sequence[str],
+    *,
+    max_inputs: int,
+    max_tokens: int,
+    estimate: Any = Provider.estimate_tokens,
 ) -> Iterator[tuple[int, int]]:
     """Yield (start, end) slices of ``texts`` within the input-count and token budgets."""
     start = 0
@@ -65,13 +71,17 @@ def chunk_inputs(
         yield start, len(texts)
 
 
-def as_matrix(vectors: Sequence[Sequence[float]] | np.ndarray, expected: int, dimensions: int, provider: str) -> np.ndarray:
+def as_matrix(
+    vectors: Sequence[Sequence[float]] | np.ndarray, expected: int, dimensions: int, provider: str
+) -> np.ndarray:
     """Check count and length of what a provider returned; a float32 matrix."""
     from ..exceptions import DimensionMismatch, ProviderError
 
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[0] != expected:
-        raise ProviderError(f"Provider {provider!r} returned {len(vectors)} vectors for {expected} inputs.")
+        raise ProviderError(
+            f"Provider {provider!r} returned {len(vectors)} vectors for {expected} inputs."
+        )
     if matrix.shape[1] != dimensions:
         raise DimensionMismatch(
             f"Provider {provider!r} returned vectors of {matrix.shape[1]} dimensions, but the "

@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
 from ..exceptions import ConfigurationError
 from .base import Provider
 
@@ -23,8 +24,10 @@ def _require(model: str) -> None:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigurationError(
-            f"The local provider needs {' and '.join(missing)} (model {model!r}), which is not installed. "
-            "Install it with: pip install 'django-autoembed[local]' (install torch==2.13.0 first for "
+            f"The local provider needs {' and '.join(missing)} (model {model!r}), which is not "
+            "installed. "
+            "Install it with: pip install 'django-autoembed[local]' (install torch==2.13.0 first "
+            "for "
             "the CPU build), or choose PROVIDER 'openai'."
         )
 

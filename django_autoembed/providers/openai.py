@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import openai as openai_sdk
 import pybase64
+
 from .. import conf
 from ..exceptions import ConfigurationError, ProviderError
 from .base import Provider
@@ -55,15 +56,19 @@ class OpenAIProvider(Provider):
             # which at 100 inputs per request cost more CPU than the request.
             payload = json.loads(self.client.post("/embeddings", body=body, cast_to=bytes))
         except openai_sdk.RateLimitError as exc:
-            raise ProviderError(f"openai: rate limited ({exc.status_code}).",
-                                retry_after=_retry_after(exc)) from exc
+            raise ProviderError(
+                f"openai: rate limited ({exc.status_code}).", retry_after=_retry_after(exc)
+            ) from exc
         except openai_sdk.APITimeoutError as exc:
-            raise ProviderError(f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s.") from exc
+            raise ProviderError(
+                f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s."
+            ) from exc
         except openai_sdk.APIConnectionError as exc:
             raise ProviderError(f"openai: cannot connect ({exc}).") from exc
         except openai_sdk.APIStatusError as exc:
-            raise ProviderError(_explain(exc, self.model), kind=_kind(exc),
-                                retry_after=_retry_after(exc)) from exc
+            raise ProviderError(
+                _explain(exc, self.model), kind=_kind(exc), retry_after=_retry_after(exc)
+            ) from exc
         except ValueError as exc:
             raise ProviderError(f"openai: the response is not JSON ({exc}).") from exc
         try:
@@ -91,7 +96,9 @@ def _kind(exc: openai_sdk.APIStatusError) -> str:
     if status in CONFIG_STATUSES:
         return "config"
     if status in INPUT_STATUSES:
-        param = getattr(exc, "param", None) or (exc.body.get("param") if isinstance(exc.body, dict) else None)
+        param = getattr(exc, "param", None) or (
+            exc.body.get("param") if isinstance(exc.body, dict) else None
+        )
         return "config" if param in CONFIG_PARAMS else "input"
     return "transient"  # 408, 409, 429, 5xx: the next try may work
 
@@ -99,9 +106,13 @@ def _kind(exc: openai_sdk.APIStatusError) -> str:
 def _explain(exc: openai_sdk.APIStatusError, model: str) -> str:
     message = exc.message.removeprefix(f"Error code: {exc.status_code} - ")
     said = f"openai: HTTP {exc.status_code}: {message}"
-    fix = {401: "Check AUTOEMBED['API_KEY'] (or OPENAI_API_KEY): the key is missing, wrong or revoked.",
-           403: "The key may not use this model or project; check its permissions.",
-           404: f"Check AUTOEMBED['MODEL'] ({model!r}) and BASE_URL: the server has no such model or route."}
+    fix = {
+        401: "Check AUTOEMBED['API_KEY'] (or OPENAI_API_KEY): the key is missing, wrong or "
+        "revoked.",
+        403: "The key may not use this model or project; check its permissions.",
+        404: f"Check AUTOEMBED['MODEL'] ({model!r}) and BASE_URL: the server has no such model or "
+        "route.",
+    }
     return f"{said} {fix[exc.status_code]}" if exc.status_code in fix else said
 
 

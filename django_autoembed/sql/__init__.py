@@ -22,7 +22,7 @@ def sections(name: str) -> dict[str, str]:
     text = load(name)
     marks = list(_SECTION.finditer(text))
     out: dict[str, str] = {}
-    for mark, nxt in zip(marks, [*marks[1:], None]):
+    for mark, nxt in zip(marks, [*marks[1:], None], strict=False):
         end = nxt.start() if nxt else len(text)
         out[mark.group(1)] = text[mark.end() : end].strip()
     return out

@@ -18,8 +18,8 @@ import random
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,24 @@ MODELS = {
 }
 
 
-def api_error(message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-              code: str | None = None) -> dict[str, Any]:
+def api_error(
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
     """An error body in the shape the OpenAI API answers with."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _pool(dimensions: int) -> np.ndarray:
     if dimensions not in _pools:
-        _pools[dimensions] = np.random.default_rng(dimensions).standard_normal(
-            (_POOL_SIZE, dimensions)).astype(np.float32)
+        _pools[dimensions] = (
+            np.random.default_rng(dimensions)
+            .standard_normal((_POOL_SIZE, dimensions))
+            .astype(np.float32)
+        )
     return _pools[dimensions]
 
 
@@ -56,8 +64,13 @@ def fake_vectors(texts: list[str], dimensions: int) -> np.ndarray:
     """
     if not texts:
         return np.empty((0, dimensions), dtype=np.float32)
-    digests = np.frombuffer(b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=6).digest() for t in texts),
-                            dtype="<u2").reshape(len(texts), 3) % _POOL_SIZE
+    digests = (
+        np.frombuffer(
+            b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=6).digest() for t in texts),
+            dtype="<u2",
+        ).reshape(len(texts), 3)
+        % _POOL_SIZE
+    )
     pool = _pool(dimensions)
     v = pool[digests[:, 0]] + 0.7 * pool[digests[:, 1]] + 0.49 * pool[digests[:, 2]]
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
@@ -105,8 +118,14 @@ class FakeEmbeddingsServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def fail_next(self, count: int = 1, *, status: int = 500, retry_after: float | None = None,
-                  hang: float = 0.0) -> None:
+    def fail_next(
+        self,
+        count: int = 1,
+        *,
+        status: int = 500,
+        retry_after: float | None = None,
+        hang: float = 0.0,
+    ) -> None:
         """The next ``count`` requests answer ``status`` (or hang ``hang`` seconds first)."""
         with self._lock:
             self._scheduled.extend([(status, retry_after, hang)] * count)
@@ -129,7 +148,9 @@ class FakeEmbeddingsServer:
             self.first_request_at = None
 
     def start(self) -> FakeEmbeddingsServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -177,8 +198,12 @@ class FakeEmbeddingsServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any] | bytes,
-                      headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self,
+                status: int,
+                payload: dict[str, Any] | bytes,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -191,7 +216,7 @@ class FakeEmbeddingsServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self.path.rstrip("/") != "/v1/embeddings":
@@ -200,9 +225,15 @@ class FakeEmbeddingsServer:
                 header = self.headers.get("Authorization", "")
                 key = header[7:] if header.startswith("Bearer ") else ""
                 if not key or (fake.valid_keys is not None and key not in fake.valid_keys):
-                    return self._send(401, api_error(
-                        f"Incorrect API key provided: {key[:3]}***{key[-4:]}." if key else
-                        "You didn't provide an API key.", code="invalid_api_key"))
+                    return self._send(
+                        401,
+                        api_error(
+                            f"Incorrect API key provided: {key[:3]}***{key[-4:]}."
+                            if key
+                            else "You didn't provide an API key.",
+                            code="invalid_api_key",
+                        ),
+                    )
                 try:
                     body = json.loads(raw)
                     texts = body["input"]
@@ -210,15 +241,26 @@ class FakeEmbeddingsServer:
                     model = str(body.get("model"))
                     dims = int(body.get("dimensions") or MODELS.get(model, (1536, True))[0])
                 except (ValueError, KeyError, TypeError):
-                    return self._send(400, api_error("We could not parse the JSON body of your request."))
+                    return self._send(
+                        400, api_error("We could not parse the JSON body of your request.")
+                    )
                 known = MODELS.get(model)
                 if fake.strict_models and known is None:
-                    return self._send(404, api_error(
-                        f"The model `{model}` does not exist or you do not have access to it.",
-                        code="model_not_found"))
+                    return self._send(
+                        404,
+                        api_error(
+                            f"The model `{model}` does not exist or you do not have access to it.",
+                            code="model_not_found",
+                        ),
+                    )
                 if known and "dimensions" in body and (not known[1] or not 0 < dims <= known[0]):
-                    return self._send(400, api_error(
-                        f"This model does not support specifying dimensions {dims}.", param="dimensions"))
+                    return self._send(
+                        400,
+                        api_error(
+                            f"This model does not support specifying dimensions {dims}.",
+                            param="dimensions",
+                        ),
+                    )
                 with fake._lock:
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
@@ -241,12 +283,18 @@ class FakeEmbeddingsServer:
                     if status != 200:
                         with fake._lock:
                             fake.failures += 1
-                        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-                        return self._send(status, {"error": {"message": f"injected {status}"}}, headers)
+                        headers = (
+                            {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+                        )
+                        return self._send(
+                            status, {"error": {"message": f"injected {status}"}}, headers
+                        )
                 if any(p in t for t in texts for p in fake.poison) or any(not t for t in texts):
                     with fake._lock:
                         fake.failures += 1
-                    return self._send(400, {"error": {"message": "input rejected (poison or empty)"}})
+                    return self._send(
+                        400, {"error": {"message": "input rejected (poison or empty)"}}
+                    )
                 with fake._lock:
                     fake.inputs += len(texts)
                     fake.texts.extend(texts)
@@ -258,15 +306,24 @@ class FakeEmbeddingsServer:
                     # megabytes of it would make the fake the bottleneck of a bench.
                     items = ",".join(
                         f'{{"object":"embedding","index":{i},"embedding":"{base64.b64encode(v.tobytes()).decode()}"}}'
-                        for i, v in enumerate(vectors))
-                    payload = (f'{{"object":"list","data":[{items}],"model":{model},'
-                               f'"usage":{{"prompt_tokens":0,"total_tokens":0}}}}').encode()
+                        for i, v in enumerate(vectors)
+                    )
+                    payload = (
+                        f'{{"object":"list","data":[{items}],"model":{model},'
+                        f'"usage":{{"prompt_tokens":0,"total_tokens":0}}}}'
+                    ).encode()
                     return self._send(200, payload)
-                self._send(200, {
-                    "object": "list", "model": body.get("model", "fake"),
-                    "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                             for i, v in enumerate(vectors)],
-                    "usage": {"prompt_tokens": 0, "total_tokens": 0},
-                })
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "model": body.get("model", "fake"),
+                        "data": [
+                            {"object": "embedding", "index": i, "embedding": v.tolist()}
+                            for i, v in enumerate(vectors)
+                        ],
+                        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                    },
+                )
 
         return Handler

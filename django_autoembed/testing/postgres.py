@@ -51,11 +51,18 @@ def database(name: str, path: Path | None = None) -> dict[str, Any]:
 
     info = server(path).get_postmaster_info()
     host, port = str(info.socket_dir), str(info.port)
-    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host=host, port=port, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", [name]).fetchone():
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": "postgres",
-            "HOST": host, "PORT": port}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "HOST": host,
+        "PORT": port,
+    }
 
 
 def started() -> Any | None:

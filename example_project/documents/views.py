@@ -11,7 +11,10 @@ class DocumentForm(forms.ModelForm):
     class Meta:
         model = Document
         fields = ["title", "content"]
-        widgets = {"title": forms.TextInput(attrs={"size": 60}), "content": forms.Textarea(attrs={"rows": 4, "cols": 60})}
+        widgets = {
+            "title": forms.TextInput(attrs={"size": 60}),
+            "content": forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        }
 
 
 def index(request: HttpRequest) -> HttpResponse:
@@ -20,11 +23,16 @@ def index(request: HttpRequest) -> HttpResponse:
         form.save()
         return redirect("index")
     documents = Document.objects.all()[:100]
-    return render(request, "documents/index.html", {
-        "documents": documents, "form": form,
-        "embedded": Document.objects.filter(embedding__isnull=False).count(),
-        "total": Document.objects.count(),
-    })
+    return render(
+        request,
+        "documents/index.html",
+        {
+            "documents": documents,
+            "form": form,
+            "embedded": Document.objects.filter(embedding__isnull=False).count(),
+            "total": Document.objects.count(),
+        },
+    )
 
 
 def search(request: HttpRequest) -> HttpResponse:

@@ -59,8 +59,12 @@ def start(dbname: str) -> dict[str, str]:
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         raise Unavailable("the pg_cron/pg_net tier needs root and chroot")
     root = _root()
-    build = subprocess.run(["bash", str(HERE / "build.sh"), str(root), str(_tarball())],
-                           capture_output=True, text=True, timeout=1200)
+    build = subprocess.run(
+        ["bash", str(HERE / "build.sh"), str(root), str(_tarball())],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if build.returncode:
         raise Unavailable(f"could not build the Postgres 17 root: {build.stderr.strip()[-300:]}")
     mounted: list[Path] = []
@@ -71,8 +75,20 @@ def start(dbname: str) -> dict[str, str]:
             mounted.append(path)
     data = root / DATA.lstrip("/")
     if data.exists():
-        subprocess.run(["chroot", "--userspec=postgres:postgres", str(root), f"{PG_BIN}/pg_ctl", "-D", DATA,
-                        "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "chroot",
+                "--userspec=postgres:postgres",
+                str(root),
+                f"{PG_BIN}/pg_ctl",
+                "-D",
+                DATA,
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(data)
     data.mkdir(parents=True)
     shutil.chown(data, *(_ids(root)))
@@ -89,14 +105,39 @@ def start(dbname: str) -> dict[str, str]:
     _run(root, f"{PG_BIN}/pg_ctl", "-D", DATA, "-l", f"{DATA}/log", "-w", "start")
 
     def stop() -> None:
-        subprocess.run(["chroot", "--userspec=postgres:postgres", str(root), f"{PG_BIN}/pg_ctl", "-D", DATA,
-                        "-m", "fast", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "chroot",
+                "--userspec=postgres:postgres",
+                str(root),
+                f"{PG_BIN}/pg_ctl",
+                "-D",
+                DATA,
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
         for path in reversed(mounted):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
     atexit.register(stop)
-    _run(root, f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
-         "-c", f'create database "{dbname}"')
+    _run(
+        root,
+        f"{PG_BIN}/psql",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-c",
+        f'create database "{dbname}"',
+    )
     return {"HOST": "127.0.0.1", "PORT": str(port), "USER": "postgres", "NAME": dbname}
 
 

@@ -31,7 +31,9 @@ class Article(EmbeddingMixin, models.Model):
     body = models.TextField(null=True, blank=True)
 
     embedding_configs = [
-        EmbeddingConfig(fields=["title"], column="title_embedding", name="title", clear_on_update=True),
+        EmbeddingConfig(
+            fields=["title"], column="title_embedding", name="title", clear_on_update=True
+        ),
         EmbeddingConfig(template="# {title}\n\n{body}", column="body_embedding", name="body"),
     ]
 

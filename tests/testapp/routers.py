@@ -1,4 +1,4 @@
-"""testapp.RemoteDoc lives in the 'other' database, which holds django_autoembed's tables and queue too."""
+"""testapp.RemoteDoc lives in the 'other' database, beside django_autoembed's tables and queue."""
 
 REMOTE = "testapp.RemoteDoc"
 

@@ -10,18 +10,28 @@ from ...failures import EmbeddingFailure, discard, retry
 
 
 class Command(BaseCommand):
-    help = "Queue rows recorded as EmbeddingFailure again (the admin's 'retry' action), or discard them."
+    help = (
+        "Queue rows recorded as EmbeddingFailure again (the admin's retry action), or discard them."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--config", action="append", default=[],
-                            help="only failures of this config, e.g. blog.Post.embedding (repeatable)")
+        parser.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            help="only failures of this config, e.g. blog.Post.embedding (repeatable)",
+        )
         parser.add_argument("--all", action="store_true", help="every recorded failure")
-        parser.add_argument("--discard", action="store_true", help="delete the failures instead of retrying")
+        parser.add_argument(
+            "--discard", action="store_true", help="delete the failures instead of retrying"
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["all"] and not options["config"]:
-            raise CommandError("Say which failures: --config app.Model.config (repeatable) or --all.")
+            raise CommandError(
+                "Say which failures: --config app.Model.config (repeatable) or --all."
+            )
         failures = EmbeddingFailure.objects.using(options["database"]).all()
         if options["config"]:
             failures = failures.filter(config__in=options["config"])

@@ -27,10 +27,18 @@ class Command(BaseCommand):
     help = "Rows, vectors, queued jobs, failures per embedding config, and the push path's state."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--json", action="store_true", help="print one JSON document for scripts")
-        parser.add_argument("--fail-on-lag", type=float, metavar="SECONDS",
-                            help=f"exit {LAG_EXIT} when the oldest queued job is older than this")
-        parser.add_argument("--config", action="append", default=[], help="only this config (repeatable)")
+        parser.add_argument(
+            "--json", action="store_true", help="print one JSON document for scripts"
+        )
+        parser.add_argument(
+            "--fail-on-lag",
+            type=float,
+            metavar="SECONDS",
+            help=f"exit {LAG_EXIT} when the oldest queued job is older than this",
+        )
+        parser.add_argument(
+            "--config", action="append", default=[], help="only this config (repeatable)"
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -46,30 +54,71 @@ class Command(BaseCommand):
         else:
             self._table(status)
             if lagging:
-                self.stderr.write(f"Lagging: the oldest job waited {_age(status.oldest_message_age_s)} "
-                                  f"(limit {lag:g} s). Is a worker running? See `manage.py process_embeddings`.")
+                self.stderr.write(
+                    f"Lagging: the oldest job waited {_age(status.oldest_message_age_s)} "
+                    f"(limit {lag:g} s). Is a worker running? See `manage.py process_embeddings`."
+                )
         if lagging:
             sys.exit(LAG_EXIT)
 
     def _table(self, status: Any) -> None:
-        head = ("config", "table.column", "rows", "embedded", "missing", "queued", "oldest", "failures")
-        rows = [(c.config, f"{c.table}.{c.column}", str(c.rows), str(c.embedded), str(c.missing),
-                 str(c.queued_rows), _age(c.oldest_job_age_s), str(c.failures)) for c in status.configs]
+        head = (
+            "config",
+            "table.column",
+            "rows",
+            "embedded",
+            "missing",
+            "queued",
+            "oldest",
+            "failures",
+        )
+        rows = [
+            (
+                c.config,
+                f"{c.table}.{c.column}",
+                str(c.rows),
+                str(c.embedded),
+                str(c.missing),
+                str(c.queued_rows),
+                _age(c.oldest_job_age_s),
+                str(c.failures),
+            )
+            for c in status.configs
+        ]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for i, row in enumerate([head, *rows]):
-            self.stdout.write("  ".join(v.ljust(w) if j < 2 else v.rjust(w) for j, (v, w) in enumerate(zip(row, widths))))
+            self.stdout.write(
+                "  ".join(
+                    v.ljust(w) if j < 2 else v.rjust(w)
+                    for j, (v, w) in enumerate(zip(row, widths, strict=False))
+                )
+            )
             if i == 0:
                 self.stdout.write("  ".join("-" * w for w in widths))
-        self.stdout.write(f"\nqueue {status.queue!r}: {status.queue_depth} messages, "
-                          f"oldest {_age(status.oldest_message_age_s)}")
+        self.stdout.write(
+            f"\nqueue {status.queue!r}: {status.queue_depth} messages, "
+            f"oldest {_age(status.oldest_message_age_s)}"
+        )
         push = status.push
         if push is None or not (push.pg_cron and push.pg_net):
-            missing = [n for n, ok in (("pg_cron", push and push.pg_cron), ("pg_net", push and push.pg_net)) if not ok]
-            self.stdout.write(f"push path: off ({' and '.join(missing)} not installed); "
-                              "embed with `manage.py process_embeddings`")
+            missing = [
+                n
+                for n, ok in (("pg_cron", push and push.pg_cron), ("pg_net", push and push.pg_net))
+                if not ok
+            ]
+            self.stdout.write(
+                f"push path: off ({' and '.join(missing)} not installed); "
+                "embed with `manage.py process_embeddings`"
+            )
         elif not push.job_active:
-            self.stdout.write("push path: pg_cron and pg_net present, no active job "
-                              "(set AUTOEMBED ENDPOINT_URL and ENDPOINT_TOKEN, then `manage.py autoembed_sync`)")
+            self.stdout.write(
+                "push path: pg_cron and pg_net present, no active job "
+                "(set AUTOEMBED ENDPOINT_URL and ENDPOINT_TOKEN, then `manage.py autoembed_sync`)"
+            )
         else:
-            last = f"last run {push.last_run_at} ({push.last_run_status})" if push.last_run_at else "not run yet"
+            last = (
+                f"last run {push.last_run_at} ({push.last_run_status})"
+                if push.last_run_at
+                else "not run yet"
+            )
             self.stdout.write(f"push path: active every {push.schedule}, {last}")

@@ -19,26 +19,64 @@ VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: log
 
 
 class Command(BaseCommand):
-    help = "Embed queued rows: reads the queue, calls the provider, writes vectors. Ctrl-C stops cleanly."
+    help = (
+        "Embed queued rows: read the queue, call the provider, write vectors. Ctrl-C stops cleanly."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--batch-size", type=int, help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})")
-        parser.add_argument("--max-requests", type=int, help="embedding requests in flight per lane (pooled across lanes)")
-        parser.add_argument("--concurrency", type=int,
-                            help="batches processed side by side, each on its own connection "
-                                 f"(default {conf.DEFAULTS['CONCURRENCY']})")
-        parser.add_argument("--visibility-timeout", type=int, help="seconds a read job stays hidden from other workers")
-        parser.add_argument("--poll-interval", type=float,
-                            help=f"seconds between polls when no NOTIFY arrives (default {WorkerOptions.poll_interval:g})")
-        parser.add_argument("--once", action="store_true", help="process until the queue has no visible job, then exit")
-        parser.add_argument("--backfill", action="store_true", help="first queue rows whose embedding is NULL")
-        parser.add_argument("--config", action="append", default=[], help="limit --backfill to this config (repeatable)")
-        parser.add_argument("--max-downtime", type=float,
-                            help="seconds to keep reconnecting to a lost database before exiting 1 "
-                                 f"(default {WorkerOptions.max_downtime:g})")
-        parser.add_argument("--lock-wait", type=float,
-                            help="with --once: seconds to wait for rows other transactions keep locked before "
-                                 f"leaving them queued (default {WorkerOptions.lock_wait:g})")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})",
+        )
+        parser.add_argument(
+            "--max-requests",
+            type=int,
+            help="embedding requests in flight per lane (pooled across lanes)",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            help="batches processed side by side, each on its own connection "
+            f"(default {conf.DEFAULTS['CONCURRENCY']})",
+        )
+        parser.add_argument(
+            "--visibility-timeout",
+            type=int,
+            help="seconds a read job stays hidden from other workers",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            help="seconds between polls when no NOTIFY arrives (default "
+            f"{WorkerOptions.poll_interval:g})",
+        )
+        parser.add_argument(
+            "--once",
+            action="store_true",
+            help="process until the queue has no visible job, then exit",
+        )
+        parser.add_argument(
+            "--backfill", action="store_true", help="first queue rows whose embedding is NULL"
+        )
+        parser.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            help="limit --backfill to this config (repeatable)",
+        )
+        parser.add_argument(
+            "--max-downtime",
+            type=float,
+            help="seconds to keep reconnecting to a lost database before exiting 1 "
+            f"(default {WorkerOptions.max_downtime:g})",
+        )
+        parser.add_argument(
+            "--lock-wait",
+            type=float,
+            help="with --once: seconds to wait for rows other transactions keep locked before "
+            f"leaving them queued (default {WorkerOptions.lock_wait:g})",
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -51,24 +89,28 @@ class Command(BaseCommand):
             log.addHandler(handler)
         if options["backfill"]:
             try:
-                configs = [registry.get(c) for c in options["config"]] or registry.on_database(options["database"])
+                configs = [registry.get(c) for c in options["config"]] or registry.on_database(
+                    options["database"]
+                )
             except UnknownConfig as exc:
                 raise CommandError(str(exc)) from exc
             for config in configs:
                 queued = backfill(config, using=options["database"])
                 self.stdout.write(f"{config.label}: queued {queued} rows without an embedding")
-        worker = Worker(default_options(
-            batch_size=options["batch_size"],
-            max_requests=options["max_requests"],
-            concurrency=options["concurrency"],
-            visibility_timeout=options["visibility_timeout"],
-            poll_interval=options["poll_interval"],
-            once=options["once"],
-            using=options["database"],
-            max_downtime=options["max_downtime"],
-            lock_wait=options["lock_wait"],
-            progress=self.stdout._out if options["verbosity"] >= 1 else None,
-        ))
+        worker = Worker(
+            default_options(
+                batch_size=options["batch_size"],
+                max_requests=options["max_requests"],
+                concurrency=options["concurrency"],
+                visibility_timeout=options["visibility_timeout"],
+                poll_interval=options["poll_interval"],
+                once=options["once"],
+                using=options["database"],
+                max_downtime=options["max_downtime"],
+                lock_wait=options["lock_wait"],
+                progress=self.stdout._out if options["verbosity"] >= 1 else None,
+            )
+        )
         # Startup objects (Django, the app registry) live as long as the process:
         # freezing them keeps full collections from rescanning them while working.
         gc.freeze()
@@ -84,8 +126,10 @@ class Command(BaseCommand):
         if options["verbosity"] >= 1:
             self.stdout.write(f"Embedded {worker.rows_done} rows.")
         if worker.left_busy:
-            self.stderr.write(f"Left {worker.left_busy} rows queued: other transactions held their row locks for "
-                              f"over {worker.o.lock_wait:g} s. The next run embeds them.")
+            self.stderr.write(
+                f"Left {worker.left_busy} rows queued: other transactions held their row locks for "
+                f"over {worker.o.lock_wait:g} s. The next run embeds them."
+            )
         if worker.exit_reason:
             self.stderr.write(f"process_embeddings: {worker.exit_reason}")
         if code:
