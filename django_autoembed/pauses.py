@@ -8,6 +8,8 @@ over (the processes that saw it were restarted with a fixed configuration).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
 
 # A pause not refreshed for this long is over.
 STALE_AFTER = timedelta(minutes=3)
+
+# Providers this process saw answer since it last recorded a pause for them: a
+# success clears a provider's pause once, not on every batch.
+_answered: set[tuple[str, str]] = set()
+_lock = threading.Lock()
 
 
 class ProviderPause(models.Model):
@@ -41,6 +48,8 @@ class ProviderPause(models.Model):
 
 def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> None:
     """Say (or say again) that ``paused.provider`` is paused; never fails the caller."""
+    with _lock:
+        _answered.discard((using, paused.provider))
     try:
         with transaction.atomic(using=using):
             what = "misconfigured" if paused.kind == "config" else "unavailable"
@@ -52,6 +61,15 @@ def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> No
         DatabaseError
     ):  # the table may be missing (not migrated) or not granted; the log still says it
         pass
+
+
+def answered(using: str, providers: Iterable[str]) -> None:
+    """These providers answered: their pause, recorded by any process, is over."""
+    with _lock:
+        new = [p for p in providers if (using, p) not in _answered]
+        _answered.update((using, p) for p in new)
+    for provider in new:
+        clear_pause(using, provider)
 
 
 def clear_pause(using: str, provider: str) -> None:

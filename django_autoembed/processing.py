@@ -87,6 +87,8 @@ class BatchResult:
     dead: int = 0
     busy: int = 0
     seconds: float = 0.0
+    # Providers that answered with vectors in this batch (as providers.label names them).
+    answered: set[str] = field(default_factory=set)
 
 
 # -- the acknowledgement plan (pure) -------------------------------------------------
@@ -507,8 +509,10 @@ class Processor:
             raw.commit()  # no transaction stays open across the API calls below
 
         texts = sorted({t for t in contents.values() if t})
-        vectors, errors, requests = self._embed(target, texts, deadline)
-        result.requests += requests
+        vectors, errors, fanout = self._embed(target, texts, deadline)
+        result.requests += fanout.requests
+        if fanout.answers:
+            result.answered.add(providers.label(target.config))
         by_text = dict(zip(texts, vectors, strict=False))
 
         writes: dict[Any, tuple[str, np.ndarray | None]] = {}
@@ -551,15 +555,13 @@ class Processor:
 
     def _embed(
         self, target: Resolved, texts: list[str], deadline: float | None
-    ) -> tuple[list[Any], dict[str, ProviderError], int]:
+    ) -> tuple[list[Any], dict[str, ProviderError], FanOut]:
         """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
 
         A row queued twice (edited again before the worker read it), or put back
         because the application held its lock, comes back with a text embedded
         moments ago; its vector is reused instead of paying for it again.
         """
-        if not texts:
-            return [], {}, 0
         config = target.config
         stored = precision(target.column_type)  # what the column keeps anyway
         scope = (*provider_key(config), target.column_type)
@@ -577,7 +579,7 @@ class Processor:
             elif fanout.vectors[n] is not None:
                 remember.append((keys[i], fanout.vectors[n].astype(stored)))  # type: ignore[union-attr]
         recent_vectors.put_many(remember)
-        return vectors, errors, fanout.requests
+        return vectors, errors, fanout
 
     def _call_provider(self, target: Resolved, texts: list[str], deadline: float | None) -> FanOut:
         provider = target.provider

@@ -71,7 +71,7 @@ class Message:
 
     @cached_property
     def row_ids(self) -> list[Any]:
-        """The row keys this message names; empty when the body is malformed (see ``problem``)."""
+        """The row keys this message names; empty when they are malformed (see ``problem``)."""
         return [] if self._ids_problem else list(self._raw_ids)
 
     @cached_property

@@ -15,7 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import conf, queue
 from .config import registry
 from .exceptions import InvalidValue, ProcessingPaused
-from .pauses import record_pause
+from .pauses import answered, record_pause
 from .processing import Processor
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[in
         rows_for=lambda m: posted[m.msg_id],
         pause_delay=PAUSE_RELEASE_SECONDS,
     )
+    answered(using, result.answered)
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")

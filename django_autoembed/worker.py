@@ -15,7 +15,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from . import conf, queue
 from .exceptions import ProcessingPaused
-from .pauses import clear_pause, record_pause
+from .pauses import answered, record_pause
 from .processing import Processor
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,6 @@ class Worker:
             logger.warning(
                 "Embedding resumed: %s answers again.", paused.provider or "the provider"
             )
-            clear_pause(self.o.using, paused.provider)
 
     # -- progress -----------------------------------------------------------------
 
@@ -294,7 +293,9 @@ class _Lane:
         if not messages:
             return 0
         result = self.processor.process(messages)
-        self.worker.resume()
+        if result.answered:
+            self.worker.resume()
+            answered(self.o.using, result.answered)
         rows = len(result.completed) + len(result.failed)
         logger.info(
             "Batch: %d messages, %d rows done, %d failed, %d busy, %d dead, %d requests, %.2f s",
