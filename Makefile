@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-matrix typecheck install install-local bench clean
+.PHONY: demo test coverage lint test-matrix typecheck package install install-local install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,34 @@ demo: install-local
 test: install-local
 	bash scripts/test.sh
 
+# The lines of django_autoembed the last `make test` ran (subprocesses included),
+# with the floor set in pyproject.toml.
+coverage: install-dev
+	$(BIN)/coverage report
+
+install-dev: install
+	$(BIN)/pip install -q ruff mypy django-stubs coverage pytest-cov build twine tox
+
+PY_SOURCES := django_autoembed tests bench example_project manage.py
+
+lint: install-dev
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+
 # mypy with django-stubs over the package (STYLE.md).
-typecheck: install
-	$(BIN)/pip install -q mypy django-stubs
+typecheck: install-dev
 	$(BIN)/mypy django_autoembed
 
 # The rest of tox.ini's matrix: Django 6 on Python 3.12 and 3.13 (core suite;
-# tox skips an interpreter this machine lacks).
-test-matrix: install
-	$(BIN)/pip install -q tox
-	$(BIN)/tox -e py312-django6,py313-django6 -- -m "not pgcron and not soak"
+# tox skips an interpreter this machine lacks). pyenv's versions are put on PATH.
+test-matrix: install-dev
+	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" \
+	  $(BIN)/tox -e py312-django6,py313-django6 -- -m "not pgcron and not soak"
+
+# The package as users get it: build, check the metadata, install the wheel into a
+# fresh venv and run one end-to-end test there (a missed package-data file fails it).
+package: install-dev
+	bash scripts/package.sh
 
 bench: install
 	$(BIN)/pip install -q matplotlib
