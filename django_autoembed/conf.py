@@ -39,6 +39,13 @@ DEFAULTS: dict[str, Any] = {
     # Vectors of texts embedded lately, kept per process (0: off): a row queued
     # twice or retried after a lock costs no second API call. ~3 KB each at 1536 dims.
     "RECENT_VECTORS": 4096,
+    # A backlog of at least this many rows (and half what the index holds) is embedded with
+    # the HNSW index dropped, which is then built again in bulk (None: keep it up row by row).
+    "INDEX_DEFER_ROWS": 1000,
+    # maintenance_work_mem and max_parallel_maintenance_workers for that bulk build
+    # (None: the server's own setting for the workers).
+    "INDEX_BUILD_MEMORY": "512MB",
+    "INDEX_BUILD_WORKERS": None,
 }
 
 

@@ -21,6 +21,7 @@ from psycopg import sql
 from . import grants, queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
+from .indexing import managed_index, state_of
 from .install import has_extension, scalar
 from .triggers import EmbeddingTrigger, as_text
 
@@ -119,6 +120,19 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
                 hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
                 obj=model,
                 id="autoembed.E106",
+            )
+        )
+    if column is not None and state_of(cursor.db.alias, config) == "missing":
+        # Deferred or building for a backfill is no drift: a worker builds it again.
+        index = managed_index(config)
+        out.append(
+            checks.Error(
+                f"{config.label}: the HNSW index {index.name if index else ''} on "
+                f"{config.table}.{config.column} is missing or invalid, and no worker is "
+                "rebuilding it; searches scan every row.",
+                hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
+                obj=model,
+                id="autoembed.E108",
             )
         )
     return out

@@ -72,6 +72,7 @@ def _ident(name: str) -> str:
 def needed(using: str = "default") -> list[Privilege]:
     """What the worker, the endpoint and ``autoembed_status`` need on database ``using``."""
     from .failures import EmbeddingFailure
+    from .indexing import IndexState
     from .pauses import ProviderPause
 
     tables = queue.tables()
@@ -85,7 +86,7 @@ def needed(using: str = "default") -> list[Privilege]:
         Privilege("function", QUEUE_IDS, ("EXECUTE",)),  # --backfill queues rows as the triggers do
         Privilege("table", "django_migrations", ("SELECT",)),
     ]
-    for model in (EmbeddingFailure, ProviderPause):
+    for model in (EmbeddingFailure, IndexState, ProviderPause):
         out.append(
             Privilege(
                 "table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")

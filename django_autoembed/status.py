@@ -12,6 +12,7 @@ from . import pauses, queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .exceptions import QueueMissing
+from .indexing import state_of
 from .push import JOB_NAME
 
 
@@ -26,6 +27,9 @@ class ConfigStatus:
     queued_rows: int
     oldest_job_age_s: float | None
     failures: int
+    # The HNSW index: "ready", "deferred" (dropped until the backlog drains), "building",
+    # "missing", or None (no index of this app's on the column).
+    index: str | None = None
 
 
 @dataclass
@@ -81,6 +85,7 @@ def _config_status(
         failures=EmbeddingFailure.objects.using(cursor.db.alias)
         .filter(config=config.label)
         .count(),
+        index=state_of(cursor.db.alias, config),
     )
 
 

@@ -14,7 +14,9 @@ import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from . import conf, queue
+from .config import registry
 from .exceptions import ProcessingPaused
+from .indexing import Indexing
 from .pauses import answered, record_pause
 from .processing import Processor
 
@@ -80,6 +82,7 @@ class Worker:
         self.left_busy = 0
         self._lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
+        self.indexing = Indexing(options.using)
         self._paused: ProcessingPaused | None = None
         self._paused_until = 0.0
         self._pause_seconds = 0.0
@@ -92,6 +95,7 @@ class Worker:
     def stop(self, signum: int | None = None, frame: Any = None) -> None:
         if not self.stopping and signum is not None:
             logger.info("Stopping after the current batch (signal %s).", signum)
+            self.indexing.cancel()
         self.stopping = True
 
     def give_up(self, reason: str, code: int) -> int:
@@ -111,7 +115,7 @@ class Worker:
         )
         try:
             if lanes == 1:
-                return _Lane(self).run()
+                return self._finish(_Lane(self).run())
             codes: list[int] = []
             errors: list[BaseException] = []
 
@@ -134,11 +138,17 @@ class Worker:
                     thread.join(0.2)  # short joins keep the main thread free for signals
             if errors:
                 raise errors[0]
-            return max(codes, default=1)
+            return self._finish(max(codes, default=1))
         finally:
             self.pool.shutdown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _finish(self, code: int) -> int:
+        """With --once and a drained queue: build the indexes deferred for the backlog."""
+        if self.o.once and code == 0 and not self.stopping:
+            self.indexing.finish()
+        return code
 
     # -- pausing on configuration errors ------------------------------------------
 
@@ -291,7 +301,9 @@ class _Lane:
             messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
             messages = self._trim(cursor, messages)
         if not messages:
+            self.worker.indexing.tick(set())  # idle: a deferred index may be built now
             return 0
+        self.worker.indexing.tick(_labels(messages))
         result = self.processor.process(messages)
         if result.answered:
             self.worker.resume()
@@ -401,6 +413,16 @@ class _Lane:
         except DatabaseError:
             pass
         self._close_listener()
+
+
+def _labels(messages: list[queue.Message]) -> set[str]:
+    labels = set()
+    for message in messages:
+        target = message.target
+        config = target and registry.match(target.table, target.function, target.column)
+        if config:
+            labels.add(config.label)
+    return labels
 
 
 def connect(using: str = "default") -> psycopg.Connection[Any]:

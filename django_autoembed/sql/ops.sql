@@ -79,3 +79,15 @@ select count(*) from inserted
 -- can_read_migrations -- may the connected role read Django's migration records (true where there are none yet)
 select to_regclass('django_migrations') is null
     or has_table_privilege(current_user, to_regclass('django_migrations'), 'SELECT')
+
+-- index_rows -- how many entries an index holds, as the planner last counted (-1: never)
+select reltuples from pg_class where oid = to_regclass(%s)
+
+-- index_valid -- whether an index exists and is valid (NULL: it does not exist)
+select indisvalid from pg_index where indexrelid = to_regclass(%s)
+
+-- owns_table -- may the connected role drop and create the table's indexes
+select pg_has_role(current_user, relowner, 'USAGE') from pg_class where oid = to_regclass(%s)
+
+-- drop_index -- take an index down without blocking writes (outside a transaction block)
+drop index concurrently if exists {index}

@@ -33,3 +33,9 @@ select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from {
 
 -- exists -- is the queue's table there
 select to_regclass(%s) is not null
+
+-- backlog -- queued rows per target, counting every message (visible, hidden or delayed)
+select message->>'table', message->>'contentFunction', message->>'embeddingColumn',
+       sum(coalesce(jsonb_array_length(message->'ids'), 1))
+  from {queue}
+ group by 1, 2, 3

@@ -71,6 +71,7 @@ class Command(BaseCommand):
             "queued",
             "oldest",
             "failures",
+            "index",
         )
         rows = [
             (
@@ -82,6 +83,7 @@ class Command(BaseCommand):
                 str(c.queued_rows),
                 _age(c.oldest_job_age_s),
                 str(c.failures),
+                c.index or "-",
             )
             for c in status.configs
         ]
@@ -89,7 +91,7 @@ class Command(BaseCommand):
         for i, row in enumerate([head, *rows]):
             self.stdout.write(
                 "  ".join(
-                    v.ljust(w) if j < 2 else v.rjust(w)
+                    v.ljust(w) if j < 2 or j == len(head) - 1 else v.rjust(w)
                     for j, (v, w) in enumerate(zip(row, widths, strict=False))
                 )
             )
@@ -122,3 +124,13 @@ class Command(BaseCommand):
                 else "not run yet"
             )
             self.stdout.write(f"push path: active every {push.schedule}, {last}")
+        for pause in status.paused:
+            self.stdout.write(
+                f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})"
+            )
+        for c in status.configs:
+            if c.index in ("deferred", "building"):
+                what = (
+                    "deferred until the backlog drains" if c.index == "deferred" else "being built"
+                )
+                self.stdout.write(f"index of {c.config}: {what}; searches scan exactly meanwhile")

@@ -1,0 +1,154 @@
+"""Backfills with the default index: graph maintenance deferred, the index built in bulk after."""
+
+import io
+import json
+
+import pytest
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.db import connection, transaction
+
+from django_autoembed.config import registry
+from django_autoembed.indexing import Indexing, IndexState, managed_index, state_of
+from django_autoembed.status import collect
+from tests.conftest import assert_fake_vector, drain, purge_queue
+from tests.testapp.models import Document
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
+
+CONFIG = "testapp.Document.embedding"
+
+
+def index_name() -> str:
+    index = managed_index(registry.get(CONFIG))
+    assert index is not None
+    return index.name
+
+
+def index_valid() -> bool | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select indisvalid from pg_index where indexrelid = to_regclass(%s)", [index_name()]
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def autoembed_errors():
+    return [m for m in run_checks(databases=["default"]) if m.id.startswith("autoembed.E")]
+
+
+@pytest.fixture
+def small_threshold(settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "INDEX_DEFER_ROWS": 200}
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_large_backlog_is_embedded_without_the_index_then_built_in_bulk(api, small_threshold):
+    seen = []
+
+    def look(texts):  # what the index looked like while the backlog was embedded
+        with connection.cursor() as cursor:
+            cursor.execute("select to_regclass(%s) is not null", [index_name()])
+            seen.append((cursor.fetchone()[0], state_of("default", registry.get(CONFIG))))
+
+    api.on_request = look
+    docs = Document.objects.bulk_create([Document(title=f"backlog {i}") for i in range(600)])
+    drain(batch_size=50)
+    assert set(seen) == {(False, "deferred")}
+    assert index_valid() is True and not IndexState.objects.exists()
+    for doc in docs[::50]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    # the migration state still tells the truth, and the database checks agree
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+    assert autoembed_errors() == []
+    # and the index serves searches again (a table this small needs a nudge to prefer it)
+    query = Document.objects.get(pk=docs[0].pk).embedding
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("set local enable_seqscan = off")
+        assert f"Index Scan using {index_name()}" in Document.objects.nearest(query)[:5].explain()
+
+
+def test_small_writes_keep_the_index_up_row_by_row(api, small_threshold):
+    Document.objects.bulk_create([Document(title=f"few {i}") for i in range(20)])
+    seen = []
+    api.on_request = lambda texts: seen.append(index_valid())
+    drain()
+    assert seen and set(seen) == {True} and not IndexState.objects.exists()
+
+
+def test_a_backlog_small_next_to_what_the_index_holds_keeps_it(api, small_threshold):
+    Document.objects.bulk_create([Document(title=f"held {i}") for i in range(600)])
+    drain()  # deferred and built: the index now holds 600 rows
+    Document.objects.bulk_create([Document(title=f"more {i}") for i in range(250)])  # < half of 600
+    seen = []
+    api.on_request = lambda texts: seen.append(index_valid())
+    drain()
+    assert set(seen) == {True}
+
+
+def test_search_works_and_status_says_so_while_the_index_is_deferred(api, small_threshold):
+    docs = Document.objects.bulk_create([Document(title=f"searchable {i}") for i in range(30)])
+    drain()
+    indexing = Indexing("default")
+    assert indexing.defer(registry.get(CONFIG))
+    assert index_valid() is None and state_of("default", registry.get(CONFIG)) == "deferred"
+    query = Document.objects.get(pk=docs[3].pk).embedding
+    found = list(Document.objects.filter(title__startswith="searchable").nearest(query)[:3])
+    assert found[0].pk == docs[3].pk and len(found) == 3  # an exact scan over what is embedded
+    assert autoembed_errors() == []  # deferred is no drift
+    out = io.StringIO()
+    call_command("autoembed_status", "--json", stdout=out)
+    [document] = [c for c in json.loads(out.getvalue())["configs"] if c["config"] == CONFIG]
+    assert document["index"] == "deferred"
+    text = io.StringIO()
+    call_command("autoembed_status", stdout=text)
+    assert "deferred until the backlog drains" in text.getvalue()
+
+    indexing.finish()  # the queue is empty: built again
+    assert index_valid() is True and state_of("default", registry.get(CONFIG)) == "ready"
+
+
+def test_a_build_that_died_half_way_is_started_afresh(api, small_threshold):
+    Document.objects.bulk_create([Document(title=f"crash {i}") for i in range(40)])
+    drain()
+    IndexState.objects.create(
+        config=CONFIG, index=index_name(), table="testapp_document", state="building"
+    )
+    with connection.cursor() as cursor:  # what a cancelled CREATE INDEX CONCURRENTLY leaves
+        cursor.execute(
+            "update pg_index set indisvalid = false where indexrelid = to_regclass(%s)",
+            [index_name()],
+        )
+    assert state_of("default", registry.get(CONFIG)) == "building"
+    Indexing("default").finish()
+    assert index_valid() is True and not IndexState.objects.exists()
+
+
+def test_an_index_dropped_by_hand_is_reported(api):
+    with connection.cursor() as cursor:
+        cursor.execute(f'drop index "{index_name()}"')
+    try:
+        errors = autoembed_errors()
+        assert [e.id for e in errors] == ["autoembed.E108"] and index_name() in errors[0].msg
+    finally:
+        Indexing("default").build(registry.get(CONFIG)) or _recreate()
+    assert index_valid() is True
+
+
+def _recreate():
+    index = managed_index(registry.get(CONFIG))
+    with connection.schema_editor() as editor:
+        editor.add_index(Document, index)
+
+
+def test_backfilling_a_table_that_already_has_rows_defers_too(api, small_threshold):
+    Document.objects.bulk_create([Document(title=f"existing {i}") for i in range(500)])
+    purge_queue()  # as if these rows predate the declaration: nothing queued
+    seen = []
+    api.on_request = lambda texts: seen.append(index_valid())
+    call_command("process_embeddings", "--backfill", "--once", verbosity=0)
+    assert set(seen) == {None}  # the index was down while the rows were embedded
+    assert index_valid() is True and Document.objects.filter(embedding__isnull=True).count() == 0
+    [document] = [c for c in collect().configs if c.config == CONFIG]
+    assert document.index == "ready"
