@@ -122,6 +122,24 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
                 id="autoembed.E106",
             )
         )
+    if trigger.own_function:
+        signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
+        cursor.execute(_query("function_search_path"), [signature])
+        found = cursor.fetchone()
+        if found is not None and not found[0]:
+            out.append(
+                checks.Error(
+                    f"{config.label}: content function {config.function_name} does not set its "
+                    "search_path. The update trigger runs it with search_path pg_catalog, pg_temp, "
+                    "so any name it does not qualify fails every UPDATE of the table.",
+                    hint="Add `SET search_path = <its schema>, pg_catalog` to "
+                    f"{config.function_name} (CREATE OR REPLACE FUNCTION ... SET search_path = "
+                    "...), naming only schemas "
+                    "untrusted roles cannot create objects in.",
+                    obj=model,
+                    id="autoembed.E109",
+                )
+            )
     if column is not None and state_of(cursor.db.alias, config) == "missing":
         # Deferred or building for a backfill is no drift: a worker builds it again.
         index = managed_index(config)

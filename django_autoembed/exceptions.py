@@ -34,7 +34,8 @@ class ProviderError(AutoembedError):
 
     ``kind`` says what trying again can do:
 
-    - ``"transient"``: rate limits, timeouts, server errors; retry later.
+    - ``"transient"``: timeouts, server errors, refused connections; retry later.
+    - ``"throttled"``: a rate limit; retry after ``retry_after``, costing no attempt.
     - ``"input"``: the request's input was refused (400/413/422); a request of
       several inputs is split to find the one at fault, that one fails alone.
     - ``"config"``: the key, the model or the dimensions are wrong for every
@@ -42,7 +43,7 @@ class ProviderError(AutoembedError):
       and resumes by itself once the configuration is fixed.
     """
 
-    KINDS = ("transient", "input", "config")
+    KINDS = ("transient", "throttled", "input", "config")
 
     def __init__(self, message: str, *, kind: str = "transient", retry_after: float | None = None):
         if kind not in self.KINDS:
@@ -53,7 +54,7 @@ class ProviderError(AutoembedError):
 
     @property
     def retryable(self) -> bool:
-        return self.kind == "transient"
+        return self.kind in ("transient", "throttled")
 
 
 class DimensionMismatch(ProviderError):

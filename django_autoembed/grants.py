@@ -17,7 +17,6 @@ from psycopg import sql
 from . import queue
 from .config import registry
 
-QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
 # Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not
 # exist).
 _TESTS = {
@@ -82,8 +81,6 @@ def needed(using: str = "default") -> list[Privilege]:
             "table", tables["queue"].as_string(None), ("SELECT", "INSERT", "UPDATE", "DELETE")
         ),
         Privilege("table", tables["archive"].as_string(None), ("SELECT", "INSERT")),
-        Privilege("schema", "autoembed", ("USAGE",)),
-        Privilege("function", QUEUE_IDS, ("EXECUTE",)),  # --backfill queues rows as the triggers do
         Privilege("table", "django_migrations", ("SELECT",)),
     ]
     for model in (EmbeddingFailure, IndexState, ProviderPause):

@@ -9,6 +9,7 @@ over (the processes that saw it were restarted with a fixed configuration).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,10 @@ if TYPE_CHECKING:
 # A pause not refreshed for this long is over.
 STALE_AFTER = timedelta(minutes=3)
 
-# Providers this process saw answer since it last recorded a pause for them: a
-# success clears a provider's pause once, not on every batch.
-_answered: set[tuple[str, str]] = set()
+# When this process last cleared each provider's pause after seeing it answer: another
+# process may record a pause at any time, so a success clears it again, at most this often.
+CLEAR_EVERY = 10.0
+_cleared: dict[tuple[str, str], float] = {}
 _lock = threading.Lock()
 
 
@@ -49,7 +51,7 @@ class ProviderPause(models.Model):
 def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> None:
     """Say (or say again) that ``paused.provider`` is paused; never fails the caller."""
     with _lock:
-        _answered.discard((using, paused.provider))
+        _cleared.pop((using, paused.provider), None)
     try:
         with transaction.atomic(using=using):
             what = "misconfigured" if paused.kind == "config" else "unavailable"
@@ -65,10 +67,11 @@ def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> No
 
 def answered(using: str, providers: Iterable[str]) -> None:
     """These providers answered: their pause, recorded by any process, is over."""
+    now = time.monotonic()
     with _lock:
-        new = [p for p in providers if (using, p) not in _answered]
-        _answered.update((using, p) for p in new)
-    for provider in new:
+        due = [p for p in providers if now - _cleared.get((using, p), -CLEAR_EVERY) >= CLEAR_EVERY]
+        _cleared.update(((using, p), now) for p in due)
+    for provider in due:
         clear_pause(using, provider)
 
 

@@ -44,6 +44,8 @@ recent_vectors = VectorLRU("RECENT_VECTORS")
 
 # Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
+# What the provider is asked to embed to tell an outage from inputs it will not take.
+PROBE_TEXT = "django-autoembed availability probe"
 # At most this long (or the provider's Retry-After) a paused batch's jobs stay hidden after an
 # outage.
 OUTAGE_RELEASE_SECONDS = 5
@@ -58,8 +60,9 @@ class Outcome:
 
     ``done``: embedded, emptied or gone. ``failed``: may be retried, costs an
     attempt. ``busy``: the application held its lock; retried soon, no attempt.
-    ``skipped``: not worked on (not posted, or the batch paused); handed back,
-    no attempt.
+    ``throttled``: the provider's rate limit; retried after its Retry-After, no
+    attempt. ``skipped``: not worked on (not posted, the time budget ran out, or
+    the batch paused); handed back, no attempt.
     """
 
     kind: str
@@ -89,6 +92,9 @@ class BatchResult:
     seconds: float = 0.0
     # Providers that answered with vectors in this batch (as providers.label names them).
     answered: set[str] = field(default_factory=set)
+    # Set when the provider refused the batch's configuration or was unavailable: the rows
+    # not done were handed back unspent (their outcome is "skipped").
+    paused: ProcessingPaused | None = None
 
 
 # -- the acknowledgement plan (pure) -------------------------------------------------
@@ -181,6 +187,17 @@ def plan_acks(
         busy = [r.raw_pk for r in mine if r.outcome and r.outcome.kind == "busy"]
         if busy:  # a row locked by the application is no failure: this read does not count
             plan.resend.append((message.body_for(busy, attempts - 1), busy_retry))
+        throttled = [r for r in mine if r.outcome and r.outcome.kind == "throttled"]
+        if throttled:  # nor is a rate limit: wait as the provider asks, spend nothing
+            wait = retry_delay(
+                1,
+                (r.outcome.retry_after for r in throttled if r.outcome),
+                backoff=backoff,
+                backoff_max=backoff_max,
+            )
+            plan.resend.append(
+                (message.body_for([r.raw_pk for r in throttled], attempts - 1), wait)
+            )
         skipped = [r.raw_pk for r in mine if r.outcome is None or r.outcome.kind == "skipped"]
         if skipped:
             plan.resend.append((message.body_for(skipped, attempts - 1), 0))
@@ -232,6 +249,7 @@ class FanOut:
         self.todo: list[tuple[int, int]] = list(slices)
         self.vectors: list[np.ndarray | None] = [None] * len(texts)
         self.errors: dict[int, ProviderError] = {}
+        self.skipped: set[int] = set()  # never sent: the time budget ran out first
         self.config_error: ProviderError | None = None
         self.requests = 0
         self.answers = 0  # requests the provider answered with vectors
@@ -273,15 +291,14 @@ class FanOut:
         if self.answers or not self.errors or self.config_error:
             return None
         errors = list(self.errors.values())
-        if not all(e.kind == "transient" for e in errors):
+        if not all(e.kind in ("transient", "throttled") for e in errors):
             return None
         return max(errors, key=lambda e: e.retry_after or 0)
 
     def expired(self, slices: Iterable[tuple[int, int]]) -> None:
-        """The time budget ran out before these slices were sent."""
+        """The time budget ran out before these slices were sent: they are handed back unspent."""
         for lo, hi in slices:
-            for i in range(lo, hi):
-                self.errors[i] = ProviderError("time budget spent before this job was reached")
+            self.skipped.update(range(lo, hi))
 
     def _failed(self, lo: int, hi: int, exc: BaseException) -> None:
         if not isinstance(exc, ProviderError):  # a custom provider's own exception
@@ -382,11 +399,11 @@ class Processor:
     ) -> BatchResult:
         """Work on ``messages``; ``rows_for`` limits a message to some of its rows (posted jobs).
 
-        Raises:
-            ProcessingPaused: the provider refused its configuration, or every
-                request failed in passing (an outage). Every message not yet
-                acknowledged was handed back without costing an attempt, visible
-                again after ``pause_delay`` seconds (an outage: a few seconds).
+        When the provider refuses its configuration, or every request failed in
+        passing (an outage), the result says so in ``paused``: what was done stays
+        done, and every message not yet acknowledged was handed back without
+        costing an attempt, visible again after ``pause_delay`` seconds (after an
+        outage: a few seconds at most).
         """
         started = time.monotonic()
         result = BatchResult()
@@ -403,16 +420,21 @@ class Processor:
                 self._run_config(self._resolve(config), group, siblings, result, deadline)
                 acked |= mine
         except ProcessingPaused as paused:
+            result.paused = paused
             delay = (
                 pause_delay
                 if paused.kind == "config"
                 else min(pause_delay, max(OUTAGE_RELEASE_SECONDS, paused.error.retry_after or 0))
             )
+            held = [m for m in messages if id(m) not in acked]
             with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
-                queue.release(cursor, [m.msg_id for m in messages if id(m) not in acked], delay)
-            raise
+                queue.release(cursor, [m.msg_id for m in held], delay)
+            ids = {id(m) for m in held}
+            for row in rows:
+                if id(row.message) in ids:
+                    row.outcome = Outcome("skipped", f"paused: {paused}")
         unmatched = [m for m in messages if id(m) not in acked]
-        if unmatched:
+        if unmatched and result.paused is None:
             ids = {id(m) for m in unmatched}
             with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
                 plan = self._plan(unmatched, [r for r in rows if id(r.message) in ids])
@@ -501,29 +523,35 @@ class Processor:
         deadline: float | None,
     ) -> None:
         pks = list({row.pk: None for row in rows})
+        contents, broken = self._read(target, pks)
         raw = self._raw()
-        with psycopg.Cursor(raw) as cur:
-            cur.execute(target.query("read_texts"), [pks])
-            contents = dict(cur.fetchall())
         if not raw.autocommit and not connections[self.using].in_atomic_block:
             raw.commit()  # no transaction stays open across the API calls below
 
         texts = sorted({t for t in contents.values() if t})
-        vectors, errors, fanout = self._embed(target, texts, deadline)
+        vectors, errors, skipped, fanout = self._embed(target, texts, deadline)
         result.requests += fanout.requests
         if fanout.answers:
             result.answered.add(providers.label(target.config))
-        by_text = dict(zip(texts, vectors, strict=False))
+        by_text = dict(zip(texts, vectors, strict=True))
 
         writes: dict[Any, tuple[str, np.ndarray | None]] = {}
         for row in rows:
+            if row.pk in broken:
+                row.outcome = Outcome("failed", broken[row.pk])
+                continue
             if row.pk not in contents:
                 row.outcome = Outcome("done")  # row deleted: nothing to embed, no retry
                 continue
             text = contents[row.pk]
-            if text and text in errors:
+            if text and text in skipped:
+                row.outcome = Outcome(
+                    "skipped", "time budget spent before this row was sent; queued again"
+                )
+            elif text and text in errors:
                 err = errors[text]
-                row.outcome = Outcome("failed", str(err), err.retry_after)
+                kind = "throttled" if err.kind == "throttled" else "failed"
+                row.outcome = Outcome(kind, str(err), err.retry_after)
             else:
                 writes[row.pk] = (text, by_text.get(text) if text else None)
 
@@ -538,6 +566,31 @@ class Processor:
             with connections[self.using].cursor() as cursor:
                 apply_acks(cursor, plan)
             result.dead += len(plan.dead)
+
+    def _read(self, target: Resolved, pks: list[Any]) -> tuple[dict[Any, str], dict[Any, str]]:
+        """The text of each row, and why it could not be had for the rows whose content
+        function failed (one bad row must not stop its batch: it fails alone)."""
+        raw = self._raw()
+        query = target.query("read_texts")
+        try:
+            with transaction.atomic(using=self.using), psycopg.Cursor(raw) as cur:
+                cur.execute(query, [pks])
+                return dict(cur.fetchall()), {}
+        except psycopg.Error:
+            pass
+        contents: dict[Any, str] = {}
+        broken: dict[Any, str] = {}
+        for pk in pks:
+            try:
+                with transaction.atomic(using=self.using), psycopg.Cursor(raw) as cur:
+                    cur.execute(query, [[pk]])
+                    contents.update(cur.fetchall())
+            except psycopg.Error as exc:
+                broken[pk] = (
+                    f"content function {target.config.function_name} failed for this row: "
+                    f"{str(exc).strip().splitlines()[0]}"
+                )
+        return contents, broken
 
     def _plan(self, messages: list[Message], rows: list[Row]) -> AckPlan:
         return plan_acks(
@@ -555,8 +608,11 @@ class Processor:
 
     def _embed(
         self, target: Resolved, texts: list[str], deadline: float | None
-    ) -> tuple[list[Any], dict[str, ProviderError], FanOut]:
+    ) -> tuple[list[Any], dict[str, ProviderError], set[str], FanOut]:
         """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
+
+        Returns the vectors, the errors and the texts never sent (the time budget ran
+        out) by text, and the fan-out that asked the provider.
 
         A row queued twice (edited again before the worker read it), or put back
         because the application held its lock, comes back with a text embedded
@@ -571,6 +627,7 @@ class Processor:
         fanout = self._call_provider(target, [texts[i] for i in missing], deadline)
         vectors: list[Any] = [known.get(key) for key in keys]
         errors: dict[str, ProviderError] = {}
+        skipped = {texts[missing[n]] for n in fanout.skipped}
         remember = []
         for n, i in enumerate(missing):
             vectors[i] = fanout.vectors[n]
@@ -579,7 +636,7 @@ class Processor:
             elif fanout.vectors[n] is not None:
                 remember.append((keys[i], fanout.vectors[n].astype(stored)))  # type: ignore[union-attr]
         recent_vectors.put_many(remember)
-        return vectors, errors, fanout
+        return vectors, errors, skipped, fanout
 
     def _call_provider(self, target: Resolved, texts: list[str], deadline: float | None) -> FanOut:
         provider = target.provider
@@ -600,13 +657,27 @@ class Processor:
                     )
                 )
                 send(fanout, provider.embed, pool, deadline)
+        label = providers.label(target.config)
         if fanout.config_error is not None:
-            raise ProcessingPaused(fanout.config_error, provider=providers.label(target.config))
-        if fanout.unavailable is not None and not self.charge_outages:
-            raise ProcessingPaused(
-                fanout.unavailable, provider=providers.label(target.config), kind="unavailable"
-            )
+            raise ProcessingPaused(fanout.config_error, provider=label)
+        outage = fanout.unavailable
+        if outage is not None and not self.charge_outages:
+            # Every request failed. Rate limits say nothing about the rows; server errors
+            # might be about them: if the provider embeds a probe, they are to blame.
+            transient = any(e.kind == "transient" for e in fanout.errors.values())
+            if not (transient and self._probe(target)):
+                raise ProcessingPaused(outage, provider=label, kind="unavailable")
         return fanout
+
+    @staticmethod
+    def _probe(target: Resolved) -> bool:
+        """Whether the provider embeds a harmless text right now."""
+        try:
+            answer = target.provider.embed([PROBE_TEXT])
+            as_matrix(answer, 1, target.config.get_dimensions(), target.provider.name)
+        except Exception:  # any failure means: not now
+            return False
+        return True
 
     def _write(
         self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psycopg
 from django.db import models, transaction
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
@@ -84,16 +85,50 @@ def hnsw_settings(
     if ef:
         wanted["hnsw.ef_search"] = str(ef)
     connection = context["connection"]
-    if not connection.in_atomic_block:  # a transaction of its own: the local settings end with it
+    if connection.get_autocommit() and not connection.in_atomic_block:
+        # A transaction of its own: the local settings end with it (a server-side cursor
+        # made outside a transaction is WITH HOLD: its rows are read before the commit).
         with transaction.atomic(using=connection.alias):
             _set(connection, wanted)
             return execute(sql, params, many, context)
     before = _current(connection, list(wanted))
     _set(connection, wanted)
-    # On an error the settings go with the failed transaction (or savepoint) they were set in.
-    result = execute(sql, params, many, context)
-    _restore(connection, before)  # the caller's transaction goes on: give it back what it had
+    try:
+        result = execute(sql, params, many, context)
+    except Exception:
+        # A failed statement aborts the transaction, and the settings go with it; an error
+        # raised before the server saw the statement leaves the transaction going.
+        if _usable(connection):
+            _restore(connection, before)
+        raise
+    cursor = context["cursor"]
+    if isinstance(getattr(cursor, "cursor", None), psycopg.ServerCursor):
+        # A server-side cursor in a transaction: the scan runs as its rows are fetched,
+        # so the settings hold until the cursor is closed.
+        _restore_on_close(cursor, connection, before)
+    else:
+        _restore(connection, before)  # the caller's transaction goes on: give it back what it had
     return result
+
+
+def _usable(connection: Any) -> bool:
+    raw = connection.connection
+    return raw is not None and raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR
+
+
+def _restore_on_close(cursor: Any, connection: Any, before: dict[str, str | None]) -> None:
+    close = cursor.close
+
+    def close_and_restore() -> None:
+        try:
+            close()
+        finally:
+            if _usable(connection) and (
+                connection.in_atomic_block or not connection.get_autocommit()
+            ):
+                _restore(connection, before)
+
+    cursor.close = close_and_restore
 
 
 def _current(connection: Any, names: list[str]) -> dict[str, str | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
 from . import pauses, queue
@@ -51,6 +51,8 @@ class Status:
     push: PushStatus | None = None
     # Providers paused by a configuration error: {"provider", "error", "since", "last_seen"}.
     paused: list[dict[str, Any]] = field(default_factory=list)
+    # Jobs still waiting in queues used before AUTOEMBED['QUEUE'] changed, by queue name.
+    former_queues: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +110,23 @@ def _push_status(cursor: Any) -> PushStatus:
     return status
 
 
+def _former_queues(using: str) -> dict[str, int]:
+    from .sync import former_queues
+
+    try:  # autoembed.settings is the owner's; another role sees nothing here
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            out = {}
+            for name in former_queues(cursor):
+                if queue.exists(cursor, name):
+                    cursor.execute(queue.query("depth", name))
+                    count = int(cursor.fetchone()[0])
+                    if count:
+                        out[name] = count
+            return out
+    except DatabaseError:
+        return {}
+
+
 def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
     """Read the numbers from the database (QueueMissing, a LookupError, when there is no queue)."""
     name = queue.name()
@@ -122,5 +141,6 @@ def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None
         for config in configs if configs is not None else registry.on_database(using):
             status.configs.append(_config_status(cursor, config, queue.tables()["queue"]))
         status.push = _push_status(cursor)
+        status.former_queues = _former_queues(using)
     status.paused = pauses.as_dicts(pauses.current(using))
     return status

@@ -46,7 +46,8 @@ def sync(using: str = "default") -> list[str]:
 
 
 def sync_queue(using: str) -> list[str]:
-    """Point the triggers at the configured queue, moving the jobs left in the one used before."""
+    """Point the triggers at the configured queue, and move there the jobs left in queues used
+    before (workers still running the old settings may have put some back since)."""
     connection = connections[using]
     name = queue.name()
     said = []
@@ -55,29 +56,37 @@ def sync_queue(using: str) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("select autoembed.queue_name()")
         old = cursor.fetchone()[0]
-    if old == name:
-        return said
-    moved = 0
-    with transaction.atomic(using=using), connection.cursor() as cursor:
-        # Writers already past queue_name() wait here, then land in the old queue:
-        # the second sweep below, after they are done, moves theirs too.
-        if queue.exists(cursor, old):
-            cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
-        cursor.execute(
-            sql.SQL(sqlfiles.section("ops.sql", "set_queue_name"))
-            .format(sql.Literal(name))
-            .as_string(None)
-        )
-        moved += _move(cursor, old, name)
-    with transaction.atomic(using=using), connection.cursor() as cursor:
-        if queue.exists(cursor, old):
-            cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
-            moved += _move(cursor, old, name)
-    said.append(
-        f"autoembed: triggers now queue into {name!r}"
-        + (f"; moved {moved} waiting jobs from {old!r}" if moved else "")
-    )
+        former = former_queues(cursor)
+    if old != name:
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            # Writers already past queue_name() wait here, then land in the old queue:
+            # the second sweep below, after they are done, moves theirs too.
+            if queue.exists(cursor, old):
+                cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
+            cursor.execute(
+                sql.SQL(sqlfiles.section("ops.sql", "set_queue_name"))
+                .format(sql.Literal(name))
+                .as_string(None)
+            )
+            former = [q for q in [*former, old] if q != name]
+            cursor.execute(_query("set_former_queues"), [",".join(dict.fromkeys(former))])
+        said.append(f"autoembed: triggers now queue into {name!r}")
+    for each in former:
+        moved = 0
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            if queue.exists(cursor, each):
+                cursor.execute(_query("lock_queue", queue=queue.tables(each)["queue"]))
+                moved = _move(cursor, each, name)
+        if moved:
+            said.append(f"autoembed: moved {moved} waiting jobs from queue {each!r} to {name!r}")
     return said
+
+
+def former_queues(cursor: Any) -> list[str]:
+    """Queues the triggers wrote to before AUTOEMBED['QUEUE'] changed (readable by the owner)."""
+    cursor.execute(_query("former_queues"))
+    row = cursor.fetchone()
+    return [q for q in (row[0] or "").split(",") if q] if row else []
 
 
 def _move(cursor: Any, old: str, new: str) -> int:

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -88,7 +88,9 @@ def _ids(job: dict[str, Any]) -> list[Any]:
     return list(job["ids"]) if "ids" in job else [job["id"]]
 
 
+# Row locks and provider calls must not share a request's transaction (ATOMIC_REQUESTS).
 @csrf_exempt
+@transaction.non_atomic_requests
 def embed(request: HttpRequest) -> JsonResponse:
     token = conf.get("ENDPOINT_TOKEN")
     if not token:
@@ -122,12 +124,11 @@ def embed(request: HttpRequest) -> JsonResponse:
     errors: dict[int, str] = {}  # jobId -> why the job failed
     paused: ProcessingPaused | None = None
     for using, mine in _by_database(jobs).items():
-        try:
-            errors.update(_process(using, mine, deadline))
-        except ProcessingPaused as exc:
-            paused = paused or exc
-            record_pause(using, exc, retry_in=PAUSE_RELEASE_SECONDS)
-            errors.update({job["jobId"]: f"paused: {exc}" for job in mine})
+        refused, pause = _process(using, mine, deadline)
+        errors.update(refused)
+        if pause is not None:
+            paused = paused or pause
+            record_pause(using, pause, retry_in=PAUSE_RELEASE_SECONDS)
 
     completed = [job for job in jobs if job["jobId"] not in errors]
     failed = [{**job, "error": errors[job["jobId"]]} for job in jobs if job["jobId"] in errors]
@@ -157,8 +158,11 @@ def _by_database(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[int, str]:
-    """Embed the rows ``jobs`` name on one database; returns the failed jobs' errors by jobId.
+def _process(
+    using: str, jobs: list[dict[str, Any]], deadline: float
+) -> tuple[dict[int, str], ProcessingPaused | None]:
+    """Embed the rows ``jobs`` name on one database: the failed jobs' errors by jobId, and
+    the pause if the provider refused the batch.
 
     A posted job acknowledges only the rows it names in its own message: a
     message's other rows go back to the queue, and a job naming rows its
@@ -175,9 +179,8 @@ def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[in
             job["schema"], job["table"], job["contentFunction"], job["embeddingColumn"]
         )
         message = stored.get(job_id)
-        if (
-            message is None
-        ):  # already done elsewhere, or never queued: embed what was posted, as the guide does
+        # Already done elsewhere, or never queued: embed what was posted, as the guide does.
+        if message is None:
             message = queue.Message.new(target, ids, msg_id=job_id, read_ct=1)
         elif message.target != target or not all(message.names(i) for i in ids):
             errors[job_id] = (
@@ -187,7 +190,7 @@ def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[in
         posted[job_id] = ids
         messages.append(message)
     if not messages:
-        return errors
+        return errors, None
     result = Processor(using=using).process(
         messages,
         deadline=deadline,
@@ -198,4 +201,4 @@ def _process(using: str, jobs: list[dict[str, Any]], deadline: float) -> dict[in
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")
-    return errors
+    return errors, result.paused

@@ -308,6 +308,9 @@ class _Lane:
         if result.answered:
             self.worker.resume()
             answered(self.o.using, result.answered)
+        if result.paused is not None:
+            self.worker._done(len(result.completed))
+            raise result.paused
         rows = len(result.completed) + len(result.failed)
         logger.info(
             "Batch: %d messages, %d rows done, %d failed, %d busy, %d dead, %d requests, %.2f s",

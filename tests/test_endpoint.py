@@ -329,3 +329,48 @@ def test_a_misconfigured_provider_answers_503_and_spends_nothing(post, api, sett
     with connection.cursor() as cursor:
         cursor.execute("select read_ct from pgmq.q_embedding_jobs where msg_id = %s", [msg_id])
         assert cursor.fetchone()[0] == 0  # the read pg_cron made is not counted
+
+
+def test_rows_the_time_budget_left_unsent_go_back_unspent(post, api, settings):
+    from django_autoembed.failures import EmbeddingFailure
+
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "MAX_ATTEMPTS": 1,
+        "BATCH_SIZE": 1,
+        "MAX_REQUESTS": 1,
+        "ENDPOINT_TIME_BUDGET": 0.5,
+    }
+    api.latency = 0.4
+    docs = Document.objects.bulk_create([Document(title=f"slow {i}") for i in range(6)])
+    msg_id, body = packed_message()
+    response = post([{**body, "jobId": msg_id}])
+    assert response.status_code == 200
+    [failed] = response.json()["failedJobs"]
+    assert "time budget" in failed["error"]
+    assert not EmbeddingFailure.objects.exists()  # never sent: nothing spent, nothing given up
+    [left] = queue_messages()
+    assert 0 < len(left["ids"]) < 6 and "attempts" not in left
+    done = Document.objects.filter(embedding__isnull=False).count()
+    assert done + len(left["ids"]) == len(docs)
+
+
+def test_a_pause_midway_reports_what_was_done_and_hands_back_the_rest(post, api):
+    from tests.testapp.models import Article
+
+    doc = Document.objects.create(title="done before the pause")
+    purge_queue()
+    Document.objects.filter(pk=doc.pk).update(title="done first")
+    article = Article.objects.create(title="after the pause", body="b")
+    jobs = read_jobs()
+    document_jobs = [j for j in jobs if j["table"] == "testapp_document"]
+    api.fail_next(1, status=200)  # the first request gets through
+    api.fail_next(10, status=401)  # then the key is refused
+    response = post(document_jobs + [j for j in jobs if j["table"] == "testapp_article"])
+    assert response.status_code == 503
+    body = response.json()
+    assert body["completedJobs"] == document_jobs
+    assert body["failedJobs"] and all("paused" in f["error"] for f in body["failedJobs"])
+    assert_fake_vector(Document, doc.pk, "done first")
+    left = {m["table"] for m in queue_messages()}
+    assert left == {"testapp_article"} and article.pk

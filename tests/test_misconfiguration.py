@@ -130,3 +130,27 @@ def test_an_outage_spends_no_attempts_and_the_worker_carries_on_after_it(api, se
         assert_fake_vector(Document, doc.pk, doc.title)
     assert not EmbeddingFailure.objects.exists() and archived_count() == 0
     assert collect().paused == []
+
+
+def test_a_row_the_provider_always_chokes_on_is_not_mistaken_for_an_outage(api, settings):
+    """Alone in its batch, every request fails with a 500; a probe shows the provider is up."""
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 2}
+    api.poison, api.poison_status = {"CHOKE"}, 500
+    doc = Document.objects.create(title="CHOKE on this")
+    for _ in range(2):
+        worker = Worker(default_options(once=True))
+        assert worker.run() == 0, worker.exit_reason  # no pause: the probe got an answer
+    failure = EmbeddingFailure.objects.get()
+    assert failure.object_pk == str(doc.pk) and failure.attempts == 2 and "500" in failure.error
+    assert collect().paused == []
+
+
+def test_rate_limits_spend_no_attempts(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1, "BATCH_SIZE": 1}
+    docs = Document.objects.bulk_create([Document(title=f"limited {i}") for i in range(4)])
+    api.fail_next(2, status=429, retry_after=0)  # two of the four requests, others get through
+    for _ in range(3):
+        drain()
+    assert not EmbeddingFailure.objects.exists()
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)

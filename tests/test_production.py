@@ -23,6 +23,7 @@ from tests.conftest import (
     archived_count,
     assert_fake_vector,
     drain,
+    purge_queue,
     queue_messages,
     queued_ids,
     server_connection,
@@ -237,7 +238,7 @@ def test_renaming_the_queue_moves_the_waiting_jobs(api, settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "renamed_jobs"}
     try:
         said = sync()
-        assert any("moved 2 waiting jobs from 'embedding_jobs'" in line for line in said), said
+        assert any("moved 2 waiting jobs from queue 'embedding_jobs'" in s for s in said), said
         assert queue_messages() == [] and len(queue_messages("renamed_jobs")) == 2
         late = Document.objects.create(title="after the rename")
         assert queued_ids("renamed_jobs")[-1] == late.pk
@@ -254,6 +255,7 @@ def test_renaming_the_queue_moves_the_waiting_jobs(api, settings):
         sync()
         with connection.cursor() as cursor:
             cursor.execute("select pgmq.drop_queue('renamed_jobs')")
+            cursor.execute("delete from autoembed.settings where key = 'former_queues'")
     assert Document.objects.create(title="back").pk == queued_ids()[-1]
 
 
@@ -285,11 +287,71 @@ def test_a_function_named_concat_ws_earlier_on_the_search_path_changes_nothing(a
             cursor.execute("drop schema shadow cascade")
 
 
-def test_a_users_content_function_may_call_a_helper_of_its_schema(api):
+def test_a_users_content_function_that_names_its_search_path_may_call_helpers(api):
     memo = Memo.objects.create(body="hello")
     Memo.objects.filter(pk=memo.pk).update(body="changed")  # runs the update trigger's comparison
     drain()
     assert_fake_vector(Memo, memo.pk, "CHANGED!")
+
+
+def test_a_users_content_function_without_a_search_path_is_refused_by_the_checks():
+    from django.core.checks import run_checks
+
+    def errors():
+        return [m for m in run_checks(databases=["default"]) if m.id == "autoembed.E109"]
+
+    assert errors() == []
+    with connection.cursor() as cursor:
+        cursor.execute("alter function memo_text(testapp_memo) reset search_path")
+    try:
+        [error] = errors()
+        assert "memo_text" in error.msg and "SET search_path" in error.hint
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "alter function memo_text(testapp_memo) set search_path = public, pg_catalog"
+            )
+
+
+def test_a_writer_cannot_borrow_the_owners_rights_through_the_triggers(app_role):
+    """A role that may create functions in public overloads a built-in the triggers call."""
+    with connection.cursor() as cursor:
+        cursor.execute("create table if not exists trojan_log (who text)")
+        cursor.execute(f"grant insert on trojan_log to {ROLE}")
+        cursor.execute(f"grant create on schema public to {ROLE}")
+    try:
+        with as_role() as conn:
+            conn.execute(
+                "create function public.to_jsonb(bigint) returns jsonb language plpgsql as $$ "
+                "begin insert into trojan_log values (current_user); return "
+                "pg_catalog.to_jsonb($1::text); end $$"
+            )
+            conn.execute("insert into testapp_document (title, content, views) values ('t', '', 0)")
+            conn.execute("update testapp_document set title = title || '!'")
+        with connection.cursor() as cursor:
+            cursor.execute("select count(*) from trojan_log")
+            assert cursor.fetchone()[0] == 0  # the overload never ran, as anyone
+            cursor.execute("select rolsuper from pg_roles where rolname = %s", [ROLE])
+            assert cursor.fetchone()[0] is False
+        assert len(queued_ids()) == 2
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("drop function if exists public.to_jsonb(bigint)")
+            cursor.execute("drop table trojan_log")
+            cursor.execute(f"revoke create on schema public from {ROLE}")
+
+
+def test_only_tables_with_our_triggers_can_be_queued(app_role):
+    import psycopg
+
+    with (
+        as_role() as conn,
+        pytest.raises(psycopg.errors.RaiseException, match="no embedding declared"),
+    ):
+        conn.execute(
+            "select autoembed.queue_ids(array['1'::jsonb], 'public', 'django_migrations', 'f', 'c')"
+        )
+    assert queue_messages() == []
 
 
 # -- rows kept locked --------------------------------------------------------------------------
@@ -374,3 +436,80 @@ def test_a_model_on_another_database_works_end_to_end(api, settings, live_server
     assert [
         m.id for m in run_checks(databases=["default", "other"]) if m.id.startswith("autoembed")
     ] == []
+
+
+def test_a_content_function_that_fails_for_one_row_fails_that_row_alone(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "create or replace function shout(t text) returns text language plpgsql immutable as "
+            "$$ "
+            "begin if t = 'boom' then raise exception 'cannot shout that'; end if; "
+            "return upper(t) || '!'; end $$"
+        )
+    try:
+        bad = Memo.objects.create(body="boom")
+        good = Memo.objects.create(body="fine")
+        doc = Document.objects.create(title="unrelated")
+        worker = drain()
+        assert worker.exit_reason is None
+        assert_fake_vector(Memo, good.pk, "FINE!")
+        assert_fake_vector(Document, doc.pk, "unrelated")
+        failure = EmbeddingFailure.objects.get(object_pk=str(bad.pk))
+        assert "content function memo_text failed for this row" in failure.error
+        assert "cannot shout that" in failure.error
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "create or replace function shout(t text) returns text language sql immutable as "
+                "$$ select upper(t) || '!' $$"
+            )
+
+
+def test_jobs_left_in_the_old_queue_after_a_rename_are_moved_by_the_next_sync(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "renamed_jobs"}
+    try:
+        sync()
+        # an old worker, still on the old settings, puts a job back into the old queue
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select pgmq.send('embedding_jobs', %s::jsonb)",
+                [
+                    json.dumps(
+                        {
+                            "id": 1,
+                            "schema": "public",
+                            "table": "testapp_document",
+                            "contentFunction": "testapp_document_embedding_input",
+                            "embeddingColumn": "embedding",
+                        }
+                    )
+                ],
+            )
+        assert collect().former_queues == {"embedding_jobs": 1}
+        said = sync()
+        assert any("moved 1 waiting jobs from queue 'embedding_jobs'" in line for line in said)
+        assert queue_messages() == [] and len(queue_messages("renamed_jobs")) == 1
+        assert collect().former_queues == {}
+    finally:
+        settings.AUTOEMBED = {**settings.AUTOEMBED, "QUEUE": "embedding_jobs"}
+        sync()
+        purge_queue()
+        with connection.cursor() as cursor:
+            cursor.execute("select pgmq.drop_queue('renamed_jobs')")
+            cursor.execute("delete from autoembed.settings where key = 'former_queues'")
+
+
+def test_a_pause_another_process_records_is_cleared_by_the_next_success_here(api, monkeypatch):
+    from django_autoembed import pauses, providers
+    from django_autoembed.config import registry
+
+    monkeypatch.setattr(pauses, "CLEAR_EVERY", 0.0)  # no waiting out the interval in a test
+    label = providers.label(registry.get("testapp.Document.embedding"))
+    Document.objects.create(title="first")
+    drain()  # this process saw the provider answer
+    pauses.ProviderPause.objects.create(provider=label, error="misconfigured: seen elsewhere")
+    assert collect().paused
+    Document.objects.create(title="second")
+    drain()
+    assert collect().paused == []

@@ -251,6 +251,31 @@ def test_every_way_of_evaluating_a_filtered_search_gives_the_same_rows(loaded, i
                 cursor.execute("reset enable_seqscan")
 
 
+def test_another_querysets_iterator_over_a_search_subquery_in_a_transaction(loaded):
+    """The outer query reads through a server-side cursor: the settings hold until it closes."""
+    search = Document.objects.filter(views=7).nearest(loaded, ef_search=20)[:10]
+    outer = Document.objects.filter(pk__in=search.values("pk")).order_by("pk")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("set local enable_seqscan = off")
+        before = hnsw_settings_now()
+        expected = [d.pk for d in outer]
+        assert len(expected) == 10
+        assert [d.pk for d in outer.iterator(chunk_size=3)] == expected
+        assert hnsw_settings_now() == before
+
+
+def test_an_error_before_the_server_sees_a_search_leaves_no_settings_behind(loaded):
+    from django.db import DataError
+
+    with transaction.atomic():
+        before = hnsw_settings_now()
+        with pytest.raises((DataError, ValueError)):
+            list(Document.objects.filter(title="bad\x00input").nearest(loaded, ef_search=999)[:3])
+        assert hnsw_settings_now() == before
+        assert Document.objects.filter(views=7).count() == 30  # the transaction goes on
+
+
 def test_a_search_in_a_prefetch_ranks_each_parents_rows(api):
     shelves = [Shelf.objects.create(name=f"shelf {n}") for n in range(2)]
     for shelf in shelves:

@@ -4,11 +4,9 @@ from django_autoembed import sql
 
 BACKWARD = """
 alter function autoembed.queue_name() immutable;
-alter function autoembed.queue_ids(jsonb[], text, text, text, text) security invoker;
-alter function autoembed.queue_inserted() security invoker;
-grant execute on function autoembed.queue_name(),
-    autoembed.queue_ids(jsonb[], text, text, text, text),
-    autoembed.queue_inserted(), autoembed.queue_updated(), autoembed.clear_column(),
+revoke usage on schema autoembed from public;
+grant execute on function autoembed.queue_name(), autoembed.queue_inserted(),
+    autoembed.queue_updated(), autoembed.clear_column(),
     autoembed.process_embeddings(int, int, int) to public;
 """
 
@@ -19,6 +17,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.RunSQL(
             sql.load("0004_least_privilege.sql"),
-            BACKWARD + sql.section("0001_functions.sql", "queue_updated") + ";",
+            BACKWARD + sql.section("0001_functions.sql", "queue_ids") + ";",
         ),
     ]

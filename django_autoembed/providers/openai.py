@@ -57,7 +57,9 @@ class OpenAIProvider(Provider):
             payload = json.loads(self.client.post("/embeddings", body=body, cast_to=bytes))
         except openai_sdk.RateLimitError as exc:
             raise ProviderError(
-                f"openai: rate limited ({exc.status_code}).", retry_after=_retry_after(exc)
+                f"openai: rate limited ({exc.status_code}).",
+                kind="throttled",
+                retry_after=_retry_after(exc),
             ) from exc
         except openai_sdk.APITimeoutError as exc:
             raise ProviderError(
@@ -100,7 +102,9 @@ def _kind(exc: openai_sdk.APIStatusError) -> str:
             exc.body.get("param") if isinstance(exc.body, dict) else None
         )
         return "config" if param in CONFIG_PARAMS else "input"
-    return "transient"  # 408, 409, 429, 5xx: the next try may work
+    if status == 429:
+        return "throttled"
+    return "transient"  # 408, 409, 5xx: the next try may work
 
 
 def _explain(exc: openai_sdk.APIStatusError, model: str) -> str:

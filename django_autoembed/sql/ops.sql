@@ -91,3 +91,15 @@ select pg_has_role(current_user, relowner, 'USAGE') from pg_class where oid = to
 
 -- drop_index -- take an index down without blocking writes (outside a transaction block)
 drop index concurrently if exists {index}
+
+-- function_search_path -- whether a function sets its own search_path (NULL: no such function)
+select exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%%')
+  from pg_proc p
+ where p.oid = to_regprocedure(%s)
+
+-- former_queues -- the queues the triggers wrote to before, comma-separated
+select value from autoembed.settings where key = 'former_queues'
+
+-- set_former_queues -- remember the queues the triggers wrote to before
+insert into autoembed.settings (key, value) values ('former_queues', %s)
+on conflict (key) do update set value = excluded.value

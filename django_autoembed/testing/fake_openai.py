@@ -90,7 +90,8 @@ class FakeEmbeddingsServer:
         self.failure_statuses: tuple[int, ...] = (500, 429)
         self.retry_after: float | None = None
         self.hang_seconds = 0.0
-        self.poison: set[str] = set()  # inputs containing these substrings get a 400
+        self.poison: set[str] = set()  # inputs containing these substrings are refused
+        self.poison_status = 400  # with this status (a 500: a server that chokes on them)
         self.dimensions_override: int | None = None
         # Keys the fake accepts (None: any non-empty key), and whether unknown models are refused.
         self.valid_keys: set[str] | None = None
@@ -137,6 +138,7 @@ class FakeEmbeddingsServer:
             self.retry_after = None
             self.hang_seconds = 0.0
             self.poison = set()
+            self.poison_status = 400
             self.dimensions_override = None
             self.valid_keys = None
             self.strict_models = False
@@ -293,7 +295,8 @@ class FakeEmbeddingsServer:
                     with fake._lock:
                         fake.failures += 1
                     return self._send(
-                        400, {"error": {"message": "input rejected (poison or empty)"}}
+                        fake.poison_status,
+                        {"error": {"message": "input rejected (poison or empty)"}},
                     )
                 with fake._lock:
                     fake.inputs += len(texts)

@@ -50,6 +50,14 @@ def test_mixed_outcomes_split_the_message_and_carry_the_attempts():
     assert ({"id": 4, "attempts": 1, **TARGET}, 0) in result.resend  # not worked on
 
 
+def test_a_rate_limited_row_waits_as_asked_and_spends_nothing():
+    message = Message(1, 3, {"ids": [1, 2], **TARGET})
+    outcomes = (Outcome("throttled", "429", retry_after=12), Outcome("done"))
+    result = plan([message], rows(message, *outcomes), max_attempts=3)
+    assert result.delete == [1] and not result.dead and not result.archive
+    assert result.resend == [({"id": 1, "attempts": 2, **TARGET}, 12)]
+
+
 def test_the_last_attempt_archives_and_dead_letters_each_failed_row():
     message = Message(1, 3, {"ids": [1, 2], **TARGET})
     result = plan([message], rows(message, Outcome("failed", "400 bad"), Outcome("done")))

@@ -99,7 +99,15 @@ def test_a_custom_providers_own_exception_is_a_passing_failure():
     assert f.errors[0].kind == "transient" and "boom" in str(f.errors[0])
 
 
-def test_expired_slices_fail_with_a_clear_error():
+def test_slices_the_time_budget_left_unsent_are_handed_back_not_failed():
     f = fanout(["a", "b"])
     f.expired(f.take())
-    assert "time budget" in str(f.errors[0])
+    assert f.skipped == {0, 1} and not f.errors and f.unavailable is None
+
+
+def test_rate_limits_alone_are_an_outage_too():
+    f = fanout(["a", "b"], per_request=1)
+    answer_all(
+        f, lambda batch: _raise_or_return(ProviderError("429", kind="throttled", retry_after=3))
+    )
+    assert f.unavailable is not None and f.unavailable.kind == "throttled"

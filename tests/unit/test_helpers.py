@@ -108,7 +108,7 @@ def status_error(status: int, body: dict) -> openai.APIStatusError:
         (400, None, "input"),
         (413, None, "input"),
         (422, None, "input"),
-        (429, None, "transient"),
+        (429, None, "throttled"),
         (500, None, "transient"),
         (503, None, "transient"),
         (408, None, "transient"),

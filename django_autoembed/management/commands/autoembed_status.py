@@ -124,6 +124,11 @@ class Command(BaseCommand):
                 else "not run yet"
             )
             self.stdout.write(f"push path: active every {push.schedule}, {last}")
+        for name, count in status.former_queues.items():
+            self.stdout.write(
+                f"queue {name!r}, used before the queue was renamed, still holds {count} jobs: run "
+                "`manage.py autoembed_sync` once no worker runs the old settings"
+            )
         for pause in status.paused:
             self.stdout.write(
                 f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})"

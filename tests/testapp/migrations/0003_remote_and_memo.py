@@ -26,11 +26,12 @@ class Migration(migrations.Migration):
             },
         ),
         # Memo's content function, written by hand as in the Supabase guide; it calls a
-        # helper of its own schema without qualifying it.
+        # helper of its own schema without qualifying it, so it names its search path.
         migrations.RunSQL(
             """
             create function shout(t text) returns text language sql immutable as $$ select upper(t) || '!' $$;
-            create function memo_text(r testapp_memo) returns text language sql stable as $$ select shout(r.body) $$;
+            create function memo_text(r testapp_memo) returns text language sql stable
+                set search_path = public, pg_catalog as $$ select shout(r.body) $$;
             """,
             "drop function memo_text(testapp_memo) cascade; drop function shout(text);",
         ),
