@@ -25,7 +25,13 @@ AUTOEMBED = {
     "API_KEY": "bench-key",
     "BASE_URL": env("AUTOEMBED_BENCH_BASE_URL", default="http://127.0.0.1:9/v1"),
     "PROVIDER_RETRIES": 0,
+    # The push-path bench (bench.push) serves the endpoint behind gunicorn.
+    "ENDPOINT_TOKEN": env("AUTOEMBED_BENCH_TOKEN", default=None),
+    "ENDPOINT_URL": env("AUTOEMBED_BENCH_ENDPOINT", default=None),
+    "ENDPOINT_TIME_BUDGET": env.float("AUTOEMBED_BENCH_TIME_BUDGET", default=25.0),
 }
+ROOT_URLCONF = "bench.urls"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -43,7 +43,31 @@ class EmbeddingFilter(admin.SimpleListFilter):
         chosen = [c for c in configs if self.config in (None, c.config_name, c.column)]
         if not chosen:
             raise UnknownConfig(f"{queryset.model._meta.label} has no embedding {self.config!r}.")
-        return queryset.filter(**{f"{chosen[0].column}__isnull": self.value() == "missing"})
+        config = chosen[0]
+        if config.chunked:  # present: the row has its chunks
+            lookup = f"{config.config_name}_chunks__isnull"
+            return queryset.filter(**{lookup: self.value() == "missing"}).distinct()
+        return queryset.filter(**{f"{config.column}__isnull": self.value() == "missing"})
+
+
+def chunk_count(config: str | None = None) -> Any:
+    """A ``list_display`` column with how many chunks a row's text is stored in.
+
+    ``list_display = ["title", chunk_count()]`` on the admin of a model with a config
+    declared with ``chunk_tokens``; name the config when the model has several.
+    """
+
+    @admin.display(description="chunks")
+    def chunks(obj: Any) -> int:
+        configs = [c for c in registry.for_model(type(obj)) if c.chunked]
+        chosen = [c for c in configs if config in (None, c.config_name)]
+        if not chosen:
+            raise UnknownConfig(
+                f"{type(obj)._meta.label} stores no embedding {config!r} in chunks."
+            )
+        return int(getattr(obj, f"{chosen[0].config_name}_chunks").count())
+
+    return chunks
 
 
 @admin.register(EmbeddingFailure)

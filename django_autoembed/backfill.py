@@ -30,8 +30,15 @@ def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
             "fn": sql.Identifier(schema, config.function_name),
             "pktype": sql.SQL(config.model_class._meta.pk.rel_db_type(connection)),
         }
+        if config.chunked:
+            unembedded = sql.SQL(
+                "not exists (select from {chunks} c where c.parent_id = t.{pk})"
+            ).format(chunks=sql.Identifier(schema, config.chunk_table), pk=names["pk"])
+        else:
+            unembedded = sql.SQL("t.{col} is null").format(col=names["col"])
+        names["unembedded"] = unembedded
         page = sql.SQL(sqlfiles.section("processing.sql", "backfill_page"))
-        target = [schema, config.table, config.function_name, config.column]
+        target = [schema, config.table, config.function_name, config.queue_column]
         total = 0
         last: str | None = None
         while True:

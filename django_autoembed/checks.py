@@ -59,8 +59,11 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
                     id="autoembed.E003",
                 )
             )
-        column = local.get(config.column) or next(
-            (f for f in meta.local_fields if f.column == config.column), None
+        column = (
+            None
+            if config.chunked
+            else local.get(config.column)
+            or next((f for f in meta.local_fields if f.column == config.column), None)
         )
         if column is not None and not isinstance(column, (HalfVectorField, VectorField)):
             errors.append(
@@ -101,7 +104,41 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
                     id="autoembed.E006",
                 )
             )
-        key = (meta.db_table, config.column)
+        if config.chunked and config.clear_on_update:
+            errors.append(
+                checks.Error(
+                    f"{config.label} stores its vectors in chunks, so there is no vector on the "
+                    "row "
+                    "to clear on update.",
+                    hint="Drop clear_on_update=True: a row's old chunks are replaced when its new "
+                    "text is embedded.",
+                    obj=model,
+                    id="autoembed.E009",
+                )
+            )
+        if config.too_long not in ("truncate", "fail"):
+            errors.append(
+                checks.Error(
+                    f"{config.label}: too_long={config.too_long!r} is neither 'truncate' nor "
+                    "'fail'.",
+                    hint="Choose too_long='truncate' (cut at the model's limit, logged) or 'fail' "
+                    "(dead-lettered at once), or store long texts in chunks with chunk_tokens=.",
+                    obj=model,
+                    id="autoembed.E010",
+                )
+            )
+        if config.chunked and not 0 <= config.chunk_overlap < int(config.chunk_tokens or 0):
+            errors.append(
+                checks.Error(
+                    f"{config.label}: chunk_tokens={config.chunk_tokens} and "
+                    f"chunk_overlap={config.chunk_overlap} cannot make chunks.",
+                    hint="Give chunk_tokens a positive size and chunk_overlap a smaller one "
+                    "(at most half of it is used).",
+                    obj=model,
+                    id="autoembed.E011",
+                )
+            )
+        key = (meta.db_table, config.queue_column)
         if key in columns:
             errors.append(
                 checks.Error(
@@ -157,6 +194,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 hint="Set OPENAI_API_KEY or AUTOEMBED['API_KEY'], or set AUTOEMBED['PROVIDER'] to "
                 "'local'.",
                 id="autoembed.W002",
+            )
+        )
+    budget, timeout = float(conf.get("ENDPOINT_TIME_BUDGET")), float(conf.get("PUSH_TIMEOUT"))
+    if conf.get("ENDPOINT_TOKEN") and budget >= timeout:
+        out.append(
+            checks.Warning(
+                f"AUTOEMBED['ENDPOINT_TIME_BUDGET'] ({budget:g} s) is not below PUSH_TIMEOUT "
+                f"({timeout:g} s): pg_net gives up on a POST before the endpoint answers it, and "
+                "its jobs are posted again while still being embedded.",
+                hint="Keep ENDPOINT_TIME_BUDGET a few seconds below PUSH_TIMEOUT.",
+                id="autoembed.W004",
             )
         )
     return out

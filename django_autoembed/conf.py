@@ -29,11 +29,19 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF": 5,
     "RETRY_BACKOFF_MAX": 600,
     # Push path: pg_cron schedule (None: no job), endpoint URL and bearer token.
-    "SCHEDULE": "10 seconds",
+    "SCHEDULE": "1 seconds",
     "ENDPOINT_URL": None,
     "ENDPOINT_TOKEN": None,
     "ENDPOINT_MAX_BODY": 1_048_576,
     "ENDPOINT_TIME_BUDGET": 25.0,
+    # What one pg_cron tick posts: rows per POST, POSTs a tick, how long pg_net waits for the
+    # endpoint (keep ENDPOINT_TIME_BUDGET below it), whether packed jobs are split one row a
+    # job (the guide's shape), and how long pg_net's answers to our POSTs are kept.
+    "PUSH_ROWS_PER_POST": 500,
+    "PUSH_MAX_POSTS": 4,
+    "PUSH_TIMEOUT": 30.0,
+    "PUSH_SPLIT_PACKED": False,
+    "PUSH_KEEP_RESPONSES": "10 minutes",
     # Query embeddings kept in memory for semantic_search.
     "QUERY_CACHE_SIZE": 256,
     # Vectors of texts embedded lately, kept per process (0: off): a row queued

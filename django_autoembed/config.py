@@ -48,6 +48,14 @@ class EmbeddingConfig:
         name: how this config is named in commands and ``semantic_search(config=)``;
             defaults to ``column``.
         index: add an HNSW cosine index on the column (when the column is added for you).
+        too_long: what happens to a text over the model's per-input token limit:
+            ``"truncate"`` (the default: cut exactly at the limit, logged with the row and
+            both counts) or ``"fail"`` (dead-lettered at once, with the limit and the fix).
+        chunk_tokens: store one vector per chunk of at most this many tokens, in a child
+            table ``makemigrations`` creates, instead of one vector per row.
+        chunk_overlap: tokens a chunk repeats from the end of the one before (default 64).
+        splitter: dotted path to ``fn(text, size, overlap, count) -> list[str]`` to split
+            texts into chunks your way (``count`` counts a text's tokens).
     """
 
     fields: Sequence[str] = ()  # stored as a tuple
@@ -60,8 +68,13 @@ class EmbeddingConfig:
     clear_on_update: bool = False
     name: str | None = None
     index: bool = True
-    # Set when bound to a model class.
+    too_long: str = "truncate"
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 64
+    splitter: str | None = None
+    # Set when bound to a model class (and, for chunks, the child model made for them).
     model_class: Any = field(default=None, compare=False, repr=False)
+    chunk_model: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields or ()))
@@ -87,7 +100,30 @@ class EmbeddingConfig:
 
     @property
     def function_name(self) -> str:
-        return self.content_function or short_name(self.table, self.column, "input")
+        if self.content_function:
+            return self.content_function
+        if self.chunked:
+            return short_name(self.table, self.config_name, "chunks", "input")
+        return short_name(self.table, self.column, "input")
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunk_tokens is not None
+
+    @property
+    def chunk_table(self) -> str:
+        """The child table of a chunked config (its vectors live there)."""
+        return short_name(self.table, self.config_name, "chunks")
+
+    @property
+    def queue_column(self) -> str:
+        """What the triggers' messages name as the embedding column (``embeddingColumn``)."""
+        return f"{self.chunk_table}.{self.column}" if self.chunked else self.column
+
+    @property
+    def vector_model(self) -> Any:
+        """The model whose table holds the vectors: the chunk model, or the model itself."""
+        return self.chunk_model if self.chunked else self.model_class
 
     @property
     def generates_function(self) -> bool:
@@ -140,7 +176,11 @@ class Registry:
 
     def match(self, table: str, function: str, column: str) -> EmbeddingConfig | None:
         for config in self.all():
-            if (config.table, config.function_name, config.column) == (table, function, column):
+            if (config.table, config.function_name, config.queue_column) == (
+                table,
+                function,
+                column,
+            ):
                 return config
         return None
 

@@ -64,12 +64,13 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
                 id="autoembed.E104",
             )
         ]
-    cursor.execute(_query("column_type"), [table, config.column])
+    vectors = config.vector_model._meta.db_table  # the chunk table, for a config in chunks
+    cursor.execute(_query("column_type"), [sql.Identifier(vectors).as_string(None), config.column])
     column = cursor.fetchone()
     if column is None:
         out.append(
             checks.Error(
-                f"{config.label}: column {config.table}.{config.column} is missing.",
+                f"{config.label}: column {vectors}.{config.column} is missing.",
                 hint=MIGRATE_HINT,
                 obj=model,
                 id="autoembed.E107",
@@ -79,7 +80,7 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
         shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
         out.append(
             checks.Error(
-                f"{config.label}: column {config.table}.{config.column} is {shown}, but the "
+                f"{config.label}: column {vectors}.{config.column} is {shown}, but the "
                 "declaration "
                 f"embeds {config.get_dimensions()} dimensions.",
                 hint="Create the migration for the change (`makemigrations`) and apply it; to "

@@ -92,6 +92,12 @@ def needed(using: str = "default") -> list[Privilege]:
     for config in registry.on_database(using):
         table = _ident(config.table)
         out.append(Privilege("table", table, ("SELECT", "UPDATE")))
+        if config.chunked:
+            out.append(
+                Privilege(
+                    "table", _ident(config.chunk_table), ("SELECT", "INSERT", "UPDATE", "DELETE")
+                )
+            )
         out.append(Privilege("function", f"{_ident(config.function_name)}({table})", ("EXECUTE",)))
     unique: dict[tuple[str, str], Privilege] = {}
     for privilege in out:

@@ -77,8 +77,8 @@ def drained_below(minimum: int | None) -> int:
 
 
 def managed_index(config: EmbeddingConfig) -> HnswIndex | None:
-    """The HNSW index (this app's class) over the config's column, if the model has one."""
-    for index in config.model_class._meta.indexes:
+    """The HNSW index (this app's class) over the config's vectors, if their model has one."""
+    for index in config.vector_model._meta.indexes:
         if isinstance(index, HnswIndex) and list(index.fields) == [config.column]:
             return index
     return None
@@ -93,10 +93,16 @@ class Snapshot:
 
 
 class Indexing:
-    """One worker's view of index deferral; its lanes share it."""
+    """One process's view of index deferral on one database; a worker's lanes share it.
 
-    def __init__(self, using: str) -> None:
+    ``background`` builds in a thread of its own (the endpoint: a build takes longer
+    than pg_net waits for an answer); otherwise the caller builds.
+    """
+
+    def __init__(self, using: str, *, background: bool = False) -> None:
         self.using = using
+        self.background = background
+        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._deferred: tuple[set[str], float] | None = None
@@ -144,15 +150,45 @@ class Indexing:
         backlog = self.backlog()
         for config in deferred:
             if backlog.get(config.label, 0) <= drained_below(minimum):
-                self.build(config)
+                self._build_now_or_behind(config)
         if not minimum:
             return
         skip = {c.label for c in deferred}
         for config in registry.on_database(self.using):
             if config.label not in labels or config.label in skip or managed_index(config) is None:
                 continue
-            if should_defer(backlog.get(config.label, 0), self._indexed(config), minimum=minimum):
+            queued = int(backlog.get(config.label, 0) * self._vectors_per_row(config))
+            if should_defer(queued, self._indexed(config), minimum=minimum):
                 self.defer(config)
+
+    def _build_now_or_behind(self, config: EmbeddingConfig) -> None:
+        if not self.background:
+            self.build(config)
+            return
+        with self._lock:
+            running = self._threads.get(config.label)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(
+                target=self._build_quietly,
+                args=(config,),
+                name=f"autoembed-index-{config.label}",
+                daemon=True,
+            )
+            self._threads[config.label] = thread
+        thread.start()
+
+    def _build_quietly(self, config: EmbeddingConfig) -> None:
+        try:
+            self.build(config)
+        except (DatabaseError, psycopg.Error) as exc:
+            logger.warning(
+                "Could not build the HNSW index of %s (%s); the next tick tries again.",
+                config.label,
+                exc,
+            )
+        finally:
+            connections[self.using].close()  # this thread's own Django connection
 
     def finish(self) -> None:
         """The queue is drained (``--once``): build every deferred index now."""
@@ -190,7 +226,10 @@ class Indexing:
             if not self._may_change(config):
                 return False
             IndexState.objects.using(self.using).create(
-                config=config.label, index=index.name, table=config.table, state=DEFERRED
+                config=config.label,
+                index=index.name,
+                table=config.vector_model._meta.db_table,
+                state=DEFERRED,
             )
             with _autocommit(self.using) as conn:
                 conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
@@ -215,7 +254,7 @@ class Indexing:
             if not updated.update(state=BUILDING):
                 return False
             started = time.monotonic()
-            model = config.model_class
+            model = config.vector_model
             name = sql.Identifier(index.name)
             with _autocommit(self.using) as conn:
                 self._building = conn
@@ -269,12 +308,24 @@ class Indexing:
             row = cursor.fetchone()
         return max(0, int(row[0] or 0)) if row else 0
 
+    def _vectors_per_row(self, config: EmbeddingConfig) -> float:
+        """How many vectors a queued row makes: 1, or its chunks (as the planner counted)."""
+        if not config.chunked:
+            return 1.0
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(sqlfiles.section("ops.sql", "table_rows"), [config.chunk_table])
+            chunks = max(0.0, float(cursor.fetchone()[0] or 0))
+            cursor.execute(sqlfiles.section("ops.sql", "table_rows"), [config.table])
+            rows = max(0.0, float(cursor.fetchone()[0] or 0))
+        return chunks / rows if chunks and rows else 1.0
+
     def _may_change(self, config: EmbeddingConfig) -> bool:
         """Only the table's owner may drop and create its indexes; say so once otherwise."""
+        table = config.vector_model._meta.db_table
         with connections[self.using].cursor() as cursor:
             cursor.execute(
                 sqlfiles.section("ops.sql", "owns_table"),
-                [sql.Identifier(config.table).as_string(None)],
+                [sql.Identifier(table).as_string(None)],
             )
             owner = bool(cursor.fetchone()[0])
         if not owner and config.label not in self._warned:
@@ -362,3 +413,15 @@ def state_of(using: str, config: EmbeddingConfig) -> str | None:
         )
         found = cursor.fetchone()
     return "ready" if found and found[0] else "missing"
+
+
+_endpoint: dict[str, Indexing] = {}
+_endpoint_lock = threading.Lock()
+
+
+def for_endpoint(using: str) -> Indexing:
+    """The web process's Indexing for a database (builds run in a thread of their own)."""
+    with _endpoint_lock:
+        if using not in _endpoint:
+            _endpoint[using] = Indexing(using, background=True)
+        return _endpoint[using]

@@ -9,6 +9,7 @@ constraint is appended so ``makemigrations`` emits the database objects.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -62,6 +63,46 @@ def hnsw_index(table: str, column: str) -> HnswIndex:
     )
 
 
+def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[models.Model]:
+    """The child model that holds a chunked config's vectors, one row per chunk.
+
+    It lives in the parent's app (``makemigrations`` creates its table there): a foreign
+    key to the parent row (deleted with it), the chunk's number and text, its vector and
+    an HNSW index.
+    """
+    suffix = (
+        "" if config.config_name == "embedding" else config.config_name.title().replace("_", "")
+    )
+    meta = {
+        "app_label": parent._meta.app_label,
+        "db_table": config.chunk_table,
+        "ordering": ["parent", "number"],
+        "verbose_name": f"{parent._meta.verbose_name} chunk",
+        "indexes": [hnsw_index(config.chunk_table, config.column)] if config.index else [],
+    }
+    attrs: dict[str, Any] = {
+        "__module__": parent.__module__,
+        "__doc__": f"Chunks of {parent.__name__}'s text for {config.config_name!r}, one vector "
+        "each.",
+        "parent": models.ForeignKey(
+            parent, on_delete=models.CASCADE, related_name=f"{config.config_name}_chunks"
+        ),
+        "number": models.PositiveIntegerField(),
+        "text": models.TextField(),
+        config.column: HalfVectorField(dimensions=config.get_dimensions(), editable=False),
+        "objects": EmbeddingManager(),
+        "Meta": type("Meta", (), meta),
+        "__str__": lambda self: f"{self.parent_id} #{self.number}",
+    }
+    model = type(f"{parent.__name__}{suffix}Chunk", (models.Model,), attrs)
+    model.autoembed_chunks_of = config  # type: ignore[attr-defined]
+    # Importable where the parent is: `from myapp.models import DocumentChunk`.
+    module = sys.modules.get(parent.__module__)
+    if module is not None and not hasattr(module, model.__name__):
+        setattr(module, model.__name__, model)
+    return model
+
+
 def _bind(sender: type[models.Model], **kwargs: Any) -> None:
     meta = sender._meta
     if meta.abstract or meta.proxy or not meta.managed:
@@ -72,7 +113,10 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
     for config in configs:
         bound = replace(config, model_class=sender)
         names = {f.name for f in meta.local_fields}
-        if bound.column not in names:
+        if bound.chunked:
+            bound = replace(bound, chunk_model=chunk_model(sender, bound))
+            bound.chunk_model.autoembed_chunks_of = bound
+        elif bound.column not in names:
             sender.add_to_class(
                 bound.column,
                 HalfVectorField(

@@ -25,11 +25,13 @@ import numpy as np
 import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
+from django.utils.module_loading import import_string
 from psycopg import sql
 
-from . import conf, providers, queue
+from . import chunking, conf, providers, queue
 from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
+from .chunking import ChunkPlan, plan_chunks
 from .config import EmbeddingConfig, registry
 from .exceptions import ProcessingPaused, ProviderError
 from .failures import DeadRow, record
@@ -62,7 +64,8 @@ class Outcome:
     attempt. ``busy``: the application held its lock; retried soon, no attempt.
     ``throttled``: the provider's rate limit; retried after its Retry-After, no
     attempt. ``skipped``: not worked on (not posted, the time budget ran out, or
-    the batch paused); handed back, no attempt.
+    the batch paused); handed back, no attempt. ``rejected``: can never work as it
+    is (a text over the model's limit, with ``too_long="fail"``); dead-lettered now.
     """
 
     kind: str
@@ -155,7 +158,8 @@ def plan_acks(
             continue
         failed = [r for r in mine if r.outcome and r.outcome.kind == "failed"]
         attempts = message.attempts  # this read included
-        doomed = failed if attempts >= max_attempts else []
+        rejected = [r for r in mine if r.outcome and r.outcome.kind == "rejected"]
+        doomed = rejected + (failed if attempts >= max_attempts else [])
         retry = [r for r in failed if r not in doomed]
         delay = retry_delay(
             attempts,
@@ -345,6 +349,25 @@ def send(
             return
 
 
+def _vector(embedded: Embedded, text: str) -> np.ndarray:
+    vector = embedded.vectors[text]
+    assert vector is not None, "a chunk without a vector is not written"
+    return vector
+
+
+@dataclass
+class Embedded:
+    """What a batch got for its unique texts, by text."""
+
+    vectors: dict[str, np.ndarray | None] = field(default_factory=dict)
+    errors: dict[str, ProviderError] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)  # never sent: the time budget ran out
+    too_long: dict[str, int] = field(default_factory=dict)  # over the per-input limit: tokens
+    fanout: FanOut = field(
+        default_factory=lambda: FanOut([], [], dimensions=0, provider="", column_type="vector")
+    )
+
+
 # -- one config, resolved once per batch --------------------------------------------
 
 
@@ -417,7 +440,8 @@ class Processor:
             for config, group in groups.values():
                 mine = {id(r.message) for r in group}
                 siblings = [r for r in rows if id(r.message) in mine]
-                self._run_config(self._resolve(config), group, siblings, result, deadline)
+                run = self._run_chunked if config.chunked else self._run_config
+                run(self._resolve(config), group, siblings, result, deadline)
                 acked |= mine
         except ProcessingPaused as paused:
             result.paused = paused
@@ -510,6 +534,12 @@ class Processor:
             "col": sql.Identifier(config.column),
             "vectype": sql.SQL(vector_type(config)),
         }
+        if config.chunked:
+            names.update(
+                chunks=sql.Identifier(schema, config.chunk_table),
+                ccol=sql.Identifier(config.column),
+                cvectype=sql.SQL(vector_type(config)),
+            )
         return Resolved(config, schema, names, vector_type(config), providers.for_config(config))
 
     # -- one config: read, embed, write ---------------------------------------
@@ -529,11 +559,11 @@ class Processor:
             raw.commit()  # no transaction stays open across the API calls below
 
         texts = sorted({t for t in contents.values() if t})
-        vectors, errors, skipped, fanout = self._embed(target, texts, deadline)
-        result.requests += fanout.requests
-        if fanout.answers:
+        embedded = self._embed(target, texts, deadline)
+        result.requests += embedded.fanout.requests
+        if embedded.fanout.answers:
             result.answered.add(providers.label(target.config))
-        by_text = dict(zip(texts, vectors, strict=True))
+        errors, skipped = embedded.errors, embedded.skipped
 
         writes: dict[Any, tuple[str, np.ndarray | None]] = {}
         for row in rows:
@@ -544,6 +574,8 @@ class Processor:
                 row.outcome = Outcome("done")  # row deleted: nothing to embed, no retry
                 continue
             text = contents[row.pk]
+            if text in embedded.too_long:
+                self._too_long(target, row, embedded.too_long[text])
             if text and text in skipped:
                 row.outcome = Outcome(
                     "skipped", "time budget spent before this row was sent; queued again"
@@ -551,9 +583,11 @@ class Processor:
             elif text and text in errors:
                 err = errors[text]
                 kind = "throttled" if err.kind == "throttled" else "failed"
+                if text in embedded.too_long and target.config.too_long == "fail":
+                    kind = "rejected"
                 row.outcome = Outcome(kind, str(err), err.retry_after)
             else:
-                writes[row.pk] = (text, by_text.get(text) if text else None)
+                writes[row.pk] = (text, embedded.vectors.get(text) if text else None)
 
         messages = list({id(r.message): r.message for r in acked}.values())
         with transaction.atomic(using=self.using):
@@ -566,6 +600,154 @@ class Processor:
             with connections[self.using].cursor() as cursor:
                 apply_acks(cursor, plan)
             result.dead += len(plan.dead)
+
+    # -- a chunked config: split, embed the chunks whose text is new, replace ---------------
+
+    def _run_chunked(
+        self,
+        target: Resolved,
+        rows: list[Row],
+        acked: list[Row],
+        result: BatchResult,
+        deadline: float | None,
+    ) -> None:
+        pks = list({row.pk: None for row in rows})
+        contents, broken = self._read(target, pks)
+        stored: dict[Any, list[tuple[int, int, str]]] = {}
+        raw = self._raw()
+        with psycopg.Cursor(raw) as cur:
+            cur.execute(target.query("read_chunks"), [pks])
+            for chunk_id, parent, number, text in cur.fetchall():
+                stored.setdefault(parent, []).append((chunk_id, number, text))
+        if not raw.autocommit and not connections[self.using].in_atomic_block:
+            raw.commit()  # no transaction stays open across the API calls below
+
+        splits = {text: self._split(target, text) for text in set(contents.values()) if text}
+        plans = {
+            pk: plan_chunks(stored.get(pk, []), splits.get(text, []))
+            for pk, text in contents.items()
+        }
+        new_texts = sorted({t for plan in plans.values() for _, t in plan.add})
+        embedded = self._embed(target, new_texts, deadline)
+        result.requests += embedded.fanout.requests
+        if embedded.fanout.answers:
+            result.answered.add(providers.label(target.config))
+
+        ready: dict[Any, ChunkPlan] = {}
+        for row in rows:
+            if row.pk in broken:
+                row.outcome = Outcome("failed", broken[row.pk])
+            elif row.pk not in contents:
+                row.outcome = Outcome("done")  # row deleted: its chunks went with it
+            else:
+                plan = plans[row.pk]
+                texts = [t for _, t in plan.add]
+                errors = [embedded.errors[t] for t in texts if t in embedded.errors]
+                if any(t in embedded.skipped for t in texts):
+                    row.outcome = Outcome("skipped", "time budget spent before this row was sent")
+                elif errors:  # all of a text version's chunks, or none of them
+                    kind = "throttled" if all(e.kind == "throttled" for e in errors) else "failed"
+                    row.outcome = Outcome(
+                        kind, f"a chunk failed: {errors[0]}", errors[0].retry_after
+                    )
+                else:
+                    ready[row.pk] = plan
+
+        messages = list({id(r.message): r.message for r in acked}.values())
+        with transaction.atomic(using=self.using):
+            _written, busy, chunks = self._write_chunks(target, ready, contents, embedded)
+            result.embedded += chunks
+            for row in rows:
+                if row.outcome is None:
+                    row.outcome = Outcome("busy") if row.pk in busy else Outcome("done")
+            acks = self._plan(messages, acked)
+            with connections[self.using].cursor() as cursor:
+                apply_acks(cursor, acks)
+            result.dead += len(acks.dead)
+
+    def _split(self, target: Resolved, text: str) -> list[str]:
+        config, provider = target.config, target.provider
+        size = min(int(config.chunk_tokens or 0), provider.max_input_tokens)
+        if config.splitter:
+            chunks = import_string(config.splitter)(
+                text, size, config.chunk_overlap, provider.count_tokens
+            )
+            return [c for c in chunks if c and c.strip()]
+        return chunking.split(
+            text,
+            size=size,
+            overlap=config.chunk_overlap,
+            count=provider.count_tokens,
+            cut=provider.head,
+        )
+
+    def _write_chunks(
+        self,
+        target: Resolved,
+        ready: dict[Any, ChunkPlan],
+        contents: dict[Any, str],
+        embedded: Embedded,
+    ) -> tuple[set[Any], set[Any], int]:
+        """Replace each ready row's chunks at once, only while it holds the text they came
+        from. Returns (written rows, busy rows, chunks inserted)."""
+        if not ready:
+            return set(), set(), 0
+        raw = self._raw()
+        adapt(raw)
+        pks = list(ready)
+        with psycopg.Cursor(raw) as cur:
+            cur.execute(target.query("lock_rows"), [pks])
+            locked = [r[0] for r in cur.fetchall()]
+            busy: set[Any] = set()
+            if set(pks) - set(locked):
+                cur.execute(target.query("existing_rows"), [list(set(pks) - set(locked))])
+                busy = {r[0] for r in cur.fetchall()}
+            if not locked:
+                return set(), busy, 0
+            cur.execute(target.query("current_rows"), [locked, [contents[pk] for pk in locked]])
+            current = [r[0] for r in cur.fetchall()]  # the others changed: their new text is queued
+            plans = [ready[pk] for pk in current]
+            cur.execute(target.query("drop_chunks"), [[i for p in plans for i in p.drop]])
+            kept = [(i, n) for p in plans for i, n in p.keep.items()]
+            cur.execute(
+                target.query("renumber_chunks"), [[i for i, _ in kept], [n for _, n in kept]]
+            )
+            added = [(pk, n, t) for pk in current for n, t in ready[pk].add]
+            if added:
+                matrix = np.stack([_vector(embedded, t) for _, _, t in added])
+                cur.execute(
+                    target.query("insert_chunks"),
+                    [
+                        [a[0] for a in added],
+                        [a[1] for a in added],
+                        [a[2] for a in added],
+                        VectorArray(matrix, 0, target.column_type),
+                    ],
+                )
+            return set(current), busy, len(added)
+
+    @staticmethod
+    def _too_long(target: Resolved, row: Row, tokens: int) -> None:
+        provider, config = target.provider, target.config
+        if config.too_long == "fail":
+            return  # the row is dead-lettered with the reason; no need to say it twice
+        logger.warning(
+            "%s pk=%s: its text is %d tokens, over the %d a %s input may hold; the vector is of "
+            "the first %d tokens. Declare chunk_tokens=... to embed all of it in chunks, or "
+            "too_long='fail' to refuse such rows.",
+            config.label,
+            row.raw_pk,
+            tokens,
+            provider.max_input_tokens,
+            provider.model,
+            provider.max_input_tokens,
+            extra={
+                "config": config.label,
+                "pk": str(row.raw_pk),
+                "tokens": tokens,
+                "limit": provider.max_input_tokens,
+            },
+        )
 
     def _read(self, target: Resolved, pks: list[Any]) -> tuple[dict[Any, str], dict[Any, str]]:
         """The text of each row, and why it could not be had for the rows whose content
@@ -606,50 +788,70 @@ class Processor:
         connection.ensure_connection()
         return connection.connection
 
-    def _embed(
-        self, target: Resolved, texts: list[str], deadline: float | None
-    ) -> tuple[list[Any], dict[str, ProviderError], set[str], FanOut]:
+    def _embed(self, target: Resolved, texts: list[str], deadline: float | None) -> Embedded:
         """Vectors for unique texts: recently embedded ones from memory, the rest from the provider.
-
-        Returns the vectors, the errors and the texts never sent (the time budget ran
-        out) by text, and the fan-out that asked the provider.
 
         A row queued twice (edited again before the worker read it), or put back
         because the application held its lock, comes back with a text embedded
-        moments ago; its vector is reused instead of paying for it again.
+        moments ago; its vector is reused instead of paying for it again. A text over
+        the model's per-input limit is cut at the limit or refused, as the config says,
+        before any request.
         """
-        config = target.config
+        config, provider = target.config, target.provider
+        out = Embedded()
+        limit = provider.max_input_tokens
+        inputs: dict[str, str] = {}
+        for text in texts:
+            tokens = provider.over_limit(text)
+            if tokens is None:
+                inputs[text] = text
+                continue
+            out.too_long[text] = tokens
+            if config.too_long == "fail":
+                out.errors[text] = ProviderError(
+                    f"The text is {tokens} tokens, over the {limit} tokens a {provider.name} "
+                    f"{provider.model} input may hold. Shorten it, or declare the config with "
+                    "too_long='truncate' or chunk_tokens=... to embed it in chunks.",
+                    kind="input",
+                )
+            else:
+                inputs[text] = provider.head(text, limit)
         stored = precision(target.column_type)  # what the column keeps anyway
         scope = (*provider_key(config), target.column_type)
-        keys = [(*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in texts]
-        known = recent_vectors.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if key not in known]
-        fanout = self._call_provider(target, [texts[i] for i in missing], deadline)
-        vectors: list[Any] = [known.get(key) for key in keys]
-        errors: dict[str, ProviderError] = {}
-        skipped = {texts[missing[n]] for n in fanout.skipped}
+        keys = {t: (*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in inputs}
+        known = recent_vectors.get_many(keys.values())
+        missing = [t for t in inputs if keys[t] not in known]
+        out.fanout = self._call_provider(target, [inputs[t] for t in missing], deadline)
+        fanout = out.fanout
+        out.vectors = {t: known.get(keys[t]) for t in inputs}
+        out.skipped = {missing[n] for n in fanout.skipped}
         remember = []
-        for n, i in enumerate(missing):
-            vectors[i] = fanout.vectors[n]
+        for n, text in enumerate(missing):
+            vector = fanout.vectors[n]
+            out.vectors[text] = vector
             if n in fanout.errors:
-                errors[texts[i]] = fanout.errors[n]
-            elif fanout.vectors[n] is not None:
-                remember.append((keys[i], fanout.vectors[n].astype(stored)))  # type: ignore[union-attr]
+                out.errors[text] = fanout.errors[n]
+            elif vector is not None:
+                remember.append((keys[text], vector.astype(stored)))
         recent_vectors.put_many(remember)
-        return vectors, errors, skipped, fanout
+        return out
 
-    def _call_provider(self, target: Resolved, texts: list[str], deadline: float | None) -> FanOut:
+    def _call_provider(self, target: Resolved, inputs: list[str], deadline: float | None) -> FanOut:
         provider = target.provider
-        inputs = [provider.truncate(t) for t in texts]
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
         fanout = FanOut(
             inputs,
-            chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=provider.max_request_tokens),
+            chunk_inputs(
+                inputs,
+                max_inputs=max_inputs,
+                max_tokens=provider.max_request_tokens,
+                estimate=provider.request_cost,
+            ),
             dimensions=target.config.get_dimensions(),
             provider=provider.name,
             column_type=target.column_type,
         )
-        if texts:
+        if inputs:
             with ExitStack() as stack:
                 pool = self.pool or stack.enter_context(
                     ThreadPoolExecutor(

@@ -14,7 +14,32 @@ from .install import extension_available, has_extension
 logger = logging.getLogger(__name__)
 
 JOB_NAME = "autoembed-process-embeddings"
-PROCESS_COMMAND = "select autoembed.process_embeddings()"
+# What a tick may post, and how it is sized, comes from AUTOEMBED: the cron command
+# carries the values (autoembed_sync writes it anew when they change).
+COMMAND = (
+    "select autoembed.process_embeddings_v2(rows_per_post => {rows}, max_posts => {posts}, "
+    "max_body_bytes => {body}, timeout_milliseconds => {timeout}, split_packed => {split}, "
+    "keep_responses => {keep})"
+)
+
+
+def process_command() -> str:
+    """The SQL pg_cron runs every SCHEDULE, with the configured sizes."""
+    rows, posts = int(conf.get("PUSH_ROWS_PER_POST")), int(conf.get("PUSH_MAX_POSTS"))
+    # Room in the endpoint's body limit for the JSON around the jobs.
+    body = int(int(conf.get("ENDPOINT_MAX_BODY")) * 0.9)
+    timeout = int(float(conf.get("PUSH_TIMEOUT")) * 1000)
+    values = {
+        "rows": rows,
+        "posts": posts,
+        "body": body,
+        "timeout": timeout,
+        "split": bool(conf.get("PUSH_SPLIT_PACKED")),
+        "keep": str(conf.get("PUSH_KEEP_RESPONSES")),
+    }
+    return sql.SQL(COMMAND).format(**{k: sql.Literal(v) for k, v in values.items()}).as_string(None)
+
+
 # How sync_push's lines start when it only reports that the push path is not in use.
 PUSH_IDLE_PREFIXES = ("autoembed: rows are embedded by",)
 
@@ -47,7 +72,8 @@ def sync_push(connection: Any) -> list[str]:
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            "select to_regprocedure('autoembed.process_embeddings(int, int, int)') is not null"
+            "select to_regprocedure('autoembed.process_embeddings_v2(int, int, int, int, boolean, "
+            "interval)') is not null"
         )
         if not cursor.fetchone()[0]:
             return []
@@ -64,14 +90,15 @@ def sync_push(connection: Any) -> list[str]:
                 f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "
                 f"needs {missing}, which this database does not have)."
             ]
-        cursor.execute("select jobid, schedule from cron.job where jobname = %s", [JOB_NAME])
+        cursor.execute(
+            "select jobid, schedule, command from cron.job where jobname = %s", [JOB_NAME]
+        )
         existing = cursor.fetchone()
         if schedule and url and token:
-            if existing and existing[1] == schedule:
+            command = process_command()
+            if existing and (existing[1], existing[2]) == (schedule, command):
                 return []
-            cursor.execute(
-                "select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, PROCESS_COMMAND]
-            )
+            cursor.execute("select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, command])
             return [f"autoembed: pg_cron job {JOB_NAME!r} runs every {schedule} and posts to {url}"]
         if existing:
             cursor.execute("select cron.unschedule(%s)", [JOB_NAME])

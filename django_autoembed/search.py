@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 from django.db import models, transaction
+from django.db.models import OuterRef, Subquery
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .config import EmbeddingConfig
 
 MARK = "autoembed:hnsw"
+# Chunks looked at, nearest first, to find the rows of a search over chunks (10 per row asked).
+CHUNK_CANDIDATES = 200
 _MARKED = re.compile(r"/\* autoembed:hnsw(?: ef_search=(\d+))? \*/")
 # Strict order: an iterative scan never returns rows out of distance order.
 ITERATIVE_SCAN = "strict_order"
@@ -48,13 +51,22 @@ class _QueryCache(VectorLRU):
 
             provider = for_config(config)
             vector = as_matrix(
-                provider.embed([provider.truncate(text)]), 1, config.get_dimensions(), provider.name
+                provider.embed([_fit(provider, text)]), 1, config.get_dimensions(), provider.name
             )[0]
             self.put_many([(key, vector)])
         return vector
 
 
 query_cache = _QueryCache("QUERY_CACHE_SIZE")
+
+
+def _fit(provider: Any, text: str) -> str:
+    """A query over the model's input limit is searched by its start."""
+    return (
+        text
+        if provider.over_limit(text) is None
+        else provider.head(text, provider.max_input_tokens)
+    )
 
 
 class SearchDistance(CosineDistance):
@@ -170,8 +182,13 @@ class EmbeddingQuerySet(models.QuerySet):
     """QuerySet with vector search over the model's embedding configs."""
 
     def embedding_config(self, config: str | None = None) -> EmbeddingConfig:
+        from dataclasses import replace
+
         from .config import registry
 
+        chunks_of = getattr(self.model, "autoembed_chunks_of", None)
+        if chunks_of is not None:  # a chunk model: search its chunks with the parent's provider
+            return replace(chunks_of, model_class=self.model, chunk_tokens=None, chunk_model=None)
         configs = registry.for_model(self.model)
         if not configs:
             raise UnknownConfig(
@@ -195,14 +212,26 @@ class EmbeddingQuerySet(models.QuerySet):
         )
 
     def nearest(
-        self, vector: Any, *, config: str | None = None, ef_search: int | None = None
+        self,
+        vector: Any,
+        *,
+        config: str | None = None,
+        ef_search: int | None = None,
+        candidates: int = CHUNK_CANDIDATES,
     ) -> EmbeddingQuerySet:
-        """Rows ordered by cosine distance to ``vector``, annotated with ``distance``."""
+        """Rows ordered by cosine distance to ``vector``, annotated with ``distance``.
+
+        For a config stored in chunks, a row's distance is its best chunk's, and the row
+        is annotated with that chunk's ``chunk_text`` and ``chunk_number`` too; the rows
+        are found among those owning the ``candidates`` chunks nearest to ``vector``.
+        """
         cfg = self.embedding_config(config)
         from .vectors import vector_type
 
         array = np.asarray(vector, dtype=np.float32)
         value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
+        if cfg.chunked:
+            return self._nearest_by_chunks(cfg, value, ef_search, candidates)
         return (
             self.filter(**{f"{cfg.column}__isnull": False})
             .annotate(distance=SearchDistance(cfg.column, value, ef_search=ef_search))
@@ -226,7 +255,12 @@ class EmbeddingQuerySet(models.QuerySet):
         if not isinstance(text, str) or not text.strip():
             raise InvalidValue("semantic_search needs a non-empty query text.")
         cfg = self.embedding_config(config)
-        qs = self.nearest(query_cache.embed(cfg, text), config=config, ef_search=ef_search)
+        qs = self.nearest(
+            query_cache.embed(cfg, text),
+            config=config,
+            ef_search=ef_search,
+            candidates=max(CHUNK_CANDIDATES, 10 * (k or 0)),
+        )
         return qs[:k] if k else qs
 
     def similar_to(
@@ -239,6 +273,31 @@ class EmbeddingQuerySet(models.QuerySet):
             return self.none()
         qs = self.nearest(vector, config=config).exclude(pk=obj.pk)
         return qs[:k] if k else qs
+
+    def _nearest_by_chunks(
+        self, cfg: EmbeddingConfig, value: Any, ef_search: int | None, candidates: int
+    ) -> EmbeddingQuerySet:
+        chunks = cfg.chunk_model._default_manager.all()
+        nearest_chunks = chunks
+        if self.query.where:  # filters on the rows: only their chunks are candidates
+            nearest_chunks = chunks.filter(parent__in=self.values("pk"))
+        nearest_chunks = nearest_chunks.annotate(
+            distance=SearchDistance(cfg.column, value, ef_search=ef_search)
+        ).order_by("distance")[:candidates]
+        best = (
+            chunks.filter(parent=OuterRef("pk"))
+            .annotate(distance=SearchDistance(cfg.column, value))
+            .order_by("distance")
+        )
+        return (
+            self.filter(pk__in=nearest_chunks.values("parent_id"))
+            .annotate(
+                distance=Subquery(best.values("distance")[:1]),
+                chunk_text=Subquery(best.values("text")[:1]),
+                chunk_number=Subquery(best.values("number")[:1]),
+            )
+            .order_by("distance")
+        )
 
     # The HNSW scan reads its settings while rows are fetched; a server-side cursor
     # inside a transaction would fetch them after the settings were given back.

@@ -30,6 +30,8 @@ class ConfigStatus:
     # The HNSW index: "ready", "deferred" (dropped until the backlog drains), "building",
     # "missing", or None (no index of this app's on the column).
     index: str | None = None
+    # For a config stored in chunks: how many chunks ("embedded" counts rows with chunks).
+    chunks: int | None = None
 
 
 @dataclass
@@ -67,18 +69,31 @@ def _config_status(
 ) -> ConfigStatus:
     from .failures import EmbeddingFailure
 
-    cursor.execute(
-        _query(
-            "config_rows", column=sql.Identifier(config.column), table=sql.Identifier(config.table)
+    chunks = None
+    if config.chunked:
+        cursor.execute(
+            _query(
+                "config_rows_chunked",
+                table=sql.Identifier(config.table),
+                chunks=sql.Identifier(config.chunk_table),
+            )
         )
-    )
-    rows, embedded = cursor.fetchone()
-    cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.column])
+        rows, embedded, chunks = cursor.fetchone()
+    else:
+        cursor.execute(
+            _query(
+                "config_rows",
+                column=sql.Identifier(config.column),
+                table=sql.Identifier(config.table),
+            )
+        )
+        rows, embedded = cursor.fetchone()
+    cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.queue_column])
     queued, oldest = cursor.fetchone()
     return ConfigStatus(
         config=config.label,
         table=config.table,
-        column=config.column,
+        column=config.queue_column,
         rows=rows,
         embedded=embedded,
         missing=rows - embedded,
@@ -88,6 +103,7 @@ def _config_status(
         .filter(config=config.label)
         .count(),
         index=state_of(cursor.db.alias, config),
+        chunks=chunks,
     )
 
 

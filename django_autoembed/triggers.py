@@ -65,9 +65,10 @@ class EmbeddingTrigger(BaseConstraint):
     def for_config(cls, config: EmbeddingConfig) -> EmbeddingTrigger:
         from .config import short_name
 
+        what = f"{config.config_name}_chunks" if config.chunked else config.column
         return cls(
-            name=short_name("autoembed", config.table, config.column, limit=58),
-            column=config.column,
+            name=short_name("autoembed", config.table, what, limit=58),
+            column=config.queue_column,
             function=config.function_name,
             fields=list(config.fields),
             template=config.template,

@@ -22,7 +22,7 @@ _VALUE_TYPES: dict[str, np.dtype[Any]] = {"halfvec": np.dtype(">f2"), "vector": 
 
 def vector_type(config: EmbeddingConfig) -> str:
     """'halfvec' or 'vector': the SQL type of the config's column."""
-    field = config.model_class._meta.get_field(config.column)
+    field = config.vector_model._meta.get_field(config.column)
     return "halfvec" if isinstance(field, HalfVectorField) else "vector"
 
 

@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import conf, queue
 from .config import registry
 from .exceptions import InvalidValue, ProcessingPaused
+from .indexing import for_endpoint
 from .pauses import answered, record_pause
 from .processing import Processor
 
@@ -191,6 +192,13 @@ def _process(
         messages.append(message)
     if not messages:
         return errors, None
+    # A bulk import reaches the push path too: defer the index for it as a worker would.
+    labels = {
+        c.label
+        for m in messages
+        if m.target and (c := registry.match(m.target.table, m.target.function, m.target.column))
+    }
+    for_endpoint(using).tick(labels)
     result = Processor(using=using).process(
         messages,
         deadline=deadline,

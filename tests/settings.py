@@ -73,6 +73,8 @@ else:
 # A second database on the same server: testapp.RemoteDoc lives there, with its own
 # queue and this app's tables (tests/testapp/routers.py).
 _other: dict = {**DATABASES["default"], "NAME": f"{DATABASES['default']['NAME']}_other"}
+if "postgres" in globals():  # the embedded server: make that database too, as for the default
+    _other.update(postgres.database(_other["NAME"]))
 if "TEST" in _other:
     _other["TEST"] = {"NAME": _other["TEST"]["NAME"] + "_other"}
 DATABASES["other"] = _other

@@ -13,6 +13,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 
+from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.push import JOB_NAME
 from django_autoembed.sync import sync
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages
@@ -120,3 +121,44 @@ def test_wrong_token_in_the_database_is_refused(push, api):
     assert Document.objects.get(pk=doc.pk).embedding is None
     assert len(queue_messages()) == 1
     assert api.requests == 0
+
+
+def test_packed_messages_over_several_ticks_are_each_posted_once_and_embedded(push, api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PUSH_ROWS_PER_POST": 500, "PUSH_MAX_POSTS": 1}
+    sync()  # the cron command now carries one 500-row POST a tick
+    docs = []
+    for s in range(4):
+        docs += Document.objects.bulk_create(
+            [Document(title=f"tick {s} row {i}") for i in range(500)]
+        )
+    wait_for(
+        lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+        timeout=60,
+        what="four ticks to post the four packed messages",
+    )
+    answered = responses()
+    assert len(answered) == 4 and {status for status, _ in answered} == {200}
+    assert not EmbeddingFailure.objects.exists()
+    for doc in docs[::100]:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+@pytest.mark.parametrize("fault", ["down", "500"])
+def test_an_endpoint_that_is_down_or_broken_loses_nothing(push, api, settings, live_server, fault):
+    broken_url = (
+        "http://127.0.0.1:9/autoembed/embed/" if fault == "down" else live_server.url + "/broken/"
+    )
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_URL": broken_url, "MAX_ATTEMPTS": 2}
+    sync()
+    docs = Document.objects.bulk_create([Document(title=f"{fault} {i}") for i in range(300)])
+    wait_for(lambda: len(responses()) >= 4, what="a few failed POSTs")
+    assert Document.objects.filter(embedding__isnull=False).count() == 0
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "ENDPOINT_URL": live_server.url + "/autoembed/embed/",
+    }
+    sync()
+    wait_for(lambda: Document.objects.filter(embedding__isnull=True).count() == 0, what="recovery")
+    assert not EmbeddingFailure.objects.exists()
+    for doc in docs[::50]:
+        assert_fake_vector(Document, doc.pk, doc.title)

@@ -123,6 +123,8 @@ def test_proxy_and_multi_table_child_add_no_triggers():
         "testapp_article": 5,
         "testapp_document": 2,
         "testapp_tag": 2,
+        "testapp_manual": 2,
+        "testapp_essay": 2,
         "testapp_book": 2,
         "testapp_memo": 3,
         "documents_document": 2,

@@ -14,14 +14,17 @@ logger = logging.getLogger(__name__)
 class Provider:
     """Turns texts into vectors. Subclasses implement ``embed``.
 
-    Class attributes describe the provider's limits; the processor splits
-    work so that no request exceeds them.
+    Class attributes describe the provider's limits; the processor splits work so that
+    no request exceeds them. A provider with a tokenizer overrides ``count_tokens`` and
+    ``head`` (exact counts); one without gets an estimate that errs on the safe side.
     """
 
     name = "base"
     max_inputs: int = 2048
     max_input_tokens: int = 8191
     max_request_tokens: int = 300_000
+    # Whether count_tokens is exact (the provider's own tokenizer) or an estimate.
+    exact_tokens = False
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         self.model = model
@@ -30,25 +33,35 @@ class Provider:
     def embed(self, texts: list[str]) -> Sequence[Sequence[float]] | np.ndarray:
         raise NotImplementedError
 
-    # Tokens are estimated without a tokenizer: ~3 bytes per token is below what
-    # real tokenizers give for English (~4), so the estimate errs on the safe side.
-    @staticmethod
-    def estimate_tokens(text: str) -> int:
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``. Without a tokenizer: ~3 bytes a token, below what tokenizers
+        give for English (~4), so the estimate errs on the safe side."""
         return len(text.encode("utf-8")) // 3 + 1
 
-    def truncate(self, text: str) -> str:
-        limit = self.max_input_tokens * 3
+    def head(self, text: str, tokens: int) -> str:
+        """The longest start of ``text`` that is at most ``tokens`` tokens."""
         data = text.encode("utf-8")
-        if len(data) <= limit:
-            return text
-        logger.warning(
-            "Input of %d bytes is over %s's limit of about %d tokens; truncated.",
-            len(data),
-            self.name,
-            self.max_input_tokens,
-            extra={"bytes": len(data), "provider": self.name},
-        )
-        return data[:limit].decode("utf-8", errors="ignore")
+        return data[: max(0, (tokens - 1) * 3)].decode("utf-8", errors="ignore")
+
+    def request_cost(self, text: str) -> int:
+        """What ``text`` counts for against a request's token budget: its bytes while that
+        is small (never fewer than its tokens for byte-level tokenizers), else its tokens."""
+        size = len(text.encode("utf-8"))
+        return size if self.exact_tokens and size <= SMALL_INPUT_BYTES else self.count_tokens(text)
+
+    def over_limit(self, text: str) -> int | None:
+        """``text``'s token count when it is over ``max_input_tokens``, else None."""
+        if self.exact_tokens and len(text.encode("utf-8")) <= self.max_input_tokens:
+            return None  # a token is at least one byte
+        tokens = self.count_tokens(text)
+        return tokens if tokens > self.max_input_tokens else None
+
+
+_ESTIMATE = Provider(model="", dimensions=0).count_tokens
+
+# Inputs up to this many bytes are counted by their bytes when packing requests: a
+# byte-level tokenizer never makes more tokens than bytes, and counting costs CPU.
+SMALL_INPUT_BYTES = 4096
 
 
 def chunk_inputs(
@@ -56,9 +69,11 @@ def chunk_inputs(
     *,
     max_inputs: int,
     max_tokens: int,
-    estimate: Any = Provider.estimate_tokens,
+    estimate: Any = None,
 ) -> Iterator[tuple[int, int]]:
-    """Yield (start, end) slices of ``texts`` within the input-count and token budgets."""
+    """Yield (start, end) slices of ``texts`` within the input-count and token budgets
+    (``estimate`` counts a text's tokens; by default, bytes / 3)."""
+    estimate = estimate or _ESTIMATE
     start = 0
     tokens = 0
     for i, text in enumerate(texts):

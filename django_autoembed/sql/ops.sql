@@ -103,3 +103,10 @@ select value from autoembed.settings where key = 'former_queues'
 -- set_former_queues -- remember the queues the triggers wrote to before
 insert into autoembed.settings (key, value) values ('former_queues', %s)
 on conflict (key) do update set value = excluded.value
+
+-- table_rows -- a table's rows as the planner last counted them (-1 or 0: not yet)
+select reltuples from pg_class where oid = to_regclass(%s)
+
+-- config_rows_chunked -- rows of a table, how many have chunks, and the chunks
+select (select count(*) from {table}), (select count(distinct parent_id) from {chunks}),
+       (select count(*) from {chunks})

@@ -25,13 +25,36 @@ update {table} t
 returning t.{pk}
 
 -- backfill_page -- queue the next page of rows with no vector and some text, in key order
+-- ({unembedded}: the row's vector is NULL, or, for a config in chunks, it has none)
 with page as (
     select t.{pk} as id
       from {table} t
-     where t.{col} is null and coalesce({fn}(t), '') <> '' {after}
+     where {unembedded} and coalesce({fn}(t), '') <> '' {after}
      order by t.{pk}
      limit %s
 )
 select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s),
        (array_agg(id order by id desc))[1]::text
   from page
+
+-- read_chunks -- the chunks stored for these rows (a chunked config; {chunks} is its table)
+select c.id, c.parent_id, c.number, c.text from {chunks} c where c.parent_id = any(%s::{pktype}[])
+
+-- current_rows -- which of these rows still hold the text their chunks were made from
+select t.{pk}
+  from {table} t
+  join unnest(%s::{pktype}[], %s::text[]) as v(pk, body) on t.{pk} = v.pk
+ where {fn}(t) is not distinct from v.body
+
+-- drop_chunks -- chunks whose text is gone from their row
+delete from {chunks} where id = any(%s::bigint[])
+
+-- renumber_chunks -- chunks kept whose place in the text changed
+update {chunks} c
+   set number = v.number
+  from unnest(%s::bigint[], %s::int[]) as v(id, number)
+ where c.id = v.id and c.number <> v.number
+
+-- insert_chunks -- the new chunks of a text version, with their vectors
+insert into {chunks} (parent_id, number, text, {ccol})
+select * from unnest(%s::{pktype}[], %s::int[], %s::text[], %b::{cvectype}[])

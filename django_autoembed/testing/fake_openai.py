@@ -27,6 +27,12 @@ import numpy as np
 _POOL_SIZE = 1024
 _pools: dict[int, np.ndarray] = {}
 
+# The real API's limits, enforced as it enforces them: a request that breaks one is refused
+# whole with a 400. Tokens are counted with cl100k_base, the embedding models' tokenizer.
+MAX_INPUTS = 2048
+MAX_INPUT_TOKENS = 8192
+MAX_REQUEST_TOKENS = 300_000
+
 # Models the fake knows, with the most dimensions each gives and whether it takes `dimensions`.
 MODELS = {
     "text-embedding-3-small": (1536, True),
@@ -99,6 +105,12 @@ class FakeEmbeddingsServer:
         # Called with each request's inputs while the client waits for the answer:
         # a test's way to change the database between a worker's read and its write.
         self.on_request: Callable[[list[str]], None] | None = None
+        # Rate limits per minute (None: none), answered with 429 and x-ratelimit-* headers.
+        self.rpm: int | None = None
+        self.tpm: int | None = None
+        self._window: list[tuple[float, int]] = []  # (time, tokens) of the last minute's requests
+        self.refused_for_limits = 0  # requests refused with a 400 for the API's limits
+        self.tokens = 0
         self._scheduled: list[tuple[int, float | None, float]] = []
         self._lock = threading.Lock()
         self._random = random.Random(1234)
@@ -143,6 +155,10 @@ class FakeEmbeddingsServer:
             self.valid_keys = None
             self.strict_models = False
             self.on_request = None
+            self.rpm = self.tpm = None
+            self._window = []
+            self.refused_for_limits = 0
+            self.tokens = 0
             self._scheduled.clear()
             self.requests = self.inputs = self.failures = 0
             self.max_in_flight = 0  # most requests the server was answering at once
@@ -167,6 +183,35 @@ class FakeEmbeddingsServer:
         self.stop()
 
     # -- serving -----------------------------------------------------------
+
+    def _rate_limited(self, tokens: int) -> tuple[str, dict[str, str]] | None:
+        """A 429's message and headers when this request would break a per-minute limit."""
+        if self.rpm is None and self.tpm is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            self._window = [(t, n) for t, n in self._window if now - t < 60]
+            used_requests = len(self._window)
+            used_tokens = sum(n for _, n in self._window)
+            over_requests = self.rpm is not None and used_requests + 1 > self.rpm
+            over_tokens = self.tpm is not None and used_tokens + tokens > self.tpm
+            if not (over_requests or over_tokens):
+                self._window.append((now, tokens))
+                return None
+            reset = 60 - (now - self._window[0][0]) if self._window else 1.0
+        headers = {
+            "retry-after": f"{max(1, round(reset))}",
+            "x-ratelimit-limit-requests": str(self.rpm or ""),
+            "x-ratelimit-remaining-requests": str(max(0, (self.rpm or 0) - used_requests)),
+            "x-ratelimit-reset-requests": f"{reset:.0f}s",
+            "x-ratelimit-limit-tokens": str(self.tpm or ""),
+            "x-ratelimit-remaining-tokens": str(max(0, (self.tpm or 0) - used_tokens)),
+            "x-ratelimit-reset-tokens": f"{reset:.0f}s",
+        }
+        what = "requests" if over_requests else "tokens"
+        limit = self.rpm if over_requests else self.tpm
+        message = f"Rate limit reached for {what} per min: Limit {limit}. Please try again in "
+        return f"{message}{reset:.0f}s.", headers
 
     def _count_request(self) -> None:
         with self._lock:
@@ -263,9 +308,22 @@ class FakeEmbeddingsServer:
                             param="dimensions",
                         ),
                     )
+                tokens, refusal = _check_limits(texts)
+                if refusal is not None:
+                    with fake._lock:
+                        fake.refused_for_limits += 1
+                    return self._send(400, api_error(refusal, param="input"))
+                limited = fake._rate_limited(tokens)
+                if limited is not None:
+                    return self._send(
+                        429,
+                        api_error(limited[0], type_="requests", code="rate_limit_exceeded"),
+                        limited[1],
+                    )
                 with fake._lock:
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+                    fake.tokens += tokens
                 try:
                     self._answer(body, texts, dims)
                 finally:
@@ -330,3 +388,36 @@ class FakeEmbeddingsServer:
                 )
 
         return Handler
+
+
+def _count(text: str) -> int:
+    from ..providers.openai import encoding
+
+    return len(encoding().encode_ordinary(text))
+
+
+def _check_limits(texts: list[str]) -> tuple[int, str | None]:
+    """(about how many tokens the request holds, why the real API would refuse it or None).
+
+    Counting costs CPU, so a short text is counted by its bytes where that settles the
+    question (a token is at least one byte) and by the tokenizer where it does not.
+    """
+    if len(texts) > MAX_INPUTS:
+        return 0, f"'$.input' is invalid: at most {MAX_INPUTS} inputs a request, got {len(texts)}."
+    sizes = [len(text.encode("utf-8")) for text in texts]
+    exact: dict[int, int] = {}
+    for n, (text, size) in enumerate(zip(texts, sizes, strict=True)):
+        if size > MAX_INPUT_TOKENS:
+            exact[n] = tokens = _count(text)
+            if tokens > MAX_INPUT_TOKENS:
+                return 0, (
+                    f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however "
+                    f"you requested {tokens} tokens ({tokens} in your prompt; input {n}). Please "
+                    "reduce your prompt."
+                )
+    if sum(exact.get(n, size) for n, size in enumerate(sizes)) > MAX_REQUEST_TOKENS:
+        total = sum(exact.get(n) or _count(text) for n, text in enumerate(texts))
+        if total > MAX_REQUEST_TOKENS:
+            return total, f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request."
+        return total, None
+    return sum(exact.get(n, size // 4 + 1) for n, size in enumerate(sizes)), None

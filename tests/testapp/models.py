@@ -86,3 +86,22 @@ class Memo(EmbeddingMixin, models.Model):
     body = models.TextField()
 
     embedding_configs = [EmbeddingConfig(content_function="memo_text", clear_on_update=True)]
+
+
+class Manual(EmbeddingMixin, models.Model):
+    """Long texts stored in chunks: one vector per chunk, in the generated ManualChunk."""
+
+    title = models.TextField()
+    body = models.TextField(blank=True, default="")
+
+    embedding_configs = [
+        EmbeddingConfig(fields=["title", "body"], chunk_tokens=120, chunk_overlap=16)
+    ]
+
+
+class Essay(EmbeddingMixin, models.Model):
+    """Texts that must be embedded whole or not at all."""
+
+    body = models.TextField()
+
+    embedding_configs = [EmbeddingConfig(fields=["body"], too_long="fail")]

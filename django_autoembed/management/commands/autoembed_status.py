@@ -71,6 +71,7 @@ class Command(BaseCommand):
             "queued",
             "oldest",
             "failures",
+            "chunks",
             "index",
         )
         rows = [
@@ -83,6 +84,7 @@ class Command(BaseCommand):
                 str(c.queued_rows),
                 _age(c.oldest_job_age_s),
                 str(c.failures),
+                "-" if c.chunks is None else str(c.chunks),
                 c.index or "-",
             )
             for c in status.configs

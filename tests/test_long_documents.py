@@ -1,0 +1,247 @@
+"""Long documents: exact token counts, texts over the limit, chunks in a child table."""
+
+import io
+import json
+import logging
+
+import openai
+import pytest
+from django.core.management import call_command
+
+from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.providers.openai import encoding
+from django_autoembed.testing.fake_openai import MAX_INPUT_TOKENS
+from tests.conftest import archived_count, assert_fake_vector, drain, queue_messages
+from tests.testapp.models import Document, Essay, Manual, ManualChunk
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
+
+SENTENCES = [
+    "The river bends twice before it reaches the old mill.",
+    "Nobody remembers who built the bridge, but everyone crosses it.",
+    "In spring the fields turn green and the swallows come back.",
+    "The baker opens at five and sells out of rye bread by nine.",
+    "A narrow lane climbs past the church to the orchard.",
+    "Children gather chestnuts there in the autumn.",
+]
+
+
+def tokens(text: str) -> int:
+    return len(encoding().encode_ordinary(text))
+
+
+def prose(paragraphs: int, seed: int = 0, per: int = 5) -> str:
+    out = []
+    for p in range(paragraphs):
+        picked = [SENTENCES[(seed + p * 7 + s * 3) % len(SENTENCES)] for s in range(per)]
+        out.append(f"Paragraph {p}. " + " ".join(picked))
+    return "\n\n".join(out)
+
+
+def chunk_texts(manual) -> list[str]:
+    return list(
+        ManualChunk.objects.filter(parent=manual).order_by("number").values_list("text", flat=True)
+    )
+
+
+# -- exact token counts and the API's limits ------------------------------------------------
+
+
+def test_the_fake_refuses_what_the_real_api_refuses(api):
+    client = openai.OpenAI(api_key="k", base_url=api.base_url, max_retries=0)
+    too_long = "word " * (MAX_INPUT_TOKENS + 10)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 8192 tokens"):
+        client.embeddings.create(model="text-embedding-3-small", input=["fine", too_long])
+    with pytest.raises(openai.BadRequestError, match="max 300000 tokens per request"):
+        client.embeddings.create(model="text-embedding-3-small", input=["word " * 8000] * 40)
+    with pytest.raises(openai.BadRequestError, match="at most 2048 inputs"):
+        client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
+    assert api.refused_for_limits == 3 and api.inputs == 0
+
+
+def test_a_long_english_text_under_the_limit_is_sent_whole(api):
+    text = "Plain English prose, about four bytes a token. " * 650  # ~6,500 tokens, ~30 KB
+    assert (
+        len(text.encode()) > 24_573 and tokens(text) < MAX_INPUT_TOKENS
+    )  # the old estimate cut it
+    doc = Document.objects.create(title=text)
+    drain()
+    assert api.texts == [text] and api.refused_for_limits == 0
+    assert_fake_vector(Document, doc.pk, text)
+
+
+def test_a_text_over_the_limit_is_cut_exactly_at_it_and_the_cut_is_logged(api, caplog):
+    text = "ひらがなのぶんしょう。" * 700  # Japanese: ~2.4 bytes a token, ~9,800 tokens, 23 KB
+    assert tokens(text) > MAX_INPUT_TOKENS and len(text.encode()) // 3 < MAX_INPUT_TOKENS
+    doc = Document.objects.create(title=text)
+    with caplog.at_level(logging.WARNING, logger="django_autoembed"):
+        drain()
+    [sent] = api.texts
+    assert tokens(sent) == MAX_INPUT_TOKENS and text.startswith(sent)
+    assert api.refused_for_limits == 0 and api.requests == 1
+    assert_fake_vector(Document, doc.pk, sent)
+    [record] = [r for r in caplog.records if "tokens, over the" in r.getMessage()]
+    assert str(doc.pk) in record.getMessage() and str(tokens(text)) in record.getMessage()
+
+
+def test_too_long_fail_dead_letters_at_once_without_a_request(api):
+    essay = Essay.objects.create(body="word " * (MAX_INPUT_TOKENS + 100))
+    drain()
+    assert api.requests == 0 and queue_messages() == [] and archived_count() == 1
+    failure = EmbeddingFailure.objects.get(object_pk=str(essay.pk))
+    assert "8192" in failure.error and "chunk_tokens" in failure.error and failure.attempts == 1
+
+
+def test_requests_are_packed_by_tokens_and_none_is_refused(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "BATCH_SIZE": 2048}
+    docs = Document.objects.bulk_create(
+        [Document(title=f"{i} " + "dense text " * 3000) for i in range(60)]  # ~6,000 tokens each
+    )
+    drain()
+    assert api.refused_for_limits == 0 and api.inputs == 60
+    assert api.requests >= 2  # 360,000 tokens do not fit one request
+    assert Document.objects.filter(embedding__isnull=True).count() == 0 and len(docs) == 60
+
+
+def test_rate_limits_answered_with_429_and_headers_cost_nothing(api, settings):
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "MAX_ATTEMPTS": 1,
+        "BATCH_SIZE": 5,
+        "RETRY_BACKOFF": 0,
+    }
+    api.rpm = 3
+    docs = Document.objects.bulk_create([Document(title=f"limited {i}") for i in range(20)])
+    client = openai.OpenAI(api_key="k", base_url=api.base_url, max_retries=0)
+    for _ in range(3):
+        client.embeddings.create(model="text-embedding-3-small", input=["use up the minute"])
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.embeddings.create(model="text-embedding-3-small", input=["one more"])
+    headers = refused.value.response.headers
+    assert int(headers["retry-after"]) > 0 and headers["x-ratelimit-remaining-requests"] == "0"
+    api.rpm = None  # the minute has passed
+    for _ in range(3):
+        drain()
+    assert not EmbeddingFailure.objects.exists()
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+# -- chunks ----------------------------------------------------------------------------------
+
+
+def test_a_long_text_is_stored_as_token_bounded_chunks_each_with_its_vector(api):
+    manual = Manual.objects.create(title="Village guide", body=prose(40))
+    drain()
+    texts = chunk_texts(manual)
+    assert len(texts) > 10 and all(tokens(t) <= 120 for t in texts)
+    assert api.inputs == len(texts) and api.refused_for_limits == 0
+    for chunk in ManualChunk.objects.filter(parent=manual):
+        assert_fake_vector(ManualChunk, chunk.pk, chunk.text)
+    assert "Village guide" in texts[0]
+    # consecutive chunks overlap: the next one starts with the end of the one before
+    assert texts[1][:40] in texts[0].replace("\n\n", " ")
+
+
+def test_editing_one_paragraph_re_embeds_only_the_chunks_whose_text_changed(api):
+    body = prose(60)
+    manual = Manual.objects.create(title="Long guide", body=body)
+    drain()
+    before = chunk_texts(manual)
+    assert len(before) >= 20
+    paragraphs = body.split("\n\n")
+    paragraphs[30] += " A heron waits by the water."
+    api.reset()
+    Manual.objects.filter(pk=manual.pk).update(body="\n\n".join(paragraphs))
+    drain()
+    after = chunk_texts(manual)
+    changed = set(after) - set(before)
+    assert api.inputs == len(changed) and 1 <= len(changed) <= 2
+    assert len(after) == len(before)
+
+
+def test_chunks_are_replaced_only_while_the_row_still_has_that_text(api):
+    manual = Manual.objects.create(title="Racing", body=prose(10))
+
+    def edit_while_embedding(texts):
+        if any("Racing" in t for t in texts) and not any("Edited" in t for t in texts):
+            Manual.objects.filter(pk=manual.pk).update(title="Edited", body=prose(10, seed=3))
+
+    api.on_request = edit_while_embedding
+    drain()
+    texts = chunk_texts(manual)
+    assert texts and "Edited" in texts[0] and not any("Racing" in t for t in texts)
+
+
+def test_emptied_and_deleted_rows_lose_their_chunks(api):
+    emptied = Manual.objects.create(title="", body=prose(8))
+    gone = Manual.objects.create(title="Gone", body=prose(8))
+    drain()
+    assert chunk_texts(emptied) and chunk_texts(gone)
+    Manual.objects.filter(pk=emptied.pk).update(body="")
+    gone.delete()
+    drain()
+    assert ManualChunk.objects.count() == 0 and queue_messages() == []
+
+
+def test_search_over_chunks_ranks_rows_by_their_best_chunk(api):
+    guides = [Manual.objects.create(title=f"Guide {n}", body=prose(12, seed=n)) for n in range(5)]
+    drain()
+    target = ManualChunk.objects.filter(parent=guides[3]).order_by("number")[2]
+    found = list(Manual.objects.semantic_search(target.text, k=3))
+    assert found[0].pk == guides[3].pk and found[0].chunk_text == target.text
+    assert found[0].chunk_number == 2 and found[0].distance == pytest.approx(0, abs=1e-3)
+    assert [f.distance for f in found] == sorted(f.distance for f in found)
+    filtered = list(Manual.objects.exclude(pk=guides[3].pk).semantic_search(target.text, k=2))
+    assert guides[3].pk not in {f.pk for f in filtered} and len(filtered) == 2
+    chunks = list(ManualChunk.objects.semantic_search(target.text, k=1))
+    assert chunks[0].pk == target.pk
+
+
+def test_status_counts_chunks(api):
+    Manual.objects.create(title="Counted", body=prose(12))
+    drain()
+    out = io.StringIO()
+    call_command("autoembed_status", "--json", stdout=out)
+    [manual] = [
+        c
+        for c in json.loads(out.getvalue())["configs"]
+        if c["config"] == "testapp.Manual.embedding"
+    ]
+    assert manual["chunks"] == ManualChunk.objects.count() > 1 and manual["embedded"] == 1
+
+
+def test_a_custom_splitter_by_dotted_path(api, settings):
+    from dataclasses import replace
+
+    from django_autoembed.config import registry
+
+    config = registry.get("testapp.Manual.embedding")
+    registry.add(replace(config, splitter="tests.testapp.providers.split_on_pipes"))
+    try:
+        manual = Manual.objects.create(title="a|b", body="c|d|e")
+        drain()
+        assert chunk_texts(manual) == ["a", "b\n\nc", "d", "e"]
+    finally:
+        registry.add(config)
+
+
+def test_backfill_queues_the_rows_that_have_no_chunks_yet(api):
+    from tests.conftest import purge_queue
+
+    have = Manual.objects.create(title="Chunked already", body=prose(6))
+    drain()
+    missing = Manual.objects.create(title="Predates the declaration", body=prose(6, seed=2))
+    purge_queue()
+    out = io.StringIO()
+    call_command(
+        "process_embeddings",
+        "--backfill",
+        "--once",
+        "--config",
+        "testapp.Manual.embedding",
+        stdout=out,
+        verbosity=1,
+    )
+    assert "queued 1 rows" in out.getvalue()
+    assert chunk_texts(missing) and chunk_texts(have)
