@@ -54,7 +54,7 @@ package: install-dev
 	bash scripts/package.sh
 
 bench: install
-	$(BIN)/pip install -q matplotlib
+	$(BIN)/pip install -q matplotlib gunicorn
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -43,7 +43,7 @@ DEFERRED, BUILDING = "deferred", "building"
 # and build in bulk afterwards (per-row inserts ~7 ms, a bulk build ~1.5-2 ms a row).
 DEFER_RATIO = 0.5
 # Seconds between a worker's looks at the backlog per config.
-CHECK_EVERY = 5.0
+CHECK_EVERY = 1.0
 
 
 class IndexState(models.Model):
@@ -191,13 +191,17 @@ class Indexing:
             connections[self.using].close()  # this thread's own Django connection
 
     def finish(self) -> None:
-        """The queue is drained (``--once``): build every deferred index now."""
-        deferred = self.deferred(fresh=True)
-        if deferred:
-            backlog = self.backlog(fresh=True)
-            for config in deferred:
-                if backlog.get(config.label, 0) <= drained_below(conf.get("INDEX_DEFER_ROWS")):
-                    self.build(config)
+        """The queue is drained (``--once``), or a batch may have drained it (the endpoint:
+        no later POST may come to notice): build every deferred index whose backlog is gone."""
+        try:
+            deferred = self.deferred(fresh=True)
+            if deferred:
+                backlog = self.backlog(fresh=True)
+                for config in deferred:
+                    if backlog.get(config.label, 0) <= drained_below(conf.get("INDEX_DEFER_ROWS")):
+                        self._build_now_or_behind(config)
+        except (DatabaseError, psycopg.Error) as exc:
+            logger.warning("Could not build an HNSW index (%s); the next batch tries again.", exc)
 
     def deferred(self, *, fresh: bool = False) -> list[EmbeddingConfig]:
         """Configs of this database whose index is deferred or was left half-built."""
@@ -425,3 +429,18 @@ def for_endpoint(using: str) -> Indexing:
         if using not in _endpoint:
             _endpoint[using] = Indexing(using, background=True)
         return _endpoint[using]
+
+
+def wait_for_endpoint_builds(timeout: float | None = None) -> bool:
+    """Wait for the index builds the endpoint started in this process; False on timeout."""
+    with _endpoint_lock:
+        indexings = list(_endpoint.values())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for indexing in indexings:
+        with indexing._lock:
+            threads = list(indexing._threads.values())
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+    return True

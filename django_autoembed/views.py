@@ -206,6 +206,7 @@ def _process(
         pause_delay=PAUSE_RELEASE_SECONDS,
     )
     answered(using, result.answered)
+    for_endpoint(using).finish()  # this batch may have drained a deferred index's backlog
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")
