@@ -178,6 +178,23 @@ def install_wrapper(sender: Any = None, connection: Any = None, **kwargs: Any) -
         connection.execute_wrappers.append(hnsw_settings)
 
 
+def _mean_of_chunks(cfg: EmbeddingConfig, pk: Any) -> np.ndarray | None:
+    """The normalised mean of a row's chunk vectors: the row as a whole, for "more like this"."""
+    assert cfg.chunk_model is not None
+    vectors = [
+        np.asarray(v.to_list() if hasattr(v, "to_list") else v, dtype=np.float32)
+        for v in cfg.chunk_model._default_manager.filter(parent_id=pk).values_list(
+            cfg.column, flat=True
+        )
+        if v is not None
+    ]
+    if not vectors:
+        return None
+    mean = np.mean(vectors, axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm else None
+
+
 class EmbeddingQuerySet(models.QuerySet):
     """QuerySet with vector search over the model's embedding configs."""
 
@@ -266,9 +283,14 @@ class EmbeddingQuerySet(models.QuerySet):
     def similar_to(
         self, obj: models.Model, k: int | None = None, *, config: str | None = None
     ) -> EmbeddingQuerySet:
-        """Rows nearest to ``obj``'s stored embedding, ``obj`` itself excluded."""
+        """Rows nearest to ``obj``'s stored embedding, ``obj`` itself excluded.
+
+        For a chunked config, ``obj`` is represented by the mean of its chunks' vectors."""
         cfg = self.embedding_config(config)
-        vector = getattr(obj, cfg.column)
+        if cfg.chunked:
+            vector = _mean_of_chunks(cfg, obj.pk)
+        else:
+            vector = getattr(obj, cfg.column)
         if vector is None:
             return self.none()
         qs = self.nearest(vector, config=config).exclude(pk=obj.pk)

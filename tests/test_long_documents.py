@@ -198,6 +198,21 @@ def test_search_over_chunks_ranks_rows_by_their_best_chunk(api):
     assert chunks[0].pk == target.pk
 
 
+def test_similar_to_a_chunked_row_finds_the_rows_sharing_its_chunks(api):
+    body = prose(12, seed=1)
+    original = Manual.objects.create(title="Original", body=body)
+    near_copy = Manual.objects.create(title="Original", body=body + "\n\nOne more line.")
+    others = [
+        Manual.objects.create(title=f"Other {n}", body=prose(12, seed=10 + n)) for n in range(3)
+    ]
+    unembedded = Manual(title="never saved")
+    drain()
+    found = list(Manual.objects.similar_to(original, k=3))
+    assert found[0].pk == near_copy.pk and original.pk not in {f.pk for f in found}
+    assert {f.pk for f in found[1:]} <= {o.pk for o in others}
+    assert list(Manual.objects.similar_to(unembedded)) == []
+
+
 def test_status_counts_chunks(api):
     Manual.objects.create(title="Counted", body=prose(12))
     drain()
