@@ -157,7 +157,8 @@ class Indexing:
         for config in registry.on_database(self.using):
             if config.label not in labels or config.label in skip or managed_index(config) is None:
                 continue
-            queued = int(backlog.get(config.label, 0) * self._vectors_per_row(config))
+            rows = backlog.get(config.label, 0)
+            queued = int(rows * self._vectors_per_row(config)) if rows else 0
             if should_defer(queued, self._indexed(config), minimum=minimum):
                 self.defer(config)
 
@@ -313,7 +314,8 @@ class Indexing:
         return max(0, int(row[0] or 0)) if row else 0
 
     def _vectors_per_row(self, config: EmbeddingConfig) -> float:
-        """How many vectors a queued row makes: 1, or its chunks (as the planner counted)."""
+        """How many vectors a queued row makes: 1, or its chunks (as the planner counted;
+        before any chunk exists, from the size of the newest rows' text at ~4 bytes a token)."""
         if not config.chunked:
             return 1.0
         with connections[self.using].cursor() as cursor:
@@ -321,7 +323,26 @@ class Indexing:
             chunks = max(0.0, float(cursor.fetchone()[0] or 0))
             cursor.execute(sqlfiles.section("ops.sql", "table_rows"), [config.table])
             rows = max(0.0, float(cursor.fetchone()[0] or 0))
-        return chunks / rows if chunks and rows else 1.0
+            if chunks and rows:
+                return chunks / rows
+            cursor.execute(
+                sqlfiles.section("processing.sql", "table_schema"),
+                [sql.Identifier(config.table).as_string(None)],
+            )
+            found = cursor.fetchone()
+            schema = found[0] if found else "public"
+            cursor.execute(
+                _statement(
+                    "text_bytes",
+                    function=sql.Identifier(schema, config.function_name),
+                    table=sql.Identifier(schema, config.table),
+                    pk=sql.Identifier(config.pk_column),
+                )
+            )
+            size = float(cursor.fetchone()[0] or 0)
+        assert config.chunk_tokens is not None
+        step = max(1, config.chunk_tokens - config.chunk_overlap)
+        return max(1.0, size / 4 / step)
 
     def _may_change(self, config: EmbeddingConfig) -> bool:
         """Only the table's owner may drop and create its indexes; say so once otherwise."""

@@ -69,6 +69,29 @@ def test_a_large_backlog_is_embedded_without_the_index_then_built_in_bulk(api, s
         assert f"Index Scan using {index_name()}" in Document.objects.nearest(query)[:5].explain()
 
 
+def test_a_backlog_of_long_documents_counts_their_chunks_not_their_rows(api, small_threshold):
+    from tests.test_long_documents import prose
+    from tests.testapp.models import Manual, ManualChunk
+
+    config = registry.get("testapp.Manual.embedding")
+    name = managed_index(config).name
+    seen = []
+
+    def look(texts):
+        seen.append(state_of("default", config))
+
+    api.on_request = look
+    # 30 rows, but ~20 chunks each: 600 vectors to write, over the threshold of 200
+    Manual.objects.bulk_create([Manual(title=f"m{i}", body=prose(40, seed=i)) for i in range(30)])
+    drain()
+    assert ManualChunk.objects.count() >= 400
+    assert set(seen) == {"deferred"}
+    with connection.cursor() as cursor:
+        cursor.execute("select indisvalid from pg_index where indexrelid = to_regclass(%s)", [name])
+        assert cursor.fetchone() == (True,)
+    assert not IndexState.objects.exists()
+
+
 def test_small_writes_keep_the_index_up_row_by_row(api, small_threshold):
     Document.objects.bulk_create([Document(title=f"few {i}") for i in range(20)])
     seen = []

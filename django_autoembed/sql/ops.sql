@@ -107,6 +107,9 @@ on conflict (key) do update set value = excluded.value
 -- table_rows -- a table's rows as the planner last counted them (-1 or 0: not yet)
 select reltuples from pg_class where oid = to_regclass(%s)
 
+-- text_bytes -- the average size of the text the newest rows of a table give to embed
+select avg(octet_length({function}(r))) from (select * from {table} order by {pk} desc limit 100) r
+
 -- config_rows_chunked -- rows of a table, how many have chunks, and the chunks
 select (select count(*) from {table}), (select count(distinct parent_id) from {chunks}),
        (select count(*) from {chunks})
