@@ -31,6 +31,8 @@ AUTOEMBED = {
     "ENDPOINT_TIME_BUDGET": env.float("AUTOEMBED_BENCH_TIME_BUDGET", default=25.0),
 }
 ROOT_URLCONF = "bench.urls"
+# The endpoint is routed for bench.push, which sets its token; the other parts need none.
+SILENCED_SYSTEM_CHECKS = ["autoembed.W003"]
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 LOGGING = {
     "version": 1,

@@ -40,3 +40,20 @@ class PlainDoc(models.Model):
 
     title = models.TextField()
     content = models.TextField()
+
+
+class LongDoc(EmbeddingMixin, models.Model):
+    """Documents of 3,000-20,000 tokens, one vector per chunk of at most 512 tokens."""
+
+    title = models.TextField()
+    content = models.TextField()
+    embedding_configs = [
+        EmbeddingConfig(fields=["title", "content"], chunk_tokens=512, chunk_overlap=64)
+    ]
+
+
+class SearchManual(EmbeddingMixin, models.Model):
+    """10,000 rows of 10 chunks each for the search-over-chunks bench (384 dims)."""
+
+    content = models.TextField()
+    embedding_configs = [EmbeddingConfig(fields=["content"], dimensions=384, chunk_tokens=256)]
