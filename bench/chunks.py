@@ -83,7 +83,10 @@ def paragraphs() -> list[str]:
 
 def corpus(docs: int, seed: int = 7) -> list[tuple[str, str]]:
     """(title, text) documents of 3,000 to 20,000 tokens (about 4 characters a token)."""
-    source = paragraphs()
+    # pgai's worker fails a whole batch on text that spells a special token such as
+    # "<|endoftext|>" (tiktoken's default check; ours counts it as ordinary text): such
+    # paragraphs (a few from the transformers docstrings) are left out so pgai can run.
+    source = [p for p in paragraphs() if "<|" not in p]
     rng = random.Random(seed)
     cursor = rng.randrange(len(source))
     out = []

@@ -46,22 +46,42 @@ def split(
     overlap = max(0, min(overlap, size // 2))
     pieces = _pieces(text.strip(), size - overlap, count, cut)
     chunks: list[str] = []
-    current: list[str] = []  # the chunk being made: the overlap first, then its own pieces
-    used = 0
-    fresh = 0  # pieces of its own (beyond the overlap)
-    for piece, tokens, starts_paragraph in pieces:
-        if fresh and used + tokens > size:
-            chunks.append(_join(current))
-            tail = _tail(current, overlap, count)
-            current, used, fresh = list(tail), sum(count(t) for t in tail), 0
-        if current and starts_paragraph:
-            current.append("\n\n")
-        current.append(piece)
-        used += tokens
-        fresh += 1
-    if fresh:
-        chunks.append(_join(current))
+    tail, tail_tokens = "", 0  # the overlap the next chunk starts with
+    start = 0
+    while start < len(pieces):
+        # Take pieces while their counts (and a token for every join) fit; the text is
+        # then counted once, whole, and given back piece by piece in the rare case a
+        # join made more tokens than that.
+        used, end = tail_tokens, start
+        while end < len(pieces):
+            cost = pieces[end][1] + (1 if end > start or tail else 0)
+            if end > start and used + cost > size:
+                break
+            used += cost
+            end += 1
+        while True:
+            chunk = _compose(tail, pieces[start:end])
+            if count(chunk) <= size:
+                break
+            if end - start > 1:
+                end -= 1
+            elif tail:
+                tail = ""  # a piece alone always fits; with its overlap it may not
+            else:
+                break  # unreachable: every piece fits in size - overlap
+        chunks.append(chunk)
+        tail, tail_tokens = _tail(chunk, overlap, count)
+        start = end
     return chunks
+
+
+def _compose(tail: str, pieces: Sequence[tuple[str, int, bool]]) -> str:
+    parts = [tail] if tail else []
+    for piece, _tokens, starts_paragraph in pieces:
+        if parts and starts_paragraph:
+            parts.append("\n\n")
+        parts.append(piece)
+    return _join(parts)
 
 
 def _pieces(
@@ -73,46 +93,70 @@ def _pieces(
         if not paragraph:
             continue
         first = True
-        for piece in _fit(paragraph, room, count, cut, level=0):
-            out.append((piece, count(piece), first))
+        for piece, tokens in _fit(paragraph, room, count, cut, level=0):
+            out.append((piece, tokens, first))
             first = False
     return out
 
 
 def _fit(
-    text: str, room: int, count: Counter, cut: Callable[[str, int], str] | None, level: int
-) -> list[str]:
-    """``text`` as pieces of at most ``room`` tokens: whole, or by sentences, words, tokens."""
-    if count(text) <= room:
-        return [text]
+    text: str,
+    room: int,
+    count: Counter,
+    cut: Callable[[str, int], str] | None,
+    level: int,
+    tokens: int | None = None,
+) -> list[tuple[str, int]]:
+    """``text`` as (piece, tokens) of at most ``room`` tokens: whole, or by sentences,
+    words, tokens."""
+    if tokens is None:
+        tokens = count(text)
+    if tokens <= room:
+        return [(text, tokens)]
     if level == 0:
         parts = [s for s in _SENTENCES.split(text) if s]
     elif level == 1:
         parts = _WORDS.findall(text)
     else:
-        return _cut_word(text, room, count, cut)
+        return [(head, count(head)) for head in _cut_word(text, room, count, cut)]
     if len(parts) <= 1:
-        return _fit(text, room, count, cut, level + 1)
-    out: list[str] = []
+        return _fit(text, room, count, cut, level + 1, tokens)
+    out: list[tuple[str, int]] = []
     for part in parts:
         out.extend(_fit(part, room, count, cut, level + 1))
     return _pack(out, room, count, " " if level == 0 else "")
 
 
-def _pack(parts: list[str], room: int, count: Counter, joiner: str) -> list[str]:
-    """Consecutive parts joined while they fit in ``room`` tokens."""
-    out: list[str] = []
-    current = ""
-    for part in parts:
-        candidate = f"{current}{joiner}{part}" if current else part
-        if current and count(candidate) > room:
-            out.append(current)
-            current = part
-        else:
-            current = candidate
-    if current:
-        out.append(current)
+def _pack(
+    parts: list[tuple[str, int]], room: int, count: Counter, joiner: str
+) -> list[tuple[str, int]]:
+    """Consecutive parts joined while they fit in ``room`` tokens (counted as above)."""
+    out: list[tuple[str, int]] = []
+    group: list[tuple[str, int]] = []
+    used = 0
+    for part, tokens in parts:
+        cost = tokens + (1 if group else 0)
+        if group and used + cost > room:
+            out.extend(_joined(group, room, count, joiner))
+            group, used, cost = [], 0, tokens
+        group.append((part, tokens))
+        used += cost
+    if group:
+        out.extend(_joined(group, room, count, joiner))
     return out
+
+
+def _joined(
+    group: list[tuple[str, int]], room: int, count: Counter, joiner: str
+) -> list[tuple[str, int]]:
+    """``group`` joined into one piece, or into more where the joined text is over ``room``."""
+    if len(group) == 1:
+        return group
+    text = joiner.join(part for part, _ in group)
+    tokens = count(text)
+    if tokens <= room:
+        return [(text, tokens)]
+    return _joined(group[:-1], room, count, joiner) + group[-1:]
 
 
 def _cut_word(
@@ -139,12 +183,16 @@ def _cut_chars(text: str, room: int, count: Counter) -> str:
     return text[:lo]
 
 
-def _tail(parts: list[str], overlap: int, count: Counter) -> list[str]:
-    """The last sentences of ``parts`` that fit in ``overlap`` tokens (none if 0)."""
+def _tail(text: str, overlap: int, count: Counter) -> tuple[str, int]:
+    """The last sentences of ``text`` that fit in ``overlap`` tokens ("" if none, or 0),
+    and their tokens."""
     if overlap <= 0:
-        return []
-    text = _join(parts)
-    sentences = [s for s in _SENTENCES.split(text.replace("\n\n", " ")) if s.strip()]
+        return "", 0
+    # A token is rarely over 16 characters: the overlap lies within the text's end.
+    end = text[-overlap * 16 :].replace("\n\n", " ")
+    sentences = [s for s in _SENTENCES.split(end) if s.strip()]
+    if len(end) < len(text):
+        sentences = sentences[1:]  # the first may be the end of a sentence cut above
     kept: list[str] = []
     used = 0
     for sentence in reversed(sentences):
@@ -153,7 +201,13 @@ def _tail(parts: list[str], overlap: int, count: Counter) -> list[str]:
             break
         kept.insert(0, sentence)
         used += tokens
-    return [" ".join(kept)] if kept else []
+    while kept:
+        tail = " ".join(kept)
+        tokens = count(tail)
+        if tokens <= overlap:
+            return tail, tokens
+        kept.pop(0)  # the joins made more tokens than the sentences alone
+    return "", 0
 
 
 def _join(parts: Sequence[str]) -> str:
