@@ -44,6 +44,8 @@ DEFERRED, BUILDING = "deferred", "building"
 DEFER_RATIO = 0.5
 # Seconds between a worker's looks at the backlog per config.
 CHECK_EVERY = 1.0
+# Seconds a config's vectors-per-row estimate is reused.
+PER_ROW_TTL = 30.0
 
 
 class IndexState(models.Model):
@@ -108,6 +110,7 @@ class Indexing:
         self._deferred: tuple[set[str], float] | None = None
         self._warned: set[str] = set()
         self._building: Any = None  # the connection running CREATE INDEX, to cancel on stop
+        self._per_row: dict[str, tuple[float, float]] = {}  # label: (vectors a row, when)
 
     # -- reading the backlog --------------------------------------------------
 
@@ -149,7 +152,7 @@ class Indexing:
             return
         backlog = self.backlog()
         for config in deferred:
-            if backlog.get(config.label, 0) <= drained_below(minimum):
+            if self._drained(config, backlog, minimum):
                 self._build_now_or_behind(config)
         if not minimum:
             return
@@ -158,7 +161,7 @@ class Indexing:
             if config.label not in labels or config.label in skip or managed_index(config) is None:
                 continue
             rows = backlog.get(config.label, 0)
-            queued = int(rows * self._vectors_per_row(config)) if rows else 0
+            queued = int(rows * self.vectors_per_row(config)) if rows else 0
             if should_defer(queued, self._indexed(config), minimum=minimum):
                 self.defer(config)
 
@@ -199,7 +202,7 @@ class Indexing:
             if deferred:
                 backlog = self.backlog(fresh=True)
                 for config in deferred:
-                    if backlog.get(config.label, 0) <= drained_below(conf.get("INDEX_DEFER_ROWS")):
+                    if self._drained(config, backlog, conf.get("INDEX_DEFER_ROWS")):
                         self._build_now_or_behind(config)
         except (DatabaseError, psycopg.Error) as exc:
             logger.warning("Could not build an HNSW index (%s); the next batch tries again.", exc)
@@ -312,6 +315,27 @@ class Indexing:
             cursor.execute(sqlfiles.section("ops.sql", "index_rows"), [index.name])
             row = cursor.fetchone()
         return max(0, int(row[0] or 0)) if row else 0
+
+    def _drained(self, config: EmbeddingConfig, backlog: dict[str, int], minimum: Any) -> bool:
+        """Whether what is left of a deferred index's backlog (in vectors) is small now."""
+        rows = backlog.get(config.label, 0)
+        return not rows or rows * self.vectors_per_row(config) <= drained_below(minimum)
+
+    def vectors_per_row(self, config: EmbeddingConfig) -> float:
+        """How many vectors a queued row of ``config`` makes (looked up every 30 s at most)."""
+        if not config.chunked:
+            return 1.0
+        with self._lock:
+            cached = self._per_row.get(config.label)
+        if cached is not None and time.monotonic() - cached[1] < PER_ROW_TTL:
+            return cached[0]
+        try:
+            value = self._vectors_per_row(config)
+        except (DatabaseError, psycopg.Error):
+            value = 1.0
+        with self._lock:
+            self._per_row[config.label] = (value, time.monotonic())
+        return value
 
     def _vectors_per_row(self, config: EmbeddingConfig) -> float:
         """How many vectors a queued row makes: 1, or its chunks (as the planner counted;

@@ -204,6 +204,17 @@ def release(cursor: Any, msg_ids: list[int], delay: float = 0) -> None:
         cursor.execute(query("release"), [float(delay), msg_ids])
 
 
+def split_off(cursor: Any, message: Message, keep: int) -> Message:
+    """Keep the first ``keep`` rows of a message read just now; send the rest on as a new
+    message, visible at once and carrying the attempts spent before this read. Call it
+    inside a transaction. Returns the message as it now stands."""
+    ids = message.row_ids
+    head = message.body_for(ids[:keep], message.prior_attempts)
+    send_batch(cursor, [message.body_for(ids[keep:], message.attempts - 1)])
+    cursor.execute(query("shrink"), [json.dumps(head), message.msg_id])
+    return Message(message.msg_id, message.read_ct, head)
+
+
 def next_visible_in(cursor: Any) -> float | None:
     """Seconds until the next hidden message becomes visible (None: the queue is empty)."""
     cursor.execute(query("next_visible_in"))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TextIO
 
 import psycopg
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
 from . import conf, queue
 from .config import registry
@@ -86,6 +86,7 @@ class Worker:
         self._paused: ProcessingPaused | None = None
         self._paused_until = 0.0
         self._pause_seconds = 0.0
+        self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -283,9 +284,12 @@ class _Lane:
                     continue
                 if handled == 0:
                     if self.o.once:
-                        if not self._due_soon():
-                            break
-                        continue
+                        if self._due_soon():
+                            continue
+                        if self.worker.busy_lanes:  # they may hand rows back: wait for them
+                            self._wait(0.5)
+                            continue
+                        break
                     self._wait()
             return 0
         finally:
@@ -295,16 +299,22 @@ class _Lane:
 
     def step(self) -> int:
         """Read and process one batch; returns how many rows it held."""
-        connection = connections[self.o.using]
-        connection.close_if_unusable_or_obsolete()
-        with connection.cursor() as cursor:
-            messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
-            messages = self._trim(cursor, messages)
-        if not messages:
-            self.worker.indexing.tick(set())  # idle: a deferred index may be built now
-            return 0
-        self.worker.indexing.tick(_labels(messages))
-        result = self.processor.process(messages)
+        with self.worker._lock:  # busy from the read on: other lanes wait for what it gives back
+            self.worker.busy_lanes += 1
+        try:
+            connection = connections[self.o.using]
+            connection.close_if_unusable_or_obsolete()
+            with connection.cursor() as cursor:
+                messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
+                messages = self._trim(cursor, messages)
+            if not messages:
+                self.worker.indexing.tick(set())  # idle: a deferred index may be built now
+                return 0
+            self.worker.indexing.tick(_labels(messages))
+            result = self.processor.process(messages)
+        finally:
+            with self.worker._lock:
+                self.worker.busy_lanes -= 1
         if result.answered:
             self.worker.resume()
             answered(self.o.using, result.answered)
@@ -358,16 +368,40 @@ class _Lane:
         return True
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
-        """Give back messages past the row budget so one batch stays bounded."""
+        """Give back messages past the budget so one batch stays bounded.
+
+        The budget counts vectors: a row of a config stored in chunks counts its chunks
+        (as estimated), and a message of more such rows than the budget holds is split,
+        its other rows sent on at once for another lane to take while this one works.
+        """
+        budget = self.worker.row_budget
         kept: list[queue.Message] = []
-        rows = 0
+        used = 0.0
         for message in messages:
-            if kept and rows >= self.worker.row_budget:
+            if kept and used >= budget:
                 break
+            rows = max(1, len(message.row_ids))
+            weight = self._weight(message)
+            if weight > 1 and rows > 1 and used + rows * weight > budget * 1.25:
+                keep = max(1, int((budget - used) / weight))
+                if keep < rows:
+                    with transaction.atomic(using=self.o.using):
+                        message = queue.split_off(cursor, message, keep)
+                    rows = keep
             kept.append(message)
-            rows += max(1, len(message.row_ids))
-        queue.release(cursor, [m.msg_id for m in messages[len(kept) :]])
+            used += rows * weight
+        given_back = [m.msg_id for m in messages[len(kept) :]]
+        queue.release(cursor, given_back)
+        split = bool(kept) and len(kept[-1].row_ids) < len(messages[len(kept) - 1].row_ids)
+        if given_back or split:
+            cursor.execute("select pg_notify(%s, '')", [CHANNEL])  # wake the other lanes
         return kept
+
+    def _weight(self, message: queue.Message) -> float:
+        """Vectors a row of this message makes (1 but for configs stored in chunks)."""
+        target = message.target
+        config = target and registry.match(target.table, target.function, target.column)
+        return self.worker.indexing.vectors_per_row(config) if config else 1.0
 
     # -- waiting --------------------------------------------------------------
 
@@ -376,9 +410,10 @@ class _Lane:
         while not self.worker.stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def _wait(self) -> None:
-        """Sleep until a trigger's NOTIFY, the poll interval, or a stop signal."""
-        deadline = time.monotonic() + self.o.poll_interval
+    def _wait(self, seconds: float | None = None) -> None:
+        """Sleep until a NOTIFY (a trigger's, or a worker's handing rows back), the poll
+        interval (or ``seconds``), or a stop signal."""
+        deadline = time.monotonic() + (self.o.poll_interval if seconds is None else seconds)
         try:
             listener = self._listen()
         except (psycopg.Error, DatabaseError) as exc:

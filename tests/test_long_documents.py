@@ -213,6 +213,22 @@ def test_similar_to_a_chunked_row_finds_the_rows_sharing_its_chunks(api):
     assert list(Manual.objects.similar_to(unembedded)) == []
 
 
+def test_a_message_of_many_long_documents_is_shared_out_in_batches_of_bounded_size(api, caplog):
+    # one INSERT: one message naming 30 rows of ~40 chunks each
+    Manual.objects.bulk_create([Manual(title=f"m{i}", body=prose(40, seed=i)) for i in range(30)])
+    [message] = queue_messages()
+    assert len(message["ids"]) == 30
+    caplog.set_level(logging.INFO, logger="django_autoembed.worker")
+    # a batch holds 10 x 4 x 2 = 80 vectors: about 4 of these rows, not all 30
+    drain(batch_size=10, max_requests=4, concurrency=2)
+    batches = [r for r in caplog.records if r.getMessage().startswith("Batch:")]
+    assert len(batches) >= 6 and max(r.completed for r in batches) <= 5
+    assert sum(r.completed for r in batches) == 30
+    assert ManualChunk.objects.values("parent").distinct().count() == 30
+    distinct_texts = ManualChunk.objects.values("text").distinct().count()
+    assert api.inputs == distinct_texts and archived_count() == 0
+
+
 def test_status_counts_chunks(api):
     Manual.objects.create(title="Counted", body=prose(12))
     drain()

@@ -22,6 +22,9 @@ update {queue}
    set vt = clock_timestamp() + make_interval(secs => %s), read_ct = greatest(read_ct - 1, 0)
  where msg_id = any(%s::bigint[])
 
+-- shrink -- a message keeps some of its rows (the others were sent on as a new message)
+update {queue} set message = %s::jsonb where msg_id = %s
+
 -- next_visible_in -- seconds until the next hidden message shows (NULL: queue empty)
 select extract(epoch from min(vt) - clock_timestamp()) from {queue}
 
