@@ -42,11 +42,10 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy django_autoembed
 
-# The rest of tox.ini's matrix: Django 6 on Python 3.12 and 3.13 (core suite;
-# tox skips an interpreter this machine lacks). pyenv's versions are put on PATH.
+# The rest of tox.ini's matrix: Django 6 on Python 3.12 and 3.13 (core suite); the
+# script finds the interpreters even where HOME is empty and pyenv's shims cannot.
 test-matrix: install-dev
-	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" \
-	  $(BIN)/tox -e py312-django6,py313-django6 -- -m "not pgcron and not soak"
+	bash scripts/test-matrix.sh -m "not pgcron and not soak"
 
 # The package as users get it: build, check the metadata, install the wheel into a
 # fresh venv and run one end-to-end test there (a missed package-data file fails it).
