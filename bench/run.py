@@ -29,10 +29,15 @@ def main() -> None:
     parser.add_argument("--no-pgai", action="store_true", help="leave out the pgai side by side")
     args = parser.parse_args()
     quick = ["--quick"] if args.quick else []
+    no_pgai = ["--no-pgai"] if args.no_pgai else []
     part("bench.insert_overhead", *(["--rows", "2000", "--runs", "3"] if args.quick else []))
-    part("bench.throughput", *quick, *(["--no-pgai"] if args.no_pgai else []))
+    part("bench.throughput", *quick, *no_pgai)
+    part("bench.backfill", *quick, *no_pgai)
+    part("bench.chunks", *quick, *no_pgai)
+    part("bench.maintenance", *quick)
     part("bench.latency", *quick)
     part("bench.search", *quick)
+    part("bench.push", *quick)  # builds the Postgres 17 + pg_cron + pg_net tier on first use
     part("bench.chart")
 
 

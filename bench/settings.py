@@ -29,6 +29,12 @@ AUTOEMBED = {
     "ENDPOINT_TOKEN": env("AUTOEMBED_BENCH_TOKEN", default=None),
     "ENDPOINT_URL": env("AUTOEMBED_BENCH_ENDPOINT", default=None),
     "ENDPOINT_TIME_BUDGET": env.float("AUTOEMBED_BENCH_TIME_BUDGET", default=25.0),
+    # bench.maintenance runs workers with the index kept up row by row ("none").
+    "INDEX_DEFER_ROWS": (
+        None
+        if env("AUTOEMBED_BENCH_DEFER_ROWS", default="1000") == "none"
+        else env.int("AUTOEMBED_BENCH_DEFER_ROWS", default=1000)
+    ),
 }
 ROOT_URLCONF = "bench.urls"
 # The endpoint is routed for bench.push, which sets its token; the other parts need none.
