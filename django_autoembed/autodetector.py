@@ -19,12 +19,35 @@ from .triggers import EmbeddingTrigger
 
 APP = "django_autoembed"
 DEPENDENCY = (APP, "0001_initial")
+# Triggers of a config stored in chunks call autoembed.delete_chunks(), created later.
+CHUNKS_DEPENDENCY = (APP, "0007_chunk_deletes")
 VECTOR_FIELDS = (VectorField, HalfVectorField, SparseVectorField)
 VECTOR_INDEXES = (AutoembedHnswIndex, HnswIndex, IvfflatIndex)
 
 
 def needs_autoembed(operation: Any) -> bool:
     """Whether the operation's SQL needs pgvector or the ``autoembed`` schema."""
+    return needed_migration(operation) is not None
+
+
+def _triggers(operation: Any) -> list[EmbeddingTrigger]:
+    if isinstance(operation, migrations.CreateModel):
+        constraints = operation.options.get("constraints", [])
+    elif isinstance(operation, migrations.AddConstraint):
+        constraints = [operation.constraint]
+    else:
+        return []
+    return [c for c in constraints if isinstance(c, EmbeddingTrigger)]
+
+
+def needed_migration(operation: Any) -> tuple[str, str] | None:
+    """The migration of ours the operation's SQL needs, or None."""
+    if any(t.chunk_table for t in _triggers(operation)):
+        return CHUNKS_DEPENDENCY
+    return DEPENDENCY if _needs_schema(operation) else None
+
+
+def _needs_schema(operation: Any) -> bool:
     if isinstance(operation, migrations.CreateModel):
         options = operation.options
         return (
@@ -49,8 +72,12 @@ class AutoembedAutodetector(MigrationAutodetector):
             if app_label == APP:
                 continue
             for migration in app_migrations:
-                if DEPENDENCY not in migration.dependencies and any(
-                    map(needs_autoembed, migration.operations)
-                ):
-                    migration.dependencies.append(DEPENDENCY)
+                needed = {needed_migration(op) for op in migration.operations} - {None}
+                # The latest of ours that any operation needs (the names sort by number).
+                latest = max(needed, default=None)
+                ours = [d for d in migration.dependencies if d[0] == APP]
+                if latest is not None and not any(d[1] >= latest[1] for d in ours):
+                    migration.dependencies = [d for d in migration.dependencies if d[0] != APP] + [
+                        latest
+                    ]
         return super().arrange_for_graph(changes, graph, migration_name)

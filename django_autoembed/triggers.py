@@ -46,6 +46,7 @@ class EmbeddingTrigger(BaseConstraint):
         template: str | None = None,
         own_function: bool = False,
         clear_on_update: bool = False,
+        chunk_table: str | None = None,
         violation_error_code: str | None = None,
         violation_error_message: str | None = None,
     ) -> None:
@@ -60,6 +61,8 @@ class EmbeddingTrigger(BaseConstraint):
         self.template = template
         self.own_function = own_function
         self.clear_on_update = clear_on_update
+        # A config stored in chunks: the table whose rows die with the parent row.
+        self.chunk_table = chunk_table
 
     @classmethod
     def for_config(cls, config: EmbeddingConfig) -> EmbeddingTrigger:
@@ -74,6 +77,7 @@ class EmbeddingTrigger(BaseConstraint):
             template=config.template,
             own_function=not config.generates_function,
             clear_on_update=config.clear_on_update,
+            chunk_table=config.chunk_table if config.chunked else None,
         )
 
     # -- Django constraint protocol ---------------------------------------
@@ -90,6 +94,8 @@ class EmbeddingTrigger(BaseConstraint):
             kwargs["own_function"] = True
         if self.clear_on_update:
             kwargs["clear_on_update"] = True
+        if self.chunk_table:
+            kwargs["chunk_table"] = self.chunk_table
         return path, tuple(args), kwargs
 
     def __eq__(self, other: object) -> bool:
@@ -130,6 +136,8 @@ class EmbeddingTrigger(BaseConstraint):
         names = {"insert_trigger": f"{self.name}_ins", "update_trigger": f"{self.name}_upd"}
         if self.clear_on_update:
             names["clear_trigger"] = f"{self.name}_clr"
+        if self.chunk_table:
+            names["delete_trigger"] = f"{self.name}_del"
         return names
 
     def _names(self, model: type[models.Model]) -> dict[str, sql.Composable]:
@@ -139,6 +147,7 @@ class EmbeddingTrigger(BaseConstraint):
             "pk_arg": sql.Literal(model._meta.pk.column),
             "function_arg": sql.Literal(self.function),
             "column_arg": sql.Literal(self.column),
+            "chunks_arg": sql.Literal(self.chunk_table or ""),
             "comment": sql.Literal(self.fingerprint()),
         }
 

@@ -30,6 +30,13 @@ create trigger {clear_trigger}
     when ({function}(old.*) is distinct from {function}(new.*))
     execute function autoembed.clear_column({column_arg})
 
+-- delete_trigger -- a chunked config: delete the chunks of deleted rows, once per statement
+create trigger {delete_trigger}
+    after delete on {table}
+    referencing old table as autoembed_old
+    for each statement
+    execute function autoembed.delete_chunks({chunks_arg}, {pk_arg})
+
 -- comment_trigger -- fingerprint of the declaration, compared by checks
 comment on trigger {trigger} on {table} is {comment}
 
