@@ -25,6 +25,8 @@ class Provider:
     max_request_tokens: int = 300_000
     # Whether count_tokens is exact (the provider's own tokenizer) or an estimate.
     exact_tokens = False
+    # Tokens the tokenizer adds to every input (a BERT model's [CLS] and [SEP]).
+    special_tokens = 0
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         self.model = model
@@ -46,13 +48,14 @@ class Provider:
     def request_cost(self, text: str) -> int:
         """What ``text`` counts for against a request's token budget: its bytes while that
         is small (never fewer than its tokens for byte-level tokenizers), else its tokens."""
-        size = len(text.encode("utf-8"))
+        size = len(text.encode("utf-8")) + self.special_tokens
         return size if self.exact_tokens and size <= SMALL_INPUT_BYTES else self.count_tokens(text)
 
     def over_limit(self, text: str) -> int | None:
         """``text``'s token count when it is over ``max_input_tokens``, else None."""
-        if self.exact_tokens and len(text.encode("utf-8")) <= self.max_input_tokens:
-            return None  # a token is at least one byte
+        size = len(text.encode("utf-8")) + self.special_tokens
+        if self.exact_tokens and size <= self.max_input_tokens:
+            return None  # a token is at least one byte, and the special ones are counted
         tokens = self.count_tokens(text)
         return tokens if tokens > self.max_input_tokens else None
 

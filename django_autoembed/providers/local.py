@@ -74,6 +74,7 @@ class LocalProvider(Provider):
         super().__init__(model=model, dimensions=dimensions)
 
     exact_tokens = True
+    special_tokens = 2  # [CLS] and [SEP], counted against the 256 the model reads
 
     def embed(self, texts: list[str]) -> np.ndarray:
         encoder = _load(self.model)
