@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .exceptions import InvalidValue
+
 Counter = Callable[[str], int]
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
@@ -42,7 +44,7 @@ def split(
             (without one, such a word is cut by characters).
     """
     if size <= 0:
-        raise ValueError("chunk size must be positive")
+        raise InvalidValue(f"chunk size must be a positive number of tokens, not {size!r}.")
     overlap = max(0, min(overlap, size // 2))
     pieces = _pieces(text.strip(), size - overlap, count, cut)
     chunks: list[str] = []

@@ -85,10 +85,6 @@ def validate_jobs(payload: Any) -> list[dict[str, Any]]:
     return payload
 
 
-def _ids(job: dict[str, Any]) -> list[Any]:
-    return list(job["ids"]) if "ids" in job else [job["id"]]
-
-
 # Row locks and provider calls must not share a request's transaction (ATOMIC_REQUESTS).
 @csrf_exempt
 @transaction.non_atomic_requests
@@ -175,10 +171,10 @@ def _process(
     posted: dict[int, list[Any]] = {}
     messages: list[queue.Message] = []
     for job in jobs:
-        job_id, ids = job["jobId"], _ids(job)
-        target = queue.Target(
-            job["schema"], job["table"], job["contentFunction"], job["embeddingColumn"]
-        )
+        job_id = job["jobId"]
+        as_posted = queue.Message(job_id, 1, job)  # a validated job reads as its message would
+        ids, target = as_posted.row_ids, as_posted.target
+        assert target is not None
         message = stored.get(job_id)
         # Already done elsewhere, or never queued: embed what was posted, as the guide does.
         if message is None:

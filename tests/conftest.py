@@ -136,6 +136,32 @@ def embedded_pks(model, column: str = "embedding") -> set:
     return set(model.objects.filter(**{f"{column}__isnull": False}).values_list("pk", flat=True))
 
 
+# -- long texts -------------------------------------------------------------------
+
+SENTENCES = [
+    "The river bends twice before it reaches the old mill.",
+    "Nobody remembers who built the bridge, but everyone crosses it.",
+    "In spring the fields turn green and the swallows come back.",
+    "The baker opens at five and sells out of rye bread by nine.",
+    "A narrow lane climbs past the church to the orchard.",
+    "Children gather chestnuts there in the autumn.",
+]
+
+
+def tokens(text: str) -> int:
+    from django_autoembed.providers.openai import encoding
+
+    return len(encoding().encode_ordinary(text))
+
+
+def prose(paragraphs: int, seed: int = 0, per: int = 5) -> str:
+    out = []
+    for p in range(paragraphs):
+        picked = [SENTENCES[(seed + p * 7 + s * 3) % len(SENTENCES)] for s in range(per)]
+        out.append(f"Paragraph {p}. " + " ".join(picked))
+    return "\n\n".join(out)
+
+
 # -- user paths: manage.py as a subprocess on a brand-new database ----------------
 
 

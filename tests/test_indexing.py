@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django_autoembed.config import registry
 from django_autoembed.indexing import Indexing, IndexState, managed_index, state_of
 from django_autoembed.status import collect
-from tests.conftest import assert_fake_vector, drain, purge_queue
+from tests.conftest import assert_fake_vector, drain, prose, purge_queue
 from tests.testapp.models import Document
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
@@ -70,7 +70,6 @@ def test_a_large_backlog_is_embedded_without_the_index_then_built_in_bulk(api, s
 
 
 def test_a_backlog_of_long_documents_counts_their_chunks_not_their_rows(api, small_threshold):
-    from tests.test_long_documents import prose
     from tests.testapp.models import Manual, ManualChunk
 
     config = registry.get("testapp.Manual.embedding")

@@ -7,35 +7,21 @@ import logging
 import openai
 import pytest
 from django.core.management import call_command
+from django.db import connection, transaction
 
 from django_autoembed.failures import EmbeddingFailure
-from django_autoembed.providers.openai import encoding
 from django_autoembed.testing.fake_openai import MAX_INPUT_TOKENS
-from tests.conftest import archived_count, assert_fake_vector, drain, queue_messages
+from tests.conftest import (
+    archived_count,
+    assert_fake_vector,
+    drain,
+    prose,
+    queue_messages,
+    tokens,
+)
 from tests.testapp.models import Document, Essay, Manual, ManualChunk
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
-
-SENTENCES = [
-    "The river bends twice before it reaches the old mill.",
-    "Nobody remembers who built the bridge, but everyone crosses it.",
-    "In spring the fields turn green and the swallows come back.",
-    "The baker opens at five and sells out of rye bread by nine.",
-    "A narrow lane climbs past the church to the orchard.",
-    "Children gather chestnuts there in the autumn.",
-]
-
-
-def tokens(text: str) -> int:
-    return len(encoding().encode_ordinary(text))
-
-
-def prose(paragraphs: int, seed: int = 0, per: int = 5) -> str:
-    out = []
-    for p in range(paragraphs):
-        picked = [SENTENCES[(seed + p * 7 + s * 3) % len(SENTENCES)] for s in range(per)]
-        out.append(f"Paragraph {p}. " + " ".join(picked))
-    return "\n\n".join(out)
 
 
 def chunk_texts(manual) -> list[str]:
@@ -182,6 +168,20 @@ def test_emptied_and_deleted_rows_lose_their_chunks(api):
     gone.delete()
     drain()
     assert ManualChunk.objects.count() == 0 and queue_messages() == []
+
+
+def test_rows_deleted_in_sql_take_their_chunks_with_them(api):
+    """Not only the ORM's collector: a DELETE from psql or another service works too."""
+    kept, *gone = [Manual.objects.create(title=f"M{n}", body=prose(8, seed=n)) for n in range(3)]
+    drain()
+    assert ManualChunk.objects.filter(parent__in=gone).exists()
+    with connection.cursor() as cursor:  # one statement, in autocommit: the FK check at commit
+        cursor.execute("delete from testapp_manual where id = any(%s)", [[m.pk for m in gone]])
+    assert not ManualChunk.objects.filter(parent_id__in=[m.pk for m in gone]).exists()
+    assert ManualChunk.objects.filter(parent=kept).count() == len(chunk_texts(kept)) > 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("delete from testapp_manual")
+    assert ManualChunk.objects.count() == 0
 
 
 def test_search_over_chunks_ranks_rows_by_their_best_chunk(api):

@@ -147,3 +147,76 @@ def test_requests_are_packed_by_tokens_and_inputs():
         (6, 8),
         (8, 10),
     ]
+
+
+def test_every_error_the_package_raises_descends_from_autoembed_error():
+    """Callers catch AutoembedError (or the built-in kind it also is) for anything we raise."""
+    import ast
+    import builtins
+    from pathlib import Path
+
+    import django_autoembed
+    from django_autoembed import exceptions
+
+    # Not errors of ours: a module's missing attribute, a command's exit, a programming
+    # mistake in calling ProviderError itself.
+    allowed = {("__init__.py", "AttributeError"), ("exceptions.py", "ValueError")}
+    root = Path(django_autoembed.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+                found.add((path.name, name))
+    strays = []
+    for file, name in sorted(found):
+        cls = getattr(exceptions, name, None) or getattr(builtins, name, None)
+        if name == "CommandError" or (file, name) in allowed:
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, exceptions.AutoembedError)):
+            strays.append(f"{file}: {name}")
+    assert not strays, strays
+    assert issubclass(exceptions.InvalidValue, ValueError)
+    assert issubclass(exceptions.UnknownConfig, LookupError)
+
+
+def test_the_package_has_no_import_cycles_at_module_level():
+    """Imports inside functions are how a module reaches upward; its top level never does."""
+    import ast
+    from pathlib import Path
+
+    import django_autoembed
+
+    root = Path(django_autoembed.__file__).parent
+    modules = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix("__init__").rstrip("."): p
+        for p in root.rglob("*.py")
+        if "migrations" not in p.parts
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = graph.setdefault(name, set())
+        for node in ast.parse(path.read_text()).body:  # the top level only
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}".lstrip(".")
+                    deps.add(sub if sub in modules else target)
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        assert state.get(name) != 1, " -> ".join([*trail, name])
+        state[name] = 1
+        for dep in graph.get(name, ()):
+            if dep != name and dep in modules:
+                visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in graph:
+        visit(name, [])
