@@ -6,6 +6,8 @@ ImproperlyConfigured), the exception is that kind too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 
 
@@ -45,12 +47,21 @@ class ProviderError(AutoembedError):
 
     KINDS = ("transient", "throttled", "input", "config")
 
-    def __init__(self, message: str, *, kind: str = "transient", retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "transient",
+        retry_after: float | None = None,
+        limits: Any = None,
+    ):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, not {kind!r}")
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
+        # A rate limit's x-ratelimit-* headers (providers.base.RateHeaders), when sent.
+        self.limits = limits
 
     @property
     def retryable(self) -> bool:

@@ -3,12 +3,52 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """What a provider's ``x-ratelimit-*`` response headers say (None: not said)."""
+
+    limit_tokens: int | None = None
+    limit_requests: int | None = None
+    remaining_tokens: int | None = None
+    remaining_requests: int | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str] | None) -> RateHeaders | None:
+        if not headers:
+            return None
+
+        def number(name: str) -> int | None:
+            try:
+                return int(float(headers.get(f"x-ratelimit-{name}") or ""))
+            except ValueError:
+                return None
+
+        found = cls(
+            number("limit-tokens"),
+            number("limit-requests"),
+            number("remaining-tokens"),
+            number("remaining-requests"),
+        )
+        return found if found != cls() else None
+
+
+@dataclass
+class Answer:
+    """A provider's answer to one request: the vectors, the tokens it billed (None: it did
+    not say), and the rate limits it reported."""
+
+    vectors: Any
+    tokens: int | None = None
+    limits: RateHeaders | None = None
 
 
 class Provider:
@@ -27,6 +67,8 @@ class Provider:
     exact_tokens = False
     # Tokens the tokenizer adds to every input (a BERT model's [CLS] and [SEP]).
     special_tokens = 0
+    # Whether answers carry x-ratelimit-* headers to learn the account's limits from.
+    reports_rate_limits = False
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         self.model = model
@@ -34,6 +76,10 @@ class Provider:
 
     def embed(self, texts: list[str]) -> Sequence[Sequence[float]] | np.ndarray:
         raise NotImplementedError
+
+    def request(self, texts: list[str]) -> Answer:
+        """One request: vectors and, where the provider reports them, usage and rate limits."""
+        return Answer(self.embed(texts))
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``. Without a tokenizer: ~3 bytes a token, below what tokenizers

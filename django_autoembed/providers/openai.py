@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -13,7 +16,7 @@ import pybase64
 
 from .. import conf
 from ..exceptions import ConfigurationError, ProviderError
-from .base import Provider
+from .base import Answer, Provider, RateHeaders
 
 # Statuses that say the request's input was refused: split it to find the input at fault.
 INPUT_STATUSES = (400, 413, 422)
@@ -41,6 +44,7 @@ class OpenAIProvider(Provider):
     max_input_tokens = 8192
     max_request_tokens = 300_000
     exact_tokens = True
+    reports_rate_limits = True
 
     def count_tokens(self, text: str) -> int:
         return len(encoding().encode_ordinary(text))
@@ -60,49 +64,151 @@ class OpenAIProvider(Provider):
                 "The openai provider needs an API key. Set AUTOEMBED['API_KEY'] or the "
                 "OPENAI_API_KEY environment variable, or choose PROVIDER 'local'."
             )
+        # The rate-limit headers of each response, per thread (each request runs in one).
+        self._seen = threading.local()
         self.client = openai_sdk.OpenAI(
             api_key=api_key,
             base_url=conf.get("BASE_URL") or None,
             timeout=float(conf.get("REQUEST_TIMEOUT")),
             max_retries=int(conf.get("PROVIDER_RETRIES")),
+            http_client=openai_sdk.DefaultHttpxClient(event_hooks={"response": [self._headers]}),
         )
         # ada-002 refuses the dimensions parameter; text-embedding-3 and compatibles take it.
         self.send_dimensions = model != "text-embedding-ada-002"
 
+    def _headers(self, response: Any) -> None:
+        self._seen.headers = response.headers
+
     def embed(self, texts: list[str]) -> np.ndarray:
+        vectors: np.ndarray = self.request(texts).vectors
+        return vectors
+
+    def request(self, texts: list[str]) -> Answer:
+        self._seen.headers = None
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "base64"}
         if self.send_dimensions:
             body["dimensions"] = self.dimensions
+        # The client's generic POST keeps its auth, timeout, retries (with Retry-After) and
+        # typed errors, and skips what embeddings.create adds on top: a walk over every
+        # input string and typed response objects, which at 100 inputs per request cost
+        # more CPU than the request.
+        with _errors(self.model):
+            raw = self.client.post("/embeddings", body=body, cast_to=bytes)
         try:
-            # The client's generic POST keeps its auth, timeout, retries (with
-            # Retry-After) and typed errors, and skips what embeddings.create adds
-            # on top: a walk over every input string and typed response objects,
-            # which at 100 inputs per request cost more CPU than the request.
-            payload = json.loads(self.client.post("/embeddings", body=body, cast_to=bytes))
-        except openai_sdk.RateLimitError as exc:
-            raise ProviderError(
-                f"openai: rate limited ({exc.status_code}).",
-                kind="throttled",
-                retry_after=_retry_after(exc),
-            ) from exc
-        except openai_sdk.APITimeoutError as exc:
-            raise ProviderError(
-                f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s."
-            ) from exc
-        except openai_sdk.APIConnectionError as exc:
-            raise ProviderError(f"openai: cannot connect ({exc}).") from exc
-        except openai_sdk.APIStatusError as exc:
-            raise ProviderError(
-                _explain(exc, self.model), kind=_kind(exc), retry_after=_retry_after(exc)
-            ) from exc
+            payload = json.loads(raw)
         except ValueError as exc:
             raise ProviderError(f"openai: the response is not JSON ({exc}).") from exc
-        try:
-            data = sorted(payload["data"], key=lambda item: item["index"])
-            vectors = [_decode(item["embedding"]) for item in data]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProviderError(f"openai: unexpected response shape ({exc!r}).") from exc
-        return np.stack(vectors) if vectors else np.empty((0, self.dimensions))
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return Answer(
+            decode_vectors(payload, self.dimensions),
+            tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+            limits=RateHeaders.parse(getattr(self._seen, "headers", None)),
+        )
+
+    # -- the Batch API (batchapi.py) --------------------------------------------------
+
+    def submit_batch(
+        self, requests: list[list[str]], *, custom_prefix: str, metadata: dict[str, str]
+    ) -> str:
+        """Upload one embeddings request per list of texts and create a batch; its id."""
+        lines = []
+        for n, texts in enumerate(requests):
+            body: dict[str, Any] = {
+                "model": self.model,
+                "input": texts,
+                "encoding_format": "base64",
+            }
+            if self.send_dimensions:
+                body["dimensions"] = self.dimensions
+            lines.append(
+                json.dumps(
+                    {
+                        "custom_id": f"{custom_prefix}-{n}",
+                        "method": "POST",
+                        "url": "/v1/embeddings",
+                        "body": body,
+                    }
+                )
+            )
+        data = ("\n".join(lines) + "\n").encode()
+        with _errors(self.model):
+            uploaded = self.client.files.create(
+                file=(f"{custom_prefix}.jsonl", data, "application/jsonl"), purpose="batch"
+            )
+            batch = self.client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/embeddings",
+                completion_window="24h",
+                metadata=metadata,
+            )
+        return str(batch.id)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        with _errors(self.model):
+            batch = self.client.batches.retrieve(batch_id)
+        return batch.model_dump()
+
+    def find_batch(self, metadata: dict[str, str]) -> str | None:
+        """The id of a recent batch created with this metadata (a submission cut short)."""
+        with _errors(self.model):
+            for batch in self.client.batches.list(limit=100):
+                found = batch.metadata or {}
+                if all(found.get(k) == v for k, v in metadata.items()):
+                    return str(batch.id)
+        return None
+
+    def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> Any:
+        """What a finished batch's output and error files say (batchapi.Result)."""
+        from ..batchapi import Result, parse_output
+
+        result = Result()
+        for key in ("output_file_id", "error_file_id"):
+            file_id = info.get(key)
+            if file_id:
+                with _errors(self.model):
+                    content = self.client.files.content(file_id).content
+                parse_output(content, custom_prefix, self.dimensions, result)
+        return result
+
+
+@contextmanager
+def _errors(model: str) -> Iterator[None]:
+    """The SDK's errors as ProviderErrors of the kind that says what retrying can do."""
+    try:
+        yield
+    except openai_sdk.RateLimitError as exc:
+        raise ProviderError(
+            f"openai: rate limited ({exc.status_code}).",
+            kind="throttled",
+            retry_after=_retry_after(exc),
+            limits=RateHeaders.parse(getattr(getattr(exc, "response", None), "headers", None)),
+        ) from exc
+    except openai_sdk.APITimeoutError as exc:
+        raise ProviderError(
+            f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s."
+        ) from exc
+    except openai_sdk.APIConnectionError as exc:
+        raise ProviderError(f"openai: cannot connect ({exc}).") from exc
+    except openai_sdk.APIStatusError as exc:
+        raise ProviderError(
+            _explain(exc, model), kind=_kind(exc), retry_after=_retry_after(exc)
+        ) from exc
+
+
+def decode_vectors(payload: Any, dimensions: int | None = None) -> np.ndarray:
+    """The vectors of an embeddings response body, in input order."""
+    try:
+        data = sorted(payload["data"], key=lambda item: item["index"])
+        vectors = [_decode(item["embedding"]) for item in data]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProviderError(f"openai: unexpected response shape ({exc!r}).") from exc
+    if not vectors:
+        return np.empty((0, dimensions or 0), dtype=np.float32)
+    try:
+        return np.stack(vectors)
+    except ValueError as exc:
+        raise ProviderError(f"openai: vectors of different lengths ({exc}).") from exc
 
 
 def _decode(embedding: Any) -> np.ndarray:

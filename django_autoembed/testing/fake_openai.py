@@ -109,8 +109,15 @@ class FakeEmbeddingsServer:
         self.rpm: int | None = None
         self.tpm: int | None = None
         self._window: list[tuple[float, int]] = []  # (time, tokens) of the last minute's requests
+        self.window = 60.0  # the "minute" of the per-minute limits, in seconds (shorter in tests)
+        # (time.monotonic(), tokens) of each request let past the limits
+        self.sent: list[tuple[float, int]] = []
         self.refused_for_limits = 0  # requests refused with a 400 for the API's limits
-        self.tokens = 0
+        # Count every request's tokens exactly, as the API bills them (``usage``); off, short
+        # texts are estimated at 4 bytes a token, which spares a bench the tokenizer's CPU.
+        self.exact_tokens = True
+        self.tokens = 0  # tokens of the requests answered with vectors
+        self.throttled = 0  # requests answered 429 for the per-minute limits
         self._scheduled: list[tuple[int, float | None, float]] = []
         self._lock = threading.Lock()
         self._random = random.Random(1234)
@@ -121,6 +128,12 @@ class FakeEmbeddingsServer:
         self.failures = 0
         self.texts: list[str] = []
         self.first_request_at: float | None = None  # time.perf_counter() of the first request
+        # The Files and Batch APIs: uploaded files, batches, and how batches end.
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_delay = 1.0  # seconds from creation to the end of a batch
+        self.batch_outcome = "completed"  # or "expired" (half done) or "failed" (none done)
+        self.batch_texts: list[str] = []  # inputs embedded through batches
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -157,13 +170,22 @@ class FakeEmbeddingsServer:
             self.on_request = None
             self.rpm = self.tpm = None
             self._window = []
+            self.window = 60.0
+            self.sent = []
             self.refused_for_limits = 0
+            self.exact_tokens = True
             self.tokens = 0
+            self.throttled = 0
             self._scheduled.clear()
             self.requests = self.inputs = self.failures = 0
             self.max_in_flight = 0  # most requests the server was answering at once
             self.texts = []
             self.first_request_at = None
+            self.files = {}
+            self.batches = {}
+            self.batch_delay = 1.0
+            self.batch_outcome = "completed"
+            self.batch_texts = []
 
     def start(self) -> FakeEmbeddingsServer:
         self._thread = threading.Thread(
@@ -182,25 +204,153 @@ class FakeEmbeddingsServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    # -- the Files and Batch APIs ----------------------------------------------
+
+    def _file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        with self._lock:
+            return self._add_file(data, filename, purpose)
+
+    def _add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = f"file-{len(self.files) + 1:06d}{self._random.getrandbits(32):08x}"
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "data": data,
+        }
+        return self.files[file_id]
+
+    def _batch(self, batch_id: str) -> dict[str, Any] | None:
+        """A batch as the API shows it, run to its end once its delay has passed."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return None
+        with self._lock:
+            if batch["status"] in ("validating", "in_progress"):
+                if time.monotonic() >= batch["_ends"]:
+                    self._run_batch(batch)
+                else:
+                    batch["status"] = "in_progress"
+                    batch["in_progress_at"] = batch["in_progress_at"] or int(time.time())
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        """Answer every request line as the embeddings endpoint would, or end as told."""
+        now = int(time.time())
+        if self.batch_outcome == "failed":
+            batch.update(
+                status="failed",
+                failed_at=now,
+                errors={
+                    "object": "list",
+                    "data": [{"code": "invalid_request", "message": "injected failure", "line": 1}],
+                },
+            )
+            return
+        lines = [json.loads(raw) for raw in self.files[batch["input_file_id"]]["data"].splitlines()]
+        done = len(lines) // 2 if self.batch_outcome == "expired" else len(lines)
+        output, errors = [], []
+        for n, line in enumerate(lines):
+            custom = line.get("custom_id")
+            if n >= done:
+                errors.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": custom,
+                        "response": None,
+                        "error": {"code": "batch_expired", "message": "not run in time"},
+                    }
+                )
+                continue
+            body = line.get("body") or {}
+            texts = body.get("input") or []
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            tokens, refusal = _check_limits(texts)
+            poisoned = any(p in t for t in texts for p in self.poison) or any(not t for t in texts)
+            if refusal or poisoned:
+                errors.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": custom,
+                        "response": {
+                            "status_code": 400,
+                            "request_id": f"req_{n}",
+                            "body": api_error(refusal or "input rejected (poison or empty)"),
+                        },
+                        "error": None,
+                    }
+                )
+                continue
+            dims = int(body.get("dimensions") or MODELS.get(str(body.get("model")), (1536,))[0])
+            vectors = fake_vectors(texts, dims).astype("<f4")
+            self.batch_texts.extend(texts)
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(v.tobytes()).decode()
+                    if body.get("encoding_format") == "base64"
+                    else v.tolist(),
+                }
+                for i, v in enumerate(vectors)
+            ]
+            output.append(
+                {
+                    "id": f"batch_req_{n}",
+                    "custom_id": custom,
+                    "response": {
+                        "status_code": 200,
+                        "request_id": f"req_{n}",
+                        "body": {
+                            "object": "list",
+                            "data": data,
+                            "model": body.get("model"),
+                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                        },
+                    },
+                    "error": None,
+                }
+            )
+
+        def jsonl(items: list[dict[str, Any]]) -> bytes:
+            return "".join(json.dumps(i) + "\n" for i in items).encode()
+
+        out = self._add_file(jsonl(output), "output.jsonl", "batch_output") if output else None
+        err = self._add_file(jsonl(errors), "errors.jsonl", "batch_output") if errors else None
+        status = "expired" if self.batch_outcome == "expired" else "completed"
+        batch.update(
+            status=status,
+            output_file_id=out["id"] if out else None,
+            error_file_id=err["id"] if err else None,
+            request_counts={"total": len(lines), "completed": len(output), "failed": len(errors)},
+            **{f"{status}_at": now},
+        )
+
     # -- serving -----------------------------------------------------------
 
-    def _rate_limited(self, tokens: int) -> tuple[str, dict[str, str]] | None:
-        """A 429's message and headers when this request would break a per-minute limit."""
+    def _rate_limited(self, tokens: int) -> tuple[str | None, dict[str, str]]:
+        """(a 429's message, or None when the request may go; the x-ratelimit-* headers the
+        answer carries), for the per-minute limits over a sliding minute."""
         if self.rpm is None and self.tpm is None:
-            return None
+            return None, {}
         now = time.monotonic()
         with self._lock:
-            self._window = [(t, n) for t, n in self._window if now - t < 60]
+            self._window = [(t, n) for t, n in self._window if now - t < self.window]
             used_requests = len(self._window)
             used_tokens = sum(n for _, n in self._window)
             over_requests = self.rpm is not None and used_requests + 1 > self.rpm
             over_tokens = self.tpm is not None and used_tokens + tokens > self.tpm
             if not (over_requests or over_tokens):
                 self._window.append((now, tokens))
-                return None
-            reset = 60 - (now - self._window[0][0]) if self._window else 1.0
+                used_requests, used_tokens = used_requests + 1, used_tokens + tokens
+            else:
+                self.throttled += 1
+            reset = self.window - (now - self._window[0][0]) if self._window else 1.0
         headers = {
-            "retry-after": f"{max(1, round(reset))}",
             "x-ratelimit-limit-requests": str(self.rpm or ""),
             "x-ratelimit-remaining-requests": str(max(0, (self.rpm or 0) - used_requests)),
             "x-ratelimit-reset-requests": f"{reset:.0f}s",
@@ -208,10 +358,12 @@ class FakeEmbeddingsServer:
             "x-ratelimit-remaining-tokens": str(max(0, (self.tpm or 0) - used_tokens)),
             "x-ratelimit-reset-tokens": f"{reset:.0f}s",
         }
+        if not (over_requests or over_tokens):
+            return None, headers
         what = "requests" if over_requests else "tokens"
         limit = self.rpm if over_requests else self.tpm
         message = f"Rate limit reached for {what} per min: Limit {limit}. Please try again in "
-        return f"{message}{reset:.0f}s.", headers
+        return f"{message}{reset:.0f}s.", {"retry-after": f"{max(1, round(reset))}", **headers}
 
     def _count_request(self) -> None:
         with self._lock:
@@ -263,24 +415,55 @@ class FakeEmbeddingsServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
 
+            def _refused_key(self) -> bool:
+                header = self.headers.get("Authorization", "")
+                key = header[7:] if header.startswith("Bearer ") else ""
+                if key and (fake.valid_keys is None or key in fake.valid_keys):
+                    return False
+                self._send(
+                    401,
+                    api_error(
+                        f"Incorrect API key provided: {key[:3]}***{key[-4:]}."
+                        if key
+                        else "You didn't provide an API key.",
+                        code="invalid_api_key",
+                    ),
+                )
+                return True
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0].rstrip("/")
+                if self._refused_key():
+                    return None
+                parts = path.split("/")
+                if len(parts) == 5 and path.startswith("/v1/files/") and parts[4] == "content":
+                    found = fake.files.get(parts[3])
+                    if found is None:
+                        return self._send(404, api_error(f"No such File object: {parts[3]}"))
+                    return self._send(200, found["data"])
+                if len(parts) == 4 and path.startswith("/v1/batches/"):
+                    batch = fake._batch(parts[3])
+                    if batch is None:
+                        return self._send(404, api_error(f"No batch found with id '{parts[3]}'"))
+                    return self._send(200, batch)
+                if path == "/v1/batches":
+                    data = [fake._batch(b) for b in reversed(list(fake.batches))]
+                    return self._send(200, {"object": "list", "data": data, "has_more": False})
+                return self._send(404, api_error(f"Invalid URL (GET {self.path})"))
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                if self.path.rstrip("/") != "/v1/embeddings":
+                path = self.path.split("?")[0].rstrip("/")
+                if path == "/v1/files":
+                    return None if self._refused_key() else self._upload(raw)
+                if path == "/v1/batches":
+                    return None if self._refused_key() else self._create_batch(raw)
+                if path != "/v1/embeddings":
                     return self._send(404, api_error(f"Invalid URL (POST {self.path})"))
                 fake._count_request()
-                header = self.headers.get("Authorization", "")
-                key = header[7:] if header.startswith("Bearer ") else ""
-                if not key or (fake.valid_keys is not None and key not in fake.valid_keys):
-                    return self._send(
-                        401,
-                        api_error(
-                            f"Incorrect API key provided: {key[:3]}***{key[-4:]}."
-                            if key
-                            else "You didn't provide an API key.",
-                            code="invalid_api_key",
-                        ),
-                    )
+                if self._refused_key():
+                    return None
                 try:
                     body = json.loads(raw)
                     texts = body["input"]
@@ -308,29 +491,91 @@ class FakeEmbeddingsServer:
                             param="dimensions",
                         ),
                     )
-                tokens, refusal = _check_limits(texts)
+                exact = fake.exact_tokens or fake.tpm is not None
+                tokens, refusal = _check_limits(texts, exact=exact)
                 if refusal is not None:
                     with fake._lock:
                         fake.refused_for_limits += 1
                     return self._send(400, api_error(refusal, param="input"))
-                limited = fake._rate_limited(tokens)
-                if limited is not None:
+                refusal429, limit_headers = fake._rate_limited(tokens)
+                if refusal429 is not None:
                     return self._send(
                         429,
-                        api_error(limited[0], type_="requests", code="rate_limit_exceeded"),
-                        limited[1],
+                        api_error(refusal429, type_="requests", code="rate_limit_exceeded"),
+                        limit_headers,
                     )
                 with fake._lock:
+                    fake.sent.append((time.monotonic(), tokens))
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
-                    fake.tokens += tokens
                 try:
-                    self._answer(body, texts, dims)
+                    self._answer(body, texts, dims, tokens, limit_headers)
                 finally:
                     with fake._lock:
                         fake._in_flight -= 1
 
-            def _answer(self, body: dict[str, Any], texts: list[str], dims: int) -> None:
+            def _upload(self, raw: bytes) -> None:
+                from email.parser import BytesParser
+                from email.policy import HTTP
+
+                head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
+                form = BytesParser(policy=HTTP).parsebytes(head + raw)
+                fields: dict[str, Any] = {}
+                filename = "upload.jsonl"
+                for part in form.iter_parts() if form.is_multipart() else []:
+                    name = part.get_param("name", header="content-disposition")
+                    fields[str(name)] = part.get_payload(decode=True) or b""
+                    filename = part.get_filename() or filename
+                if "file" not in fields:
+                    return self._send(400, api_error("'file' is a required property"))
+                purpose = fields.get("purpose", b"").decode()
+                if purpose != "batch":
+                    return self._send(400, api_error(f"Invalid purpose {purpose!r}"))
+                record = fake._file(fields["file"], filename, purpose)
+                return self._send(200, {k: v for k, v in record.items() if k != "data"})
+
+            def _create_batch(self, raw: bytes) -> None:
+                try:
+                    body = json.loads(raw)
+                    file_id = body["input_file_id"]
+                except (ValueError, KeyError, TypeError):
+                    return self._send(400, api_error("input_file_id is required"))
+                if file_id not in fake.files:
+                    return self._send(400, api_error(f"No such file: {file_id}"))
+                if body.get("endpoint") != "/v1/embeddings":
+                    return self._send(400, api_error("this fake batches /v1/embeddings only"))
+                now = int(time.time())
+                batch_id = f"batch_{len(fake.batches) + 1:06d}{random.getrandbits(32):08x}"
+                fake.batches[batch_id] = {
+                    "id": batch_id,
+                    "object": "batch",
+                    "endpoint": "/v1/embeddings",
+                    "errors": None,
+                    "input_file_id": file_id,
+                    "completion_window": body.get("completion_window", "24h"),
+                    "status": "validating",
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "created_at": now,
+                    "in_progress_at": None,
+                    "expires_at": now + 86400,
+                    "completed_at": None,
+                    "failed_at": None,
+                    "expired_at": None,
+                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "metadata": body.get("metadata") or {},
+                    "_ends": time.monotonic() + fake.batch_delay,
+                }
+                return self._send(200, fake._batch(batch_id) or {})
+
+            def _answer(
+                self,
+                body: dict[str, Any],
+                texts: list[str],
+                dims: int,
+                tokens: int,
+                limit_headers: dict[str, str],
+            ) -> None:
                 failure = fake._decide_failure()
                 if fake.on_request is not None:
                     fake.on_request(texts)
@@ -359,6 +604,7 @@ class FakeEmbeddingsServer:
                 with fake._lock:
                     fake.inputs += len(texts)
                     fake.texts.extend(texts)
+                    fake.tokens += tokens
                 out_dims = fake.dimensions_override or dims
                 vectors = fake_vectors(texts, out_dims).astype("<f4")
                 model = json.dumps(body.get("model", "fake"))
@@ -371,9 +617,9 @@ class FakeEmbeddingsServer:
                     )
                     payload = (
                         f'{{"object":"list","data":[{items}],"model":{model},'
-                        f'"usage":{{"prompt_tokens":0,"total_tokens":0}}}}'
+                        f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}'
                     ).encode()
-                    return self._send(200, payload)
+                    return self._send(200, payload, limit_headers)
                 self._send(
                     200,
                     {
@@ -383,8 +629,9 @@ class FakeEmbeddingsServer:
                             {"object": "embedding", "index": i, "embedding": v.tolist()}
                             for i, v in enumerate(vectors)
                         ],
-                        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                     },
+                    limit_headers,
                 )
 
         return Handler
@@ -396,28 +643,35 @@ def _count(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
-def _check_limits(texts: list[str]) -> tuple[int, str | None]:
-    """(about how many tokens the request holds, why the real API would refuse it or None).
+def _check_limits(texts: list[str], *, exact: bool = True) -> tuple[int, str | None]:
+    """(the request's tokens, why the real API would refuse it or None).
 
-    Counting costs CPU, so a short text is counted by its bytes where that settles the
-    question (a token is at least one byte) and by the tokenizer where it does not.
+    With ``exact``, every text is counted with the tokenizer, as the API bills it;
+    without, a short text is estimated at 4 bytes a token, and counted only where its
+    size could break a limit (a token is at least one byte).
     """
     if len(texts) > MAX_INPUTS:
         return 0, f"'$.input' is invalid: at most {MAX_INPUTS} inputs a request, got {len(texts)}."
     sizes = [len(text.encode("utf-8")) for text in texts]
-    exact: dict[int, int] = {}
-    for n, (text, size) in enumerate(zip(texts, sizes, strict=True)):
-        if size > MAX_INPUT_TOKENS:
-            exact[n] = tokens = _count(text)
-            if tokens > MAX_INPUT_TOKENS:
-                return 0, (
-                    f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however "
-                    f"you requested {tokens} tokens ({tokens} in your prompt; input {n}). Please "
-                    "reduce your prompt."
-                )
-    if sum(exact.get(n, size) for n, size in enumerate(sizes)) > MAX_REQUEST_TOKENS:
-        total = sum(exact.get(n) or _count(text) for n, text in enumerate(texts))
-        if total > MAX_REQUEST_TOKENS:
-            return total, f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request."
-        return total, None
-    return sum(exact.get(n, size // 4 + 1) for n, size in enumerate(sizes)), None
+    if exact:
+        from ..providers.openai import encoding
+
+        counts = [len(ids) for ids in encoding().encode_ordinary_batch(texts)]
+    else:
+        counts = [
+            _count(t) if n > MAX_INPUT_TOKENS else n // 4 + 1
+            for t, n in zip(texts, sizes, strict=True)
+        ]
+    for n, tokens in enumerate(counts):
+        if tokens > MAX_INPUT_TOKENS:
+            return 0, (
+                f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however "
+                f"you requested {tokens} tokens ({tokens} in your prompt; input {n}). Please "
+                "reduce your prompt."
+            )
+    total = sum(counts)
+    if not exact and sum(sizes) > MAX_REQUEST_TOKENS:
+        total = sum(_count(text) for text in texts)
+    if total > MAX_REQUEST_TOKENS:
+        return total, f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request."
+    return total, None
