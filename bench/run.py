@@ -35,6 +35,7 @@ def main() -> None:
     part("bench.backfill", *quick, *no_pgai)
     part("bench.chunks", *quick, *no_pgai)
     part("bench.maintenance", *quick)
+    part("bench.ratelimit", *quick)
     part("bench.latency", *quick)
     part("bench.search", *quick)
     part("bench.push", *quick)  # builds the Postgres 17 + pg_cron + pg_net tier on first use

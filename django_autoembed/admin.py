@@ -10,9 +10,11 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
+from .batchapi import ProviderBatch
 from .config import registry
 from .exceptions import UnknownConfig
 from .failures import EmbeddingFailure, discard, retry
+from .usage import EmbeddingUsage
 
 
 class EmbeddingFilter(admin.SimpleListFilter):
@@ -116,3 +118,43 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
     @admin.action(description="Discard the selected failures")
     def discard_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         self.message_user(request, f"Discarded {discard(queryset)} failures.")
+
+
+class _ReadOnly(admin.ModelAdmin):
+    """Written by the workers; the admin only shows it."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(EmbeddingUsage)
+class EmbeddingUsageAdmin(_ReadOnly):
+    list_display = ("day", "config", "model", "mode", "requests", "inputs", "tokens", "cost")
+    list_filter = ("config", "mode", "model")
+    date_hierarchy = "day"
+
+    @admin.display(description="estimated cost (USD)")
+    def cost(self, obj: EmbeddingUsage) -> str:
+        cost = obj.cost
+        return "-" if cost is None else f"{cost:.4f}"
+
+
+@admin.register(ProviderBatch)
+class ProviderBatchAdmin(_ReadOnly):
+    list_display = (
+        "config",
+        "batch_id",
+        "state",
+        "status",
+        "inputs",
+        "vectors",
+        "failed",
+        "tokens",
+        "created",
+        "finished",
+    )
+    list_filter = ("config", "state", "status")
+    exclude = ("keys", "messages", "lines")

@@ -72,7 +72,9 @@ class AutoembedAutodetector(MigrationAutodetector):
             if app_label == APP:
                 continue
             for migration in app_migrations:
-                needed = {needed_migration(op) for op in migration.operations} - {None}
+                needed = {
+                    n for op in migration.operations if (n := needed_migration(op)) is not None
+                }
                 # The latest of ours that any operation needs (the names sort by number).
                 latest = max(needed, default=None)
                 ours = [d for d in migration.dependencies if d[0] == APP]

@@ -54,6 +54,23 @@ DEFAULTS: dict[str, Any] = {
     # (None: the server's own setting for the workers).
     "INDEX_BUILD_MEMORY": "512MB",
     "INDEX_BUILD_WORKERS": None,
+    # The account's limits per model, shared by every worker (None: read from the provider's
+    # x-ratelimit-* headers where RATE_LIMIT_HEADERS, else no pacing).
+    "TOKENS_PER_MINUTE": None,
+    "REQUESTS_PER_MINUTE": None,
+    "RATE_LIMIT_HEADERS": True,
+    # Days a vector is kept by the hash of its text, for any process to reuse (0: none kept
+    # but the Batch API's).
+    "VECTOR_STORE_DAYS": 7,
+    # US dollars per million tokens, by model, for the cost estimates; the Batch API's share.
+    "PRICES": {
+        "text-embedding-3-small": 0.02,
+        "text-embedding-3-large": 0.13,
+        "text-embedding-ada-002": 0.10,
+    },
+    "BATCH_PRICE": 0.5,
+    # Seconds between looks at Batch API jobs in flight (process_embeddings --batch-api).
+    "BATCH_POLL_SECONDS": 60.0,
 }
 
 

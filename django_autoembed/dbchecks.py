@@ -157,6 +157,21 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
     return out
 
 
+def _pending_summary(pending: list[str]) -> str:
+    """Pending migrations by app: each app's own when few, else its first and last."""
+    by_app: dict[str, list[str]] = {}
+    for name in pending:
+        app, _, migration = name.partition(".")
+        by_app.setdefault(app, []).append(migration)
+    parts: list[str] = []
+    for app, names in by_app.items():
+        if len(names) <= 2:
+            parts.extend(f"{app}.{n}" for n in names)
+        else:
+            parts.append(f"{app}.{names[0]} to {names[-1]} ({len(names)} migrations)")
+    return ", ".join(parts)
+
+
 @checks.register(checks.Tags.database)
 def check_database(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
@@ -171,9 +186,7 @@ def check_database(
         try:
             pending = _pending_migrations(alias)
             if pending:
-                shown = ", ".join(pending[:8]) + (
-                    f" and {len(pending) - 8} more" if len(pending) > 8 else ""
-                )
+                shown = _pending_summary(pending)
                 out.append(
                     checks.Error(
                         f"Database {alias!r} lacks {len(pending)} "

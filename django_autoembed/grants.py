@@ -70,9 +70,15 @@ def _ident(name: str) -> str:
 
 def needed(using: str = "default") -> list[Privilege]:
     """What the worker, the endpoint and ``autoembed_status`` need on database ``using``."""
-    from .failures import EmbeddingFailure
-    from .indexing import IndexState
-    from .pauses import ProviderPause
+    from .models import (
+        EmbeddingFailure,
+        EmbeddingUsage,
+        IndexState,
+        ProviderBatch,
+        ProviderPause,
+        RateBudget,
+        StoredVector,
+    )
 
     tables = queue.tables()
     out = [
@@ -83,7 +89,15 @@ def needed(using: str = "default") -> list[Privilege]:
         Privilege("table", tables["archive"].as_string(None), ("SELECT", "INSERT")),
         Privilege("table", "django_migrations", ("SELECT",)),
     ]
-    for model in (EmbeddingFailure, IndexState, ProviderPause):
+    for model in (
+        EmbeddingFailure,
+        IndexState,
+        ProviderPause,
+        EmbeddingUsage,
+        RateBudget,
+        StoredVector,
+        ProviderBatch,
+    ):
         out.append(
             Privilege(
                 "table", _ident(model._meta.db_table), ("SELECT", "INSERT", "UPDATE", "DELETE")

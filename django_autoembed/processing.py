@@ -28,14 +28,15 @@ from django.db import connections, transaction
 from django.utils.module_loading import import_string
 from psycopg import sql
 
-from . import chunking, conf, providers, queue
+from . import budget as budgets
+from . import chunking, conf, providers, queue, store, usage
 from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .chunking import ChunkPlan, plan_chunks
 from .config import EmbeddingConfig, registry
 from .exceptions import ProcessingPaused, ProviderError
 from .failures import DeadRow, record
-from .providers.base import Provider, as_matrix, chunk_inputs
+from .providers.base import Answer, Provider, as_matrix, chunk_inputs
 from .queue import Message
 from .vectors import VectorArray, adapt, precision, vector_type
 
@@ -257,6 +258,9 @@ class FanOut:
         self.config_error: ProviderError | None = None
         self.requests = 0
         self.answers = 0  # requests the provider answered with vectors
+        self.billed = 0  # tokens the provider said it billed for them
+        self.unbilled: list[tuple[int, int]] = []  # answered slices whose usage was not said
+        self.answered_inputs = 0
 
     def take(self) -> list[tuple[int, int]]:
         """Slices to send now (none once a configuration error was seen)."""
@@ -269,12 +273,25 @@ class FanOut:
         if isinstance(answer, BaseException):
             self._failed(lo, hi, answer)
             return
+        vectors, tokens = (
+            (answer.vectors, answer.tokens)
+            if isinstance(answer, Answer)
+            else (
+                answer,
+                None,
+            )
+        )
         try:
-            matrix = as_matrix(answer, hi - lo, self.dimensions, self.provider)
+            matrix = as_matrix(vectors, hi - lo, self.dimensions, self.provider)
         except ProviderError as exc:
             self._failed(lo, hi, exc)
             return
         self.answers += 1
+        self.answered_inputs += hi - lo
+        if tokens is None:
+            self.unbilled.append((lo, hi))
+        else:
+            self.billed += tokens
         for i, vector in enumerate(matrix):
             self.vectors[lo + i] = vector
         # NaN, infinities or values past halfvec's range: pgvector would refuse the
@@ -322,11 +339,22 @@ def send(
     call: Callable[[list[str]], Any],
     pool: ThreadPoolExecutor,
     deadline: float | None = None,
+    *,
+    gate: Callable[[int, int, float | None], bool] | None = None,
+    heard: Callable[[Any], None] | None = None,
 ) -> None:
-    """Send a fan-out's requests through ``pool``, as many in flight as the pool has threads."""
+    """Send a fan-out's requests through ``pool``, as many in flight as the pool has threads.
+
+    ``gate(lo, hi, deadline)`` is asked before each request and may wait (a rate budget);
+    False means not now: the slice is handed back unsent. ``heard(answer_or_error)`` sees
+    every answer, in this thread.
+    """
     futures: dict[Future[Any], tuple[int, int]] = {}
     while True:
         for lo, hi in fanout.take():
+            if gate is not None and not gate(lo, hi, deadline):
+                fanout.expired([(lo, hi)])
+                continue
             futures[pool.submit(call, list(fanout.texts[lo:hi]))] = (lo, hi)
         if not futures:
             return
@@ -339,9 +367,12 @@ def send(
         for future in done:
             lo, hi = futures.pop(future)
             try:
-                fanout.answered(lo, hi, future.result())
+                answer = future.result()
             except Exception as exc:
-                fanout.answered(lo, hi, exc)
+                answer = exc
+            if heard is not None:
+                heard(answer)
+            fanout.answered(lo, hi, answer)
         if fanout.config_error:
             for future in futures:
                 future.cancel()
@@ -385,6 +416,15 @@ class Resolved:
         return sql.SQL(sqlfiles.section("processing.sql", key)).format(**self.names)
 
 
+@dataclass
+class Wanted:
+    """The texts one config's messages need that no process has a vector for yet."""
+
+    target: Resolved
+    messages: list[Message]
+    inputs: list[tuple[bytes, str]]  # (the vector store's key of the text, what to send)
+
+
 class Processor:
     """Processes messages on one database alias.
 
@@ -400,6 +440,7 @@ class Processor:
         max_requests: int | None = None,
         pool: ThreadPoolExecutor | None = None,
         charge_outages: bool = False,
+        max_wait: float | None = None,
     ) -> None:
         self.using = using
         # Whether a batch whose every request failed in passing spends its rows' attempts
@@ -408,6 +449,11 @@ class Processor:
         self.batch_size = int(batch_size or conf.get("BATCH_SIZE"))
         self.max_requests = int(max_requests or conf.get("MAX_REQUESTS"))
         self.pool = pool
+        # Seconds a request may wait for the rate budget before its rows go back unspent
+        # (the jobs stay hidden for the visibility timeout: half of it by default).
+        self.max_wait = (
+            float(max_wait) if max_wait is not None else float(conf.get("VISIBILITY_TIMEOUT")) / 2
+        )
         self._schemas: dict[str, str | None] = {}
 
     # -- entry point ----------------------------------------------------------
@@ -613,20 +659,11 @@ class Processor:
     ) -> None:
         pks = list({row.pk: None for row in rows})
         contents, broken = self._read(target, pks)
-        stored: dict[Any, list[tuple[int, int, str]]] = {}
+        plans = self._chunk_plans(target, pks, contents)
         raw = self._raw()
-        with psycopg.Cursor(raw) as cur:
-            cur.execute(target.query("read_chunks"), [pks])
-            for chunk_id, parent, number, text in cur.fetchall():
-                stored.setdefault(parent, []).append((chunk_id, number, text))
         if not raw.autocommit and not connections[self.using].in_atomic_block:
             raw.commit()  # no transaction stays open across the API calls below
 
-        splits = {text: self._split(target, text) for text in set(contents.values()) if text}
-        plans = {
-            pk: plan_chunks(stored.get(pk, []), splits.get(text, []))
-            for pk, text in contents.items()
-        }
         new_texts = sorted({t for plan in plans.values() for _, t in plan.add})
         embedded = self._embed(target, new_texts, deadline)
         result.requests += embedded.fanout.requests
@@ -664,6 +701,21 @@ class Processor:
             with connections[self.using].cursor() as cursor:
                 apply_acks(cursor, acks)
             result.dead += len(acks.dead)
+
+    def _chunk_plans(
+        self, target: Resolved, pks: list[Any], contents: dict[Any, str]
+    ) -> dict[Any, ChunkPlan]:
+        """Per row, which of its stored chunks stay, move or go, and which texts are new."""
+        stored: dict[Any, list[tuple[int, int, str]]] = {}
+        with psycopg.Cursor(self._raw()) as cur:
+            cur.execute(target.query("read_chunks"), [pks])
+            for chunk_id, parent, number, text in cur.fetchall():
+                stored.setdefault(parent, []).append((chunk_id, number, text))
+        splits = {text: self._split(target, text) for text in set(contents.values()) if text}
+        return {
+            pk: plan_chunks(stored.get(pk, []), splits.get(text, []))
+            for pk, text in contents.items()
+        }
 
     def _split(self, target: Resolved, text: str) -> list[str]:
         config, provider = target.config, target.provider
@@ -799,6 +851,42 @@ class Processor:
         """
         config, provider = target.config, target.provider
         out = Embedded()
+        inputs = self._inputs(target, texts, out)
+        stored = precision(target.column_type)  # what the column keeps anyway
+        keys, kept_keys, known, missing = self._known(target, inputs)
+        out.fanout = self._call_provider(target, [inputs[t] for t in missing], deadline)
+        fanout = out.fanout
+        out.vectors = {t: known.get(keys[t]) for t in inputs}
+        out.skipped = {missing[n] for n in fanout.skipped}
+        remember = []
+        for n, text in enumerate(missing):
+            vector = fanout.vectors[n]
+            out.vectors[text] = vector
+            if n in fanout.errors:
+                out.errors[text] = fanout.errors[n]
+            elif vector is not None:
+                remember.append((text, vector.astype(stored)))
+        recent_vectors.put_many([(keys[t], v) for t, v in remember])
+        if store.enabled():
+            store.put_many(self.using, [(kept_keys[t], v) for t, v in remember], stored)
+        if fanout.answers:
+            unbilled = sum(
+                provider.count_tokens(t) for lo, hi in fanout.unbilled for t in fanout.texts[lo:hi]
+            )
+            usage.record(
+                self.using,
+                config.label,
+                provider.model,
+                requests=fanout.answers,
+                inputs=fanout.answered_inputs,
+                tokens=fanout.billed + unbilled,
+            )
+        return out
+
+    def _inputs(self, target: Resolved, texts: Iterable[str], out: Embedded) -> dict[str, str]:
+        """What to send for each text: itself, or its start when it is over the per-input limit
+        and the config truncates (``out`` learns of the long ones, and of those refused)."""
+        config, provider = target.config, target.provider
         limit = provider.max_input_tokens
         inputs: dict[str, str] = {}
         for text in texts:
@@ -816,41 +904,134 @@ class Processor:
                 )
             else:
                 inputs[text] = provider.head(text, limit)
-        stored = precision(target.column_type)  # what the column keeps anyway
-        scope = (*provider_key(config), target.column_type)
+        return inputs
+
+    def _known(
+        self, target: Resolved, inputs: dict[str, str]
+    ) -> tuple[dict[str, Any], dict[str, bytes], dict[Any, np.ndarray], list[str]]:
+        """(memory keys, store keys, the vectors known by memory key, the texts not known):
+        this process's recent vectors first, then those any process kept (or a batch brought)."""
+        stored = precision(target.column_type)
+        scope = (*provider_key(target.config), target.column_type)
         keys = {t: (*scope, hashlib.blake2b(t.encode(), digest_size=16).digest()) for t in inputs}
         known = recent_vectors.get_many(keys.values())
         missing = [t for t in inputs if keys[t] not in known]
-        out.fanout = self._call_provider(target, [inputs[t] for t in missing], deadline)
-        fanout = out.fanout
-        out.vectors = {t: known.get(keys[t]) for t in inputs}
-        out.skipped = {missing[n] for n in fanout.skipped}
-        remember = []
-        for n, text in enumerate(missing):
-            vector = fanout.vectors[n]
-            out.vectors[text] = vector
-            if n in fanout.errors:
-                out.errors[text] = fanout.errors[n]
-            elif vector is not None:
-                remember.append((keys[text], vector.astype(stored)))
-        recent_vectors.put_many(remember)
-        return out
+        kept_keys = {t: store.key(scope, t) for t in missing}
+        kept = store.get_many(self.using, kept_keys.values(), stored)
+        if kept:
+            found = [(keys[t], kept[kept_keys[t]]) for t in missing if kept_keys[t] in kept]
+            recent_vectors.put_many(found)
+            known.update(found)
+            missing = [t for t in missing if kept_keys[t] not in kept]
+        return keys, kept_keys, known, missing
+
+    def wanted(
+        self, messages: list[Message], *, now: Iterable[int] = ()
+    ) -> tuple[list[Wanted], list[Message]]:
+        """Split messages for the Batch API: per config, the messages whose rows need texts no
+        process has a vector for, with those texts; and the messages to process now (their
+        texts are known, they match no config, or their ids are in ``now``: those go through
+        the embeddings API, and a text they will embed is no reason to wait for a batch).
+        Writes nothing."""
+        direct = set(now)
+        rows = [row for m in messages for row in self._expand(m, None)]
+        groups: dict[str, tuple[EmbeddingConfig, list[Row]]] = {}
+        for row in rows:
+            if row.outcome is None and row.config is not None:
+                groups.setdefault(row.config.label, (row.config, []))[1].append(row)
+        out: list[Wanted] = []
+        waiting: set[int] = set()
+        for config, group in groups.values():
+            target = self._resolve(config)
+            pks = list({row.pk: None for row in group})
+            contents, _broken = self._read(target, pks)
+            if config.chunked:
+                plans = self._chunk_plans(target, pks, contents)
+                needs = {pk: [t for _, t in plan.add] for pk, plan in plans.items()}
+            else:
+                needs = {pk: [text] for pk, text in contents.items() if text}
+            texts = sorted({t for ts in needs.values() for t in ts})
+            inputs = self._inputs(target, texts, Embedded())
+            _, kept_keys, _, missing = self._known(target, inputs)
+            unknown = set(missing) - {
+                t for r in group if r.message.msg_id in direct for t in needs.get(r.pk, ())
+            }
+            later = {
+                id(r.message)
+                for r in group
+                if r.message.msg_id not in direct and unknown & set(needs.get(r.pk, ()))
+            }
+            if later:
+                held = list(
+                    {id(r.message): r.message for r in group if id(r.message) in later}.values()
+                )
+                wanted_texts = sorted(
+                    {t for r in group if id(r.message) in later for t in needs.get(r.pk, ())}
+                    & unknown
+                )
+                out.append(Wanted(target, held, [(kept_keys[t], inputs[t]) for t in wanted_texts]))
+                waiting |= later
+        raw = self._raw()
+        if not raw.autocommit and not connections[self.using].in_atomic_block:
+            raw.commit()
+        return out, [m for m in messages if id(m) not in waiting]
 
     def _call_provider(self, target: Resolved, inputs: list[str], deadline: float | None) -> FanOut:
         provider = target.provider
+        label = providers.label(target.config)
+        budget = budgets.for_provider(self.using, label) if budgets.applies(provider) else None
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
+        max_tokens = provider.max_request_tokens
+        estimate: Callable[[str], int] = provider.request_cost
+        counts: dict[str, int] = {}
+        if inputs and budget is not None and budget.limits:
+            # Paced: count exactly what each request costs, and keep every request small
+            # enough for the bucket to cover it.
+            counts = {t: provider.count_tokens(t) for t in inputs}
+            estimate = counts.__getitem__
+            max_tokens = int(min(max_tokens, max(1.0, budget.request_tokens or max_tokens)))
+
+        def gate(lo: int, hi: int, deadline: float | None) -> bool:
+            assert budget is not None
+            wait = (
+                self.max_wait
+                if deadline is None
+                else min(self.max_wait, deadline - time.monotonic())
+            )
+
+            def cost() -> float:
+                return float(sum(counts.get(t) or provider.count_tokens(t) for t in inputs[lo:hi]))
+
+            return budget.take(cost, max_wait=max(0.0, wait))
+
+        def call(texts: list[str]) -> Answer:
+            assert budget is not None
+            try:
+                answer = provider.request(texts)
+            except ProviderError as exc:
+                budget.heard(exc.limits)
+                raise
+            except Exception:
+                budget.heard(None)
+                raise
+            budget.heard(answer.limits)
+            return answer
+
+        def heard(answer: Any) -> None:
+            assert budget is not None
+            if isinstance(answer, Answer):
+                budget.answered(answer.limits)
+            elif isinstance(answer, ProviderError) and answer.kind == "throttled":
+                budget.throttled(answer.retry_after, answer.limits)
+
         fanout = FanOut(
             inputs,
-            chunk_inputs(
-                inputs,
-                max_inputs=max_inputs,
-                max_tokens=provider.max_request_tokens,
-                estimate=provider.request_cost,
-            ),
+            chunk_inputs(inputs, max_inputs=max_inputs, max_tokens=max_tokens, estimate=estimate),
             dimensions=target.config.get_dimensions(),
             provider=provider.name,
             column_type=target.column_type,
         )
+        paced = budget is not None and budget.paces
         if inputs:
             with ExitStack() as stack:
                 pool = self.pool or stack.enter_context(
@@ -858,8 +1039,10 @@ class Processor:
                         max_workers=self.max_requests, thread_name_prefix="autoembed"
                     )
                 )
-                send(fanout, provider.embed, pool, deadline)
-        label = providers.label(target.config)
+                if paced:
+                    send(fanout, call, pool, deadline, gate=gate, heard=heard)
+                else:
+                    send(fanout, provider.request, pool, deadline)
         if fanout.config_error is not None:
             raise ProcessingPaused(fanout.config_error, provider=label)
         outage = fanout.unavailable

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import pauses, queue
+from . import batchapi, conf, pauses, queue, usage
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .exceptions import QueueMissing
@@ -32,6 +32,11 @@ class ConfigStatus:
     index: str | None = None
     # For a config stored in chunks: how many chunks ("embedded" counts rows with chunks).
     chunks: int | None = None
+    # Tokens sent to the provider today and in the last 30 days (UTC), and what the latter
+    # cost by AUTOEMBED["PRICES"] (None: no price known for a model it used).
+    tokens_today: int = 0
+    tokens_30d: int = 0
+    cost_30d_usd: float | None = None
 
 
 @dataclass
@@ -55,6 +60,10 @@ class Status:
     paused: list[dict[str, Any]] = field(default_factory=list)
     # Jobs still waiting in queues used before AUTOEMBED['QUEUE'] changed, by queue name.
     former_queues: dict[str, int] = field(default_factory=dict)
+    # Batch API jobs in flight: {"config", "batch_id", "status", "inputs", "jobs", "submitted"}.
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    # Rate budgets: {"provider", "tokens_per_minute", "requests_per_minute", "share", "throttled"}.
+    budgets: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +99,7 @@ def _config_status(
         rows, embedded = cursor.fetchone()
     cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.queue_column])
     queued, oldest = cursor.fetchone()
+    spent = usage.summary(cursor.db.alias, config.label)
     return ConfigStatus(
         config=config.label,
         table=config.table,
@@ -104,6 +114,9 @@ def _config_status(
         .count(),
         index=state_of(cursor.db.alias, config),
         chunks=chunks,
+        tokens_today=spent.tokens_today,
+        tokens_30d=spent.tokens_30d,
+        cost_30d_usd=spent.cost_30d,
     )
 
 
@@ -159,4 +172,25 @@ def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None
         status.push = _push_status(cursor)
         status.former_queues = _former_queues(using)
     status.paused = pauses.as_dicts(pauses.current(using))
+    status.batches = batchapi.status_rows(using)
+    status.budgets = _budgets(using)
     return status
+
+
+def _budgets(using: str) -> list[dict[str, Any]]:
+    from .budget import RateBudget
+
+    tpm, rpm = conf.get("TOKENS_PER_MINUTE"), conf.get("REQUESTS_PER_MINUTE")
+    try:
+        return [
+            {
+                "provider": b.provider,
+                "tokens_per_minute": tpm or b.learned_tpm,
+                "requests_per_minute": rpm or b.learned_rpm,
+                "share": round(b.factor, 3),
+                "throttled": b.throttled,
+            }
+            for b in RateBudget.objects.using(using).order_by("provider")
+        ]
+    except DatabaseError:
+        return []

@@ -13,7 +13,8 @@ from typing import Any, TextIO
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
-from . import conf, queue
+from . import budget, conf, queue, store
+from .batchapi import Batches
 from .config import registry
 from .exceptions import ProcessingPaused
 from .indexing import Indexing
@@ -46,6 +47,8 @@ class WorkerOptions:
     # With --once: give up on rows other transactions keep locked after this many seconds.
     lock_wait: float = 10.0
     progress: TextIO | None = None
+    # Send the texts no process has a vector for through the provider's Batch API.
+    batch_api: bool = False
 
 
 def default_options(**overrides: Any) -> WorkerOptions:
@@ -87,6 +90,7 @@ class Worker:
         self._paused_until = 0.0
         self._pause_seconds = 0.0
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
+        self.batches = Batches(options.using) if options.batch_api else None
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -233,6 +237,7 @@ class _Lane:
             batch_size=self.o.batch_size,
             max_requests=self.o.max_requests,
             pool=worker.pool,
+            max_wait=self.o.visibility_timeout / 2,
         )
         self._listener: psycopg.Connection[Any] | None = None
         self._busy_since: float | None = None
@@ -249,6 +254,12 @@ class _Lane:
                     self._sleep(self.worker.paused_for())
                     continue
                 try:
+                    # The rate budget is promised ahead to requests waiting their turn:
+                    # reading more now would only hold jobs that cannot be sent.
+                    ahead = budget.ahead(self.o.using) - budget.LOOKAHEAD_SECONDS
+                    if ahead > 0:
+                        self._sleep(min(ahead, 1.0))
+                        continue
                     handled = self.step()
                     down_since = None
                 except ProcessingPaused as paused:
@@ -286,6 +297,9 @@ class _Lane:
                     if self.o.once:
                         if self._due_soon():
                             continue
+                        if self.worker.batches and self.worker.batches.poll():
+                            self._wait(min(self.o.poll_interval, self.worker.batches.poll_every))
+                            continue
                         if self.worker.busy_lanes:  # they may hand rows back: wait for them
                             self._wait(0.5)
                             continue
@@ -304,6 +318,9 @@ class _Lane:
         try:
             connection = connections[self.o.using]
             connection.close_if_unusable_or_obsolete()
+            store.prune(self.o.using)
+            if self.worker.batches is not None:
+                self.worker.batches.poll()
             with connection.cursor() as cursor:
                 messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
                 messages = self._trim(cursor, messages)
@@ -311,6 +328,11 @@ class _Lane:
                 self.worker.indexing.tick(set())  # idle: a deferred index may be built now
                 return 0
             self.worker.indexing.tick(_labels(messages))
+            if self.worker.batches is not None:
+                held = len(messages)
+                messages = self.worker.batches.divert(self.processor, messages)
+                if not messages:
+                    return held  # all of them wait for their batch
             result = self.processor.process(messages)
         finally:
             with self.worker._lock:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
+from django_autoembed import budget
 from django_autoembed.processing import recent_vectors
 from django_autoembed.search import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer, fake_vector
@@ -31,6 +32,7 @@ def api(fake_api, settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": fake_api.base_url}
     query_cache.clear()
     recent_vectors.clear()
+    budget.forget()  # what this process learned of the fake's limits in an earlier test
     return fake_api
 
 

@@ -105,5 +105,7 @@ AUTOEMBED = {
     "PROVIDER_RETRIES": 0,
     "RETRY_BACKOFF": 0,
     "ENDPOINT_TOKEN": "test-token",
+    # Batch API jobs in the fake end within a second or two: look at them often.
+    "BATCH_POLL_SECONDS": 0.2,
 }
 STATIC_URL = "static/"

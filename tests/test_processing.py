@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from django_autoembed.models import EmbeddingFailure
+from django_autoembed.models import EmbeddingFailure, StoredVector
 from django_autoembed.processing import Processor
 from django_autoembed.worker import Worker, connect, default_options
 from tests.conftest import (
@@ -370,8 +370,15 @@ def test_a_row_queued_again_with_the_same_text_costs_no_second_api_call(api, set
     drain()
     assert api.inputs == 2  # another model's vector is not interchangeable
 
+    # Without this process's memory, the vector store still has it (as another process would).
     settings.AUTOEMBED = {**settings.AUTOEMBED, "RECENT_VECTORS": 0}
     recent_vectors.clear()
+    send_job(job)
+    drain()
+    assert api.inputs == 2
+    # Without either, every read of the job pays again.
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "VECTOR_STORE_DAYS": 0}
+    StoredVector.objects.all().delete()
     for expected in (3, 4):
         send_job(job)
         drain()

@@ -72,6 +72,8 @@ class Command(BaseCommand):
             "oldest",
             "failures",
             "chunks",
+            "tokens 30d",
+            "cost 30d",
             "index",
         )
         rows = [
@@ -85,6 +87,8 @@ class Command(BaseCommand):
                 _age(c.oldest_job_age_s),
                 str(c.failures),
                 "-" if c.chunks is None else str(c.chunks),
+                str(c.tokens_30d),
+                "-" if c.cost_30d_usd is None else f"${c.cost_30d_usd:.2f}",
                 c.index or "-",
             )
             for c in status.configs
@@ -135,6 +139,26 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})"
             )
+        for batch in status.batches:
+            self.stdout.write(
+                f"Batch API: {batch['config']}: {batch['batch_id'] or '(submitting)'} "
+                f"{batch['status']}, {batch['inputs']} texts for {batch['jobs']} jobs, "
+                f"submitted {batch['submitted']}"
+            )
+        for budget in status.budgets:
+            limits = [
+                f"{budget[k]} {unit}/min"
+                for k, unit in (
+                    ("tokens_per_minute", "tokens"),
+                    ("requests_per_minute", "requests"),
+                )
+                if budget[k]
+            ]
+            if limits:
+                self.stdout.write(
+                    f"rate budget: {budget['provider']}: {', '.join(limits)}, "
+                    f"using {budget['share']:.0%} of it, {budget['throttled']} answers 429 so far"
+                )
         for c in status.configs:
             if c.index in ("deferred", "building"):
                 what = (

@@ -77,6 +77,12 @@ class Command(BaseCommand):
             help="with --once: seconds to wait for rows other transactions keep locked before "
             f"leaving them queued (default {WorkerOptions.lock_wait:g})",
         )
+        parser.add_argument(
+            "--batch-api",
+            action="store_true",
+            help="embed texts no process has a vector for through the provider's Batch API "
+            "(half the price, results within 24 h); with --once, waits for the batches",
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -108,6 +114,7 @@ class Command(BaseCommand):
                 using=options["database"],
                 max_downtime=options["max_downtime"],
                 lock_wait=options["lock_wait"],
+                batch_api=options["batch_api"],
                 progress=self.stdout._out if options["verbosity"] >= 1 else None,
             )
         )

@@ -1,0 +1,403 @@
+"""Backfills through the provider's Batch API: half the price, no rate limits to meet.
+
+``process_embeddings --batch-api`` reads the queue as usual; for the texts no
+process has a vector for yet, it writes a JSONL file of embedding requests,
+uploads it (Files API), creates a batch for ``/v1/embeddings`` and keeps the
+jobs hidden, without spending an attempt, until the batch is over. A
+``ProviderBatch`` row in Postgres records the batch (its id, its jobs, the
+hashes of its texts), so a worker restarted mid-batch picks it up where it was.
+
+When the batch is over (completed, expired or failed), its vectors go into
+the vector store (``store``) under the hashes of the texts they were made
+from, and the jobs are made visible again. Then they are processed as any
+job is: each row's current text is looked up in the store, so a row whose
+text is unchanged gets its batch vector with no further request, and a row
+edited since the submission has a new text, which the store does not hold,
+and is embedded afresh (never with the old text's vector). The rows whose
+requests failed or did not finish in the batch go through the embeddings API
+like any job, once, without another batch round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from django.db import DatabaseError, connections, models, transaction
+from django.utils import timezone
+
+from . import conf, providers, queue, store, usage
+from .exceptions import ConfigurationError, ProviderError
+from .providers.base import chunk_inputs
+
+if TYPE_CHECKING:
+    from .processing import Processor, Wanted
+    from .queue import Message
+
+logger = logging.getLogger(__name__)
+
+PREPARING, SUBMITTED, DONE = "preparing", "submitted", "done"
+# The provider's states a batch ends in.
+TERMINAL = ("completed", "expired", "failed", "cancelled")
+# Jobs of a batch stay hidden this long at most (the provider's 24-hour window, and then some).
+HOLD_SECONDS = 26 * 3600
+# A batch that never got past "preparing" (the worker died while submitting) is given up
+# after this long, and its jobs processed as usual.
+PREPARING_TIMEOUT = timedelta(minutes=10)
+# Jobs of batches finished this recently go through the embeddings API, not another batch.
+FINISHED_MEMORY = timedelta(days=2)
+KEY_BYTES = 16
+
+
+class ProviderBatch(models.Model):
+    """One Batch API job: what it holds, where it stands, what came of it."""
+
+    config = models.CharField(max_length=255, help_text="app_label.Model.config")
+    provider = models.CharField(max_length=255, help_text="name, model and server; no secrets")
+    model = models.CharField(max_length=255)
+    batch_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    state = models.CharField(
+        max_length=16,
+        choices=[(PREPARING, PREPARING), (SUBMITTED, SUBMITTED), (DONE, DONE)],
+        default=PREPARING,
+    )
+    status = models.CharField(max_length=32, blank=True, default="", help_text="the provider's")
+    messages = models.JSONField(default=list, help_text="queue message ids held for it")
+    keys = models.BinaryField(help_text="16-byte hashes of its texts, in order")
+    lines = models.JSONField(default=list, help_text="inputs per request line")
+    inputs = models.PositiveIntegerField(default=0)
+    vectors = models.PositiveIntegerField(default=0, help_text="vectors it brought")
+    failed = models.PositiveIntegerField(default=0, help_text="inputs it did not embed")
+    tokens = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        app_label = "django_autoembed"
+        ordering = ["-created"]
+        verbose_name = "provider batch"
+
+    def __str__(self) -> str:
+        return f"{self.config}: batch {self.batch_id or '(submitting)'} {self.status or self.state}"
+
+
+@dataclass
+class Result:
+    """What a finished batch's output and error files said, per request line."""
+
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # line -> matrix
+    errors: dict[int, str] = field(default_factory=dict)  # line -> why
+    tokens: int = 0
+
+
+def in_flight(using: str) -> list[ProviderBatch]:
+    return list(ProviderBatch.objects.using(using).exclude(state=DONE).order_by("created"))
+
+
+def _config_for(record: ProviderBatch) -> Any:
+    from .config import registry
+
+    return registry.get(record.config)
+
+
+class Batches:
+    """A worker's side of the Batch API on one database: divert jobs into batches, poll them."""
+
+    def __init__(self, using: str, *, poll_every: float | None = None) -> None:
+        self.using = using
+        self.poll_every = float(
+            poll_every if poll_every is not None else conf.get("BATCH_POLL_SECONDS")
+        )
+        self._polled = -self.poll_every
+        self._lock = threading.Lock()
+
+    # -- submitting ----------------------------------------------------------------
+
+    def divert(self, processor: Processor, messages: list[Message]) -> list[Message]:
+        """Put the jobs whose texts need embedding into batches; returns the jobs to process
+        now (their texts are all known, or they came back from a batch already)."""
+        if not messages:
+            return []
+        recent = self._recently_finished({m.msg_id for m in messages})
+        found, now = processor.wanted(messages, now=recent)
+        for wanted in found:
+            try:
+                self._submit(wanted, processor.batch_size)
+            except ProviderError as exc:
+                # The Batch API refused: these jobs go the ordinary way instead.
+                logger.warning(
+                    "%s: the Batch API refused the batch (%s); embedding its %d jobs through "
+                    "the embeddings API.",
+                    wanted.target.config.label,
+                    exc,
+                    len(wanted.messages),
+                )
+                now.extend(wanted.messages)
+        return now
+
+    def _submit(self, wanted: Wanted, batch_size: int) -> ProviderBatch:
+        target = wanted.target
+        provider = target.provider
+        if not hasattr(provider, "submit_batch"):
+            raise ConfigurationError(
+                f"{target.config.label}: the {provider.name!r} provider has no Batch API. "
+                "Run process_embeddings without --batch-api for it."
+            )
+        # Request lines as large as the worker's requests (many more inputs fit a line, but
+        # a line the API refuses fails all of them).
+        max_inputs = max(1, min(batch_size, provider.max_inputs))
+        texts = [text for _, text in wanted.inputs]
+        slices = list(
+            chunk_inputs(
+                texts,
+                max_inputs=max_inputs,
+                max_tokens=provider.max_request_tokens,
+                estimate=provider.request_cost,
+            )
+        )
+        ids = [m.msg_id for m in wanted.messages]
+        with transaction.atomic(using=self.using):
+            record = ProviderBatch.objects.using(self.using).create(
+                config=target.config.label,
+                provider=providers.label(target.config)[:255],
+                model=provider.model,
+                messages=ids,
+                keys=b"".join(k for k, _ in wanted.inputs),
+                lines=[hi - lo for lo, hi in slices],
+                inputs=len(texts),
+            )
+            with connections[self.using].cursor() as cursor:
+                # Hidden until the batch is over; this read is not counted as an attempt.
+                queue.release(cursor, ids, HOLD_SECONDS)
+        try:
+            batch_id = provider.submit_batch(
+                [texts[lo:hi] for lo, hi in slices],
+                custom_prefix=f"autoembed-{record.pk}",
+                metadata={"autoembed_batch": str(record.pk), "config": target.config.label},
+            )
+        except Exception:
+            self._give_back(record, "the Batch API refused the submission")
+            raise
+        record.batch_id, record.state, record.status = batch_id, SUBMITTED, "validating"
+        record.save(using=self.using, update_fields=["batch_id", "state", "status"])
+        logger.info(
+            "%s: submitted Batch API job %s with %d texts in %d requests for %d queued jobs.",
+            target.config.label,
+            batch_id,
+            len(texts),
+            len(slices),
+            len(ids),
+            extra={"config": target.config.label, "batch": batch_id, "inputs": len(texts)},
+        )
+        return record
+
+    def _give_back(self, record: ProviderBatch, why: str) -> None:
+        """The jobs of a batch that will bring nothing go back to the queue now."""
+        with transaction.atomic(using=self.using):
+            with connections[self.using].cursor() as cursor:
+                queue.set_vt(cursor, list(record.messages), 0)
+            record.state, record.error = DONE, why
+            record.finished = timezone.now()
+            record.save(using=self.using, update_fields=["state", "error", "finished"])
+
+    def _recently_finished(self, msg_ids: set[int]) -> set[int]:
+        if not msg_ids:
+            return set()
+        cutoff = timezone.now() - FINISHED_MEMORY
+        found: set[int] = set()
+        for ids in (
+            ProviderBatch.objects.using(self.using)
+            .filter(state=DONE, finished__gte=cutoff)
+            .values_list("messages", flat=True)
+        ):
+            found.update(i for i in ids if i in msg_ids)
+        return found
+
+    # -- polling -------------------------------------------------------------------
+
+    def poll(self, *, force: bool = False) -> int:
+        """Look at the batches in flight (at most every ``poll_every`` seconds); returns how
+        many are still in flight."""
+        with self._lock:
+            due = force or time.monotonic() - self._polled >= self.poll_every
+            if due:
+                self._polled = time.monotonic()
+        records = in_flight(self.using)
+        if not due:
+            return len(records)
+        left = 0
+        for record in records:
+            try:
+                if not self._claimed(record.pk):
+                    left += 1
+            except ProviderError as exc:
+                logger.warning("Batch %s: could not be looked at (%s).", record.batch_id, exc)
+                left += 1
+            except DatabaseError:
+                raise
+        return left
+
+    def _claimed(self, pk: int) -> bool:
+        """Look at one batch while holding its row, so that of the lanes and workers polling
+        at once, one alone finishes it; True once it is done with."""
+        with transaction.atomic(using=self.using):
+            record = (
+                ProviderBatch.objects.using(self.using)
+                .select_for_update(skip_locked=True)
+                .filter(pk=pk)
+                .exclude(state=DONE)
+                .first()
+            )
+            if record is None:  # done, or another worker has it right now
+                return (
+                    not ProviderBatch.objects.using(self.using)
+                    .filter(pk=pk)
+                    .exclude(state=DONE)
+                    .exists()
+                )
+            return self._poll_one(record)
+
+    def _poll_one(self, record: ProviderBatch) -> bool:
+        """True once the record is done with."""
+        config = _config_for(record)
+        provider: Any = providers.for_config(config)
+        if record.state == PREPARING:
+            if timezone.now() - record.created < PREPARING_TIMEOUT:
+                return False
+            found = provider.find_batch({"autoembed_batch": str(record.pk)})
+            if found is None:
+                self._give_back(record, "the worker stopped while submitting it")
+                return True
+            record.batch_id, record.state = found, SUBMITTED
+            record.save(using=self.using, update_fields=["batch_id", "state"])
+        info = provider.batch_status(record.batch_id)
+        if info["status"] != record.status:
+            record.status = info["status"]
+            record.save(using=self.using, update_fields=["status"])
+        if info["status"] not in TERMINAL:
+            return False
+        self._finish(record, provider, info)
+        return True
+
+    def _finish(self, record: ProviderBatch, provider: Any, info: dict[str, Any]) -> None:
+        from .vectors import precision, vector_type
+
+        config = _config_for(record)
+        result = provider.batch_results(info, custom_prefix=f"autoembed-{record.pk}")
+        keys = bytes(record.keys)
+        dtype = precision(vector_type(config))
+        items: list[tuple[bytes, np.ndarray]] = []
+        start = 0
+        failed = 0
+        for line, count in enumerate(record.lines):
+            matrix = result.vectors.get(line)
+            if matrix is not None and matrix.shape == (count, config.get_dimensions()):
+                for n in range(count):
+                    at = (start + n) * KEY_BYTES
+                    items.append((keys[at : at + KEY_BYTES], matrix[n]))
+            else:
+                failed += count
+            start += count
+        store.put_many(self.using, items, dtype)
+        usage.record(
+            self.using,
+            config.label,
+            record.model,
+            requests=len(result.vectors),
+            inputs=len(items),
+            tokens=result.tokens,
+            mode=usage.BATCH,
+        )
+        reasons = sorted(set(result.errors.values()))
+        with transaction.atomic(using=self.using):
+            with connections[self.using].cursor() as cursor:
+                queue.set_vt(cursor, list(record.messages), 0)
+                cursor.execute("select pg_notify(%s, '')", ["autoembed"])
+            record.state, record.finished = DONE, timezone.now()
+            record.vectors, record.failed, record.tokens = len(items), failed, result.tokens
+            record.error = "; ".join(reasons)[:2000] or _batch_error(info)
+            record.save(using=self.using)
+        logger.info(
+            "%s: Batch API job %s %s: %d vectors, %d inputs left to the embeddings API.",
+            record.config,
+            record.batch_id,
+            info["status"],
+            len(items),
+            failed,
+            extra={"batch": record.batch_id, "vectors": len(items), "failed": failed},
+        )
+
+
+def _batch_error(info: dict[str, Any]) -> str:
+    errors = info.get("errors") or {}
+    data = errors.get("data") if isinstance(errors, dict) else None
+    if info.get("status") in ("failed", "expired", "cancelled"):
+        said = "; ".join(str(e.get("message", e)) for e in data or [])
+        return f"batch {info.get('status')}" + (f": {said}" if said else "")
+    return ""
+
+
+def parse_output(
+    content: bytes, custom_prefix: str, dimensions: int, result: Result | None = None
+) -> Result:
+    """Read a Batch API output or error file (JSONL) into ``result``."""
+    from .providers.openai import decode_vectors
+
+    result = result or Result()
+    for raw in content.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+            custom = str(item.get("custom_id", ""))
+            if not custom.startswith(custom_prefix + "-"):
+                continue
+            line = int(custom[len(custom_prefix) + 1 :])
+        except (ValueError, TypeError, AttributeError):
+            continue
+        response = item.get("response") or {}
+        body = response.get("body") if isinstance(response, dict) else None
+        status = response.get("status_code") if isinstance(response, dict) else None
+        if status == 200 and isinstance(body, dict) and "data" in body:
+            try:
+                matrix = decode_vectors(body)
+            except ProviderError as exc:
+                result.errors[line] = str(exc)
+                continue
+            if matrix.ndim == 2 and matrix.shape[1] == dimensions:
+                result.vectors[line] = matrix
+            else:
+                result.errors[line] = f"vectors of {matrix.shape[-1]} dimensions, not {dimensions}"
+            tokens = (body.get("usage") or {}).get("total_tokens")
+            if isinstance(tokens, int):
+                result.tokens += tokens
+            continue
+        error = item.get("error") or (body or {}).get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        result.errors[line] = f"HTTP {status}: {message}" if status else str(message or "failed")
+    return result
+
+
+def status_rows(using: str) -> list[dict[str, Any]]:
+    """The batches in flight, for ``autoembed_status``."""
+    try:
+        return [
+            {
+                "config": r.config,
+                "batch_id": r.batch_id,
+                "status": r.status or r.state,
+                "inputs": r.inputs,
+                "jobs": len(r.messages),
+                "submitted": r.created.isoformat(),
+            }
+            for r in in_flight(using)
+        ]
+    except DatabaseError:
+        return []

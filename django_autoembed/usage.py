@@ -1,0 +1,117 @@
+"""What embedding costs: tokens sent per config and day, and their price.
+
+Counted from what the provider bills: the ``usage`` of each answer (the
+Batch API's output lines too); for a provider that reports none, its own
+tokenizer's count. One upsert per config per batch adds to the day's row.
+``PRICES`` (US dollars per million tokens, by model) turns tokens into an
+estimate, the Batch API's at ``BATCH_PRICE`` of it; ``autoembed_status`` and
+the admin show both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from django.db import ProgrammingError, connections, models, transaction
+from django.db.models import Sum
+from django.utils import timezone
+from psycopg import sql
+
+from . import conf
+from . import sql as sqlfiles
+
+logger = logging.getLogger(__name__)
+
+API, BATCH = "api", "batch"
+
+
+class EmbeddingUsage(models.Model):
+    """Tokens one config sent to its provider on one day (UTC), by way of sending."""
+
+    day = models.DateField()
+    config = models.CharField(max_length=255, help_text="app_label.Model.config")
+    model = models.CharField(max_length=255, help_text="the provider's model")
+    mode = models.CharField(
+        max_length=16,
+        choices=[(API, "embeddings API"), (BATCH, "Batch API")],
+        default=API,
+    )
+    requests = models.BigIntegerField(default=0)
+    inputs = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        app_label = "django_autoembed"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "config", "model", "mode"], name="autoembed_usage_unique_day"
+            )
+        ]
+        ordering = ["-day", "config"]
+        verbose_name_plural = "embedding usage"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.config}: {self.tokens} tokens ({self.mode})"
+
+    @property
+    def cost(self) -> float | None:
+        """Estimated US dollars, or None when PRICES has no price for the model."""
+        return price(self.model, self.mode, self.tokens)
+
+
+def price(model: str, mode: str, tokens: int) -> float | None:
+    per_million = (conf.get("PRICES") or {}).get(model)
+    if per_million is None:
+        return None
+    share = float(conf.get("BATCH_PRICE")) if mode == BATCH else 1.0
+    return float(per_million) * share * tokens / 1_000_000
+
+
+def record(
+    using: str, config: str, model: str, *, requests: int, inputs: int, tokens: int, mode: str = API
+) -> None:
+    """Add to today's usage of ``config``; never fails the caller (the log says why)."""
+    if not (requests or inputs or tokens):
+        return
+    statement = (
+        sql.SQL(sqlfiles.section("usage.sql", "record"))
+        .format(usage=sql.Identifier(EmbeddingUsage._meta.db_table))
+        .as_string(None)
+    )
+    try:
+        # Its own short transaction: the day's row is shared by every worker, and holding its
+        # lock through a batch's write would queue the workers behind one another.
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(
+                statement, [timezone.now().date(), config, model, mode, requests, inputs, tokens]
+            )
+    except ProgrammingError as exc:
+        logger.warning("Usage of %s not recorded (%s).", config, exc)
+
+
+@dataclass
+class UsageSummary:
+    tokens_today: int
+    tokens_30d: int
+    cost_30d: float | None  # None: no price known for a model used
+
+
+def summary(using: str, config: str, today: date | None = None) -> UsageSummary:
+    today = today or timezone.now().date()
+    rows = EmbeddingUsage.objects.using(using).filter(
+        config=config, day__gt=today - timedelta(days=30)
+    )
+    total_today = rows.filter(day=today).aggregate(n=Sum("tokens"))["n"] or 0
+    grouped: list[Any] = list(
+        rows.values("model", "mode").annotate(tokens=Sum("tokens")).order_by()
+    )
+    costs = [price(g["model"], g["mode"], g["tokens"]) for g in grouped]
+    cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+    return UsageSummary(
+        tokens_today=int(total_today),
+        tokens_30d=int(sum(g["tokens"] for g in grouped)),
+        cost_30d=cost if grouped else 0.0,
+    )
