@@ -138,6 +138,17 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
                     id="autoembed.E011",
                 )
             )
+        if config.text_search and not config.template_fields():
+            errors.append(
+                checks.Error(
+                    f"{config.label}: text_search={config.text_search!r} needs fields to search, "
+                    "and this config embeds a custom content function only.",
+                    hint="Declare fields=[...] (or a template) beside content_function, or drop "
+                    "text_search.",
+                    obj=model,
+                    id="autoembed.E012",
+                )
+            )
         key = (meta.db_table, config.queue_column)
         if key in columns:
             errors.append(

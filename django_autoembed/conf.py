@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "PUSH_TIMEOUT": 30.0,
     "PUSH_SPLIT_PACKED": False,
     "PUSH_KEEP_RESPONSES": "10 minutes",
+    # Text search configuration of hybrid_search for configs that declare no text_search.
+    "TEXT_SEARCH": "english",
     # Query embeddings kept in memory for semantic_search.
     "QUERY_CACHE_SIZE": 256,
     # Vectors of texts embedded lately, kept per process (0: off): a row queued

@@ -56,6 +56,9 @@ class EmbeddingConfig:
         chunk_overlap: tokens a chunk repeats from the end of the one before (default 64).
         splitter: dotted path to ``fn(text, size, overlap, count) -> list[str]`` to split
             texts into chunks your way (``count`` counts a text's tokens).
+        text_search: a Postgres text search configuration (``"english"``, ``"simple"``...):
+            ``makemigrations`` adds a GIN index over the config's fields for the full-text
+            side of ``hybrid_search``.
     """
 
     fields: Sequence[str] = ()  # stored as a tuple
@@ -72,6 +75,7 @@ class EmbeddingConfig:
     chunk_tokens: int | None = None
     chunk_overlap: int = 64
     splitter: str | None = None
+    text_search: str | None = None
     # Set when bound to a model class (and, for chunks, the child model made for them).
     model_class: Any = field(default=None, compare=False, repr=False)
     chunk_model: Any = field(default=None, compare=False, repr=False)

@@ -1,4 +1,4 @@
-"""The HNSW index the mixin adds, emitted without django.contrib.postgres.
+"""The HNSW and GIN indexes the mixin adds, emitted without django.contrib.postgres.
 
 pgvector's own ``HnswIndex`` derives from ``PostgresIndex``, which Django 6.1
 refuses unless ``django.contrib.postgres`` is installed (check postgres.E005).
@@ -63,3 +63,13 @@ class HnswIndex(models.Index):
         ):
             return self.deconstruct()[1:] == other.deconstruct()[1:]
         return super().__eq__(other)
+
+
+class TextSearchIndex(models.Index):
+    """``CREATE INDEX ... USING gin (to_tsvector(config, fields))``: the full-text side of
+    ``hybrid_search`` (the expression is the one its queries use)."""
+
+    suffix = "fts"
+
+    def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        return super().create_sql(model, schema_editor, using=" USING gin", **kwargs)

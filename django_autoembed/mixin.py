@@ -18,8 +18,8 @@ from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
 
 from .config import EmbeddingConfig, registry, short_name
-from .indexes import HnswIndex
-from .search import EmbeddingManager
+from .indexes import HnswIndex, TextSearchIndex
+from .search import EmbeddingManager, text_vector
 from .triggers import EmbeddingTrigger
 
 
@@ -47,7 +47,10 @@ def declared_configs(cls: type[models.Model]) -> list[EmbeddingConfig]:
                 return []  # inherited from a concrete parent: the parent's table holds it
             configs = list(own.get("embedding_configs") or [])
             if own.get("embed_fields"):
-                configs.insert(0, EmbeddingConfig(fields=tuple(own["embed_fields"])))
+                shorthand = EmbeddingConfig(
+                    fields=tuple(own["embed_fields"]), text_search=own.get("embed_text_search")
+                )
+                configs.insert(0, shorthand)
             return configs
     return []
 
@@ -126,6 +129,13 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
             if bound.index:
                 meta.indexes = [*meta.indexes, hnsw_index(meta.db_table, bound.column)]
                 meta.original_attrs["indexes"] = meta.indexes
+        if bound.text_search and bound.template_fields():
+            name = short_name(meta.db_table, bound.config_name, "fts", limit=30)
+            meta.indexes = [
+                *meta.indexes,
+                TextSearchIndex(text_vector(bound, bound.text_search), name=name),
+            ]
+            meta.original_attrs["indexes"] = meta.indexes
         meta.constraints = [*meta.constraints, EmbeddingTrigger.for_config(bound)]
         meta.original_attrs["constraints"] = meta.constraints
         registry.add(bound)

@@ -20,11 +20,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
+from asgiref.sync import sync_to_async
+from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.db import models, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import (
+    BooleanField,
+    Case,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, RowNumber
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
+from . import conf
 from .cache import VectorLRU, provider_key
 from .exceptions import InvalidValue, UnknownConfig
 
@@ -37,6 +53,17 @@ CHUNK_CANDIDATES = 200
 _MARKED = re.compile(r"/\* autoembed:hnsw(?: ef_search=(\d+))? \*/")
 # Strict order: an iterative scan never returns rows out of distance order.
 ITERATIVE_SCAN = "strict_order"
+# Reciprocal Rank Fusion: a row's score is the sum over both lists of weight / (RRF_K + rank).
+RRF_K = 60
+# Rows each side of a hybrid search contributes, at least (four per row asked for otherwise).
+HYBRID_CANDIDATES = 40
+# How the query text becomes a tsquery: web-search syntax (words ANDed, "quotes", -not, or).
+TEXT_QUERY_TYPES = ("websearch", "plain", "phrase", "raw")
+
+
+def text_vector(config: EmbeddingConfig, language: str) -> SearchVector:
+    """The tsvector of a config's fields, as its GIN index (``text_search``) holds it."""
+    return SearchVector(*config.template_fields(), config=language)
 
 
 class _QueryCache(VectorLRU):
@@ -269,16 +296,178 @@ class EmbeddingQuerySet(models.QuerySet):
             InvalidValue: ``text`` is empty (a ValueError).
             ProviderError: the provider failed; the message names it.
         """
+        cfg = self._search_config(text, config)
+        return self._semantic(query_cache.embed(cfg, text), k, config, ef_search)
+
+    async def asemantic_search(
+        self,
+        text: str,
+        k: int | None = None,
+        *,
+        config: str | None = None,
+        ef_search: int | None = None,
+    ) -> EmbeddingQuerySet:
+        """``semantic_search`` for async code: the query is embedded off the event loop; the
+        queryset it returns is evaluated with ``async for`` (or ``await qs.afirst()``...)."""
+        cfg = self._search_config(text, config)
+        vector = await sync_to_async(query_cache.embed)(cfg, text)
+        return self._semantic(vector, k, config, ef_search)
+
+    def _search_config(self, text: str, config: str | None) -> EmbeddingConfig:
         if not isinstance(text, str) or not text.strip():
-            raise InvalidValue("semantic_search needs a non-empty query text.")
-        cfg = self.embedding_config(config)
+            raise InvalidValue("A search needs a non-empty query text.")
+        return self.embedding_config(config)
+
+    def _semantic(
+        self, vector: Any, k: int | None, config: str | None, ef_search: int | None
+    ) -> EmbeddingQuerySet:
         qs = self.nearest(
-            query_cache.embed(cfg, text),
+            vector,
             config=config,
             ef_search=ef_search,
             candidates=max(CHUNK_CANDIDATES, 10 * (k or 0)),
         )
         return qs[:k] if k else qs
+
+    def hybrid_search(
+        self,
+        text: str,
+        k: int | None = None,
+        *,
+        config: str | None = None,
+        language: str | None = None,
+        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: int = RRF_K,
+        candidates: int | None = None,
+        query_type: str = "websearch",
+        ef_search: int | None = None,
+    ) -> EmbeddingQuerySet:
+        """Rows by full-text search and by meaning at once, fused by Reciprocal Rank Fusion.
+
+        The nearest ``candidates`` rows by cosine distance and the best ``candidates`` by
+        full-text rank (Postgres text search over the config's fields) are merged in one
+        statement; each row scores ``weights[0] / (rrf_k + vector_rank) + weights[1] /
+        (rrf_k + text_rank)``, a side it is missing from adding nothing. Rows come best
+        first, annotated with ``score``, ``vector_rank``, ``text_rank`` (None where the row
+        is not in that side's list), ``distance`` and ``text_score``. Filter before calling
+        it: the filters then choose both sides' candidates.
+
+        Args:
+            language: text search configuration; defaults to the config's ``text_search``
+                (whose GIN index then serves the query), else AUTOEMBED["TEXT_SEARCH"].
+            query_type: how ``text`` becomes a tsquery: "websearch" (words ANDed, quoted
+                phrases, ``or``, ``-word``), "plain", "phrase" or "raw" (tsquery syntax).
+
+        Raises:
+            InvalidValue: ``text`` is empty, or an argument is out of range (a ValueError).
+            ProviderError: the provider failed to embed the query.
+        """
+        cfg = self._search_config(text, config)
+        return self._hybrid(
+            cfg, query_cache.embed(cfg, text), text, k, config, language, weights, rrf_k,
+            candidates, query_type, ef_search,
+        )  # fmt: skip
+
+    async def ahybrid_search(self, text: str, k: int | None = None, **options: Any) -> Any:
+        """``hybrid_search`` for async code (the query is embedded off the event loop)."""
+        cfg = self._search_config(text, options.get("config"))
+        vector = await sync_to_async(query_cache.embed)(cfg, text)
+        return self._hybrid(
+            cfg,
+            vector,
+            text,
+            k,
+            options.get("config"),
+            options.get("language"),
+            options.get("weights", (1.0, 1.0)),
+            options.get("rrf_k", RRF_K),
+            options.get("candidates"),
+            options.get("query_type", "websearch"),
+            options.get("ef_search"),
+        )
+
+    def _hybrid(
+        self,
+        cfg: EmbeddingConfig,
+        vector: Any,
+        text: str,
+        k: int | None,
+        config: str | None,
+        language: str | None,
+        weights: tuple[float, float],
+        rrf_k: int,
+        candidates: int | None,
+        query_type: str,
+        ef_search: int | None,
+    ) -> EmbeddingQuerySet:
+        if query_type not in TEXT_QUERY_TYPES:
+            raise InvalidValue(
+                f"query_type={query_type!r}: choose one of {', '.join(TEXT_QUERY_TYPES)}."
+            )
+        if len(weights) != 2 or min(weights) < 0 or rrf_k < 0:
+            raise InvalidValue("weights are two numbers >= 0 (vector, text); rrf_k is >= 0.")
+        if not cfg.template_fields():
+            raise InvalidValue(
+                f"{cfg.label} embeds a custom content function: declare fields=[...] to "
+                "search its text."
+            )
+        n = int(candidates or max(HYBRID_CANDIDATES, 4 * (k or 10)))
+        language = language or cfg.text_search or str(conf.get("TEXT_SEARCH"))
+        document = text_vector(cfg, language)
+        query = SearchQuery(text, config=language, search_type=query_type)
+        nearest = self.nearest(vector, config=config, ef_search=ef_search)
+        by_text = (
+            self.annotate(_autoembed_document=document)
+            .filter(_autoembed_document=query)
+            .annotate(_autoembed_rank=SearchRank(document, query))
+            .order_by("-_autoembed_rank")
+        )
+        fused = (
+            self.filter(Q(pk__in=nearest.values("pk")[:n]) | Q(pk__in=by_text.values("pk")[:n]))
+            .annotate(**self._distances(cfg, vector, ef_search))
+            .annotate(
+                text_score=SearchRank(document, query),
+                _autoembed_document=document,
+            )
+            .annotate(
+                _autoembed_match=ExpressionWrapper(
+                    Q(_autoembed_document=query), output_field=BooleanField()
+                )
+            )
+            .annotate(
+                _autoembed_vn=models.Window(RowNumber(), order_by=F("distance").asc()),
+                # Ranked among the rows the query matches (ts_rank is not 0 for all others).
+                _autoembed_tn=models.Window(
+                    RowNumber(),
+                    partition_by=[F("_autoembed_match")],
+                    order_by=F("text_score").desc(),
+                ),
+            )
+            .annotate(
+                vector_rank=Case(
+                    When(distance__isnull=False, _autoembed_vn__lte=n, then=F("_autoembed_vn")),
+                    output_field=IntegerField(),
+                ),
+                text_rank=Case(
+                    When(_autoembed_match=True, then=F("_autoembed_tn")),
+                    output_field=IntegerField(),
+                ),
+            )
+            .annotate(
+                score=Coalesce(
+                    Value(float(weights[0])) / (Value(float(rrf_k)) + F("vector_rank")),
+                    Value(0.0),
+                    output_field=FloatField(),
+                )
+                + Coalesce(
+                    Value(float(weights[1])) / (Value(float(rrf_k)) + F("text_rank")),
+                    Value(0.0),
+                    output_field=FloatField(),
+                )
+            )
+            .order_by("-score", "distance")
+        )
+        return fused[:k] if k else fused
 
     def similar_to(
         self, obj: models.Model, k: int | None = None, *, config: str | None = None
@@ -306,20 +495,32 @@ class EmbeddingQuerySet(models.QuerySet):
         nearest_chunks = nearest_chunks.annotate(
             distance=SearchDistance(cfg.column, value, ef_search=ef_search)
         ).order_by("distance")[:candidates]
+        return (
+            self.filter(pk__in=nearest_chunks.values("parent_id"))
+            .annotate(**self._distances(cfg, value, ef_search))
+            .order_by("distance")
+        )
+
+    def _distances(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> dict:
+        """The ``distance`` annotation of a row (for chunks: its best chunk's, with that
+        chunk's ``chunk_text`` and ``chunk_number``)."""
+        from .vectors import vector_type
+
+        if not isinstance(value, (HalfVector, Vector)):
+            array = np.asarray(value, dtype=np.float32)
+            value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
+        if not cfg.chunked:
+            return {"distance": SearchDistance(cfg.column, value, ef_search=ef_search)}
         best = (
-            chunks.filter(parent=OuterRef("pk"))
+            cfg.chunk_model._default_manager.filter(parent=OuterRef("pk"))
             .annotate(distance=SearchDistance(cfg.column, value))
             .order_by("distance")
         )
-        return (
-            self.filter(pk__in=nearest_chunks.values("parent_id"))
-            .annotate(
-                distance=Subquery(best.values("distance")[:1]),
-                chunk_text=Subquery(best.values("text")[:1]),
-                chunk_number=Subquery(best.values("number")[:1]),
-            )
-            .order_by("distance")
-        )
+        return {
+            "distance": Subquery(best.values("distance")[:1]),
+            "chunk_text": Subquery(best.values("text")[:1]),
+            "chunk_number": Subquery(best.values("number")[:1]),
+        }
 
     # The HNSW scan reads its settings while rows are fetched; a server-side cursor
     # inside a transaction would fetch them after the settings were given back.

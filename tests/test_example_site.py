@@ -138,3 +138,18 @@ def test_local_model_ranks_the_vector_database_document_first(settings):
     ]
     assert ranked[0] == "Vector databases"
     assert ranked.index("Vector databases") < ranked.index("Sourdough bread")
+
+
+def test_the_search_page_offers_hybrid_search_and_shows_both_ranks(live_server, api):
+    for title, content in SAMPLES:
+        Document.objects.create(title=title, content=content)
+    Document.objects.create(title="Part KX-7703", content="The pressure valve of the pump.")
+    drain()
+    site = Browser(live_server.url)
+    assert '<option value="hybrid"' in site.get("/")
+    page = site.get("/search?" + urllib.parse.urlencode({"q": "KX-7703", "mode": "hybrid"}))
+    found = re.findall(r"<li><strong>([^<]+)</strong>", page)
+    assert found[0] == "Part KX-7703" and len(found) == len(SAMPLES) + 1
+    assert re.search(r"by words 1</span>", page) and '<option value="hybrid" selected' in page
+    semantic = site.get("/search?" + urllib.parse.urlencode({"q": "KX-7703"}))
+    assert "by words" not in semantic

@@ -57,3 +57,13 @@ class SearchManual(EmbeddingMixin, models.Model):
 
     content = models.TextField()
     embedding_configs = [EmbeddingConfig(fields=["content"], dimensions=384, chunk_tokens=256)]
+
+
+class HybridDoc(EmbeddingMixin, models.Model):
+    """100,000 rows of prose for the hybrid search bench, with the full-text index."""
+
+    category = models.IntegerField()
+    content = models.TextField()
+    embedding_configs = [
+        EmbeddingConfig(fields=["content"], dimensions=384, index=False, text_search="english")
+    ]

@@ -9,8 +9,11 @@ class Document(EmbeddingMixin, models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     # `embed_fields = ["title", "content"]` would do, with AUTOEMBED["DIMENSIONS"];
-    # the full form pins 384 so the schema is the same whichever provider runs.
-    embedding_configs = [EmbeddingConfig(fields=["title", "content"], dimensions=384)]
+    # the full form pins 384 so the schema is the same whichever provider runs, and
+    # text_search adds the full-text index the hybrid search uses.
+    embedding_configs = [
+        EmbeddingConfig(fields=["title", "content"], dimensions=384, text_search="english")
+    ]
 
     class Meta:
         ordering = ["-created_at"]

@@ -35,12 +35,24 @@ def index(request: HttpRequest) -> HttpResponse:
     )
 
 
+MODES = {"semantic": "by meaning", "hybrid": "by meaning and words"}
+
+
 def search(request: HttpRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()
+    mode = request.GET.get("mode", "semantic")
+    mode = mode if mode in MODES else "semantic"
     results, error = [], None
     if q:
         try:
-            results = list(Document.objects.semantic_search(q, k=10))
+            if mode == "hybrid":
+                results = list(Document.objects.hybrid_search(q, k=10))
+            else:
+                results = list(Document.objects.semantic_search(q, k=10))
         except AutoembedError as exc:
             error = str(exc)
-    return render(request, "documents/search.html", {"q": q, "results": results, "error": error})
+    return render(
+        request,
+        "documents/search.html",
+        {"q": q, "mode": mode, "modes": MODES, "results": results, "error": error},
+    )

@@ -11,6 +11,7 @@ class Document(EmbeddingMixin, models.Model):
     views = models.IntegerField(default=0)
 
     embed_fields = ["title", "content"]
+    embed_text_search = "english"
 
 
 class Chapter(Document):
