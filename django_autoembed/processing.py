@@ -99,6 +99,8 @@ class BatchResult:
     # Set when the provider refused the batch's configuration or was unavailable: the rows
     # not done were handed back unspent (their outcome is "skipped").
     paused: ProcessingPaused | None = None
+    # Seconds until the rows put back for a rate limit are due again (0: none were).
+    throttled_wait: float = 0.0
 
 
 # -- the acknowledgement plan (pure) -------------------------------------------------
@@ -519,6 +521,10 @@ class Processor:
                     (row.message.msg_id, row.raw_pk, row.outcome.error or row.outcome.kind)
                 )
                 result.busy += row.outcome.kind == "busy"
+                if row.outcome.kind == "throttled":
+                    result.throttled_wait = max(
+                        result.throttled_wait, row.outcome.retry_after or 1.0
+                    )
         result.seconds = time.monotonic() - started
         return result
 

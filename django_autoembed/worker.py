@@ -91,6 +91,8 @@ class Worker:
         self._pause_seconds = 0.0
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
         self.batches = Batches(options.using) if options.batch_api else None
+        # With --once: when the last rows put back for a rate limit are due again.
+        self.throttled_until = 0.0
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -362,6 +364,11 @@ class _Lane:
             },
         )
         self.worker._done(len(result.completed))
+        if result.throttled_wait:
+            with self.worker._lock:
+                self.worker.throttled_until = max(
+                    self.worker.throttled_until, time.monotonic() + result.throttled_wait
+                )
         if self.o.once and self._only_busy(result):
             return 0  # nothing else to do; _due_soon decides whether to wait for the locks
         return rows
@@ -379,15 +386,17 @@ class _Lane:
         return True
 
     def _due_soon(self) -> bool:
-        """With --once: wait for jobs put back for a moment (rows that were locked), not backoff."""
+        """With --once: wait for jobs put back for a moment (rows that were locked, and rows
+        a rate limit put back: a drained queue holds neither), not for retries' backoff."""
         if self.worker.stopping:
             return False
         with connections[self.o.using].cursor() as cursor:
             wait = queue.next_visible_in(cursor)
-        if wait is None or wait > ONCE_GRACE_SECONDS:
+        grace = max(ONCE_GRACE_SECONDS, self.worker.throttled_until - time.monotonic() + 1.0)
+        if wait is None or wait > grace:
             return False
-        time.sleep(wait + 0.05)
-        return True
+        self._sleep(wait + 0.05)
+        return not self.worker.stopping
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
         """Give back messages past the budget so one batch stays bounded.

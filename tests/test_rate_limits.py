@@ -70,3 +70,11 @@ def test_429s_cost_no_attempt_slow_the_workers_down_and_dead_letter_nothing(api,
     assert api.throttled > 0
     [budget] = RateBudget.objects.all()
     assert budget.throttled > 0 and budget.factor < 1
+
+
+def test_once_waits_for_the_rows_a_rate_limit_put_back(api):
+    docs = make_rows(20, "waited")
+    api.fail_next(1, status=429, retry_after=3)  # more than --once's grace for locked rows
+    drain(batch_size=5, concurrency=1)
+    assert embedded_pks(Document) == {d.pk for d in docs} and queue_messages() == []
+    assert not EmbeddingFailure.objects.exists()
