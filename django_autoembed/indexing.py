@@ -382,8 +382,8 @@ class Indexing:
             logger.warning(
                 "%s has a large backlog, but this worker's role does not own %s, so its HNSW "
                 "index is "
-                "kept up row by row (slower). Run backfills as the table's owner to have the index "
-                "built in bulk.",
+                "kept up row by row (slower). Run backfills as the table's owner, or grant the "
+                "owner's role to this one, to have the index built in bulk.",
                 config.label,
                 config.table,
             )

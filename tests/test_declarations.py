@@ -189,6 +189,7 @@ def check_ids(model, monkeypatch):
         (EmbeddingConfig(fields=["data"]), {"data": models.BinaryField()}, ["autoembed.E002"]),
         (EmbeddingConfig(fields=["title"], column="body"), {}, ["autoembed.E004"]),
         (EmbeddingConfig(fields=["title"], dimensions=4096), {}, ["autoembed.E006"]),
+        (EmbeddingConfig(content_function="f", text_search="english"), {}, ["autoembed.E012"]),
     ],
 )
 def test_checks_explain_declarations_that_cannot_work(config, fields, expected, monkeypatch):

@@ -243,3 +243,13 @@ def test_openai_without_an_api_key_is_a_warning(settings, monkeypatch):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "API_KEY": None}
     [warning] = check_settings()
     assert warning.id == "autoembed.W002" and "OPENAI_API_KEY" in warning.hint
+
+
+def test_an_endpoint_time_budget_not_below_pg_nets_timeout_is_a_warning(settings):
+    from django_autoembed.checks import check_settings
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_TIME_BUDGET": 30, "PUSH_TIMEOUT": 30}
+    [warning] = check_settings()
+    assert warning.id == "autoembed.W004" and "below PUSH_TIMEOUT" in warning.hint
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "ENDPOINT_TIME_BUDGET": 25}
+    assert check_settings() == []

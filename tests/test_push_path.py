@@ -162,3 +162,14 @@ def test_an_endpoint_that_is_down_or_broken_loses_nothing(push, api, settings, l
     assert not EmbeddingFailure.objects.exists()
     for doc in docs[::50]:
         assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_pg_nets_answers_to_our_posts_are_kept_only_as_long_as_configured(push, api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PUSH_KEEP_RESPONSES": "2 seconds"}
+    sync()
+    Document.objects.create(title="answered, then forgotten")
+    wait_for(lambda: responses(), what="pg_net to record the endpoint's answer")
+    # Ticks go on every second; each deletes our answers older than two seconds.
+    wait_for(lambda: not responses(), timeout=20, what="the old answers to be deleted")
+    Document.objects.create(title="the next one")
+    wait_for(lambda: responses(), what="the next answer")
