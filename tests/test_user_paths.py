@@ -197,3 +197,24 @@ def test_example_project_runserver_starts_without_warnings(fresh_database, api):
         output, _ = server.communicate(timeout=10)
     assert "System check identified no issues" in output, output
     assert "WARNING" not in output.upper(), output
+
+
+def test_example_project_with_the_local_model_runs_without_warnings(fresh_database):
+    """No OpenAI key: the default a new user meets, the local model from its PyPI package."""
+    pytest.importorskip("sentence_transformers", reason="the local extra is not installed here")
+    env = {"DATABASE_URL": fresh_database["url"]}
+    assert_clean(manage(ROOT, "migrate", env=env), "migrate")
+    assert_clean(manage(ROOT, "check", env=env), "check")
+    created = manage(
+        ROOT,
+        "shell",
+        "-c",
+        "from example_project.documents.models import Document; "
+        "Document.objects.create(title='Vector databases', content='pgvector')",
+        env=env,
+    )
+    assert created.returncode == 0, created.stderr
+    worked = manage(ROOT, "process_embeddings", "--once", env=env)
+    assert_clean(worked, "process_embeddings --once")
+    stored = vectors(fresh_database["name"], "documents_document")
+    assert stored["Vector databases"] is not None and stored["Vector databases"].shape == (384,)
