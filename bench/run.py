@@ -38,6 +38,7 @@ def main() -> None:
     part("bench.ratelimit", *quick)
     part("bench.latency", *quick)
     part("bench.search", *quick)
+    part("bench.hybrid", *quick)
     part("bench.push", *quick)  # builds the Postgres 17 + pg_cron + pg_net tier on first use
     part("bench.chart")
 

@@ -33,7 +33,7 @@ from django.db import DatabaseError, connections, models, transaction
 from django.utils import timezone
 
 from . import conf, providers, queue, store, usage
-from .exceptions import ConfigurationError, ProviderError
+from .exceptions import ConfigurationError, ProviderError, UnknownConfig
 from .providers.base import chunk_inputs
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ PREPARING_TIMEOUT = timedelta(minutes=10)
 # Jobs of batches finished this recently go through the embeddings API, not another batch.
 FINISHED_MEMORY = timedelta(days=2)
 KEY_BYTES = 16
+# How long a worker may take to look at (and finish) one batch before another may.
+LEASE = timedelta(minutes=10)
 
 
 class ProviderBatch(models.Model):
@@ -75,9 +77,15 @@ class ProviderBatch(models.Model):
     vectors = models.PositiveIntegerField(default=0, help_text="vectors it brought")
     failed = models.PositiveIntegerField(default=0, help_text="inputs it did not embed")
     tokens = models.BigIntegerField(default=0)
+    failed_keys = models.BinaryField(
+        default=b"", help_text="hashes of the texts it did not embed (the API's to do)"
+    )
     error = models.TextField(blank=True, default="")
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
+    leased_until = models.DateTimeField(
+        null=True, blank=True, help_text="a worker is looking at it until then"
+    )
 
     class Meta:
         app_label = "django_autoembed"
@@ -125,13 +133,14 @@ class Batches:
         now (their texts are all known, or they came back from a batch already)."""
         if not messages:
             return []
-        recent = self._recently_finished({m.msg_id for m in messages})
-        found, now = processor.wanted(messages, now=recent)
+        recent, failed = self._recently_finished({m.msg_id for m in messages})
+        found, now = processor.wanted(messages, now=recent, direct=failed)
         for wanted in found:
             try:
                 self._submit(wanted, processor.batch_size)
             except ProviderError as exc:
-                # The Batch API refused: these jobs go the ordinary way instead.
+                # The Batch API refused: these jobs go the ordinary way, now, in this lane
+                # (they are still hidden for it, as read).
                 logger.warning(
                     "%s: the Batch API refused the batch (%s); embedding its %d jobs through "
                     "the embeddings API.",
@@ -163,19 +172,17 @@ class Batches:
             )
         )
         ids = [m.msg_id for m in wanted.messages]
-        with transaction.atomic(using=self.using):
-            record = ProviderBatch.objects.using(self.using).create(
-                config=target.config.label,
-                provider=providers.label(target.config)[:255],
-                model=provider.model,
-                messages=ids,
-                keys=b"".join(k for k, _ in wanted.inputs),
-                lines=[hi - lo for lo, hi in slices],
-                inputs=len(texts),
-            )
-            with connections[self.using].cursor() as cursor:
-                # Hidden until the batch is over; this read is not counted as an attempt.
-                queue.release(cursor, ids, HOLD_SECONDS)
+        # Recorded first: a worker that dies while submitting leaves a record the next one
+        # finds the batch by (its metadata), or gives up on.
+        record = ProviderBatch.objects.using(self.using).create(
+            config=target.config.label,
+            provider=providers.label(target.config)[:255],
+            model=provider.model,
+            messages=ids,
+            keys=b"".join(k for k, _ in wanted.inputs),
+            lines=[hi - lo for lo, hi in slices],
+            inputs=len(texts),
+        )
         try:
             batch_id = provider.submit_batch(
                 [texts[lo:hi] for lo, hi in slices],
@@ -183,10 +190,14 @@ class Batches:
                 metadata={"autoembed_batch": str(record.pk), "config": target.config.label},
             )
         except Exception:
-            self._give_back(record, "the Batch API refused the submission")
+            record.delete(using=self.using)
             raise
-        record.batch_id, record.state, record.status = batch_id, SUBMITTED, "validating"
-        record.save(using=self.using, update_fields=["batch_id", "state", "status"])
+        with transaction.atomic(using=self.using):
+            with connections[self.using].cursor() as cursor:
+                # Hidden until the batch is over; this read is not counted as an attempt.
+                queue.release(cursor, ids, HOLD_SECONDS)
+            record.batch_id, record.state, record.status = batch_id, SUBMITTED, "validating"
+            record.save(using=self.using, update_fields=["batch_id", "state", "status"])
         logger.info(
             "%s: submitted Batch API job %s with %d texts in %d requests for %d queued jobs.",
             target.config.label,
@@ -199,26 +210,44 @@ class Batches:
         return record
 
     def _give_back(self, record: ProviderBatch, why: str) -> None:
-        """The jobs of a batch that will bring nothing go back to the queue now."""
+        """The jobs of a batch that will bring nothing go back to the queue now, for the
+        embeddings API; the log and the record say why."""
+        logger.warning(
+            "Batch API job %s of %s: %s; its %d jobs go back to the queue for the embeddings API.",
+            record.batch_id or f"#{record.pk} (not submitted)",
+            record.config,
+            why,
+            len(record.messages),
+            extra={"batch": record.batch_id, "config": record.config},
+        )
         with transaction.atomic(using=self.using):
             with connections[self.using].cursor() as cursor:
                 queue.set_vt(cursor, list(record.messages), 0)
             record.state, record.error = DONE, why
-            record.finished = timezone.now()
-            record.save(using=self.using, update_fields=["state", "error", "finished"])
+            record.finished, record.leased_until = timezone.now(), None
+            record.failed_keys = bytes(record.keys)
+            record.save(
+                using=self.using,
+                update_fields=["state", "error", "finished", "leased_until", "failed_keys"],
+            )
 
-    def _recently_finished(self, msg_ids: set[int]) -> set[int]:
+    def _recently_finished(self, msg_ids: set[int]) -> tuple[set[int], set[bytes]]:
+        """Of these messages, those that came back from a batch lately; and the hashes of
+        the texts such batches did not embed (for the embeddings API, not another batch)."""
         if not msg_ids:
-            return set()
+            return set(), set()
         cutoff = timezone.now() - FINISHED_MEMORY
         found: set[int] = set()
-        for ids in (
+        failed: set[bytes] = set()
+        for ids, keys in (
             ProviderBatch.objects.using(self.using)
             .filter(state=DONE, finished__gte=cutoff)
-            .values_list("messages", flat=True)
+            .values_list("messages", "failed_keys")
         ):
             found.update(i for i in ids if i in msg_ids)
-        return found
+            keys = bytes(keys or b"")
+            failed.update(keys[n : n + KEY_BYTES] for n in range(0, len(keys), KEY_BYTES))
+        return found, failed
 
     # -- polling -------------------------------------------------------------------
 
@@ -232,41 +261,59 @@ class Batches:
         records = in_flight(self.using)
         if not due:
             return len(records)
-        left = 0
-        for record in records:
-            try:
-                if not self._claimed(record.pk):
-                    left += 1
-            except ProviderError as exc:
-                logger.warning("Batch %s: could not be looked at (%s).", record.batch_id, exc)
-                left += 1
-            except DatabaseError:
-                raise
-        return left
+        return sum(not self._look_at(record.pk) for record in records)
 
-    def _claimed(self, pk: int) -> bool:
-        """Look at one batch while holding its row, so that of the lanes and workers polling
-        at once, one alone finishes it; True once it is done with."""
-        with transaction.atomic(using=self.using):
-            record = (
-                ProviderBatch.objects.using(self.using)
-                .select_for_update(skip_locked=True)
+    def _look_at(self, pk: int) -> bool:
+        """Look at one batch under a lease, so that of the lanes and workers polling at once
+        one alone finishes it, and no transaction stays open while the provider is asked;
+        True once it is done with."""
+        now = timezone.now()
+        mine = (
+            ProviderBatch.objects.using(self.using)
+            .filter(pk=pk)
+            .exclude(state=DONE)
+            .filter(models.Q(leased_until__isnull=True) | models.Q(leased_until__lt=now))
+            .update(leased_until=now + LEASE)
+        )
+        if not mine:  # done, or another worker is looking at it
+            return (
+                not ProviderBatch.objects.using(self.using)
                 .filter(pk=pk)
                 .exclude(state=DONE)
-                .first()
+                .exists()
             )
-            if record is None:  # done, or another worker has it right now
-                return (
-                    not ProviderBatch.objects.using(self.using)
-                    .filter(pk=pk)
-                    .exclude(state=DONE)
-                    .exists()
+        record = ProviderBatch.objects.using(self.using).get(pk=pk)
+        done = False
+        try:
+            done = self._poll_one(record)
+        except ProviderError as exc:
+            if exc.status == 404:  # the batch, or its output, is gone: nothing will come of it
+                self._give_back(
+                    record,
+                    f"the provider no longer has this batch or its files (HTTP 404: {exc})",
                 )
-            return self._poll_one(record)
+                done = True
+            else:
+                logger.warning(
+                    "Batch API job %s: could not be looked at (%s); trying again later.",
+                    record.batch_id,
+                    exc,
+                )
+        finally:
+            if not done:
+                ProviderBatch.objects.using(self.using).filter(pk=pk).update(leased_until=None)
+        return done
 
     def _poll_one(self, record: ProviderBatch) -> bool:
         """True once the record is done with."""
-        config = _config_for(record)
+        try:
+            config = _config_for(record)
+        except UnknownConfig:
+            self._give_back(
+                record,
+                f"{record.config} is no longer declared (its jobs fail as undeclared targets)",
+            )
+            return True
         provider: Any = providers.for_config(config)
         if record.state == PREPARING:
             if timezone.now() - record.created < PREPARING_TIMEOUT:
@@ -283,27 +330,30 @@ class Batches:
             record.save(using=self.using, update_fields=["status"])
         if info["status"] not in TERMINAL:
             return False
-        self._finish(record, provider, info)
+        self._finish(record, config, provider, info)
         return True
 
-    def _finish(self, record: ProviderBatch, provider: Any, info: dict[str, Any]) -> None:
+    def _finish(
+        self, record: ProviderBatch, config: Any, provider: Any, info: dict[str, Any]
+    ) -> None:
         from .vectors import precision, vector_type
 
-        config = _config_for(record)
         result = provider.batch_results(info, custom_prefix=f"autoembed-{record.pk}")
         keys = bytes(record.keys)
         dtype = precision(vector_type(config))
         items: list[tuple[bytes, np.ndarray]] = []
+        missed: list[bytes] = []
         start = 0
-        failed = 0
         for line, count in enumerate(record.lines):
             matrix = result.vectors.get(line)
-            if matrix is not None and matrix.shape == (count, config.get_dimensions()):
-                for n in range(count):
-                    at = (start + n) * KEY_BYTES
+            got = matrix is not None and matrix.shape == (count, config.get_dimensions())
+            for n in range(count):
+                at = (start + n) * KEY_BYTES
+                if got:
+                    assert matrix is not None
                     items.append((keys[at : at + KEY_BYTES], matrix[n]))
-            else:
-                failed += count
+                else:
+                    missed.append(keys[at : at + KEY_BYTES])
             start += count
         store.put_many(self.using, items, dtype)
         usage.record(
@@ -320,8 +370,9 @@ class Batches:
             with connections[self.using].cursor() as cursor:
                 queue.set_vt(cursor, list(record.messages), 0)
                 cursor.execute("select pg_notify(%s, '')", ["autoembed"])
-            record.state, record.finished = DONE, timezone.now()
-            record.vectors, record.failed, record.tokens = len(items), failed, result.tokens
+            record.state, record.finished, record.leased_until = DONE, timezone.now(), None
+            record.vectors, record.failed, record.tokens = len(items), len(missed), result.tokens
+            record.failed_keys = b"".join(missed)
             record.error = "; ".join(reasons)[:2000] or _batch_error(info)
             record.save(using=self.using)
         logger.info(
@@ -330,8 +381,8 @@ class Batches:
             record.batch_id,
             info["status"],
             len(items),
-            failed,
-            extra={"batch": record.batch_id, "vectors": len(items), "failed": failed},
+            len(missed),
+            extra={"batch": record.batch_id, "vectors": len(items), "failed": len(missed)},
         )
 
 

@@ -216,10 +216,17 @@ class Budget:
         tpm = self.limits.tpm
         return capacity(self.limits)[0] if tpm else None
 
-    def take(self, tokens: float | Callable[[], float], *, max_wait: float) -> bool:
+    def take(
+        self,
+        tokens: float | Callable[[], float],
+        *,
+        max_wait: float,
+        stop: Callable[[], bool] | None = None,
+    ) -> bool:
         """Wait until a request of ``tokens`` may be sent; False (nothing reserved) when that
         would take longer than ``max_wait`` seconds. ``tokens`` may be a function, called
-        once the limits are known (counting is for paced requests only)."""
+        once the limits are known (counting is for paced requests only). ``stop()`` true
+        ends the wait early (False: the request is not sent)."""
         started = time.monotonic()
         known = self._limits_known(max_wait)
         if known is None:  # this request goes first, to learn the limits
@@ -247,8 +254,11 @@ class Budget:
         )
         if wait is None:
             return False
-        if wait > 0:
-            time.sleep(wait)
+        until = time.monotonic() + wait
+        while (left := until - time.monotonic()) > 0:  # a stopping worker does not wait it out
+            if stop is not None and stop():
+                return False
+            time.sleep(min(left, 0.2))
         return True
 
     def _limits_known(self, max_wait: float) -> bool | None:
@@ -264,14 +274,23 @@ class Budget:
             self._load_learned()
             if self._heard.is_set():
                 return True
-        with self._lock:
-            first, self._probing = not self._probing, True
-        if first:
-            return None
-        return self._heard.wait(max(0.0, max_wait))
+        deadline = time.monotonic() + max(0.0, max_wait)
+        while True:
+            with self._lock:
+                first, self._probing = not self._probing, True
+            if first:
+                return None
+            # The request that went first may fail without a word on the limits: then the
+            # next one goes instead.
+            if self._heard.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
-    def heard(self, headers: RateHeaders | None) -> None:
-        """An answer arrived (in any thread): what its headers say of the limits, if anything."""
+    def heard(self, headers: RateHeaders | None, *, answered: bool = True) -> None:
+        """An answer arrived (in any thread): what its headers say of the limits. Vectors
+        without such headers say there are none; a failure without them says nothing, and
+        another request goes to find out."""
         if headers is not None and (
             headers.limit_tokens is not None or headers.limit_requests is not None
         ):
@@ -279,6 +298,10 @@ class Budget:
                 float(headers.limit_tokens) if headers.limit_tokens else None,
                 float(headers.limit_requests) if headers.limit_requests else None,
             )
+        elif not answered:
+            with self._lock:
+                self._probing = False
+            return
         self._heard.set()
 
     def ahead(self) -> float:
@@ -355,13 +378,13 @@ class Budget:
             with transaction.atomic(using=self.using), connections[self.using].cursor() as c:
                 c.execute(_query("lock"), [self.provider])
                 row = c.fetchone()
-                if row is None:
-                    c.execute(_query("clock"))
-                    now = c.fetchone()[0]
-                    bucket = full(limits, now)
-                else:
-                    tokens, requests, at, factor, now = row
-                    bucket = Bucket(tokens, requests, at, factor)
+                if row is None:  # the first of any process: a full bucket, made only once
+                    cap_t, cap_r = capacity(limits)
+                    c.execute(_query("create"), [self.provider, cap_t, cap_r])
+                    c.execute(_query("lock"), [self.provider])
+                    row = c.fetchone()
+                tokens, requests, at, factor, now = row
+                bucket = Bucket(tokens, requests, at, factor)
                 after, result = decide(bucket, now)
                 c.execute(
                     _query("store"),

@@ -57,8 +57,8 @@ class EmbeddingConfig:
         splitter: dotted path to ``fn(text, size, overlap, count) -> list[str]`` to split
             texts into chunks your way (``count`` counts a text's tokens).
         text_search: a Postgres text search configuration (``"english"``, ``"simple"``...):
-            ``makemigrations`` adds a GIN index over the config's fields for the full-text
-            side of ``hybrid_search``.
+            ``makemigrations`` adds a stored, generated ``tsvector`` column of the config's
+            fields (``<name>_tsv``) with a GIN index, the full-text side of ``hybrid_search``.
     """
 
     fields: Sequence[str] = ()  # stored as a tuple
@@ -109,6 +109,11 @@ class EmbeddingConfig:
         if self.chunked:
             return short_name(self.table, self.config_name, "chunks", "input")
         return short_name(self.table, self.column, "input")
+
+    @property
+    def text_search_column(self) -> str | None:
+        """The generated tsvector column that ``text_search`` adds (None without it)."""
+        return f"{self.config_name}_tsv" if self.text_search else None
 
     @property
     def chunked(self) -> bool:

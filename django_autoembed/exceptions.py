@@ -54,6 +54,7 @@ class ProviderError(AutoembedError):
         kind: str = "transient",
         retry_after: float | None = None,
         limits: Any = None,
+        status: int | None = None,
     ):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, not {kind!r}")
@@ -62,6 +63,8 @@ class ProviderError(AutoembedError):
         self.retry_after = retry_after
         # A rate limit's x-ratelimit-* headers (providers.base.RateHeaders), when sent.
         self.limits = limits
+        # The HTTP status the provider answered with, when it answered.
+        self.status = status
 
     @property
     def retryable(self) -> bool:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
@@ -129,12 +130,21 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
             if bound.index:
                 meta.indexes = [*meta.indexes, hnsw_index(meta.db_table, bound.column)]
                 meta.original_attrs["indexes"] = meta.indexes
-        if bound.text_search and bound.template_fields():
+        column = bound.text_search_column
+        if bound.text_search and column and bound.template_fields():
+            if column not in names:
+                # Stored, so ranking reads it instead of parsing every matching row's text.
+                sender.add_to_class(
+                    column,
+                    models.GeneratedField(
+                        expression=text_vector(bound, bound.text_search),
+                        output_field=SearchVectorField(),
+                        db_persist=True,
+                        editable=False,
+                    ),
+                )
             name = short_name(meta.db_table, bound.config_name, "fts", limit=30)
-            meta.indexes = [
-                *meta.indexes,
-                TextSearchIndex(text_vector(bound, bound.text_search), name=name),
-            ]
+            meta.indexes = [*meta.indexes, TextSearchIndex(fields=[column], name=name)]
             meta.original_attrs["indexes"] = meta.indexes
         meta.constraints = [*meta.constraints, EmbeddingTrigger.for_config(bound)]
         meta.original_attrs["constraints"] = meta.constraints

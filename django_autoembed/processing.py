@@ -443,6 +443,7 @@ class Processor:
         pool: ThreadPoolExecutor | None = None,
         charge_outages: bool = False,
         max_wait: float | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.using = using
         # Whether a batch whose every request failed in passing spends its rows' attempts
@@ -456,6 +457,8 @@ class Processor:
         self.max_wait = (
             float(max_wait) if max_wait is not None else float(conf.get("VISIBILITY_TIMEOUT")) / 2
         )
+        # Whether the process is stopping: a request waiting for the rate budget is not sent.
+        self.stopping = stopping
         self._schemas: dict[str, str | None] = {}
 
     # -- entry point ----------------------------------------------------------
@@ -932,14 +935,16 @@ class Processor:
         return keys, kept_keys, known, missing
 
     def wanted(
-        self, messages: list[Message], *, now: Iterable[int] = ()
+        self, messages: list[Message], *, now: Iterable[int] = (), direct: Iterable[bytes] = ()
     ) -> tuple[list[Wanted], list[Message]]:
         """Split messages for the Batch API: per config, the messages whose rows need texts no
         process has a vector for, with those texts; and the messages to process now (their
         texts are known, they match no config, or their ids are in ``now``: those go through
-        the embeddings API, and a text they will embed is no reason to wait for a batch).
-        Writes nothing."""
-        direct = set(now)
+        the embeddings API, and a text they will embed is no reason to wait for a batch; so
+        do the texts whose store key is in ``direct``, which a batch failed on). Writes
+        nothing."""
+        direct_keys = set(direct)
+        direct_ids = set(now)
         rows = [row for m in messages for row in self._expand(m, None)]
         groups: dict[str, tuple[EmbeddingConfig, list[Row]]] = {}
         for row in rows:
@@ -960,12 +965,13 @@ class Processor:
             inputs = self._inputs(target, texts, Embedded())
             _, kept_keys, _, missing = self._known(target, inputs)
             unknown = set(missing) - {
-                t for r in group if r.message.msg_id in direct for t in needs.get(r.pk, ())
+                t for r in group if r.message.msg_id in direct_ids for t in needs.get(r.pk, ())
             }
+            unknown = {t for t in unknown if kept_keys[t] not in direct_keys}
             later = {
                 id(r.message)
                 for r in group
-                if r.message.msg_id not in direct and unknown & set(needs.get(r.pk, ()))
+                if r.message.msg_id not in direct_ids and unknown & set(needs.get(r.pk, ()))
             }
             if later:
                 held = list(
@@ -1008,17 +1014,17 @@ class Processor:
             def cost() -> float:
                 return float(sum(counts.get(t) or provider.count_tokens(t) for t in inputs[lo:hi]))
 
-            return budget.take(cost, max_wait=max(0.0, wait))
+            return budget.take(cost, max_wait=max(0.0, wait), stop=self.stopping)
 
         def call(texts: list[str]) -> Answer:
             assert budget is not None
             try:
                 answer = provider.request(texts)
             except ProviderError as exc:
-                budget.heard(exc.limits)
+                budget.heard(exc.limits, answered=False)
                 raise
             except Exception:
-                budget.heard(None)
+                budget.heard(None, answered=False)
                 raise
             budget.heard(answer.limits)
             return answer

@@ -368,23 +368,26 @@ class EmbeddingQuerySet(models.QuerySet):
             candidates, query_type, ef_search,
         )  # fmt: skip
 
-    async def ahybrid_search(self, text: str, k: int | None = None, **options: Any) -> Any:
+    async def ahybrid_search(
+        self,
+        text: str,
+        k: int | None = None,
+        *,
+        config: str | None = None,
+        language: str | None = None,
+        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: int = RRF_K,
+        candidates: int | None = None,
+        query_type: str = "websearch",
+        ef_search: int | None = None,
+    ) -> EmbeddingQuerySet:
         """``hybrid_search`` for async code (the query is embedded off the event loop)."""
-        cfg = self._search_config(text, options.get("config"))
+        cfg = self._search_config(text, config)
         vector = await sync_to_async(query_cache.embed)(cfg, text)
         return self._hybrid(
-            cfg,
-            vector,
-            text,
-            k,
-            options.get("config"),
-            options.get("language"),
-            options.get("weights", (1.0, 1.0)),
-            options.get("rrf_k", RRF_K),
-            options.get("candidates"),
-            options.get("query_type", "websearch"),
-            options.get("ef_search"),
-        )
+            cfg, vector, text, k, config, language, weights, rrf_k, candidates, query_type,
+            ef_search,
+        )  # fmt: skip
 
     def _hybrid(
         self,
@@ -413,7 +416,11 @@ class EmbeddingQuerySet(models.QuerySet):
             )
         n = int(candidates or max(HYBRID_CANDIDATES, 4 * (k or 10)))
         language = language or cfg.text_search or str(conf.get("TEXT_SEARCH"))
-        document = text_vector(cfg, language)
+        # The stored column where text_search declared one in this language; else parsed.
+        column = cfg.text_search_column
+        document: Any = (
+            F(column) if column and language == cfg.text_search else text_vector(cfg, language)
+        )
         query = SearchQuery(text, config=language, search_type=query_type)
         nearest = self.nearest(vector, config=config, ef_search=ef_search)
         by_text = (
@@ -449,7 +456,7 @@ class EmbeddingQuerySet(models.QuerySet):
                     output_field=IntegerField(),
                 ),
                 text_rank=Case(
-                    When(_autoembed_match=True, then=F("_autoembed_tn")),
+                    When(_autoembed_match=True, _autoembed_tn__lte=n, then=F("_autoembed_tn")),
                     output_field=IntegerField(),
                 ),
             )

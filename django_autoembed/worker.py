@@ -240,6 +240,7 @@ class _Lane:
             max_requests=self.o.max_requests,
             pool=worker.pool,
             max_wait=self.o.visibility_timeout / 2,
+            stopping=lambda: worker.stopping,
         )
         self._listener: psycopg.Connection[Any] | None = None
         self._busy_since: float | None = None
@@ -325,6 +326,9 @@ class _Lane:
                 self.worker.batches.poll()
             with connection.cursor() as cursor:
                 messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
+                # Requests not sent by half the visibility timeout are not sent (their rows go
+                # back unspent), so no other worker takes up a job this one still holds.
+                deadline = time.monotonic() + self.o.visibility_timeout / 2
                 messages = self._trim(cursor, messages)
             if not messages:
                 self.worker.indexing.tick(set())  # idle: a deferred index may be built now
@@ -335,7 +339,7 @@ class _Lane:
                 messages = self.worker.batches.divert(self.processor, messages)
                 if not messages:
                     return held  # all of them wait for their batch
-            result = self.processor.process(messages)
+            result = self.processor.process(messages, deadline=deadline)
         finally:
             with self.worker._lock:
                 self.worker.busy_lanes -= 1

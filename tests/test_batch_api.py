@@ -45,8 +45,9 @@ def test_a_backfill_goes_through_the_batch_api_and_costs_no_embeddings_request(a
     for doc in docs:
         assert_fake_vector(Document, doc.pk, text_of(doc))
     assert api.inputs == 0 and sorted(api.batch_texts) == sorted(map(text_of, docs))
-    [batch] = ProviderBatch.objects.all()
-    assert batch.state == "done" and batch.vectors == 30 and batch.failed == 0
+    batches = list(ProviderBatch.objects.all())  # one per lane that read jobs
+    assert {b.state for b in batches} == {"done"} and sum(b.vectors for b in batches) == 30
+    assert sum(b.failed for b in batches) == 0
     [used] = EmbeddingUsage.objects.all()
     assert used.mode == "batch" and used.inputs == 30 and used.tokens > 0
     assert used.cost == pytest.approx(used.tokens * 0.02 / 1e6 * 0.5)
@@ -73,14 +74,14 @@ def test_a_row_edited_after_submission_gets_its_new_texts_vector(api):
     batches = submit_all()
     Document.objects.filter(pk=edited.pk).update(title="after the edit")
     wait_for(lambda: batches.poll(force=True) == 0, message="the batch to end")
-    drain(batch_api=True)
+    drain(batch_api=True, concurrency=1)  # one lane: two could each take one of its jobs
     assert_fake_vector(Document, kept.pk, "stays the same")
     assert_fake_vector(Document, edited.pk, "after the edit")  # never the old text's vector
     assert api.texts == ["after the edit"]  # through the embeddings API, once
     assert sorted(api.batch_texts) == ["before the edit", "stays the same"]
 
 
-@pytest.mark.parametrize("outcome", ["expired", "failed"])
+@pytest.mark.parametrize("outcome", ["expired", "failed", "cancelled"])
 def test_what_an_expired_or_failed_batch_did_not_embed_goes_through_the_api(api, outcome):
     api.batch_delay, api.batch_outcome = 0.2, outcome
     docs = [Document.objects.create(title=f"{outcome} {n}") for n in range(20)]
@@ -139,3 +140,68 @@ def test_a_worker_restarted_mid_batch_picks_it_up_and_submits_nothing_twice(api)
     assert embedded_pks(Document) == {d.pk for d in docs}
     assert len(api.batches) == 1 and api.inputs == 0
     assert queue_messages() == []
+
+
+def test_a_refused_submission_is_embedded_at_once_and_no_other_worker_sees_its_jobs(api):
+    api.files_status = 500
+    docs = [Document.objects.create(title=f"refused {n}") for n in range(3)]
+    with connection.cursor() as cursor:
+        messages = read(cursor, 1000, 30)
+    now = Batches("default", poll_every=0).divert(Processor(), messages)
+    assert {m.msg_id for m in now} == {m.msg_id for m in messages}  # this lane embeds them
+    with connection.cursor() as cursor:
+        assert read(cursor, 1000, 30) == []  # still hidden: no second worker takes them
+    assert not ProviderBatch.objects.exists()
+    Processor().process(now)
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+@pytest.mark.parametrize("gone", ["output file", "batch"])
+def test_a_batch_or_output_the_provider_lost_gives_its_jobs_back(api, gone):
+    api.batch_delay = 0.1
+    docs = [Document.objects.create(title=f"lost {n}") for n in range(4)]
+    batches = submit_all()
+    [record] = ProviderBatch.objects.all()
+    wait_for(lambda: api._batch(record.batch_id)["status"] == "completed", message="the batch")
+    if gone == "batch":
+        api.batches.clear()
+    else:
+        api.files.clear()
+    assert batches.poll(force=True) == 0  # 404: over, not in flight for ever
+    record.refresh_from_db()
+    assert record.state == "done" and "404" in record.error and record.failed == 0
+    drain(batch_api=True)  # through the embeddings API, with no second batch
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert ProviderBatch.objects.count() == 1 and api.inputs == 4
+
+
+def test_a_batch_of_a_config_no_longer_declared_is_given_up_without_a_crash(api):
+    Document.objects.create(title="orphaned")
+    submit_all()
+    ProviderBatch.objects.update(config="testapp.Gone.embedding")
+    assert Batches("default", poll_every=0).poll() == 0
+    [record] = ProviderBatch.objects.all()
+    assert record.state == "done" and "no longer declared" in record.error
+    assert hidden_messages() == 0  # its jobs are back, to fail as undeclared targets would
+
+
+def test_no_transaction_is_open_while_the_batch_api_is_asked(api, monkeypatch):
+    from django.db import connections
+
+    from django_autoembed.providers.openai import OpenAIProvider
+
+    api.batch_delay = 0.1
+    Document.objects.create(title="looked at")
+    batches = submit_all()
+    seen = []
+    real = OpenAIProvider.batch_status
+
+    def status(self, batch_id):
+        seen.append(connections["default"].in_atomic_block)
+        return real(self, batch_id)
+
+    monkeypatch.setattr(OpenAIProvider, "batch_status", status)
+    wait_for(lambda: batches.poll(force=True) == 0, message="the batch to end")
+    assert seen and not any(seen)

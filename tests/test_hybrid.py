@@ -73,6 +73,13 @@ def test_it_composes_like_any_queryset(corpus):
     assert {f.pk for f in text_only} == {corpus["code"].pk, corpus["exact"].pk}
 
 
+def test_ranks_are_ranks_within_each_sides_candidates(corpus):
+    found = list(Document.objects.hybrid_search("ZX-4471 manual", candidates=1))
+    assert sum(f.text_rank is not None for f in found) == 1
+    assert sum(f.vector_rank is not None for f in found) == 1
+    assert len(found) <= 2
+
+
 def test_bad_arguments_are_refused_with_what_to_do(corpus):
     with pytest.raises(InvalidValue, match="non-empty"):
         Document.objects.hybrid_search("  ")

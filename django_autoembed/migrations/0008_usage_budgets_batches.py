@@ -61,9 +61,22 @@ class Migration(migrations.Migration):
                     models.PositiveIntegerField(default=0, help_text="inputs it did not embed"),
                 ),
                 ("tokens", models.BigIntegerField(default=0)),
+                (
+                    "failed_keys",
+                    models.BinaryField(
+                        default=b"",
+                        help_text="hashes of the texts it did not embed (the API's to do)",
+                    ),
+                ),
                 ("error", models.TextField(blank=True, default="")),
                 ("created", models.DateTimeField(auto_now_add=True)),
                 ("finished", models.DateTimeField(blank=True, null=True)),
+                (
+                    "leased_until",
+                    models.DateTimeField(
+                        blank=True, help_text="a worker is looking at it until then", null=True
+                    ),
+                ),
             ],
             options={
                 "verbose_name": "provider batch",

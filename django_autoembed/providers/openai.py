@@ -145,13 +145,13 @@ class OpenAIProvider(Provider):
         return str(batch.id)
 
     def batch_status(self, batch_id: str) -> dict[str, Any]:
-        with _errors(self.model):
+        with _errors(self.model, batch=True):
             batch = self.client.batches.retrieve(batch_id)
         return batch.model_dump()
 
     def find_batch(self, metadata: dict[str, str]) -> str | None:
         """The id of a recent batch created with this metadata (a submission cut short)."""
-        with _errors(self.model):
+        with _errors(self.model, batch=True):
             for batch in self.client.batches.list(limit=100):
                 found = batch.metadata or {}
                 if all(found.get(k) == v for k, v in metadata.items()):
@@ -166,14 +166,14 @@ class OpenAIProvider(Provider):
         for key in ("output_file_id", "error_file_id"):
             file_id = info.get(key)
             if file_id:
-                with _errors(self.model):
+                with _errors(self.model, batch=True):
                     content = self.client.files.content(file_id).content
                 parse_output(content, custom_prefix, self.dimensions, result)
         return result
 
 
 @contextmanager
-def _errors(model: str) -> Iterator[None]:
+def _errors(model: str, *, batch: bool = False) -> Iterator[None]:
     """The SDK's errors as ProviderErrors of the kind that says what retrying can do."""
     try:
         yield
@@ -183,6 +183,7 @@ def _errors(model: str) -> Iterator[None]:
             kind="throttled",
             retry_after=_retry_after(exc),
             limits=RateHeaders.parse(getattr(getattr(exc, "response", None), "headers", None)),
+            status=429,
         ) from exc
     except openai_sdk.APITimeoutError as exc:
         raise ProviderError(
@@ -191,8 +192,9 @@ def _errors(model: str) -> Iterator[None]:
     except openai_sdk.APIConnectionError as exc:
         raise ProviderError(f"openai: cannot connect ({exc}).") from exc
     except openai_sdk.APIStatusError as exc:
+        said = f"openai: HTTP {exc.status_code}: {exc.message}" if batch else _explain(exc, model)
         raise ProviderError(
-            _explain(exc, model), kind=_kind(exc), retry_after=_retry_after(exc)
+            said, kind=_kind(exc), retry_after=_retry_after(exc), status=exc.status_code
         ) from exc
 
 

@@ -1,8 +1,10 @@
 -- Rate budgets: one token bucket per provider. {budgets} is the RateBudget table; values
 -- are parameters. Times are the database's clock, so every worker reads the same one.
 
--- clock -- the database's clock, epoch seconds
-select extract(epoch from clock_timestamp())::float8
+-- create -- a full bucket, unless another worker made one first
+insert into {budgets} (provider, tokens, requests, at, factor, throttled)
+values (%s, %s, %s, extract(epoch from clock_timestamp())::float8, 1, 0)
+on conflict (provider) do nothing
 
 -- lock -- the bucket, locked for this transaction's change, and the clock
 select tokens, requests, at, factor, extract(epoch from clock_timestamp())::float8

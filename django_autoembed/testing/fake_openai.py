@@ -132,7 +132,9 @@ class FakeEmbeddingsServer:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_delay = 1.0  # seconds from creation to the end of a batch
-        self.batch_outcome = "completed"  # or "expired" (half done) or "failed" (none done)
+        # How batches end: "completed", "expired" (half done), "failed" or "cancelled" (none).
+        self.batch_outcome = "completed"
+        self.files_status: int | None = None  # uploads answer this error status (None: work)
         self.batch_texts: list[str] = []  # inputs embedded through batches
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -185,6 +187,7 @@ class FakeEmbeddingsServer:
             self.batches = {}
             self.batch_delay = 1.0
             self.batch_outcome = "completed"
+            self.files_status = None
             self.batch_texts = []
 
     def start(self) -> FakeEmbeddingsServer:
@@ -241,6 +244,9 @@ class FakeEmbeddingsServer:
     def _run_batch(self, batch: dict[str, Any]) -> None:
         """Answer every request line as the embeddings endpoint would, or end as told."""
         now = int(time.time())
+        if self.batch_outcome == "cancelled":
+            batch.update(status="cancelled", cancelled_at=now)
+            return
         if self.batch_outcome == "failed":
             batch.update(
                 status="failed",
@@ -518,6 +524,10 @@ class FakeEmbeddingsServer:
                 from email.parser import BytesParser
                 from email.policy import HTTP
 
+                if fake.files_status is not None:
+                    return self._send(
+                        fake.files_status, api_error(f"injected {fake.files_status}")
+                    )
                 head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
                 form = BytesParser(policy=HTTP).parsebytes(head + raw)
                 fields: dict[str, Any] = {}

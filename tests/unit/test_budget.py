@@ -109,3 +109,18 @@ def test_rate_limit_headers_are_read_as_the_api_sends_them():
     assert parsed == RateHeaders(1_000_000, 3_000, 999_850, 2_999)
     assert RateHeaders.parse({"content-type": "application/json"}) is None
     assert RateHeaders.parse({"x-ratelimit-limit-tokens": ""}) is None
+
+
+def test_a_failed_first_request_says_nothing_of_the_limits_and_another_goes(settings):
+    from django_autoembed.budget import Budget
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RATE_LIMIT_HEADERS": True}
+    budget = Budget("default", "unit test provider")
+    budget._looked_up = True  # no database here: nothing shared to read
+    assert budget._limits_known(0) is None  # the first request goes to learn the limits
+    assert budget._limits_known(0) is False  # the next ones wait for it
+    budget.heard(None, answered=False)  # it failed (a 500, a timeout): no headers
+    assert budget.paces and not budget.limits
+    assert budget._limits_known(0) is None  # so another request goes
+    budget.heard(RateHeaders(limit_tokens=90_000))
+    assert budget.limits == Limits(tpm=90_000) and budget._limits_known(0) is True
