@@ -525,9 +525,7 @@ class FakeEmbeddingsServer:
                 from email.policy import HTTP
 
                 if fake.files_status is not None:
-                    return self._send(
-                        fake.files_status, api_error(f"injected {fake.files_status}")
-                    )
+                    return self._send(fake.files_status, api_error(f"injected {fake.files_status}"))
                 head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
                 form = BytesParser(policy=HTTP).parsebytes(head + raw)
                 fields: dict[str, Any] = {}
