@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.db import ProgrammingError, connections, models, transaction
 from psycopg import sql
 
@@ -72,10 +73,14 @@ def get_many(using: str, keys: Iterable[bytes], dtype: Any) -> dict[bytes, np.nd
     if not wanted:
         return {}
     try:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute(_query("get"), [wanted])
-            return {bytes(k): np.frombuffer(bytes(v), dtype=dtype) for k, v in cursor.fetchall()}
-    except ProgrammingError as exc:  # not migrated, or not granted: as if nothing were kept
+        with transaction.atomic(using=using):
+            connection = connections[using]
+            connection.ensure_connection()
+            with psycopg.Cursor(connection.connection) as cursor:  # binary both ways
+                cursor.execute(_query("get"), [wanted], binary=True)
+                rows = cursor.fetchall()
+        return {bytes(k): np.frombuffer(bytes(v), dtype=dtype) for k, v in rows}
+    except (ProgrammingError, psycopg.ProgrammingError) as exc:  # not migrated, not granted
         logger.debug("Vector store unavailable (%s).", exc)
         return {}
 
@@ -86,9 +91,13 @@ def put_many(using: str, items: Iterable[tuple[bytes, np.ndarray]], dtype: Any) 
     if not pairs:
         return
     try:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute(_query("put"), [[k for k, _ in pairs], [v for _, v in pairs]])
-    except ProgrammingError as exc:
+        with transaction.atomic(using=using):
+            connection = connections[using]
+            connection.ensure_connection()
+            # Binary parameters: as text, every byte of a vector would be escaped.
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(_query("put"), [[k for k, _ in pairs], [v for _, v in pairs]])
+    except (ProgrammingError, psycopg.ProgrammingError) as exc:
         logger.debug("Vector store unavailable (%s).", exc)
 
 
