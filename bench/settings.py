@@ -29,6 +29,8 @@ AUTOEMBED = {
     "ENDPOINT_TOKEN": env("AUTOEMBED_BENCH_TOKEN", default=None),
     "ENDPOINT_URL": env("AUTOEMBED_BENCH_ENDPOINT", default=None),
     "ENDPOINT_TIME_BUDGET": env.float("AUTOEMBED_BENCH_TIME_BUDGET", default=25.0),
+    # The vector store can be turned off to measure what it costs (AUTOEMBED_BENCH_STORE_DAYS=0).
+    "VECTOR_STORE_DAYS": env.int("AUTOEMBED_BENCH_STORE_DAYS", default=7),
     # bench.ratelimit runs its baseline with pacing off.
     "RATE_LIMIT_HEADERS": env("AUTOEMBED_BENCH_RATE_HEADERS", default="on") != "off",
     # bench.maintenance runs workers with the index kept up row by row ("none").
