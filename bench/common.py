@@ -56,8 +56,11 @@ def execute(query: str, params: Any = None) -> list[tuple]:
 
 
 def purge_queue() -> None:
+    """An empty queue, and an empty vector store: no run gets a vector free from an earlier one
+    (every loader calls this)."""
     execute("select pgmq.purge_queue('embedding_jobs')")
     execute("delete from pgmq.a_embedding_jobs")
+    execute("delete from django_autoembed_storedvector")
 
 
 def load(table: str, rows: int, columns: str = "title, content") -> float:
