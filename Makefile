@@ -52,7 +52,7 @@ test-matrix: install-dev
 package: install-dev
 	bash scripts/package.sh
 
-bench: install
+bench: install-local
 	$(BIN)/pip install -q matplotlib gunicorn
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
