@@ -79,6 +79,7 @@ def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[mod
     )
     meta = {
         "app_label": parent._meta.app_label,
+        "apps": parent._meta.apps,  # the parent's registry (a historical or test one too)
         "db_table": config.chunk_table,
         "ordering": ["parent", "number"],
         "verbose_name": f"{parent._meta.verbose_name} chunk",

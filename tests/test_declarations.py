@@ -40,8 +40,9 @@ def throwaway(*configs, **fields):
 
 def project(model=None):
     state = ProjectState()
-    if model is not None:
-        state.add_model(ModelState.from_model(model))
+    if model is not None:  # the model, and the chunk model made for it, if any
+        for each in model._meta.apps.all_models[model._meta.app_label].values():
+            state.add_model(ModelState.from_model(each))
     return state
 
 
@@ -132,6 +133,58 @@ def test_add_alter_remove_a_declaration_forward_and_back():
     with connection.cursor() as cursor:
         cursor.execute("select to_regclass('throwaway_doc')")
         assert cursor.fetchone()[0] is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chunk_tokens_added_and_removed_make_and_drop_the_chunk_table():
+    with connection.cursor() as cursor:  # leftovers of an interrupted run
+        cursor.execute("drop table if exists throwaway_doc_embedding_chunks, throwaway_doc cascade")
+
+    def plain():
+        return project(throwaway(EmbeddingConfig(fields=["title"])))
+
+    def chunked():
+        return project(throwaway(EmbeddingConfig(fields=["title"], chunk_tokens=64)))
+
+    create = diff(project(), plain())
+    to_chunks, to_plain = diff(plain(), chunked()), diff(chunked(), plain())
+    names = sorted(type(op).__name__ for op in to_chunks)
+    # The chunk model and its key and index; the row's own vector, index and triggers go.
+    assert names == [
+        "AddConstraint",
+        "AddField",
+        "AddIndex",
+        "CreateModel",
+        "RemoveConstraint",
+        "RemoveField",
+        "RemoveIndex",
+    ], names
+    assert [op.name for op in to_chunks if type(op).__name__ == "CreateModel"] == ["DocChunk"]
+    assert "DeleteModel" in {type(op).__name__ for op in to_plain}
+
+    def table(name):
+        with connection.cursor() as cursor:
+            cursor.execute("select to_regclass(%s) is not null", [name])
+            return cursor.fetchone()[0]
+
+    applied, state = [], project()
+    try:
+        for ops in (create, to_chunks, to_plain):
+            migration = Migration(f"m{len(applied)}", "throwaway")
+            migration.operations = ops
+            before = state.clone()
+            with connection.schema_editor() as editor:
+                state = migration.apply(state.clone(), editor)
+            applied.append((migration, before))
+            if len(applied) == 2:
+                assert table("throwaway_doc_embedding_chunks")
+                assert "autoembed_throwaway_doc_embedding_chunks_del" in db_objects()[0]
+        assert not table("throwaway_doc_embedding_chunks") and len(db_objects()[0]) == 2
+    finally:
+        for migration, before in reversed(applied):
+            with connection.schema_editor() as editor:
+                migration.unapply(before.clone(), editor)
+    assert not table("throwaway_doc")
 
 
 @pytest.mark.django_db(databases=["default", "other"])

@@ -129,6 +129,29 @@ def test_embedding_list_filter(failing_rows, rf):
     assert list(f.queryset(request, Article.objects.all())) == [article]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_chunk_counts_and_the_list_filter_on_a_chunked_config(api, rf):
+    from django.contrib.admin import ModelAdmin, site
+
+    from django_autoembed.admin import chunk_count
+    from tests.conftest import prose
+    from tests.testapp.models import Manual
+
+    long, short = (Manual.objects.create(title=t, body=prose(n)) for t, n in (("l", 12), ("s", 1)))
+    drain()
+    waiting = Manual.objects.create(title="not embedded yet", body=prose(3))
+    column = chunk_count()
+    assert column(long) > column(short) == 1 and column(waiting) == 0
+    assert column.short_description == "chunks"
+    model_admin = ModelAdmin(Manual, site)
+    request = rf.get("/")
+    for value, expected in (("present", {long.pk, short.pk}), ("missing", {waiting.pk})):
+        f = EmbeddingFilter(request, {"embedding": [value]}, Manual, model_admin)
+        assert set(f.queryset(request, Manual.objects.all()).values_list("pk", flat=True)) == (
+            expected
+        )
+
+
 # -- database checks: silent on the migrated database, each fires on a broken one --------------
 
 

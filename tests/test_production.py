@@ -1,6 +1,7 @@
 """Production setups: a least-privilege role, racing workers, a renamed queue, content functions,
 rows locked for long, and a model on a second database."""
 
+import io
 import json
 import os
 import socket
@@ -513,3 +514,13 @@ def test_a_pause_another_process_records_is_cleared_by_the_next_success_here(api
     Document.objects.create(title="second")
     drain()
     assert collect().paused == []
+
+
+def test_once_says_what_it_left_waiting_for_a_retry(api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RETRY_BACKOFF": 30}
+    docs = Document.objects.bulk_create([Document(title=f"retried {n}") for n in range(20)])
+    api.fail_next(1, status=500)  # one request of two: the other's rows are embedded
+    err = io.StringIO()
+    call_command("process_embeddings", "--once", "--batch-size=10", verbosity=0, stderr=err)
+    assert len([d for d in docs if Document.objects.get(pk=d.pk).embedding is not None]) == 10
+    assert "Left 1 jobs queued: they wait for a retry after a failure" in err.getvalue()

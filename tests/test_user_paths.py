@@ -51,6 +51,23 @@ def assert_clean(result, what: str) -> None:
         assert "WARNING" not in stream.upper(), f"{what} warned:\n{stream}"
 
 
+def add_a_document_and_embed_it(env: dict, dbname: str) -> dict:
+    """One document made in ``manage.py shell``, then ``process_embeddings --once``: the
+    table's vectors by title."""
+    created = manage(
+        ROOT,
+        "shell",
+        "-c",
+        "from example_project.documents.models import Document; "
+        "Document.objects.create(title='Vector databases', content='pgvector')",
+        env=env,
+    )
+    assert created.returncode == 0, created.stderr
+    worked = manage(ROOT, "process_embeddings", "--once", env=env)
+    assert_clean(worked, "process_embeddings --once")
+    return vectors(dbname, "documents_document")
+
+
 def one_pending_migrations_error(result, *migrations: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.count("autoembed.E") == 1, result.stderr
@@ -139,18 +156,7 @@ def test_example_project_migrates_a_new_database_and_embeds(fresh_database, api)
     assert_clean(checked, "check --database default")
     assert "no issues" in checked.stdout
 
-    created = manage(
-        ROOT,
-        "shell",
-        "-c",
-        "from example_project.documents.models import Document; "
-        "Document.objects.create(title='Vector databases', content='pgvector')",
-        env=env,
-    )
-    assert created.returncode == 0, created.stderr
-    worked = manage(ROOT, "process_embeddings", "--once", env=env)
-    assert_clean(worked, "process_embeddings --once")
-    stored = vectors(fresh_database["name"], "documents_document")
+    stored = add_a_document_and_embed_it(env, fresh_database["name"])
     np.testing.assert_allclose(
         stored["Vector databases"], fake_vector("Vector databases\n\npgvector", 384), atol=2e-3
     )
@@ -205,16 +211,5 @@ def test_example_project_with_the_local_model_runs_without_warnings(fresh_databa
     env = {"DATABASE_URL": fresh_database["url"]}
     assert_clean(manage(ROOT, "migrate", env=env), "migrate")
     assert_clean(manage(ROOT, "check", env=env), "check")
-    created = manage(
-        ROOT,
-        "shell",
-        "-c",
-        "from example_project.documents.models import Document; "
-        "Document.objects.create(title='Vector databases', content='pgvector')",
-        env=env,
-    )
-    assert created.returncode == 0, created.stderr
-    worked = manage(ROOT, "process_embeddings", "--once", env=env)
-    assert_clean(worked, "process_embeddings --once")
-    stored = vectors(fresh_database["name"], "documents_document")
+    stored = add_a_document_and_embed_it(env, fresh_database["name"])
     assert stored["Vector databases"] is not None and stored["Vector databases"].shape == (384,)

@@ -87,6 +87,13 @@ def fake_vector(text: str, dimensions: int) -> np.ndarray:
     return fake_vectors([text], dimensions)[0]
 
 
+class _Server(ThreadingHTTPServer):
+    # A real API takes a burst of new connections; the standard library's backlog of 5
+    # refuses some of them when dozens of requests start at once.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class FakeEmbeddingsServer:
     """Threaded HTTP server on 127.0.0.1; ``base_url`` ends in ``/v1``."""
 
@@ -136,8 +143,7 @@ class FakeEmbeddingsServer:
         self.batch_outcome = "completed"
         self.files_status: int | None = None  # uploads answer this error status (None: work)
         self.batch_texts: list[str] = []  # inputs embedded through batches
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------

@@ -132,6 +132,13 @@ class Command(BaseCommand):
             self.stdout.write("")
         if options["verbosity"] >= 1:
             self.stdout.write(f"Embedded {worker.rows_done} rows.")
+        if worker.o.once and not worker.exit_reason:
+            waiting = _queued(worker.o.using)
+            if waiting and not worker.left_busy:
+                self.stderr.write(
+                    f"Left {waiting} jobs queued: they wait for a retry after a failure (see "
+                    "the log). The next run, or a worker left running, embeds them."
+                )
         if worker.left_busy:
             self.stderr.write(
                 f"Left {worker.left_busy} rows queued: other transactions held their row locks for "
@@ -141,3 +148,15 @@ class Command(BaseCommand):
             self.stderr.write(f"process_embeddings: {worker.exit_reason}")
         if code:
             sys.exit(code)
+
+
+def _queued(using: str) -> int:
+    from django.db import DatabaseError, connections
+
+    from ... import queue
+
+    try:
+        with connections[using].cursor() as cursor:
+            return queue.depth(cursor)[0]
+    except DatabaseError:
+        return 0
