@@ -44,7 +44,10 @@ def text_for(i: int, length: int = 670) -> str:
 
 def setup() -> FakeEmbeddingsServer:
     call_command("migrate", verbosity=0)
-    api = FakeEmbeddingsServer().start()
+    # Exact token counts cost the fake a tokenizer pass over every input, on the cores the
+    # worker under test needs; the real API counts on its own machines. (bench.ratelimit sets
+    # limits, and the fake counts exactly for them.)
+    api = FakeEmbeddingsServer(exact_tokens=False).start()
     os.environ["AUTOEMBED_BENCH_BASE_URL"] = api.base_url
     return api
 

@@ -345,16 +345,20 @@ class Budget:
     # -- I/O ----------------------------------------------------------------------
 
     def _share_learned(self) -> None:
-        """Keep what the headers taught in the shared row, for other processes and status."""
+        """Keep what the answers taught in the shared row, for other processes and status:
+        the limits, or 0 for "the provider reports none", so that no later process needs to
+        send its first request alone to find out."""
+        if not self._heard.is_set():
+            return
         learned = self._learned
-        if not learned or learned == getattr(self, "_shared", None):
+        if learned == getattr(self, "_shared", None):
             return
         self._shared = learned
         try:
             with transaction.atomic(using=self.using), connections[self.using].cursor() as c:
                 c.execute(
                     _query("learn"),
-                    {"provider": self.provider, "tpm": learned.tpm, "rpm": learned.rpm},
+                    {"provider": self.provider, "tpm": learned.tpm or 0, "rpm": learned.rpm or 0},
                 )
         except ProgrammingError:
             pass
@@ -367,8 +371,8 @@ class Budget:
                 row = c.fetchone()
         except ProgrammingError:
             return
-        if row and (row[0] or row[1]):
-            self._learned = self._shared = Limits(row[0], row[1])
+        if row and (row[0] is not None or row[1] is not None):  # 0: the provider reports none
+            self._learned = self._shared = Limits(row[0] or None, row[1] or None)
             self._heard.set()
 
     def _update(self, decide: Any, counted: bool = False) -> Any:

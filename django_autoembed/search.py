@@ -430,7 +430,9 @@ class EmbeddingQuerySet(models.QuerySet):
             .order_by("-_autoembed_rank")
         )
         fused = (
-            self.filter(Q(pk__in=nearest.values("pk")[:n]) | Q(pk__in=by_text.values("pk")[:n]))
+            # One IN over the union of both sides' candidates: an OR of two INs would have the
+            # planner read the whole table to test each row against both.
+            self.filter(pk__in=nearest.values("pk")[:n].union(by_text.values("pk")[:n]))
             .annotate(**self._distances(cfg, vector, ef_search))
             .annotate(
                 text_score=SearchRank(document, query),
@@ -552,3 +554,20 @@ class EmbeddingQuerySet(models.QuerySet):
 
 class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type: ignore[misc]
     """Default manager of models using EmbeddingMixin."""
+
+    def get_queryset(self) -> EmbeddingQuerySet:
+        # The stored tsvector of text_search is the database's to read: rows are not
+        # fetched with it (it is loaded on access, like any deferred field).
+        qs = super().get_queryset()
+        columns = [
+            c.text_search_column
+            for c in _configs_of(self.model)
+            if c.text_search_column and c.template_fields()
+        ]
+        return qs.defer(*columns) if columns else qs
+
+
+def _configs_of(model: Any) -> list[EmbeddingConfig]:
+    from .config import registry
+
+    return [] if getattr(model, "autoembed_chunks_of", None) else registry.for_model(model)

@@ -185,8 +185,8 @@ def _budgets(using: str) -> list[dict[str, Any]]:
         return [
             {
                 "provider": b.provider,
-                "tokens_per_minute": tpm or b.learned_tpm,
-                "requests_per_minute": rpm or b.learned_rpm,
+                "tokens_per_minute": tpm or b.learned_tpm or None,
+                "requests_per_minute": rpm or b.learned_rpm or None,
                 "share": round(b.factor, 3),
                 "throttled": b.throttled,
             }

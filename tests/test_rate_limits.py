@@ -78,3 +78,17 @@ def test_once_waits_for_the_rows_a_rate_limit_put_back(api):
     drain(batch_size=5, concurrency=1)
     assert embedded_pks(Document) == {d.pk for d in docs} and queue_messages() == []
     assert not EmbeddingFailure.objects.exists()
+
+
+def test_once_a_process_learned_there_are_no_limits_the_next_sends_at_once(api):
+    from django_autoembed import budget, providers
+    from django_autoembed.config import registry
+
+    Document.objects.create(title="the first request of the first process goes alone")
+    drain()
+    [row] = RateBudget.objects.all()
+    assert (row.learned_tpm, row.learned_rpm) == (0, 0)  # answered, with no limits said
+    budget.forget()  # as a new process
+    label = providers.label(registry.get("testapp.Document.embedding"))
+    fresh = budget.for_provider("default", label)
+    assert fresh._limits_known(0) is True and not fresh.paces

@@ -97,8 +97,9 @@ class _Server(ThreadingHTTPServer):
 class FakeEmbeddingsServer:
     """Threaded HTTP server on 127.0.0.1; ``base_url`` ends in ``/v1``."""
 
-    def __init__(self, *, latency: float = 0.0, port: int = 0) -> None:
+    def __init__(self, *, latency: float = 0.0, port: int = 0, exact_tokens: bool = True) -> None:
         self.latency = latency
+        self._exact_default = exact_tokens
         self.failure_rate = 0.0
         self.failure_statuses: tuple[int, ...] = (500, 429)
         self.retry_after: float | None = None
@@ -121,8 +122,10 @@ class FakeEmbeddingsServer:
         self.sent: list[tuple[float, int]] = []
         self.refused_for_limits = 0  # requests refused with a 400 for the API's limits
         # Count every request's tokens exactly, as the API bills them (``usage``); off, short
-        # texts are estimated at 4 bytes a token, which spares a bench the tokenizer's CPU.
-        self.exact_tokens = True
+        # texts are estimated at 4 bytes a token, which spares a bench the tokenizer's CPU
+        # (the real API's tokenizer runs on its own machines, not beside the worker). With
+        # per-minute limits set, counting is always exact.
+        self.exact_tokens = exact_tokens
         self.tokens = 0  # tokens of the requests answered with vectors
         self.throttled = 0  # requests answered 429 for the per-minute limits
         self._scheduled: list[tuple[int, float | None, float]] = []
@@ -181,7 +184,7 @@ class FakeEmbeddingsServer:
             self.window = 60.0
             self.sent = []
             self.refused_for_limits = 0
-            self.exact_tokens = True
+            self.exact_tokens = self._exact_default
             self.tokens = 0
             self.throttled = 0
             self._scheduled.clear()
