@@ -13,7 +13,9 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 
+from django_autoembed import conf
 from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.indexing import wait_for_endpoint_builds
 from django_autoembed.push import JOB_NAME
 from django_autoembed.sync import sync
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages
@@ -57,6 +59,25 @@ def responses():
     return out
 
 
+def settle() -> None:
+    """Let the POSTs pg_net has sent come back and the index builds they started end.
+
+    A test's flush (TRUNCATE) meeting the endpoint's CREATE INDEX CONCURRENTLY fails, and the
+    next test would find this one's rows."""
+    limit = time.monotonic() + float(conf.get("PUSH_TIMEOUT")) + 10
+    while time.monotonic() < limit:
+        ((queued, sent, answered),) = fetch(
+            "select (select count(*) from net.http_request_queue),"
+            " (select case when is_called then last_value else 0 end"
+            "  from net.http_request_queue_id_seq),"
+            " (select coalesce(max(id), 0) from net._http_response)"
+        )
+        if queued == 0 and answered >= sent:
+            break
+        time.sleep(0.2)
+    assert wait_for_endpoint_builds(timeout=120), "an index build the endpoint started hangs"
+
+
 @pytest.fixture
 def push(live_server, settings):
     purge_queue()
@@ -71,6 +92,7 @@ def push(live_server, settings):
     yield
     settings.AUTOEMBED = {**settings.AUTOEMBED, "SCHEDULE": None}
     sync()
+    settle()
     assert fetch("select count(*) from cron.job where jobname = %s", [JOB_NAME]) == [(0,)]
     purge_queue()
 
