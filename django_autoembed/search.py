@@ -433,17 +433,14 @@ class EmbeddingQuerySet(models.QuerySet):
             # One IN over the union of both sides' candidates: an OR of two INs would have the
             # planner read the whole table to test each row against both.
             self.filter(pk__in=nearest.values("pk")[:n].union(by_text.values("pk")[:n]))
-            .annotate(**self._distances(cfg, vector, ef_search))
+            # One annotate: each clone of the query costs; later names may use earlier ones.
             .annotate(
+                **self._distances(cfg, vector, ef_search),
                 text_score=SearchRank(document, query),
                 _autoembed_document=document,
-            )
-            .annotate(
                 _autoembed_match=ExpressionWrapper(
                     Q(_autoembed_document=query), output_field=BooleanField()
-                )
-            )
-            .annotate(
+                ),
                 _autoembed_vn=models.Window(RowNumber(), order_by=F("distance").asc()),
                 # Ranked among the rows the query matches (ts_rank is not 0 for all others).
                 _autoembed_tn=models.Window(
@@ -451,8 +448,6 @@ class EmbeddingQuerySet(models.QuerySet):
                     partition_by=[F("_autoembed_match")],
                     order_by=F("text_score").desc(),
                 ),
-            )
-            .annotate(
                 vector_rank=Case(
                     When(distance__isnull=False, _autoembed_vn__lte=n, then=F("_autoembed_vn")),
                     output_field=IntegerField(),
@@ -461,8 +456,6 @@ class EmbeddingQuerySet(models.QuerySet):
                     When(_autoembed_match=True, _autoembed_tn__lte=n, then=F("_autoembed_tn")),
                     output_field=IntegerField(),
                 ),
-            )
-            .annotate(
                 score=Coalesce(
                     Value(float(weights[0])) / (Value(float(rrf_k)) + F("vector_rank")),
                     Value(0.0),
@@ -472,7 +465,7 @@ class EmbeddingQuerySet(models.QuerySet):
                     Value(float(weights[1])) / (Value(float(rrf_k)) + F("text_rank")),
                     Value(0.0),
                     output_field=FloatField(),
-                )
+                ),
             )
             .order_by("-score", "distance")
         )
