@@ -13,12 +13,12 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
 
 from .config import EmbeddingConfig, registry, short_name
+from .fields import TsvectorField
 from .indexes import HnswIndex, TextSearchIndex
 from .search import EmbeddingManager, text_vector
 from .triggers import EmbeddingTrigger
@@ -139,7 +139,7 @@ def _bind(sender: type[models.Model], **kwargs: Any) -> None:
                     column,
                     models.GeneratedField(
                         expression=text_vector(bound, bound.text_search),
-                        output_field=SearchVectorField(),
+                        output_field=TsvectorField(),
                         db_persist=True,
                         editable=False,
                     ),

@@ -33,6 +33,7 @@ class Note(EmbeddingMixin, models.Model):
     body = models.TextField()
 
     embed_fields = ["title", "body"]
+    embed_text_search = "english"  # a stored tsvector and its GIN index: nothing else to install
 """
 
 
@@ -136,6 +137,15 @@ def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_v
         np.testing.assert_allclose(
             stored[title], fake_vector(f"{title}\n\n{title} body", 1536), atol=2e-3
         )
+    found = manage(
+        startproject,
+        "shell",
+        "-c",
+        "from notes.models import Note; "
+        "print([n.title for n in Note.objects.hybrid_search('bread body', k=1)])",
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().splitlines()[-1] == "['Bread']"
     assert_clean(
         manage(startproject, "makemigrations", "--check", "--dry-run"), "makemigrations --check"
     )
