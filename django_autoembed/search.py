@@ -15,7 +15,7 @@ caller's transaction, or a transaction of its own).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,23 +24,18 @@ from asgiref.sync import sync_to_async
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.db import models, transaction
 from django.db.models import (
-    BooleanField,
-    Case,
-    ExpressionWrapper,
+    Expression,
     F,
     FloatField,
     IntegerField,
     OuterRef,
-    Q,
     Subquery,
-    Value,
-    When,
 )
-from django.db.models.functions import Coalesce, RowNumber
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
 from . import conf
+from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .exceptions import InvalidValue, UnknownConfig
 
@@ -111,6 +106,83 @@ class SearchDistance(CosineDistance):
         sql, params = super().as_sql(compiler, connection, *args, **extra)
         settings = f" ef_search={self.ef_search}" if self.ef_search else ""
         return f"{sql} /* {MARK}{settings} */", params
+
+
+class Fused(Expression):
+    """One part of a hybrid search's rank fusion (``vector_rank``, ``text_rank`` or ``score``),
+    as the SQL of ``sql/search.sql`` over the row's distance, tsvector and the tsquery.
+
+    Annotations that name one another are inlined in full by the ORM: built from Window, Case
+    and Coalesce, the fused score held the distance seven times, and building and compiling it
+    took about as long as the database took to run it. Each part here compiles its three
+    sources once and renders the rest from a template.
+    """
+
+    contains_aggregate = False
+    contains_over_clause = True  # row_number() windows: not for WHERE, and never grouped by
+
+    def __init__(
+        self,
+        part: str,
+        distance: Any,
+        document: Any,
+        query: Any,
+        *,
+        candidates: int,
+        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: int = RRF_K,
+    ) -> None:
+        super().__init__(output_field=FloatField() if part == "score" else IntegerField())
+        self.part = part
+        self.distance, self.document, self.query = distance, document, query
+        self.candidates, self.weights, self.rrf_k = int(candidates), weights, rrf_k
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.distance, self.document, self.query]
+
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
+        self.distance, self.document, self.query = exprs
+
+    def get_group_by_cols(self) -> list[Any]:
+        return [c for e in self.get_source_expressions() for c in e.get_group_by_cols()]
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
+        sources = {
+            "distance": compiler.compile(self.distance),
+            "document": compiler.compile(self.document),
+            "query": compiler.compile(self.query),
+        }
+        past = self.candidates + 1
+        for side in ("vector_rank", "text_rank"):
+            if self.part in (side, "score"):
+                sources[side] = _render(side, sources, [past, past])
+        if self.part != "score":
+            return sources[self.part]
+        w_vector, w_text, k = float(self.weights[0]), float(self.weights[1]), float(self.rrf_k)
+        return _render("score", sources, [w_vector, k, w_text, k])
+
+
+_TOKEN = re.compile(r"\{(\w+)\}|%s")
+
+
+def _render(
+    key: str, parts: dict[str, tuple[str, Any]], values: list[Any]
+) -> tuple[str, list[Any]]:
+    """A section of sql/search.sql with its {parts} filled in and its %s given ``values``,
+    the parameters in the order the statement holds them."""
+    template = sqlfiles.section("search.sql", key)
+    params: list[Any] = []
+    given = iter(values)
+
+    def fill(token: re.Match[str]) -> str:
+        if token.group(1) is None:
+            params.append(next(given))
+            return "%s"
+        fragment, fragment_params = parts[token.group(1)]
+        params.extend(fragment_params)
+        return f"({fragment})"
+
+    return _TOKEN.sub(fill, template), params
 
 
 def hnsw_settings(
@@ -424,52 +496,25 @@ class EmbeddingQuerySet(models.QuerySet):
         query = SearchQuery(text, config=language, search_type=query_type)
         nearest = self.nearest(vector, config=config, ef_search=ef_search)
         by_text = (
-            self.annotate(_autoembed_document=document)
+            self.alias(_autoembed_document=document)
             .filter(_autoembed_document=query)
-            .annotate(_autoembed_rank=SearchRank(document, query))
-            .order_by("-_autoembed_rank")
+            .order_by(SearchRank(document, query).desc())
         )
-        fused = (
+        distances = self._distances(cfg, vector, ef_search)
+        fused = {
+            part: Fused(part, distances["distance"], document, query, candidates=n,
+                        weights=weights, rrf_k=rrf_k)
+            for part in ("vector_rank", "text_rank", "score")
+        }  # fmt: skip
+        fused_rows = (
             # One IN over the union of both sides' candidates: an OR of two INs would have the
             # planner read the whole table to test each row against both.
             self.filter(pk__in=nearest.values("pk")[:n].union(by_text.values("pk")[:n]))
-            # One annotate: each clone of the query costs; later names may use earlier ones.
-            .annotate(
-                **self._distances(cfg, vector, ef_search),
-                text_score=SearchRank(document, query),
-                _autoembed_document=document,
-                _autoembed_match=ExpressionWrapper(
-                    Q(_autoembed_document=query), output_field=BooleanField()
-                ),
-                _autoembed_vn=models.Window(RowNumber(), order_by=F("distance").asc()),
-                # Ranked among the rows the query matches (ts_rank is not 0 for all others).
-                _autoembed_tn=models.Window(
-                    RowNumber(),
-                    partition_by=[F("_autoembed_match")],
-                    order_by=F("text_score").desc(),
-                ),
-                vector_rank=Case(
-                    When(distance__isnull=False, _autoembed_vn__lte=n, then=F("_autoembed_vn")),
-                    output_field=IntegerField(),
-                ),
-                text_rank=Case(
-                    When(_autoembed_match=True, _autoembed_tn__lte=n, then=F("_autoembed_tn")),
-                    output_field=IntegerField(),
-                ),
-                score=Coalesce(
-                    Value(float(weights[0])) / (Value(float(rrf_k)) + F("vector_rank")),
-                    Value(0.0),
-                    output_field=FloatField(),
-                )
-                + Coalesce(
-                    Value(float(weights[1])) / (Value(float(rrf_k)) + F("text_rank")),
-                    Value(0.0),
-                    output_field=FloatField(),
-                ),
-            )
+            # One annotate: each clone of the query costs.
+            .annotate(**distances, text_score=SearchRank(document, query), **fused)
             .order_by("-score", "distance")
         )
-        return fused[:k] if k else fused
+        return fused_rows[:k] if k else fused_rows
 
     def similar_to(
         self, obj: models.Model, k: int | None = None, *, config: str | None = None
