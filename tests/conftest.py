@@ -17,6 +17,35 @@ from django_autoembed.processing import recent_vectors
 from django_autoembed.search import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer, fake_vector
 
+# A server or worker a test started and stopped can leave its backend running a CREATE or
+# DROP INDEX CONCURRENTLY (Postgres notices a gone client only when it next talks to it). Such
+# a build waits for every older transaction, the flush after a test waits for the build's lock:
+# a deadlock. So a test that used the database ends once no other backend is doing that.
+INDEX_BUILDS = """
+select count(*) from pg_stat_activity
+ where datname = current_database() and pid <> pg_backend_pid() and state = 'active'
+   and query ~* 'index\\s+concurrently'
+"""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    if item.get_closest_marker("django_db") is None and "live_server" not in item.fixturenames:
+        return
+    from django.conf import settings
+
+    from django_autoembed.worker import connect
+
+    for alias in settings.DATABASES:
+        try:
+            conn = connect(alias)
+        except Exception:  # a database this run never created
+            continue
+        with conn:
+            deadline = time.monotonic() + 120
+            while conn.execute(INDEX_BUILDS).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.1)
+
 
 @pytest.fixture(scope="session")
 def fake_api():
