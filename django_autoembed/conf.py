@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     # A backlog of at least this many rows (and half what the index holds) is embedded with
     # the HNSW index dropped, which is then built again in bulk (None: keep it up row by row).
     "INDEX_DEFER_ROWS": 1000,
+    # Processes that split a batch's long texts for chunked configs (None: one per core;
+    # 0 or 1: split in the worker's own process).
+    "CHUNK_PROCESSES": None,
     # maintenance_work_mem and max_parallel_maintenance_workers for that bulk build
     # (None: the server's own setting for the workers).
     "INDEX_BUILD_MEMORY": "512MB",

@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 from psycopg import sql
 
 from . import budget as budgets
-from . import chunking, conf, providers, queue, store, usage
+from . import chunking, conf, providers, queue, splitpool, store, usage
 from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .chunking import ChunkPlan, plan_chunks
@@ -720,15 +720,29 @@ class Processor:
             cur.execute(target.query("read_chunks"), [pks])
             for chunk_id, parent, number, text in cur.fetchall():
                 stored.setdefault(parent, []).append((chunk_id, number, text))
-        splits = {text: self._split(target, text) for text in set(contents.values()) if text}
+        texts = [text for text in set(contents.values()) if text]
+        if target.config.splitter:  # the user's code: it runs here, where Django is set up
+            splits = {text: self._split(target, text) for text in texts}
+        else:
+            splits = splitpool.split_all(
+                texts,
+                size=self._chunk_size(target),
+                overlap=target.config.chunk_overlap,
+                tokenizer=target.provider.process_tokenizer(),
+                here=lambda text: self._split(target, text),
+            )
         return {
             pk: plan_chunks(stored.get(pk, []), splits.get(text, []))
             for pk, text in contents.items()
         }
 
+    @staticmethod
+    def _chunk_size(target: Resolved) -> int:
+        return min(int(target.config.chunk_tokens or 0), target.provider.max_input_tokens)
+
     def _split(self, target: Resolved, text: str) -> list[str]:
         config, provider = target.config, target.provider
-        size = min(int(config.chunk_tokens or 0), provider.max_input_tokens)
+        size = self._chunk_size(target)
         if config.splitter:
             chunks = import_string(config.splitter)(
                 text, size, config.chunk_overlap, provider.count_tokens

@@ -229,6 +229,91 @@ def test_a_message_of_many_long_documents_is_shared_out_in_batches_of_bounded_si
     assert api.inputs == distinct_texts and archived_count() == 0
 
 
+def in_process_chunks(text: str) -> list[str]:
+    from django_autoembed import chunking
+    from django_autoembed.tokenizers import cl100k_count, cl100k_head
+
+    return chunking.split(text, size=120, overlap=16, count=cl100k_count, cut=cl100k_head)
+
+
+def test_a_batch_of_long_documents_is_split_in_other_processes_into_the_same_chunks(
+    api, settings, monkeypatch
+):
+    from django_autoembed import splitpool
+
+    splitpool.shutdown()
+    monkeypatch.setattr(splitpool, "MIN_CHARS", 20_000)  # these six make ~100,000 characters
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "CHUNK_PROCESSES": 2}
+    manuals = [Manual.objects.create(title=f"m{i}", body=prose(25, seed=i)) for i in range(6)]
+    try:
+        drain()
+        pool = splitpool._pool
+        assert pool is not None and len(pool._processes) == 2  # the split ran there
+        for manual in manuals:
+            assert chunk_texts(manual) == in_process_chunks(f"{manual.title}\n\n{manual.body}")
+        assert api.inputs == ManualChunk.objects.values("text").distinct().count()
+    finally:
+        splitpool.shutdown()
+
+
+def test_a_broken_pool_of_splitting_processes_costs_a_warning_not_the_batch(
+    settings, monkeypatch, caplog
+):
+    import os
+    import signal
+
+    from django_autoembed import splitpool
+    from django_autoembed.tokenizers import cl100k_count
+
+    splitpool.shutdown()
+    monkeypatch.setattr(splitpool, "MIN_CHARS", 0)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "CHUNK_PROCESSES": 2}
+    texts = [prose(20, seed=i) for i in range(4)]
+    tokenizer = (
+        "django_autoembed.tokenizers.cl100k_count",
+        "django_autoembed.tokenizers.cl100k_head",
+    )
+
+    def split(values):
+        return splitpool.split_all(
+            values, size=120, overlap=16, tokenizer=tokenizer, here=in_process_chunks
+        )
+
+    try:
+        assert split(texts) == {t: in_process_chunks(t) for t in texts}
+        for pid in list(splitpool._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="django_autoembed.splitpool"):
+            assert split(texts[:2]) == {t: in_process_chunks(t) for t in texts[:2]}
+        assert "Lower CHUNK_PROCESSES" in caplog.text and splitpool._pool is None
+        assert split(texts) == {t: in_process_chunks(t) for t in texts}  # a new pool
+        assert splitpool._pool is not None
+        assert all(tokens(c) <= 120 for cs in split(texts).values() for c in cs)
+        assert cl100k_count("two words") == 2
+    finally:
+        splitpool.shutdown()
+
+
+def test_a_provider_that_counts_its_own_way_splits_in_process():
+    from django_autoembed.providers.base import Provider
+    from django_autoembed.providers.openai import OpenAIProvider
+
+    class Recount(OpenAIProvider):
+        def count_tokens(self, text: str) -> int:
+            return len(text)
+
+    class Renamed(Recount):
+        tokenizer = ("mine.count", "mine.head")
+
+    def made(cls):
+        return object.__new__(cls)  # no API key needed to ask how it counts
+
+    assert made(OpenAIProvider).process_tokenizer() == OpenAIProvider.tokenizer
+    assert made(Recount).process_tokenizer() is None
+    assert made(Renamed).process_tokenizer() == ("mine.count", "mine.head")
+    assert Provider(model="", dimensions=1).process_tokenizer() is None
+
+
 def test_status_counts_chunks(api):
     Manual.objects.create(title="Counted", body=prose(12))
     drain()

