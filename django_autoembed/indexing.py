@@ -268,11 +268,9 @@ class Indexing:
             workers: list[int] = []
             with _autocommit(self.using) as conn:
                 self._building = conn
+                conn.add_notice_handler(lambda notice: workers.extend(_launched(notice)))
                 for key, value in _build_settings().items():
                     conn.execute("select set_config(%s, %s, false)", [key, value])
-                # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
-                conn.add_notice_handler(lambda notice: workers.extend(_launched(notice)))
-                conn.execute("set client_min_messages = debug1")
                 valid = conn.execute(
                     sqlfiles.section("ops.sql", "index_valid"), [name.as_string(None)]
                 ).fetchone()
@@ -417,6 +415,8 @@ def _build_settings() -> dict[str, str]:
     values = {
         "maintenance_work_mem": str(conf.get("INDEX_BUILD_MEMORY")),
         "min_parallel_table_scan_size": "0",
+        # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
+        "client_min_messages": "debug1",
     }
     workers = conf.get("INDEX_BUILD_WORKERS")
     if workers is not None:
