@@ -58,8 +58,8 @@ def split_all(
     wanted = processes()
     if tokenizer is None or wanted < 2 or len(texts) < 2 or sum(map(len, texts)) < MIN_CHARS:
         return {text: here(text) for text in texts}
+    pool = _get(wanted)
     try:
-        pool = _get(wanted)
         chunks = pool.map(_split, texts, repeat(size), repeat(overlap), repeat(tokenizer))
         return dict(zip(texts, chunks, strict=True))
     except BrokenProcessPool as exc:
@@ -68,7 +68,7 @@ def split_all(
             "worker's own process. A child killed for memory? Lower CHUNK_PROCESSES.",
             exc,
         )
-        _drop()
+        _drop(pool)
         return {text: here(text) for text in texts}
 
 
@@ -77,17 +77,20 @@ def _get(wanted: int) -> ProcessPoolExecutor:
     with _lock:
         if _pool is None or _size != wanted:
             if _pool is not None:
-                _pool.shutdown(wait=False, cancel_futures=True)
+                # Another lane may be mid-map on the old pool: its work still finishes.
+                _pool.shutdown(wait=False)
             _pool = ProcessPoolExecutor(wanted, mp_context=multiprocessing.get_context("spawn"))
             _size = wanted
         return _pool
 
 
-def _drop() -> None:
+def _drop(pool: ProcessPoolExecutor | None = None) -> None:
+    """Forget the pool (only ``pool``, if given: a lane that saw it break)."""
     global _pool
     with _lock:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
+        if _pool is None or (pool is not None and _pool is not pool):
+            return
+        _pool.shutdown(wait=False)
         _pool = None
 
 
