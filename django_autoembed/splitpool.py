@@ -70,6 +70,10 @@ def split_all(
         )
         _drop(pool)
         return {text: here(text) for text in texts}
+    except RuntimeError:
+        # Shut down by another lane (CHUNK_PROCESSES changed) between _get and map.
+        _drop(pool)
+        return {text: here(text) for text in texts}
 
 
 def _get(wanted: int) -> ProcessPoolExecutor:

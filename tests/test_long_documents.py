@@ -294,6 +294,34 @@ def test_a_broken_pool_of_splitting_processes_costs_a_warning_not_the_batch(
         splitpool.shutdown()
 
 
+def test_a_pool_shut_down_by_another_lane_costs_nothing(settings, monkeypatch):
+    from django_autoembed import splitpool
+
+    splitpool.shutdown()
+    monkeypatch.setattr(splitpool, "MIN_CHARS", 0)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "CHUNK_PROCESSES": 2}
+    texts = [prose(20, seed=i) for i in range(3)]
+    tokenizer = (
+        "django_autoembed.tokenizers.cl100k_count",
+        "django_autoembed.tokenizers.cl100k_head",
+    )
+
+    def split():
+        return splitpool.split_all(
+            texts, size=120, overlap=16, tokenizer=tokenizer, here=in_process_chunks
+        )
+
+    try:
+        expected = {t: in_process_chunks(t) for t in texts}
+        assert split() == expected
+        old = splitpool._pool
+        old.shutdown()  # as a resize in another lane does, after this lane took the pool
+        assert split() == expected and splitpool._pool is None  # split here, pool forgotten
+        assert split() == expected and splitpool._pool not in (None, old)
+    finally:
+        splitpool.shutdown()
+
+
 def test_a_provider_that_counts_its_own_way_splits_in_process():
     from django_autoembed.providers.base import Provider
     from django_autoembed.providers.openai import OpenAIProvider
