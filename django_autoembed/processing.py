@@ -729,6 +729,7 @@ class Processor:
                 size=self._chunk_size(target),
                 overlap=target.config.chunk_overlap,
                 tokenizer=target.provider.process_tokenizer(),
+                joins_at_spaces=target.provider.splits_at_spaces(),
                 here=lambda text: self._split(target, text),
             )
         return {
@@ -754,6 +755,7 @@ class Processor:
             overlap=config.chunk_overlap,
             count=provider.count_tokens,
             cut=provider.head,
+            joins_at_spaces=provider.splits_at_spaces(),
         )
 
     def _write_chunks(

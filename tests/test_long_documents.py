@@ -324,6 +324,7 @@ def test_a_pool_shut_down_by_another_lane_costs_nothing(settings, monkeypatch):
 
 def test_a_provider_that_counts_its_own_way_splits_in_process():
     from django_autoembed.providers.base import Provider
+    from django_autoembed.providers.local import LocalProvider
     from django_autoembed.providers.openai import OpenAIProvider
 
     class Recount(OpenAIProvider):
@@ -340,6 +341,10 @@ def test_a_provider_that_counts_its_own_way_splits_in_process():
     assert made(Recount).process_tokenizer() is None
     assert made(Renamed).process_tokenizer() == ("mine.count", "mine.head")
     assert Provider(model="", dimensions=1).process_tokenizer() is None
+    # Counting by joins is for the tokenizer it was said of, and no other.
+    assert made(OpenAIProvider).splits_at_spaces()
+    assert not made(Recount).splits_at_spaces() and not made(Renamed).splits_at_spaces()
+    assert not LocalProvider.joins_at_spaces
 
 
 def test_status_counts_chunks(api):

@@ -70,6 +70,9 @@ class Provider:
     # (count, head) as dotted paths of module-level functions doing what count_tokens and
     # head do, for a pool of processes to split long texts with (None: split in-process).
     tokenizer: tuple[str, str] | None = None
+    # Whether that tokenizer never makes a token across a space following a non-space
+    # character (cl100k_base): the splitter then counts joined texts by their joins.
+    joins_at_spaces = False
     # Whether answers carry x-ratelimit-* headers to learn the account's limits from.
     reports_rate_limits = False
 
@@ -97,14 +100,24 @@ class Provider:
     def process_tokenizer(self) -> tuple[str, str] | None:
         """``tokenizer``, if it is what this provider counts with: a subclass that overrides
         ``count_tokens`` or ``head`` below the class naming it gets None (split in-process)."""
-        mro = type(self).__mro__
-
-        def owner(name: str) -> int:
-            return next(n for n, cls in enumerate(mro) if name in cls.__dict__)
-
-        if self.tokenizer is None or owner("tokenizer") > min(owner("count_tokens"), owner("head")):
+        if self.tokenizer is None or self._owner("tokenizer") > min(
+            self._owner("count_tokens"), self._owner("head")
+        ):
             return None
         return self.tokenizer
+
+    def splits_at_spaces(self) -> bool:
+        """``joins_at_spaces``, if it was said of the tokenizer in use (a subclass naming
+        another tokenizer, or counting its own way, does not inherit it)."""
+        return (
+            self.joins_at_spaces
+            and self.process_tokenizer() is not None
+            and self._owner("joins_at_spaces") <= self._owner("tokenizer")
+        )
+
+    def _owner(self, name: str) -> int:
+        """How far down the MRO the class defining ``name`` is (0: this class)."""
+        return next(n for n, cls in enumerate(type(self).__mro__) if name in cls.__dict__)
 
     def request_cost(self, text: str) -> int:
         """What ``text`` counts for against a request's token budget: its bytes while that

@@ -44,6 +44,7 @@ class OpenAIProvider(Provider):
         "django_autoembed.tokenizers.cl100k_count",
         "django_autoembed.tokenizers.cl100k_head",
     )
+    joins_at_spaces = True
 
     def count_tokens(self, text: str) -> int:
         return tokenizers.cl100k_count(text)

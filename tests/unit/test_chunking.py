@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from django_autoembed.chunking import split
+from django_autoembed.chunking import count_joined, split
 from django_autoembed.providers.openai import encoding
+from django_autoembed.tokenizers import cl100k_head
 
 WORDS = (
     "the a river bridge north village market council road 1998 winter, data: (see) [x] ü 東京"
@@ -60,3 +61,79 @@ def test_the_same_text_always_splits_the_same_way():
     assert split(text, size=120, overlap=16, count=count) == split(
         text, size=120, overlap=16, count=count
     )
+
+
+# Characters whose joins change cl100k_base's pre-tokens: newlines after punctuation,
+# runs of spaces, contractions, digits (grouped by three), non-ASCII spaces, CJK, emoji.
+TRICKY = [
+    *"ab Z  \n\t.,;:!?'\"()[]-/0123456789üé東京😀\u00a0\u3000\x1c\r",
+    "'s",
+    "'ll",
+    " the",
+    "...",
+    "12345",
+    " river bridge",
+    "word",
+]
+
+
+class Tally:
+    """The tokenizer, counting the characters it was asked to count."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+
+    def __call__(self, text: str) -> int:
+        self.chars += len(text)
+        return count(text)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_joined_text_is_counted_exactly_from_its_joins(seed):
+    rng = random.Random(seed)
+    tally = Tally()
+    for _ in range(2500):
+        parts = [
+            "".join(rng.choice(TRICKY) for _ in range(rng.randint(0, 40)))
+            for _ in range(rng.randint(1, 5))
+        ]
+        seps = [rng.choice(["", " ", "  ", "\n\n", "\n", ".", "x"]) for _ in parts]
+        text = "".join(s + p for s, p in zip(seps, parts, strict=True)) + rng.choice(["", " "])
+        assert count_joined(text, [(p, count(p)) for p in parts], tally) == count(text), text
+    # Long pieces are counted by their ends: a small share of what the text holds.
+    tally.chars = 0
+    pieces = [" ".join(rng.choice(WORDS) for _ in range(300)) for _ in range(4)]
+    text = " ".join(pieces)
+    assert count_joined(text, [(p, count(p)) for p in pieces], tally) == count(text)
+    assert tally.chars < len(text) / 10
+
+
+def prose_of(seed: int) -> str:
+    """Paragraphs of sentences of a book's lengths."""
+    rng = random.Random(seed)
+    return "\n\n".join(
+        " ".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))).capitalize() + "."
+            for _ in range(rng.randint(2, 9))
+        )
+        for _ in range(60)
+    )
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(40, 8), (120, 16), (512, 64)])
+def test_counting_by_joins_makes_the_same_chunks(size, overlap):
+    for seed in range(10):
+        for text in (text_of(seed), prose_of(seed)):
+            assert split(text, size=size, overlap=overlap, count=count, cut=cl100k_head) == split(
+                text, size=size, overlap=overlap, count=count, cut=cl100k_head, joins_at_spaces=True
+            )
+
+
+def test_counting_by_joins_counts_prose_about_once():
+    whole, joins = Tally(), Tally()
+    for seed in range(5):
+        text = prose_of(seed)
+        split(text, size=512, overlap=64, count=whole)
+        split(text, size=512, overlap=64, count=joins, joins_at_spaces=True)
+    length = sum(len(prose_of(seed)) for seed in range(5))
+    assert whole.chars > 2 * length and joins.chars < 1.5 * length
