@@ -30,7 +30,7 @@ Counter = Callable[[str], int]
 Measure = Callable[[str, Sequence[tuple[str, int]]], int]
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
-_SENTENCES = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
+_SENTENCES = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])\s*")
 _WORDS = re.compile(r"\S+\s*")
 
 

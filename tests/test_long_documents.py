@@ -344,6 +344,9 @@ def test_a_provider_that_counts_its_own_way_splits_in_process():
     # Counting by joins is for the tokenizer it was said of, and no other.
     assert made(OpenAIProvider).splits_at_spaces()
     assert not made(Recount).splits_at_spaces() and not made(Renamed).splits_at_spaces()
+    patched = made(OpenAIProvider)
+    patched.count_tokens = len  # type: ignore[method-assign]
+    assert patched.process_tokenizer() is None and not patched.splits_at_spaces()
     assert not LocalProvider.joins_at_spaces
 
 

@@ -99,11 +99,14 @@ class Provider:
 
     def process_tokenizer(self) -> tuple[str, str] | None:
         """``tokenizer``, if it is what this provider counts with: a subclass that overrides
-        ``count_tokens`` or ``head`` below the class naming it gets None (split in-process)."""
+        ``count_tokens`` or ``head`` below the class naming it, or on the instance, gets
+        None (split in-process)."""
         if self.tokenizer is None or self._owner("tokenizer") > min(
             self._owner("count_tokens"), self._owner("head")
         ):
             return None
+        if {"count_tokens", "head"} & set(getattr(self, "__dict__", {})):
+            return None  # a counter set on the instance itself
         return self.tokenizer
 
     def splits_at_spaces(self) -> bool:

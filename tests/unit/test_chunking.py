@@ -108,6 +108,32 @@ def test_a_joined_text_is_counted_exactly_from_its_joins(seed):
     assert tally.chars < len(text) / 10
 
 
+@pytest.mark.parametrize("joins_at_spaces", [False, True])
+def test_no_chunk_of_a_tricky_text_is_over_the_size(joins_at_spaces):
+    # A sentence after "。 " was counted with its space and stored without it: one token more.
+    assert split("。 <|n:ü", size=4, overlap=0, count=count, cut=cl100k_head) == [
+        "。",
+        "<|n:",
+        "ü",
+    ]
+    rng = random.Random(3)
+    pieces = [*TRICKY, "。", "。 ", "！ ", "？\n", ". ", "<|"]
+    for _ in range(400):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 60)))
+        size = rng.choice([4, 6, 9, 16, 30])
+        for overlap in (0, size // 3):
+            chunks = split(
+                text,
+                size=size,
+                overlap=overlap,
+                count=count,
+                cut=cl100k_head,
+                joins_at_spaces=joins_at_spaces,
+            )
+            # a character can be more tokens than a tiny chunk: only those may be over
+            assert all(count(c) <= size or len(c) == 1 for c in chunks), (text, size, chunks)
+
+
 def prose_of(seed: int) -> str:
     """Paragraphs of sentences of a book's lengths."""
     rng = random.Random(seed)
