@@ -105,8 +105,6 @@ class Provider:
             self._owner("count_tokens"), self._owner("head")
         ):
             return None
-        if {"count_tokens", "head"} & set(getattr(self, "__dict__", {})):
-            return None  # a counter set on the instance itself
         return self.tokenizer
 
     def splits_at_spaces(self) -> bool:
@@ -119,7 +117,10 @@ class Provider:
         )
 
     def _owner(self, name: str) -> int:
-        """How far down the MRO the class defining ``name`` is (0: this class)."""
+        """How far down the MRO the class defining ``name`` is (0: this class; -1: set on
+        the instance itself, which comes before any class)."""
+        if name in getattr(self, "__dict__", {}):
+            return -1
         return next(n for n, cls in enumerate(type(self).__mro__) if name in cls.__dict__)
 
     def request_cost(self, text: str) -> int:
