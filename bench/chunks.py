@@ -13,6 +13,7 @@ Search: 100,000 chunks of 384 dims under 10,000 rows, the index built after the 
 ``nearest()`` on the rows (best chunk per row) against an exact answer computed here.
 
     python -m bench.chunks [--docs 2000] [--latency 0.2] [--no-pgai] [--quick]
+                           [--vectors distinct|related]
 """
 
 from __future__ import annotations
@@ -335,13 +336,19 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--no-pgai", action="store_true")
+    parser.add_argument(
+        "--vectors",
+        choices=("distinct", "related"),
+        default="distinct",
+        help="the fake's vectors: all but orthogonal (default), or near for shared wording",
+    )
     parser.add_argument("--search-only", action="store_true")
     parser.add_argument(
         "--quick", action="store_true", help="100 documents, 10,000 chunks searched, no pgai"
     )
     args = parser.parse_args()
     docs = corpus(100 if args.quick else args.docs)
-    api = common.setup()
+    api = common.setup(args.vectors)
     side = None if args.quick or args.no_pgai else pgai_side.PgaiSide.prepare(api)
     from django_autoembed.providers.openai import encoding
 
@@ -349,6 +356,7 @@ def main() -> None:
     results: dict = {
         "machine": common.machine(),
         "latency": args.latency,
+        "vectors": args.vectors,
         "docs": len(docs),
         "doc_tokens_sampled": {
             "min": min(sizes),

@@ -42,12 +42,12 @@ def text_for(i: int, length: int = 670) -> str:
     return f"Row {i}: " + " ".join(words)[: length - 8 - len(str(i))]
 
 
-def setup() -> FakeEmbeddingsServer:
+def setup(vectors: str = "distinct") -> FakeEmbeddingsServer:
     call_command("migrate", verbosity=0)
     # Exact token counts cost the fake a tokenizer pass over every input, on the cores the
     # worker under test needs; the real API counts on its own machines. (bench.ratelimit sets
     # limits, and the fake counts exactly for them.)
-    api = FakeEmbeddingsServer(exact_tokens=False).start()
+    api = FakeEmbeddingsServer(exact_tokens=False, vectors=vectors).start()
     os.environ["AUTOEMBED_BENCH_BASE_URL"] = api.base_url
     return api
 

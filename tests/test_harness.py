@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import openai
 import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from django_autoembed.testing import fake_vector
+from django_autoembed.testing import FakeEmbeddingsServer, fake_vector, related_vectors
 
 
 def scalar(query, params=None):
@@ -64,6 +65,32 @@ def test_fake_api_fails_on_demand(api):
     with pytest.raises(openai.APITimeoutError):
         client.embeddings.create(model="m", input="x")
     assert client.embeddings.create(model="m", input="x").data
+
+
+def test_related_vectors_put_texts_that_share_wording_near_each_other(api):
+    texts = [
+        "Sourdough bread needs a starter, flour, water and a long, slow rise.",
+        "A slow rise and a lively starter make the best sourdough bread.",
+        "The index is rebuilt in bulk after the backfill, with parallel workers.",
+        "",
+        "ab",
+    ]
+    v = related_vectors(texts, 256)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+    assert float(v[0] @ v[1]) < 0.99  # near, not the same vector
+    assert np.allclose(related_vectors(texts[2:3], 256)[0], v[2], atol=1e-6)  # alone or batched
+    client = openai.OpenAI(api_key="k", base_url=api.base_url, max_retries=0)
+    api.vectors = "related"
+    got = client.embeddings.create(model="m", input=texts[:2], dimensions=256).data
+    assert got[1].embedding == pytest.approx(v[1].tolist(), abs=1e-6)
+    api.reset()
+    assert api.vectors == "distinct"
+    assert client.embeddings.create(model="m", input="ab", dimensions=256).data[
+        0
+    ].embedding == pytest.approx(fake_vector("ab", 256).tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="distinct"):
+        FakeEmbeddingsServer(vectors="similar")
 
 
 @pytest.mark.django_db(transaction=True)

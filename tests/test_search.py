@@ -312,3 +312,19 @@ def test_no_private_queryset_method_is_overridden():
         if name.startswith("_") and not name.startswith("__") and hasattr(QuerySet, name)
     ]
     assert private == []
+
+
+def test_with_related_vectors_from_the_fake_a_query_finds_the_row_that_shares_its_words(api):
+    # What a user's own test of search can lean on: the fake's "related" vectors rank
+    # the rows that share a query's wording first, as real embeddings would.
+    api.vectors = "related"
+    purge_queue()
+    made = {t: Document.objects.create(title=t) for t in TEXTS}
+    drain()
+    for query, expected in (
+        ("which grind size for pour-over coffee", "pour-over coffee and grind size"),
+        ("a starter for sourdough", "sourdough needs a starter"),
+        ("grip of trail shoes", "trail shoes need grip"),
+    ):
+        assert Document.objects.semantic_search(query)[0].pk == made[expected].pk
+    purge_queue()
