@@ -314,17 +314,30 @@ def test_no_private_queryset_method_is_overridden():
     assert private == []
 
 
-def test_with_related_vectors_from_the_fake_a_query_finds_the_row_that_shares_its_words(api):
-    # What a user's own test of search can lean on: the fake's "related" vectors rank
-    # the rows that share a query's wording first, as real embeddings would.
-    api.vectors = "related"
+@pytest.fixture
+def own_fake(settings):
+    # The README's "Testing your own app" fixture, as a user writes it.
+    from django_autoembed.testing import FakeEmbeddingsServer
+
+    with FakeEmbeddingsServer(vectors="related") as server:
+        settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": server.base_url, "API_KEY": "k"}
+        yield server
+
+
+def test_the_readmes_test_of_a_users_own_app_passes(own_fake):
+    from django.core.management import call_command
+
     purge_queue()
-    made = {t: Document.objects.create(title=t) for t in TEXTS}
-    drain()
-    for query, expected in (
-        ("which grind size for pour-over coffee", "pour-over coffee and grind size"),
-        ("a starter for sourdough", "sourdough needs a starter"),
-        ("grip of trail shoes", "trail shoes need grip"),
-    ):
-        assert Document.objects.semantic_search(query)[0].pk == made[expected].pk
+    Document.objects.create(title="Sourdough", content="a starter, flour and a slow rise")
+    Document.objects.create(title="Trail shoes", content="grip, drop and a rock plate")
+    Document.objects.create(title="Espresso", content="a fine grind and nine bars")
+    call_command("process_embeddings", "--once")
+    for query, title in [
+        ("bread with a starter", "Sourdough"),
+        ("shoes with grip for trails", "Trail shoes"),
+        ("a fine grind for espresso", "Espresso"),
+    ]:
+        assert Document.objects.semantic_search(query)[0].title == title
+    # the three rows in one request, then one per query: all through this server
+    assert own_fake.requests == 4
     purge_queue()

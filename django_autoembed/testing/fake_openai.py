@@ -99,7 +99,8 @@ def related_vectors(texts: list[str], dimensions: int) -> np.ndarray:
     On the long-document bench's prose this puts consecutive 512-token chunks of a document
     at a cosine of ~0.56 and chunks of unrelated documents at ~0.37; all-MiniLM-L6-v2 gives
     0.54 and 0.33 on the same chunks. (``fake_vectors`` gives ~0.00 for both: as far apart
-    as vectors can be, which is the hardest case for an HNSW index to build and search.)
+    as vectors can be, the hardest case for an approximate search; pgvector's HNSW index at
+    its defaults finds 0.82 of the true ten nearest among 52,000 of them, 0.98 of these.)
     """
     if not texts:
         return np.empty((0, dimensions), dtype=np.float32)
