@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..exceptions import InvalidValue
+
 _POOL_SIZE = 1024
 _pools: dict[int, np.ndarray] = {}
 
@@ -155,7 +157,7 @@ class FakeEmbeddingsServer:
         vectors: str = "distinct",
     ) -> None:
         if vectors not in VECTORS:
-            raise ValueError(f"vectors must be one of {sorted(VECTORS)}, not {vectors!r}")
+            raise InvalidValue(f"vectors must be one of {sorted(VECTORS)}, not {vectors!r}.")
         self.latency = latency
         self._exact_default = exact_tokens
         # "distinct": every text its own all-but-orthogonal vector (``fake_vectors``);
