@@ -91,6 +91,9 @@ def test_related_vectors_put_texts_that_share_wording_near_each_other(api):
     ].embedding == pytest.approx(fake_vector("ab", 256).tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="distinct"):
         FakeEmbeddingsServer(vectors="similar")
+    with pytest.raises(ValueError, match="related"):
+        api.vectors = "similar"
+    assert api.vectors == "distinct"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -156,13 +156,10 @@ class FakeEmbeddingsServer:
         exact_tokens: bool = True,
         vectors: str = "distinct",
     ) -> None:
-        if vectors not in VECTORS:
-            raise InvalidValue(f"vectors must be one of {sorted(VECTORS)}, not {vectors!r}.")
         self.latency = latency
         self._exact_default = exact_tokens
-        # "distinct": every text its own all-but-orthogonal vector (``fake_vectors``);
-        # "related": texts that share wording lie near each other (``related_vectors``).
-        self.vectors = self._vectors_default = vectors
+        self.vectors = vectors
+        self._vectors_default = self.vectors
         self.failure_rate = 0.0
         self.failure_statuses: tuple[int, ...] = (500, 429)
         self.retry_after: float | None = None
@@ -213,6 +210,18 @@ class FakeEmbeddingsServer:
         self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------
+
+    @property
+    def vectors(self) -> str:
+        """``"distinct"``: every text its own all-but-orthogonal vector (``fake_vectors``);
+        ``"related"``: texts that share wording lie near each other (``related_vectors``)."""
+        return self._vectors
+
+    @vectors.setter
+    def vectors(self, kind: str) -> None:
+        if kind not in VECTORS:
+            raise InvalidValue(f"vectors must be one of {sorted(VECTORS)}, not {kind!r}.")
+        self._vectors = kind
 
     @property
     def base_url(self) -> str:
