@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from django_autoembed.testing.fake_openai import VECTORS
+
 from . import common, pgai_side
 
 HERE = Path(__file__).resolve().parent
@@ -338,7 +340,7 @@ def main() -> None:
     parser.add_argument("--no-pgai", action="store_true")
     parser.add_argument(
         "--vectors",
-        choices=("distinct", "related"),
+        choices=sorted(VECTORS),
         default="distinct",
         help="the fake's vectors: all but orthogonal (default), or near for shared wording",
     )
