@@ -338,6 +338,7 @@ def test_the_readmes_test_of_a_users_own_app_passes(own_fake):
         ("a fine grind for espresso", "Espresso"),
     ]:
         assert Document.objects.semantic_search(query)[0].title == title
-    # the three rows in one request, then one per query: all through this server
-    assert own_fake.requests == 4
+    # the three rows and the three queries, all through this server (the rows in one
+    # request or in two, as the worker's lanes happen to take them)
+    assert own_fake.inputs == 6
     purge_queue()
