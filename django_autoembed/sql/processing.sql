@@ -1,7 +1,8 @@
 -- The processor's hot path and the backfill. Placeholders are psycopg.sql
 -- names composed once per batch for one declared config: {table} (schema
 -- qualified), {pk}, {pktype}, {fn} (the content function), {col}, {vectype};
--- values are always parameters.
+-- values are always parameters; texts travel in binary (%b), which psycopg
+-- dumps without escaping them character by character.
 
 -- table_schema -- the schema a (quoted) table name resolves to
 select n.nspname
@@ -20,7 +21,7 @@ select t.{pk} from {table} t where t.{pk} = any(%s::{pktype}[])
 -- write_vectors -- store vectors only where the row still holds the text that was embedded
 update {table} t
    set {col} = v.vec
-  from unnest(%s::{pktype}[], %s::text[], %b::{vectype}[]) as v(pk, body, vec)
+  from unnest(%s::{pktype}[], %b::text[], %b::{vectype}[]) as v(pk, body, vec)
  where t.{pk} = v.pk and {fn}(t) is not distinct from v.body
 returning t.{pk}
 
@@ -43,7 +44,7 @@ select c.id, c.parent_id, c.number, c.text from {chunks} c where c.parent_id = a
 -- current_rows -- which of these rows still hold the text their chunks were made from
 select t.{pk}
   from {table} t
-  join unnest(%s::{pktype}[], %s::text[]) as v(pk, body) on t.{pk} = v.pk
+  join unnest(%s::{pktype}[], %b::text[]) as v(pk, body) on t.{pk} = v.pk
  where {fn}(t) is not distinct from v.body
 
 -- drop_chunks -- chunks whose text is gone from their row
@@ -57,4 +58,4 @@ update {chunks} c
 
 -- insert_chunks -- the new chunks of a text version, with their vectors
 insert into {chunks} (parent_id, number, text, {ccol})
-select * from unnest(%s::{pktype}[], %s::int[], %s::text[], %b::{cvectype}[])
+select * from unnest(%s::{pktype}[], %s::int[], %b::text[], %b::{cvectype}[])
