@@ -21,7 +21,9 @@ DEFAULTS: dict[str, Any] = {
     # Inputs sent in one embedding request, and requests in flight at once.
     "BATCH_SIZE": 100,
     "MAX_REQUESTS": 8,
-    "CONCURRENCY": 2,
+    # Three lanes keep both of two cores busy while a lane waits on the API, where two
+    # left a third of them idle in a chunked backlog (bench/RESULTS.md, issue 19).
+    "CONCURRENCY": 3,
     # Seconds a read message stays invisible to other workers.
     "VISIBILITY_TIMEOUT": 120,
     "MAX_ATTEMPTS": 5,
