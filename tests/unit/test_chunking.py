@@ -1,6 +1,7 @@
 """The splitter: exact token bounds whatever the joins do, order kept, overlap bounded."""
 
 import random
+import re
 
 import pytest
 
@@ -166,3 +167,25 @@ def test_counting_by_joins_counts_prose_about_once():
         split(text, size=512, overlap=64, count=joins, joins_at_spaces=True)
     length = sum(len(prose_of(seed)) for seed in range(5))
     assert whole.chars > 2 * length and joins.chars < 1.5 * length
+
+
+def test_sentences_end_at_a_stop_and_white_space_or_at_a_cjk_stop():
+    from django_autoembed.chunking import _sentences
+
+    assert _sentences("One. Two!  Three?\nFour… five") == [
+        "One.",
+        "Two!",
+        "Three?",
+        "Four…",
+        "five",
+    ]
+    assert _sentences("v1.2 e.g.x 3.5. End.") == ["v1.2 e.g.x 3.5.", "End."]
+    assert _sentences("東京。大阪！ 京都？x") == ["東京。", "大阪！", "京都？", "x"]
+    assert _sentences("a.. b") == ["a..", "b"]
+    assert _sentences("Done. ") == ["Done.", ""]
+    # The definition, as a (slower) look-behind split: the same pieces for any text.
+    spec = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])\s*")
+    rng = random.Random(3)
+    for _ in range(20000):
+        text = "".join(rng.choice("ab .!?…。！？ \n\t\u3000") for _ in range(rng.randint(0, 14)))
+        assert _sentences(text) == spec.split(text), repr(text)
