@@ -297,78 +297,87 @@ def search(rows: int, per_row: int, queries: int, dims: int = 384) -> dict:
     return result
 
 
-# Ours as installed, and with the one option a backfill of long documents would be run
-# with: four batches side by side instead of two (the vectors' phase waits on the API).
+# Ours as installed, and with the old default of two lanes (three since 2026-12-04).
 OURS = (("ours", ()), ("ours_concurrency_2", ("--concurrency=2",)))
 PGAI = (("pgai_default", None), ("pgai_batch_500", 500))
 
 
 def run_ingest(results: dict, api, side, docs: list[tuple[str, str]], args) -> None:
-    """``args.rounds`` rounds of every run, ours and pgai's interleaved; the ratios are the
-    medians of each round's (the box's speed drifts within the hour, for everyone)."""
+    """``args.rounds`` rounds of every run, ours and pgai's interleaved (pgai's first in
+    every other round); the ratios are the medians of each round's (the box's speed drifts
+    within the hour, for everyone)."""
     rounds: list[dict] = []
     for n in range(args.rounds):
         print(f"round {n + 1} of {args.rounds}")
-        rounds.append(one_round(api, side, docs, args))
+        rounds.append(one_round(api, side, docs, args, pgai_first=n % 2 == 1))
     results["rounds"] = rounds
-    results.update({name: rounds[-1][name] for name in rounds[-1]})  # as before: the last
+    results["medians"] = {
+        name: {
+            key: statistics.median(r[name][key] for r in rounds)
+            for key in ("chunks_s", "vector_chunks_s", "indexed_chunks_s", "seconds")
+            if key in rounds[0][name]
+        }
+        for name in rounds[0]
+    }
     if side is None:
         if not args.quick:
             print(f"pgai skipped: {pgai_side.skip_reason or 'not asked for'}")
         return
     summary = {
-        "end_to_end": [r["ours"]["chunks_s"] / best(r)["chunks_s"] for r in rounds],
-        "like_for_like": [r["ours"]["chunks_s"] / best(r)["indexed_chunks_s"] for r in rounds],
-        "vectors_stored": [r["ours"]["vector_chunks_s"] / best(r)["chunks_s"] for r in rounds],
+        "end_to_end": [r["ours"]["chunks_s"] / best(r, "chunks_s") for r in rounds],
+        "like_for_like": [r["ours"]["chunks_s"] / best(r, "indexed_chunks_s") for r in rounds],
+        "vectors_stored": [r["ours"]["vector_chunks_s"] / best(r, "chunks_s") for r in rounds],
     }
     results["ours_over_pgai_best"] = {k: statistics.median(v) for k, v in summary.items()}
     results["ours_over_pgai_best_per_round"] = summary
+    m = results["ours_over_pgai_best"]
     print(
-        "ours / pgai's best, median of "
-        f"{len(rounds)} round(s): end to end "
-        f"{results['ours_over_pgai_best']['end_to_end']:.2f}x "
-        f"({', '.join(f'{x:.2f}' for x in summary['end_to_end'])}), like for like "
-        f"{results['ours_over_pgai_best']['like_for_like']:.2f}x, vectors stored "
-        f"{results['ours_over_pgai_best']['vectors_stored']:.2f}x"
+        f"ours / pgai's best, median of {len(rounds)} round(s): end to end "
+        f"{m['end_to_end']:.2f}x ({', '.join(f'{x:.2f}' for x in summary['end_to_end'])}), "
+        f"like for like {m['like_for_like']:.2f}x, vectors stored {m['vectors_stored']:.2f}x"
     )
 
 
-def best(round_: dict) -> dict:
-    """pgai's faster run of a round."""
-    return max((round_[name] for name, _ in PGAI), key=lambda p: p["chunks_s"])
+def best(round_: dict, key: str) -> float:
+    """pgai's best figure of a round for ``key`` (its faster configuration for that measure)."""
+    return max(round_[name][key] for name, _ in PGAI)
 
 
-def one_round(api, side, docs: list[tuple[str, str]], args) -> dict:
+def one_round(api, side, docs: list[tuple[str, str]], args, *, pgai_first: bool = False) -> dict:
     out: dict = {}
-    for name, options in OURS:
-        out[name] = r = ours(api, docs, args.latency, *options)
-        print(
-            f"{name} (chunk_tokens 512, overlap 64, HNSW index): {r['chunks']} chunks in "
-            f"{r['seconds']:.1f} s = "
-            f"{r['chunks_s']:.0f} chunks/s ({r['docs_s']:.1f} docs/s), "
-            f"{r['refused_for_limits']} requests refused"
-        )
-        print(
-            f"  of which vectors stored: {r['vectors_s']:.1f} s = "
-            f"{r['vector_chunks_s']:.0f} chunks/s; then the HNSW index build: "
-            f"{r['index_build_s']} s"
-        )
-    if side is None:
-        return out
-    r = out["ours"]
-    for name, batch in PGAI:
-        out[name] = p = pgai(side, docs, args.latency, batch)
-        print(
-            f"{name} (2,048 chars, overlap 256, no index): {p['chunks']} chunks in "
-            f"{p['seconds']:.1f} s = "
-            f"{p['chunks_s']:.0f} chunks/s; ours/this {r['chunks_s'] / p['chunks_s']:.2f}x "
-            "chunks/s, "
-            f"{r['docs_s'] / p['docs_s']:.2f}x docs/s; vectors stored: "
-            f"{r['vector_chunks_s'] / p['chunks_s']:.2f}x; with an HNSW index built on "
-            f"its chunks too ({p['index_build_s']:.1f} s): "
-            f"{r['chunks_s'] / p['indexed_chunks_s']:.2f}x; ours at concurrency 2 / "
-            f"this: {out['ours_concurrency_2']['chunks_s'] / p['chunks_s']:.2f}x"
-        )
+    runs = [("ours", name, options) for name, options in OURS]
+    if side is not None:
+        theirs = [("pgai", name, batch) for name, batch in PGAI]
+        runs = theirs + runs if pgai_first else runs + theirs
+    for kind, name, option in runs:
+        if kind == "ours":
+            out[name] = r = ours(api, docs, args.latency, *option)
+            print(
+                f"{name} (chunk_tokens 512, overlap 64, HNSW index): {r['chunks']} chunks in "
+                f"{r['seconds']:.1f} s = {r['chunks_s']:.0f} chunks/s ({r['docs_s']:.1f} "
+                f"docs/s), {r['refused_for_limits']} requests refused; vectors stored in "
+                f"{r['vectors_s']:.1f} s ({r['vector_chunks_s']:.0f} chunks/s), then the HNSW "
+                f"index build: {r['index_build_s']} s"
+            )
+        else:
+            out[name] = p = pgai(side, docs, args.latency, option)
+            print(
+                f"{name} (2,048 chars, overlap 256, no index): {p['chunks']} chunks in "
+                f"{p['seconds']:.1f} s = {p['chunks_s']:.0f} chunks/s; with an HNSW index "
+                f"built on its chunks ({p['index_build_s']:.1f} s): "
+                f"{p['indexed_chunks_s']:.0f} chunks/s"
+            )
+    if side is not None:
+        r = out["ours"]
+        for name, _ in PGAI:
+            p = out[name]
+            print(
+                f"  ours / {name}: {r['chunks_s'] / p['chunks_s']:.2f}x chunks/s, "
+                f"{r['docs_s'] / p['docs_s']:.2f}x docs/s; vectors stored "
+                f"{r['vector_chunks_s'] / p['chunks_s']:.2f}x; like for like "
+                f"{r['chunks_s'] / p['indexed_chunks_s']:.2f}x; ours at concurrency 2: "
+                f"{out['ours_concurrency_2']['chunks_s'] / p['chunks_s']:.2f}x"
+            )
     return out
 
 
@@ -378,7 +387,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--no-pgai", action="store_true")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of ours and pgai's runs, interleaved"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of ours and pgai's runs, interleaved (--quick: one)",
     )
     parser.add_argument(
         "--vectors",
@@ -391,6 +403,8 @@ def main() -> None:
         "--quick", action="store_true", help="100 documents, 10,000 chunks searched, no pgai"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick:
         args.rounds = 1
     docs = corpus(100 if args.quick else args.docs)
