@@ -668,7 +668,7 @@ class Processor:
     ) -> None:
         pks = list({row.pk: None for row in rows})
         contents, broken = self._read(target, pks)
-        plans = self._chunk_plans(target, pks, contents)
+        plans, unsplit = self._chunk_plans(target, pks, contents)
         raw = self._raw()
         if not raw.autocommit and not connections[self.using].in_atomic_block:
             raw.commit()  # no transaction stays open across the API calls below
@@ -685,6 +685,8 @@ class Processor:
                 row.outcome = Outcome("failed", broken[row.pk])
             elif row.pk not in contents:
                 row.outcome = Outcome("done")  # row deleted: its chunks went with it
+            elif contents[row.pk] in unsplit:  # its stored chunks stay as they are
+                row.outcome = Outcome("failed", unsplit[contents[row.pk]])
             else:
                 plan = plans[row.pk]
                 texts = [t for _, t in plan.add]
@@ -713,16 +715,27 @@ class Processor:
 
     def _chunk_plans(
         self, target: Resolved, pks: list[Any], contents: dict[Any, str]
-    ) -> dict[Any, ChunkPlan]:
-        """Per row, which of its stored chunks stay, move or go, and which texts are new."""
+    ) -> tuple[dict[Any, ChunkPlan], dict[str, str]]:
+        """Per row, which of its stored chunks stay, move or go, and which texts are new;
+        and, by text, why a custom splitter could not split it (those rows get no plan)."""
         stored: dict[Any, list[tuple[int, int, str]]] = {}
         with psycopg.Cursor(self._raw()) as cur:
             cur.execute(target.query("read_chunks"), [pks])
             for chunk_id, parent, number, text in cur.fetchall():
                 stored.setdefault(parent, []).append((chunk_id, number, text))
         texts = [text for text in set(contents.values()) if text]
+        unsplit: dict[str, str] = {}
         if target.config.splitter:  # the user's code: it runs here, where Django is set up
-            splits = {text: self._split(target, text) for text in texts}
+            splits = {}
+            for text in texts:
+                try:
+                    splits[text] = self._split(target, text)
+                except Exception as exc:  # one text it cannot split fails its rows, not the batch
+                    unsplit[text] = (
+                        f"the splitter {target.config.splitter} failed: {exc!r}. Fix it (it "
+                        "must return a list of strings, with no NUL characters); the row is "
+                        "retried, and dead-lettered once its attempts are spent."
+                    )
         else:
             splits = splitpool.split_all(
                 texts,
@@ -732,10 +745,12 @@ class Processor:
                 joins_at_spaces=target.provider.splits_at_spaces(),
                 here=lambda text: self._split(target, text),
             )
-        return {
+        plans = {
             pk: plan_chunks(stored.get(pk, []), splits.get(text, []))
             for pk, text in contents.items()
+            if text not in unsplit
         }
+        return plans, unsplit
 
     @staticmethod
     def _chunk_size(target: Resolved) -> int:
@@ -748,7 +763,16 @@ class Processor:
             chunks = import_string(config.splitter)(
                 text, size, config.chunk_overlap, provider.count_tokens
             )
-            return [c for c in chunks if c and c.strip()]
+            if isinstance(chunks, str) or not isinstance(chunks, Iterable):
+                raise TypeError(f"it returned {type(chunks).__name__}, not a list of strings")
+            chunks = list(chunks)
+            for c in chunks:
+                if not isinstance(c, str):
+                    raise TypeError(f"it returned a {type(c).__name__} among the chunks")
+                if "\x00" in c:  # Postgres's text cannot hold NUL
+                    raise ValueError("a chunk holds a NUL character")
+                c.encode()  # a lone surrogate: UnicodeEncodeError, with its position
+            return [c for c in chunks if c.strip()]
         return chunking.split(
             text,
             size=size,
@@ -973,7 +997,7 @@ class Processor:
             pks = list({row.pk: None for row in group})
             contents, _broken = self._read(target, pks)
             if config.chunked:
-                plans = self._chunk_plans(target, pks, contents)
+                plans, _unsplit = self._chunk_plans(target, pks, contents)
                 needs = {pk: [t for _, t in plan.add] for pk, plan in plans.items()}
             else:
                 needs = {pk: [text] for pk, text in contents.items() if text}

@@ -378,6 +378,34 @@ def test_a_custom_splitter_by_dotted_path(api, settings):
         registry.add(config)
 
 
+def test_a_custom_splitter_that_fails_fails_only_its_rows_and_says_which(api, settings):
+    from dataclasses import replace
+
+    from django_autoembed.config import registry
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    config = registry.get("testapp.Manual.embedding")
+    fine = Manual.objects.create(title="x|y", body="z")
+    boom = Manual.objects.create(title="first|version", body="ok")
+    drain()
+    kept = chunk_texts(boom)
+    registry.add(replace(config, splitter="tests.testapp.providers.split_or_refuse"))
+    try:
+        Manual.objects.filter(pk=boom.pk).update(body="boom")
+        nul = Manual.objects.create(title="nul", body="here")
+        Manual.objects.filter(pk=fine.pk).update(body="w")
+        drain()  # the worker neither crashes nor stops: the other row is embedded
+    finally:
+        registry.add(config)
+    assert chunk_texts(fine) == ["x", "y\n\nw"]
+    assert chunk_texts(boom) == kept and chunk_texts(nul) == []  # nothing written or dropped
+    assert queue_messages() == [] and archived_count() == 2  # the two rows, dead-lettered
+    boom_failure = EmbeddingFailure.objects.get(object_pk=str(boom.pk))
+    assert "split_or_refuse" in boom_failure.error and "cannot split a boom" in boom_failure.error
+    nul_failure = EmbeddingFailure.objects.get(object_pk=str(nul.pk))
+    assert "NUL" in nul_failure.error and "Fix it" in nul_failure.error
+
+
 def test_backfill_queues_the_rows_that_have_no_chunks_yet(api):
     from tests.conftest import purge_queue
 

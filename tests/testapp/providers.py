@@ -38,3 +38,12 @@ class Unstorable:
 def split_on_pipes(text, size, overlap, count):
     """A custom splitter, named by dotted path: one chunk per '|'-separated part."""
     return [part.strip() for part in text.split("|")]
+
+
+def split_or_refuse(text, size, overlap, count):
+    """A custom splitter with bugs: it raises on one text and returns a NUL on another."""
+    if "boom" in text:
+        raise RuntimeError("cannot split a boom")
+    if "nul" in text:
+        return ["a\x00b"]
+    return [part.strip() for part in text.split("|")]
