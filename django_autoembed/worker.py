@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -90,6 +91,7 @@ class Worker:
         self._paused_until = 0.0
         self._pause_seconds = 0.0
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
+        self.lanes_running = 0  # a lane Postgres has no connection for leaves if others run
         self.batches = Batches(options.using) if options.batch_api else None
         # With --once: when the last rows put back for a rate limit are due again.
         self.throttled_until = 0.0
@@ -115,6 +117,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         lanes = max(1, self.o.concurrency)
+        self.lanes_running = lanes
         # One pool of request slots for all lanes: the same bound in total, and a
         # lane working alone (the last batch of a backlog) uses the idle lanes' slots.
         self.pool = ThreadPoolExecutor(
@@ -244,6 +247,7 @@ class _Lane:
         )
         self._listener: psycopg.Connection[Any] | None = None
         self._busy_since: float | None = None
+        self._retired = False
 
     def run(self) -> int:
         down_since: float | None = None
@@ -280,6 +284,8 @@ class _Lane:
                         )
                     continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
+                    if _out_of_slots(exc) and self._retire(exc):
+                        return 0
                     down_since = down_since or time.monotonic()
                     if time.monotonic() - down_since > self.o.max_downtime:
                         logger.error(
@@ -292,7 +298,12 @@ class _Lane:
                             "Check the database and start the worker again.",
                             1,
                         )
-                    logger.warning("Database connection lost (%s); reconnecting.", exc)
+                    if _out_of_slots(exc):
+                        logger.warning(
+                            "Postgres has no connection slot free (%s); retrying. %s", exc, SLOTS
+                        )
+                    else:
+                        logger.warning("Database connection lost (%s); reconnecting.", exc)
                     self._reset()
                     time.sleep(1.0)
                     continue
@@ -310,6 +321,9 @@ class _Lane:
                     self._wait()
             return 0
         finally:
+            if not self._retired:
+                with self.worker._lock:
+                    self.worker.lanes_running -= 1
             self._close_listener()
             if threading.current_thread() is not threading.main_thread():
                 connections[self.o.using].close()
@@ -480,12 +494,49 @@ class _Lane:
                 pass
         self._listener = None
 
+    def _retire(self, exc: BaseException) -> bool:
+        """Leave the worker to the other lanes when Postgres has no connection for this one."""
+        with self.worker._lock:
+            if self.worker.lanes_running <= 1:
+                return False
+            self.worker.lanes_running -= 1
+            left = self.worker.lanes_running
+        self._retired = True
+        logger.warning(
+            "Postgres has no connection slot for another lane (%s): this worker goes on with "
+            "%d lane(s). %s",
+            exc,
+            left,
+            SLOTS,
+        )
+        return True
+
     def _reset(self) -> None:
         try:
             connections[self.o.using].close()
         except DatabaseError:
             pass
         self._close_listener()
+
+
+SLOTS = (
+    "A worker holds 2 connections a lane (--concurrency, 3 lanes by default) and 2 more "
+    "while it drops or builds an index: raise max_connections (or the role's or the "
+    "pooler's limit), or run fewer lanes with --concurrency."
+)
+_NO_SLOT = re.compile(r"too many (clients|connections)|remaining connection slots")
+
+
+def _out_of_slots(exc: BaseException) -> bool:
+    """Whether Postgres refused a connection for want of a free slot (SQLSTATE 53300)."""
+    seen: BaseException | None = exc
+    chain: set[int] = set()
+    while seen is not None and id(seen) not in chain:
+        if getattr(seen, "sqlstate", None) == "53300" or _NO_SLOT.search(str(seen)):
+            return True
+        chain.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _labels(messages: list[queue.Message]) -> set[str]:

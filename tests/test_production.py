@@ -117,6 +117,28 @@ def test_a_role_with_table_grants_only_writes_every_way_and_its_rows_are_queued(
     assert queued.count(one) == 2  # inserted, then its text changed
 
 
+def test_a_connection_limit_below_what_the_lanes_need_leaves_fewer_lanes_and_says_why(
+    app_role, api
+):
+    call_command("autoembed_grants", ROLE, "--apply", verbosity=0)
+    with as_role() as conn:
+        conn.execute(
+            "insert into testapp_document (title, content, views) "
+            "select 'slot ' || i, '', 0 from generate_series(1, 30) i"
+        )
+    with connection.cursor() as cursor:  # 3 lanes would hold 6
+        cursor.execute(f"alter role {ROLE} connection limit 3")
+    worked = manage_as_role(
+        "process_embeddings", "--once", "--concurrency", "3", "--max-downtime", "30"
+    )
+    assert worked.returncode == 0, worked.stderr
+    assert "no connection slot" in worked.stderr and "--concurrency" in worked.stderr
+    assert "max_connections" in worked.stderr
+    for doc in Document.objects.all():
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert queued_ids() == []
+
+
 def test_the_worker_status_checks_and_endpoint_run_as_that_role_with_the_listed_grants(
     app_role, api
 ):

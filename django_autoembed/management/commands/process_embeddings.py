@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from ... import conf
 from ...backfill import backfill
@@ -121,6 +122,8 @@ class Command(BaseCommand):
         # Startup objects (Django, the app registry) live as long as the process:
         # freezing them keeps full collections from rescanning them while working.
         gc.freeze()
+        # The system checks' and the backfill's connection: the lanes open their own.
+        connections[options["database"]].close()
         try:
             code = worker.run()
         except ConfigurationError as exc:  # a provider that cannot start; the jobs stay queued
