@@ -339,6 +339,6 @@ def test_the_readmes_test_of_a_users_own_app_passes(own_fake):
     ]:
         assert Document.objects.semantic_search(query)[0].title == title
     # the three rows and the three queries, all through this server (the rows in one
-    # request or in two, as the worker's lanes happen to take them)
+    # request or more, as the worker's lanes happen to take them)
     assert own_fake.inputs == 6
     purge_queue()

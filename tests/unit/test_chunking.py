@@ -186,6 +186,7 @@ def test_sentences_end_at_a_stop_and_white_space_or_at_a_cjk_stop():
     # The definition, as a (slower) look-behind split: the same pieces for any text.
     spec = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])\s*")
     rng = random.Random(3)
+    alphabet = "ab .!?…。！？ \n\r\t\x85\xa0\u2028\u3000"  # Python's \s, not only ASCII's
     for _ in range(20000):
-        text = "".join(rng.choice("ab .!?…。！？ \n\t\u3000") for _ in range(rng.randint(0, 14)))
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
         assert _sentences(text) == spec.split(text), repr(text)
