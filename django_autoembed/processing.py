@@ -34,7 +34,7 @@ from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .chunking import ChunkPlan, plan_chunks
 from .config import EmbeddingConfig, registry
-from .exceptions import ProcessingPaused, ProviderError
+from .exceptions import InvalidValue, ProcessingPaused, ProviderError
 from .failures import DeadRow, record
 from .providers.base import Answer, Provider, as_matrix, chunk_inputs
 from .queue import Message
@@ -764,13 +764,13 @@ class Processor:
                 text, size, config.chunk_overlap, provider.count_tokens
             )
             if isinstance(chunks, str) or not isinstance(chunks, Iterable):
-                raise TypeError(f"it returned {type(chunks).__name__}, not a list of strings")
+                raise InvalidValue(f"it returned {type(chunks).__name__}, not a list of strings")
             chunks = list(chunks)
             for c in chunks:
                 if not isinstance(c, str):
-                    raise TypeError(f"it returned a {type(c).__name__} among the chunks")
+                    raise InvalidValue(f"it returned a {type(c).__name__} among the chunks")
                 if "\x00" in c:  # Postgres's text cannot hold NUL
-                    raise ValueError("a chunk holds a NUL character")
+                    raise InvalidValue("a chunk holds a NUL character")
                 c.encode()  # a lone surrogate: UnicodeEncodeError, with its position
             return [c for c in chunks if c.strip()]
         return chunking.split(
