@@ -317,17 +317,19 @@ class ChunkPlan:
 
     ``keep`` maps stored chunk ids to their new numbers (same text: the vector stays);
     ``add`` is (number, text) of chunks to embed and insert; ``drop`` the stored chunk
-    ids whose text is gone.
+    ids whose text is gone; ``texts`` every chunk of the new text, in order (to plan
+    again against what is stored when the write comes).
     """
 
     keep: dict[int, int] = field(default_factory=dict)
     add: list[tuple[int, str]] = field(default_factory=list)
     drop: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
 
 def plan_chunks(stored: Sequence[tuple[int, int, str]], new: Sequence[str]) -> ChunkPlan:
     """Match stored chunks ``(id, number, text)`` to ``new`` chunk texts, by text."""
-    plan = ChunkPlan()
+    plan = ChunkPlan(texts=list(new))
     free: dict[str, list[int]] = {}
     for chunk_id, _number, text in sorted(stored, key=lambda s: s[1]):
         free.setdefault(text, []).append(chunk_id)

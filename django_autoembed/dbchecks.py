@@ -141,6 +141,8 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
                     id="autoembed.E109",
                 )
             )
+    if config.chunked and column is not None:
+        out += _check_chunk_numbers(cursor, config)
     if column is not None and state_of(cursor.db.alias, config) == "missing":
         # Deferred or building for a backfill is no drift: a worker builds it again.
         index = managed_index(config)
@@ -155,6 +157,26 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
             )
         )
     return out
+
+
+def _check_chunk_numbers(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
+    """The chunk table's unique (parent, number): added in 0.2 to chunk models that exist."""
+    cursor.execute(
+        _query("has_unique_chunk_numbers"),
+        [sql.Identifier(config.chunk_table).as_string(None)],
+    )
+    if cursor.fetchone()[0]:
+        return []
+    return [
+        checks.Warning(
+            f"{config.label}: the chunk table {config.chunk_table} has no unique "
+            "(parent_id, number) constraint, the backstop against a chunk stored twice.",
+            hint="Run `manage.py makemigrations` and `manage.py migrate`: the migration adds "
+            "it, deleting any duplicates first.",
+            obj=config.model_class,
+            id="autoembed.W102",
+        )
+    ]
 
 
 def _pending_summary(pending: list[str]) -> str:

@@ -18,6 +18,7 @@ from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
 
 from .config import EmbeddingConfig, registry, short_name
+from .constraints import UniqueChunkNumbers
 from .fields import TsvectorField
 from .indexes import HnswIndex, TextSearchIndex
 from .search import EmbeddingManager, text_vector
@@ -84,6 +85,9 @@ def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[mod
         "ordering": ["parent", "number"],
         "verbose_name": f"{parent._meta.verbose_name} chunk",
         "indexes": [hnsw_index(config.chunk_table, config.column)] if config.index else [],
+        "constraints": [
+            UniqueChunkNumbers(name=short_name(config.chunk_table, "parent_number", "uniq"))
+        ],
     }
     attrs: dict[str, Any] = {
         "__module__": parent.__module__,

@@ -149,8 +149,10 @@ def test_chunk_tokens_added_and_removed_make_and_drop_the_chunk_table():
     create = diff(project(), plain())
     to_chunks, to_plain = diff(plain(), chunked()), diff(chunked(), plain())
     names = sorted(type(op).__name__ for op in to_chunks)
-    # The chunk model and its key and index; the row's own vector, index and triggers go.
+    # The chunk model, its key, index and unique numbers; the row's own vector, index and
+    # triggers go.
     assert names == [
+        "AddConstraint",
         "AddConstraint",
         "AddField",
         "AddIndex",

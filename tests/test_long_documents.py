@@ -425,3 +425,112 @@ def test_backfill_queues_the_rows_that_have_no_chunks_yet(api):
     )
     assert "queued 1 rows" in out.getvalue()
     assert chunk_texts(missing) and chunk_texts(have)
+
+
+# -- two lanes on one row: every chunk stored once -------------------------------------------
+
+
+def duplicated_chunks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select count(*) from (select parent_id, number from testapp_manual_embedding_chunks "
+            "group by 1, 2 having count(*) > 1) d"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_two_lanes_that_meet_on_a_row_store_its_chunks_once(api, settings):
+    """Forced interleaving: a second lane writes the row's chunks while the first waits on the
+    API with a plan made before they existed."""
+    # No rate budget: its first request would hold the second lane's until it is answered.
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RATE_LIMIT_HEADERS": False}
+    import threading
+
+    from django.db import connections
+
+    from django_autoembed import queue
+    from django_autoembed.processing import Processor
+
+    manual = Manual.objects.create(title="twice", body=prose(24, seed=3))
+    with connection.cursor() as cursor:  # a second message for the same row (an edit, say)
+        cursor.execute("select message from pgmq.q_embedding_jobs")
+        body = cursor.fetchone()[0]
+        queue.send_batch(cursor, [json.loads(body) if isinstance(body, str) else body])
+        messages = queue.read(cursor, 10, 60)
+    assert len(messages) == 2
+    entered, results = [], []
+
+    def other_lane_meanwhile(texts):
+        if entered:
+            return
+        entered.append(True)
+
+        def run():
+            try:
+                results.append(Processor().process([messages[1]]))
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(30)
+
+    api.on_request = other_lane_meanwhile
+    first = Processor().process([messages[0]])
+    assert [len(r.completed) for r in [*results, first]] == [1, 1]  # both lanes wrote the row
+    assert duplicated_chunks() == 0
+    numbers = list(
+        ManualChunk.objects.filter(parent=manual)
+        .order_by("number")
+        .values_list("number", flat=True)
+    )
+    assert numbers == list(range(len(numbers))) and len(numbers) >= 5
+    assert len(numbers) == len(set(api.texts))  # one chunk a text sent, none stored twice
+    assert queue_messages() == []
+
+
+def test_three_lanes_after_two_quick_bulk_edits_store_each_chunk_once(api):
+    manuals = Manual.objects.bulk_create(
+        [Manual(title=f"lanes {i}", body=prose(12, seed=i)) for i in range(100)]
+    )
+    drain()
+    for round_ in range(2):  # two edits before any worker reads: two messages per row
+        for m in manuals:
+            m.body = prose(12, seed=m.pk + 1000 * (round_ + 1))
+        Manual.objects.bulk_update(manuals, ["body"])
+    api.latency = 0.2  # the lanes' reads and writes overlap, as with a real API
+    drain(concurrency=3, batch_size=20, max_requests=2)
+    assert duplicated_chunks() == 0
+    from django_autoembed import chunking
+    from django_autoembed.config import registry
+    from django_autoembed.providers import for_config
+
+    config = registry.get("testapp.Manual.embedding")
+    provider = for_config(config)
+    for m in manuals[::10]:
+        text = f"{m.title}\n\n{m.body}"
+        expected = chunking.split(
+            text,
+            size=config.chunk_tokens,
+            overlap=config.chunk_overlap,
+            count=provider.count_tokens,
+            cut=provider.head,
+            joins_at_spaces=provider.splits_at_spaces(),
+        )
+        assert chunk_texts(m) == expected
+
+
+def test_a_search_over_chunks_returns_k_rows_when_one_document_owns_the_nearest_chunks(api):
+    api.vectors = "related"  # a long document's chunks lie near each other, as real ones do
+    long = Manual.objects.create(title="The long one", body=prose(1200, seed=1))
+    short = [Manual.objects.create(title=f"Note {n}", body=f"Short note {n}.") for n in range(6)]
+    drain()
+    assert ManualChunk.objects.filter(parent=long).count() > 600
+    query = ManualChunk.objects.filter(parent=long).order_by("number")[40].text
+    found = list(Manual.objects.semantic_search(query, k=5))
+    assert len(found) == 5 and len({f.pk for f in found}) == 5
+    assert found[0].pk == long.pk and {f.pk for f in found[1:]} <= {s.pk for s in short}
+    assert [f.distance for f in found] == sorted(f.distance for f in found)
+    assert len(list(Manual.objects.semantic_search(query, k=10))) == 7  # the table, exhausted
+    hybrid = list(Manual.objects.hybrid_search(query, k=5))
+    assert len(hybrid) == 5 and len({h.pk for h in hybrid}) == 5

@@ -41,6 +41,9 @@ select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s),
 -- read_chunks -- the chunks stored for these rows (a chunked config; {chunks} is its table)
 select c.id, c.parent_id, c.number, c.text from {chunks} c where c.parent_id = any(%s::{pktype}[])
 
+-- lock_chunks -- lock the chunks of these rows that are free (a row's parent lock is held)
+select c.id from {chunks} c where c.parent_id = any(%s::{pktype}[]) for update of c skip locked
+
 -- current_rows -- which of these rows still hold the text their chunks were made from
 select t.{pk}
   from {table} t
