@@ -1,16 +1,24 @@
-"""Provider pauses: a configuration error (bad key, unknown model, wrong dimensions) stops work.
+"""Provider pauses: a configuration error (bad key, unknown model, wrong dimensions) or an
+outage stops the work of one provider, and only of that one.
 
-Workers and the endpoint record the pause here so ``autoembed_status`` can
-show it, refresh it while they keep failing, and clear it once the provider
-accepts the configuration again. A pause nobody refreshed for a while is
-over (the processes that saw it were restarted with a fixed configuration).
+A pause belongs to one provider key (``providers.pause_key``: name, model,
+server, dimensions): the jobs of configs embedded by another keep flowing.
+Each process keeps its pauses in a ``PauseBook``: how long each lasts, when
+to try again, and whom to tell (a deferred index is built again at once).
+Workers and the endpoint also record the pause in ``ProviderPause`` so that
+``autoembed_status`` can show it, refresh it while they keep failing, and
+clear it once the provider accepts the configuration again. A pause nobody
+refreshed for a while is over (the processes that saw it were restarted with
+a fixed configuration).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +27,16 @@ from django.utils import timezone
 
 if TYPE_CHECKING:
     from .exceptions import ProcessingPaused
+
+logger = logging.getLogger(__name__)
+
+# A paused provider is tried again after this many seconds, doubling up to PAUSE_MAX:
+# sooner after an outage or a rate limit than after a configuration error.
+PAUSE_FIRST = {"config": 5.0, "unavailable": 1.0}
+PAUSE_MAX = 60.0
+# With a fixed pause (the endpoint), an outage's jobs wait at least this long, or the
+# provider's Retry-After, and at most the fixed pause.
+OUTAGE_RELEASE_SECONDS = 5.0
 
 # A pause not refreshed for this long is over.
 STALE_AFTER = timedelta(minutes=3)
@@ -99,3 +117,113 @@ def as_dicts(pauses: list[ProviderPause]) -> list[dict[str, Any]]:
         }
         for p in pauses
     ]
+
+
+@dataclass
+class _Held:
+    paused: ProcessingPaused
+    until: float
+    seconds: float
+
+
+class PauseBook:
+    """The pauses of one process on one database, by provider key.
+
+    ``fixed``: every configuration error pauses that many seconds, an outage at most
+    that long (the endpoint: pg_cron posts again on its own schedule); otherwise pauses
+    start at ``PAUSE_FIRST`` and double up to ``PAUSE_MAX`` while the provider keeps
+    failing (a worker). ``on_pause`` listeners hear each provider key as it is paused.
+    """
+
+    def __init__(self, using: str, *, fixed: float | None = None) -> None:
+        self.using = using
+        self.fixed = fixed
+        self.on_pause: list[Callable[[str], None]] = []
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+
+    def paused_for(self, key: str) -> float:
+        """Seconds before ``key``'s provider is tried again (0: not paused, or due)."""
+        with self._lock:
+            held = self._held.get(key)
+        return max(0.0, held.until - time.monotonic()) if held else 0.0
+
+    def pause(self, key: str, paused: ProcessingPaused) -> float:
+        """Pause ``key``'s provider; returns the seconds its jobs stay hidden."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._held.get(key)
+            first = held is None or held.paused.kind != paused.kind
+            seconds = self._seconds(paused, None if first or held is None else held)
+            if held is not None and not first and now < held.until:
+                seconds = max(seconds, held.until - now)  # another lane's pause still holds
+            self._held[key] = _Held(paused, now + seconds, seconds)
+        if first:
+            self._say(paused, seconds)
+            for listener in self.on_pause:
+                listener(key)
+        record_pause(self.using, paused, retry_in=seconds)
+        return seconds
+
+    def _seconds(self, paused: ProcessingPaused, held: _Held | None) -> float:
+        retry_after = paused.error.retry_after or 0.0
+        if self.fixed is not None:
+            if paused.kind == "config":
+                return self.fixed
+            return min(self.fixed, max(OUTAGE_RELEASE_SECONDS, retry_after))
+        if held is None:
+            seconds = PAUSE_FIRST[paused.kind]
+        elif time.monotonic() >= held.until:
+            seconds = min(held.seconds * 2, PAUSE_MAX)
+        else:
+            seconds = held.seconds
+        return max(seconds, retry_after)
+
+    def _say(self, paused: ProcessingPaused, seconds: float) -> None:
+        if paused.kind == "config":
+            logger.error(
+                "Embedding paused for %s: %s Nothing was spent: its jobs stay queued, the "
+                "other providers' jobs go on, and it is tried again every %.0f-%.0f s until "
+                "it accepts the configuration.",
+                paused.provider,
+                paused.error,
+                seconds,
+                PAUSE_MAX,
+                extra={"provider": paused.provider},
+            )
+        else:
+            logger.warning(
+                "Provider unavailable: %s Every request of a batch failed; its jobs stay queued "
+                "without spending attempts and are tried again in %.0f s, backing off to %.0f s.",
+                paused,
+                seconds,
+                PAUSE_MAX,
+                extra={"provider": paused.provider},
+            )
+
+    def answered(self, keys: Iterable[str]) -> None:
+        """These providers answered with vectors: their pauses are over."""
+        keys = set(keys)
+        if not keys:
+            return
+        with self._lock:
+            ended = [self._held.pop(k) for k in keys if k in self._held]
+        for held in ended:
+            logger.warning("Embedding resumed: %s answers again.", held.paused.provider)
+        answered(self.using, keys)
+
+    def in_force(self) -> list[ProcessingPaused]:
+        """Every provider this process has paused and not seen answer since."""
+        with self._lock:
+            return [held.paused for held in self._held.values()]
+
+    def retry_wait(self) -> float | None:
+        """Seconds until an outage's pause that has not yet backed off to the maximum is due
+        (``--once`` waits for those); None when there is none."""
+        with self._lock:
+            waits = [
+                max(0.0, h.until - time.monotonic())
+                for h in self._held.values()
+                if h.paused.kind == "unavailable" and h.seconds < PAUSE_MAX
+            ]
+        return min(waits) if waits else None

@@ -36,6 +36,7 @@ from .chunking import ChunkPlan, plan_chunks
 from .config import EmbeddingConfig, registry
 from .exceptions import InvalidValue, ProcessingPaused, ProviderError
 from .failures import DeadRow, record
+from .pauses import PauseBook
 from .providers.base import Answer, Provider, as_matrix, chunk_inputs
 from .queue import Message
 from .vectors import VectorArray, adapt, precision, vector_type
@@ -47,11 +48,6 @@ recent_vectors = VectorLRU("RECENT_VECTORS")
 
 # Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
-# What the provider is asked to embed to tell an outage from inputs it will not take.
-PROBE_TEXT = "django-autoembed availability probe"
-# At most this long (or the provider's Retry-After) a paused batch's jobs stay hidden after an
-# outage.
-OUTAGE_RELEASE_SECONDS = 5
 
 
 # -- outcomes ----------------------------------------------------------------------
@@ -94,11 +90,13 @@ class BatchResult:
     dead: int = 0
     busy: int = 0
     seconds: float = 0.0
-    # Providers that answered with vectors in this batch (as providers.label names them).
+    # Providers that answered with vectors in this batch (as providers.pause_key names them).
     answered: set[str] = field(default_factory=set)
-    # Set when the provider refused the batch's configuration or was unavailable: the rows
-    # not done were handed back unspent (their outcome is "skipped").
-    paused: ProcessingPaused | None = None
+    # Providers that refused their configuration or were unavailable, by pause key: the rows
+    # they embed were handed back unspent (their outcome is "skipped").
+    pauses: dict[str, ProcessingPaused] = field(default_factory=dict)
+    # Rows handed back unspent (a paused provider, the time budget, not posted).
+    held: int = 0
     # Seconds until the rows put back for a rate limit are due again (0: none were).
     throttled_wait: float = 0.0
 
@@ -382,6 +380,38 @@ def send(
             return
 
 
+def _replan(
+    cur: Any,
+    target: Resolved,
+    pks: list[Any],
+    ready: dict[Any, ChunkPlan],
+    embedded: Embedded,
+) -> tuple[dict[Any, ChunkPlan], set[Any]]:
+    """Each locked row's plan made again from its chunks as stored now; and the rows to try
+    again soon, no attempt spent: those whose new plan needs a text this batch has no vector
+    for, and those with a chunk another transaction holds (deleting the row: Django deletes
+    its chunks first, and waiting for them would deadlock with it)."""
+    stored: dict[Any, list[tuple[int, int, str]]] = {}
+    locked: set[int] = set()
+    if pks:
+        cur.execute(target.query("read_chunks"), [pks])
+        for chunk_id, parent, number, text in cur.fetchall():
+            stored.setdefault(parent, []).append((chunk_id, number, text))
+        cur.execute(target.query("lock_chunks"), [pks])
+        locked = {r[0] for r in cur.fetchall()}
+    plans: dict[Any, ChunkPlan] = {}
+    stale: set[Any] = set()
+    for pk in pks:
+        mine = stored.get(pk, [])
+        plan = plan_chunks(mine, ready[pk].texts)
+        held = any(chunk_id not in locked for chunk_id, _, _ in mine)
+        if not held and all(embedded.vectors.get(text) is not None for _, text in plan.add):
+            plans[pk] = plan
+        else:
+            stale.add(pk)
+    return plans, stale
+
+
 def _vector(embedded: Embedded, text: str) -> np.ndarray:
     vector = embedded.vectors[text]
     assert vector is not None, "a chunk without a vector is not written"
@@ -444,8 +474,11 @@ class Processor:
         charge_outages: bool = False,
         max_wait: float | None = None,
         stopping: Callable[[], bool] | None = None,
+        pauses: PauseBook | None = None,
     ) -> None:
         self.using = using
+        # Which providers are paused, and for how long (a worker's lanes share one book).
+        self.pauses = pauses or PauseBook(using, fixed=0.0)
         # Whether a batch whose every request failed in passing spends its rows' attempts
         # (True), or is handed back unspent as an outage (False, the default).
         self.charge_outages = charge_outages
@@ -469,15 +502,14 @@ class Processor:
         *,
         deadline: float | None = None,
         rows_for: Callable[[Message], Iterable[Any]] | None = None,
-        pause_delay: float = 0.0,
     ) -> BatchResult:
         """Work on ``messages``; ``rows_for`` limits a message to some of its rows (posted jobs).
 
-        When the provider refuses its configuration, or every request failed in
-        passing (an outage), the result says so in ``paused``: what was done stays
-        done, and every message not yet acknowledged was handed back without
-        costing an attempt, visible again after ``pause_delay`` seconds (after an
-        outage: a few seconds at most).
+        A provider that refuses its configuration, or whose every request failed in
+        passing (an outage), is paused in ``self.pauses``: the messages of the configs it
+        embeds go back to the queue without costing an attempt, hidden for the pause,
+        and the other configs' messages are worked on as usual. ``result.pauses`` says
+        which providers were paused.
         """
         started = time.monotonic()
         result = BatchResult()
@@ -487,29 +519,23 @@ class Processor:
             if row.outcome is None and row.config is not None:
                 groups.setdefault(row.config.label, (row.config, []))[1].append(row)
         acked: set[int] = set()
-        try:
-            for config, group in groups.values():
-                mine = {id(r.message) for r in group}
-                siblings = [r for r in rows if id(r.message) in mine]
-                run = self._run_chunked if config.chunked else self._run_config
-                run(self._resolve(config), group, siblings, result, deadline)
-                acked |= mine
-        except ProcessingPaused as paused:
-            result.paused = paused
-            delay = (
-                pause_delay
-                if paused.kind == "config"
-                else min(pause_delay, max(OUTAGE_RELEASE_SECONDS, paused.error.retry_after or 0))
-            )
-            held = [m for m in messages if id(m) not in acked]
-            with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
-                queue.release(cursor, [m.msg_id for m in held], delay)
-            ids = {id(m) for m in held}
-            for row in rows:
-                if id(row.message) in ids:
-                    row.outcome = Outcome("skipped", f"paused: {paused}")
+        for config, group in groups.values():
+            mine = {id(r.message) for r in group}
+            siblings = [r for r in rows if id(r.message) in mine]
+            key = providers.pause_key(config)
+            wait = self.pauses.paused_for(key)
+            try:
+                if wait > 0:  # paused earlier: not worth a request before it is due
+                    self._hand_back(siblings, wait, "paused: the provider is paused")
+                else:
+                    run = self._run_chunked if config.chunked else self._run_config
+                    run(self._resolve(config), group, siblings, result, deadline)
+            except ProcessingPaused as paused:
+                result.pauses[key] = paused
+                self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
+            acked |= mine
         unmatched = [m for m in messages if id(m) not in acked]
-        if unmatched and result.paused is None:
+        if unmatched:
             ids = {id(m) for m in unmatched}
             with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
                 plan = self._plan(unmatched, [r for r in rows if id(r.message) in ids])
@@ -524,12 +550,22 @@ class Processor:
                     (row.message.msg_id, row.raw_pk, row.outcome.error or row.outcome.kind)
                 )
                 result.busy += row.outcome.kind == "busy"
+                result.held += row.outcome.kind == "skipped"
                 if row.outcome.kind == "throttled":
                     result.throttled_wait = max(
                         result.throttled_wait, row.outcome.retry_after or 1.0
                     )
+        self.pauses.answered(result.answered)
         result.seconds = time.monotonic() - started
         return result
+
+    def _hand_back(self, rows: list[Row], delay: float, why: str) -> None:
+        """Give rows' messages back unspent, hidden for ``delay`` seconds (a paused provider)."""
+        held = list({id(r.message): r.message for r in rows}.values())
+        with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
+            queue.release(cursor, [m.msg_id for m in held], delay)
+        for row in rows:
+            row.outcome = Outcome("skipped", why)
 
     # -- validation -----------------------------------------------------------
 
@@ -617,7 +653,7 @@ class Processor:
         embedded = self._embed(target, texts, deadline)
         result.requests += embedded.fanout.requests
         if embedded.fanout.answers:
-            result.answered.add(providers.label(target.config))
+            result.answered.add(providers.pause_key(target.config))
         errors, skipped = embedded.errors, embedded.skipped
 
         writes: dict[Any, tuple[str, np.ndarray | None]] = {}
@@ -677,7 +713,7 @@ class Processor:
         embedded = self._embed(target, new_texts, deadline)
         result.requests += embedded.fanout.requests
         if embedded.fanout.answers:
-            result.answered.add(providers.label(target.config))
+            result.answered.add(providers.pause_key(target.config))
 
         ready: dict[Any, ChunkPlan] = {}
         for row in rows:
@@ -807,13 +843,17 @@ class Processor:
                 return set(), busy, 0
             cur.execute(target.query("current_rows"), [locked, [contents[pk] for pk in locked]])
             current = [r[0] for r in cur.fetchall()]  # the others changed: their new text is queued
-            plans = [ready[pk] for pk in current]
-            cur.execute(target.query("drop_chunks"), [[i for p in plans for i in p.drop]])
-            kept = [(i, n) for p in plans for i, n in p.keep.items()]
+            # Planned again under the row locks, against what is stored now: another lane
+            # may have written this text's chunks since they were read (they were stored
+            # twice when two lanes met).
+            plans, stale = _replan(cur, target, current, ready, embedded)
+            busy |= stale
+            cur.execute(target.query("drop_chunks"), [[i for p in plans.values() for i in p.drop]])
+            kept = [(i, n) for p in plans.values() for i, n in p.keep.items()]
             cur.execute(
                 target.query("renumber_chunks"), [[i for i, _ in kept], [n for _, n in kept]]
             )
-            added = [(pk, n, t) for pk in current for n, t in ready[pk].add]
+            added = [(pk, n, t) for pk, plan in plans.items() for n, t in plan.add]
             if added:
                 matrix = np.stack([_vector(embedded, t) for _, _, t in added])
                 cur.execute(
@@ -825,7 +865,7 @@ class Processor:
                         VectorArray(matrix, 0, target.column_type),
                     ],
                 )
-            return set(current), busy, len(added)
+            return set(plans), busy, len(added)
 
     @staticmethod
     def _too_long(target: Resolved, row: Row, tokens: int) -> None:
@@ -1031,6 +1071,7 @@ class Processor:
     def _call_provider(self, target: Resolved, inputs: list[str], deadline: float | None) -> FanOut:
         provider = target.provider
         label = providers.label(target.config)
+        key = providers.pause_key(target.config)
         budget = budgets.for_provider(self.using, label) if budgets.applies(provider) else None
         max_inputs = max(1, min(self.batch_size, provider.max_inputs))
         max_tokens = provider.max_request_tokens
@@ -1096,25 +1137,15 @@ class Processor:
                 else:
                     send(fanout, provider.request, pool, deadline)
         if fanout.config_error is not None:
-            raise ProcessingPaused(fanout.config_error, provider=label)
+            raise ProcessingPaused(fanout.config_error, provider=key)
         outage = fanout.unavailable
         if outage is not None and not self.charge_outages:
             # Every request failed. Rate limits say nothing about the rows; server errors
             # might be about them: if the provider embeds a probe, they are to blame.
             transient = any(e.kind == "transient" for e in fanout.errors.values())
-            if not (transient and self._probe(target)):
-                raise ProcessingPaused(outage, provider=label, kind="unavailable")
+            if not (transient and providers.probe(target.config)):
+                raise ProcessingPaused(outage, provider=key, kind="unavailable")
         return fanout
-
-    @staticmethod
-    def _probe(target: Resolved) -> bool:
-        """Whether the provider embeds a harmless text right now."""
-        try:
-            answer = target.provider.embed([PROBE_TEXT])
-            as_matrix(answer, 1, target.config.get_dimensions(), target.provider.name)
-        except Exception:  # any failure means: not now
-            return False
-        return True
 
     def _write(
         self, target: Resolved, writes: dict[Any, tuple[str, np.ndarray | None]]

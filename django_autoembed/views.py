@@ -5,18 +5,28 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+import psycopg
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import conf, queue
+from . import conf, db, incidents, queue
 from .config import registry
 from .exceptions import InvalidValue, ProcessingPaused
+from .incidents import IncidentKind
 from .indexing import for_endpoint
-from .pauses import answered, record_pause
+from .pauses import PauseBook
 from .processing import Processor
 
 logger = logging.getLogger(__name__)
@@ -119,13 +129,11 @@ def embed(request: HttpRequest) -> JsonResponse:
 
     deadline = time.monotonic() + float(conf.get("ENDPOINT_TIME_BUDGET"))
     errors: dict[int, str] = {}  # jobId -> why the job failed
-    paused: ProcessingPaused | None = None
+    paused: list[ProcessingPaused] = []
     for using, mine in _by_database(jobs).items():
-        refused, pause = _process(using, mine, deadline)
+        refused, pauses = _process(using, mine, deadline)
         errors.update(refused)
-        if pause is not None:
-            paused = paused or pause
-            record_pause(using, pause, retry_in=PAUSE_RELEASE_SECONDS)
+        paused += pauses
 
     completed = [job for job in jobs if job["jobId"] not in errors]
     failed = [{**job, "error": errors[job["jobId"]]} for job in jobs if job["jobId"] in errors]
@@ -155,11 +163,48 @@ def _by_database(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+_books: dict[str, PauseBook] = {}
+_books_lock = threading.Lock()
+
+
+def _pauses(using: str) -> PauseBook:
+    """This web process's pauses on database ``using``: a paused provider's jobs are handed
+    back for PAUSE_RELEASE_SECONDS without a request, the other providers' go on."""
+    with _books_lock:
+        book = _books.get(using)
+        if book is None:
+            book = _books[using] = PauseBook(using, fixed=PAUSE_RELEASE_SECONDS)
+            book.on_pause.append(for_endpoint(using).rebuild_for)
+        return book
+
+
+def _cancelled(using: str, messages: list[queue.Message], exc: BaseException) -> dict[int, str]:
+    """A statement timeout cancelled the batch: its jobs go back unspent, and it is counted."""
+    error = (
+        f"Postgres cancelled a statement of the endpoint's batch ({str(exc).strip()}). Raise "
+        "AUTOEMBED['STATEMENT_TIMEOUT'] (seconds; None keeps the database's guard rail), or "
+        "post fewer rows (PUSH_ROWS_PER_POST). The jobs went back to the queue unspent."
+    )
+    incidents.report(using, IncidentKind.STATEMENT_TIMEOUT, "endpoint", error)
+    try:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            queue.release(cursor, [m.msg_id for m in messages])
+    except DatabaseError:  # they show again once their visibility timeout is over
+        pass
+    return {m.msg_id: error for m in messages}
+
+
+def forget_pauses() -> None:
+    """Forget this process's pauses (tests: each starts with every provider working)."""
+    with _books_lock:
+        _books.clear()
+
+
 def _process(
     using: str, jobs: list[dict[str, Any]], deadline: float
-) -> tuple[dict[int, str], ProcessingPaused | None]:
+) -> tuple[dict[int, str], list[ProcessingPaused]]:
     """Embed the rows ``jobs`` name on one database: the failed jobs' errors by jobId, and
-    the pause if the provider refused the batch.
+    the pauses of the providers that refused their configuration or were unavailable.
 
     A posted job acknowledges only the rows it names in its own message: a
     message's other rows go back to the queue, and a job naming rows its
@@ -187,23 +232,27 @@ def _process(
         posted[job_id] = ids
         messages.append(message)
     if not messages:
-        return errors, None
+        return errors, []
     # A bulk import reaches the push path too: defer the index for it as a worker would.
     labels = {
         c.label
         for m in messages
         if m.target and (c := registry.match(m.target.table, m.target.function, m.target.column))
     }
-    for_endpoint(using).tick(labels)
-    result = Processor(using=using).process(
-        messages,
-        deadline=deadline,
-        rows_for=lambda m: posted[m.msg_id],
-        pause_delay=PAUSE_RELEASE_SECONDS,
-    )
-    answered(using, result.answered)
-    for_endpoint(using).finish()  # this batch may have drained a deferred index's backlog
+    indexing = for_endpoint(using)
+    indexing.tick(labels)
+    try:
+        with db.timeouts_for_batch(connections[using]):
+            result = Processor(using=using, pauses=_pauses(using)).process(
+                messages, deadline=deadline, rows_for=lambda m: posted[m.msg_id]
+            )
+    except (OperationalError, psycopg.OperationalError) as exc:
+        if not db.cancelled(exc):
+            raise
+        return _cancelled(using, messages, exc), []
+    indexing.heard(result.answered)
+    indexing.finish()  # this batch may have drained a deferred index's backlog
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")
-    return errors, result.paused
+    return errors, list(result.pauses.values())

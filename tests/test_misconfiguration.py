@@ -10,7 +10,7 @@ from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
 from tests.conftest import archived_count, assert_fake_vector, drain, queued_ids, wait_for
-from tests.testapp.models import Document
+from tests.testapp.models import Document, Quote
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queue")]
 
@@ -152,5 +152,94 @@ def test_rate_limits_spend_no_attempts(api, settings):
     for _ in range(3):
         drain()
     assert not EmbeddingFailure.objects.exists()
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+
+
+# -- a pause belongs to one provider -------------------------------------------------------
+
+
+def quote_read_counts() -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select read_ct from pgmq.q_embedding_jobs where message->>'table' = 'testapp_quote'"
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
+def test_a_model_the_account_cannot_use_pauses_its_config_only(api):
+    """The README's model-upgrade move: a config on a model the key may not use (404)."""
+    api.refused_models = {"text-embedding-3-large"}
+    Quote.objects.bulk_create([Quote(text=f"refused {i}") for i in range(10)])  # queued first
+    docs = Document.objects.bulk_create([Document(title=f"flowing {i}") for i in range(60)])
+
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2  # the run did all it could, and says what it could not
+    assert "text-embedding-3-large" in worker.exit_reason and "404" in worker.exit_reason
+    assert "text-embedding-3-small" not in worker.exit_reason
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert Quote.objects.filter(embedding__isnull=False).count() == 0
+    assert len(quote_read_counts()) == 1 and set(quote_read_counts()) == {0}  # nothing spent
+    assert not EmbeddingFailure.objects.exists()
+    [pause] = collect().paused
+    assert "text-embedding-3-large" in pause["provider"] and "404" in pause["error"]
+    [status] = [c for c in collect().configs if c.config == "testapp.Quote.embedding"]
+    assert status.paused and "404" in status.paused
+
+    api.refused_models = set()  # access granted: the next run embeds the rest
+    with connection.cursor() as cursor:  # its jobs were hidden for the pause: due now
+        cursor.execute("update pgmq.q_embedding_jobs set vt = clock_timestamp()")
+    drain()
+    for quote in Quote.objects.all():
+        assert_fake_vector(Quote, quote.pk, quote.text)
+    assert collect().paused == []
+
+
+def test_a_running_worker_keeps_other_configs_flowing_beside_a_paused_one(api):
+    api.refused_models = {"text-embedding-3-large"}
+    worker = Worker(default_options(poll_interval=0.2))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        Quote.objects.bulk_create([Quote(text=f"waiting {i}") for i in range(5)])
+        wait_for(lambda: collect().paused, timeout=15, message="the pause to be recorded")
+        docs = Document.objects.bulk_create([Document(title=f"meanwhile {i}") for i in range(40)])
+        wait_for(
+            lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+            timeout=15,
+            message="the other config's rows, while one provider is paused",
+        )
+        assert Quote.objects.filter(embedding__isnull=False).count() == 0
+        api.refused_models = set()
+        wait_for(
+            lambda: Quote.objects.filter(embedding__isnull=True).count() == 0,
+            timeout=90,
+            message="the paused config to resume by itself",
+        )
+    finally:
+        worker.stop()
+        thread.join(30)
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert collect().paused == [] and not EmbeddingFailure.objects.exists()
+
+
+def test_spent_credit_pauses_instead_of_retrying_as_a_rate_limit(api, caplog):
+    api.quota_exhausted = True
+    docs = Document.objects.bulk_create([Document(title=f"billing {i}") for i in range(10)])
+    with caplog.at_level("INFO", logger="django_autoembed"):
+        worker = Worker(default_options(once=True))
+        started = time.monotonic()
+        assert worker.run() == 2
+    assert time.monotonic() - started < 10  # no backing off as if it were a rate limit
+    assert "insufficient_quota" in worker.exit_reason and "credit" in worker.exit_reason
+    assert api.requests <= 2 and set(read_counts()) == {0}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "billing" in errors[0].getMessage()
+    api.quota_exhausted = False
+    with connection.cursor() as cursor:
+        cursor.execute("update pgmq.q_embedding_jobs set vt = clock_timestamp()")
+    drain()
     for doc in docs:
         assert_fake_vector(Document, doc.pk, doc.title)

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import F
 
 from django_autoembed.models import EmbeddingFailure
-from django_autoembed.processing import PROBE_TEXT
+from django_autoembed.providers import PROBE_TEXT
 from django_autoembed.testing import fake_vector
 from django_autoembed.worker import Worker, default_options
 from tests.conftest import purge_queue, queue_messages

@@ -123,6 +123,7 @@ def test_proxy_and_multi_table_child_add_no_triggers():
         "testapp_article": 5,
         "testapp_document": 2,
         "testapp_tag": 2,
+        "testapp_quote": 2,
         "testapp_manual": 3,  # chunked: its rows' chunks are deleted with them, in SQL too
         "testapp_essay": 2,
         "testapp_book": 2,

@@ -83,4 +83,28 @@ def label(config: EmbeddingConfig) -> str:
     return f"{name} {config.get_model()}" + (f" at {server}" if server and name == "openai" else "")
 
 
-__all__ = ["Provider", "for_config", "get_provider", "label"]
+def pause_key(config: EmbeddingConfig) -> str:
+    """What a configuration error pauses: the provider, model and server (``label``) and the
+    dimensions asked for. Configs that differ in any of these keep working."""
+    return f"{label(config)}, {config.get_dimensions()} dims"
+
+
+# What a provider is asked to embed to learn whether it works now.
+PROBE_TEXT = "django-autoembed availability probe"
+
+
+def probe(config: EmbeddingConfig) -> bool:
+    """Whether the provider of ``config`` embeds a harmless text right now, with the
+    dimensions the config stores."""
+    from .base import as_matrix
+
+    try:
+        provider = for_config(config)
+        answer = provider.embed([PROBE_TEXT])
+        as_matrix(answer, 1, config.get_dimensions(), provider.name)
+    except Exception:  # any failure means: not now
+        return False
+    return True
+
+
+__all__ = ["Provider", "for_config", "get_provider", "label", "pause_key", "probe"]

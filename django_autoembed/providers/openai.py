@@ -174,6 +174,14 @@ def _errors(model: str, *, batch: bool = False) -> Iterator[None]:
     try:
         yield
     except openai_sdk.RateLimitError as exc:
+        if _code(exc) == "insufficient_quota":  # billing, not a rate: no wait will fix it
+            raise ProviderError(
+                "openai: HTTP 429 insufficient_quota: the account's credit or monthly budget "
+                "is spent. Add credit or raise the budget at the provider (billing settings); "
+                "nothing is retried until then.",
+                kind="config",
+                status=429,
+            ) from exc
         raise ProviderError(
             f"openai: rate limited ({exc.status_code}).",
             kind="throttled",
@@ -219,6 +227,14 @@ def _decode(embedding: Any) -> np.ndarray:
             raw = pybase64.b64decode(embedding)
         return np.frombuffer(raw, dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)
+
+
+def _code(exc: openai_sdk.APIStatusError) -> str | None:
+    """The error's code (``insufficient_quota``, ``model_not_found``...), where it says one."""
+    code = getattr(exc, "code", None)
+    if code is None and isinstance(exc.body, dict):
+        code = exc.body.get("code")
+    return str(code) if code else None
 
 
 def _kind(exc: openai_sdk.APIStatusError) -> str:

@@ -170,6 +170,10 @@ class FakeEmbeddingsServer:
         # Keys the fake accepts (None: any non-empty key), and whether unknown models are refused.
         self.valid_keys: set[str] | None = None
         self.strict_models = False
+        # Models this account may not use (404 model_not_found, as for a model of a higher
+        # tier), and whether its credit is spent (429 insufficient_quota: billing, not a rate).
+        self.refused_models: set[str] = set()
+        self.quota_exhausted = False
         # Called with each request's inputs while the client waits for the answer:
         # a test's way to change the database between a worker's read and its write.
         self.on_request: Callable[[list[str]], None] | None = None
@@ -250,6 +254,8 @@ class FakeEmbeddingsServer:
             self.dimensions_override = None
             self.valid_keys = None
             self.strict_models = False
+            self.refused_models = set()
+            self.quota_exhausted = False
             self.on_request = None
             self.rpm = self.tpm = None
             self._window = []
@@ -563,7 +569,7 @@ class FakeEmbeddingsServer:
                         400, api_error("We could not parse the JSON body of your request.")
                     )
                 known = MODELS.get(model)
-                if fake.strict_models and known is None:
+                if (fake.strict_models and known is None) or model in fake.refused_models:
                     return self._send(
                         404,
                         api_error(
@@ -577,6 +583,16 @@ class FakeEmbeddingsServer:
                         api_error(
                             f"This model does not support specifying dimensions {dims}.",
                             param="dimensions",
+                        ),
+                    )
+                if fake.quota_exhausted:
+                    return self._send(
+                        429,
+                        api_error(
+                            "You exceeded your current quota, please check your plan and "
+                            "billing details.",
+                            type_="insufficient_quota",
+                            code="insufficient_quota",
                         ),
                     )
                 exact = fake.exact_tokens or fake.tpm is not None

@@ -106,3 +106,11 @@ class Essay(EmbeddingMixin, models.Model):
     body = models.TextField()
 
     embedding_configs = [EmbeddingConfig(fields=["body"], too_long="fail")]
+
+
+class Quote(EmbeddingMixin, models.Model):
+    """Embedded by another model than the rest: a provider of its own, paused on its own."""
+
+    text = models.TextField()
+
+    embedding_configs = [EmbeddingConfig(fields=["text"], model="text-embedding-3-large")]
