@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "CONCURRENCY": 3,
     # Seconds a read message stays invisible to other workers.
     "VISIBILITY_TIMEOUT": 120,
+    # statement_timeout, in seconds, of the sessions that process batches (the worker's lanes,
+    # the endpoint's batch), whatever guard rail the database or role sets for the
+    # application (None: keep it). Index builds set no limit of their own.
+    "STATEMENT_TIMEOUT": 300,
     "MAX_ATTEMPTS": 5,
     # Seconds before a failed job is retried: RETRY_BACKOFF * 2**(attempt-1), capped.
     "RETRY_BACKOFF": 5,

@@ -92,3 +92,15 @@ class ProcessingPaused(AutoembedError):
         self.error = error
         self.provider = provider
         self.kind = kind
+
+
+class StatementCancelled(AutoembedError):
+    """Postgres cancelled one of a batch's statements (a timeout); its jobs went back unspent.
+
+    ``timeout`` is the session's ``statement_timeout`` as Postgres showed it.
+    """
+
+    def __init__(self, error: BaseException, timeout: str) -> None:
+        said = str(error).strip()
+        super().__init__(said.splitlines()[0] if said else "statement cancelled")
+        self.timeout = timeout

@@ -73,6 +73,7 @@ def needed(using: str = "default") -> list[Privilege]:
     from .models import (
         EmbeddingFailure,
         EmbeddingUsage,
+        Incident,
         IndexState,
         ProviderBatch,
         ProviderPause,
@@ -92,6 +93,7 @@ def needed(using: str = "default") -> list[Privilege]:
     for model in (
         EmbeddingFailure,
         IndexState,
+        Incident,
         ProviderPause,
         EmbeddingUsage,
         RateBudget,

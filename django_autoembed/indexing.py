@@ -16,6 +16,12 @@ workers agree, ``autoembed_status`` can say where it stands, and the
 database checks do not call a deferred index missing. A session advisory
 lock per config keeps two workers from changing an index at once; a worker
 that dies mid-way leaves a state the next one finishes.
+
+An index is dropped only once its provider has answered (a revoked key must
+not leave the table without its index), and built again at once when that
+provider pauses or a ``--once`` run leaves a backlog it cannot drain. A
+failure to defer or build is an incident: counted, shown by status, logged
+once.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +39,11 @@ import psycopg
 from django.db import DatabaseError, connections, models, transaction
 from psycopg import sql
 
-from . import conf, queue
+from . import conf, incidents, providers, queue
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
+from .db import connect
+from .incidents import IncidentKind
 from .indexes import HnswIndex
 
 logger = logging.getLogger(__name__)
@@ -47,6 +56,11 @@ DEFER_RATIO = 0.5
 CHECK_EVERY = 1.0
 # Seconds a config's vectors-per-row estimate is reused.
 PER_ROW_TTL = 30.0
+# Vectors an edit of a row that already has chunks is expected to make: only changed
+# chunks are embedded again, and an edit changes one or two.
+EDITED_ROW_VECTORS = 2.0
+# Seconds an answer of a provider counts as proof that it works (before dropping an index).
+ANSWER_FRESH = 300.0
 
 
 class IndexState(models.Model):
@@ -112,6 +126,10 @@ class Indexing:
         self._warned: set[str] = set()
         self._building: Any = None  # the connection running CREATE INDEX, to cancel on stop
         self._per_row: dict[str, tuple[float, float]] = {}  # label: (vectors a row, when)
+        self._edited: dict[str, tuple[int, float]] = {}  # label: (queued rows with chunks, when)
+        self._answered: dict[str, float] = {}  # provider key: when it last answered
+        self._probing = threading.Lock()
+        self._refused: dict[str, float] = {}  # provider key: when a probe last failed
 
     # -- reading the backlog --------------------------------------------------
 
@@ -138,13 +156,13 @@ class Indexing:
     def tick(self, labels: set[str]) -> None:
         """Before a batch of these configs: defer an index worth deferring, build one drained.
 
-        A failure here is logged and leaves the index as it was: the rows are embedded
-        either way, with the index kept up row by row.
+        A failure leaves the index as it was (the rows are embedded either way, with the
+        index kept up row by row) and is counted as an incident of its config.
         """
         try:
             self._tick(labels)
         except (DatabaseError, psycopg.Error) as exc:
-            logger.warning("Could not defer or build an HNSW index (%s); carrying on without.", exc)
+            self._failed("look at the backlog for", "the queue", exc)
 
     def _tick(self, labels: set[str]) -> None:
         minimum = conf.get("INDEX_DEFER_ROWS")
@@ -154,7 +172,7 @@ class Indexing:
         backlog = self.backlog()
         for config in deferred:
             if self._drained(config, backlog, minimum):
-                self._build_now_or_behind(config)
+                self._attempt("build", config, self._build_now_or_behind)
         if not minimum:
             return
         skip = {c.label for c in deferred}
@@ -162,9 +180,77 @@ class Indexing:
             if config.label not in labels or config.label in skip or managed_index(config) is None:
                 continue
             rows = backlog.get(config.label, 0)
-            queued = int(rows * self.vectors_per_row(config)) if rows else 0
-            if should_defer(queued, self._indexed(config), minimum=minimum):
-                self.defer(config)
+            if not rows:
+                continue
+            queued = self._attempt("estimate the backlog of", config, self.expected_vectors, rows)
+            if queued is None or not should_defer(
+                int(queued), self._indexed(config), minimum=minimum
+            ):
+                continue
+            if self._provider_works(config):
+                self._attempt("defer", config, self.defer)
+
+    def _attempt(
+        self, what: str, config: EmbeddingConfig, action: Callable[..., Any], *args: Any
+    ) -> Any:
+        """Run one step on a config's index; a failure is counted, not raised (None)."""
+        try:
+            return action(config, *args)
+        except (DatabaseError, psycopg.Error) as exc:
+            self._failed(what, config.label, exc)
+            return None
+
+    def _failed(self, what: str, subject: str, exc: BaseException) -> None:
+        incidents.report(
+            self.using,
+            IncidentKind.INDEX,
+            subject,
+            f"could not {what} its HNSW index: {str(exc).strip()}. Meanwhile the backlog is "
+            "embedded with the index kept up row by row (slower). Check the database log and "
+            "the worker's role; `manage.py autoembed_status` counts these.",
+        )
+
+    # -- the provider's word -------------------------------------------------------
+
+    def heard(self, keys: set[str]) -> None:
+        """These providers (``providers.pause_key``) answered with vectors just now."""
+        now = time.monotonic()
+        with self._lock:
+            self._answered.update(dict.fromkeys(keys, now))
+
+    def _provider_works(self, config: EmbeddingConfig) -> bool:
+        """Whether the config's provider answered lately, or answers a probe now: an index is
+        not dropped for a backlog that a revoked key or an unknown model keeps from draining."""
+        key = providers.pause_key(config)
+        with self._probing:  # one probe at a time: the lanes that wait take its answer
+            with self._lock:
+                seen = self._answered.get(key)
+            if seen is not None and time.monotonic() - seen < ANSWER_FRESH:
+                return True
+            refused = self._refused.get(key)
+            if refused is not None and time.monotonic() - refused < PER_ROW_TTL:
+                return False  # asked lately: the batch itself tells the provider's state
+            if providers.probe(config):
+                self.heard({key})
+                return True
+            self._refused[key] = time.monotonic()
+        return False
+
+    def rebuild_for(self, key: str) -> None:
+        """``key``'s provider was paused: its deferred indexes are built again now, backlog or
+        not (searches should not scan exactly for as long as the pause lasts)."""
+        with self._lock:  # no index is dropped for it again before a probe says it works
+            self._answered.pop(key, None)
+            self._refused[key] = time.monotonic()
+        for config in self.deferred(fresh=True):
+            if providers.pause_key(config) == key:
+                logger.warning(
+                    "Building the HNSW index of %s again now: its provider is paused, and its "
+                    "backlog waits for it.",
+                    config.label,
+                    extra={"config": config.label},
+                )
+                self._attempt("build", config, self._build_now_or_behind)
 
     def _build_now_or_behind(self, config: EmbeddingConfig) -> None:
         if not self.background:
@@ -185,28 +271,23 @@ class Indexing:
 
     def _build_quietly(self, config: EmbeddingConfig) -> None:
         try:
-            self.build(config)
-        except (DatabaseError, psycopg.Error) as exc:
-            logger.warning(
-                "Could not build the HNSW index of %s (%s); the next tick tries again.",
-                config.label,
-                exc,
-            )
+            self._attempt("build", config, self.build)
         finally:
             connections[self.using].close()  # this thread's own Django connection
 
-    def finish(self) -> None:
+    def finish(self, *, leaving: bool = False) -> None:
         """The queue is drained (``--once``), or a batch may have drained it (the endpoint:
-        no later POST may come to notice): build every deferred index whose backlog is gone."""
+        no later POST may come to notice): build every deferred index whose backlog is gone;
+        or, ``leaving`` a backlog this run cannot drain, every deferred index."""
         try:
             deferred = self.deferred(fresh=True)
-            if deferred:
-                backlog = self.backlog(fresh=True)
-                for config in deferred:
-                    if self._drained(config, backlog, conf.get("INDEX_DEFER_ROWS")):
-                        self._build_now_or_behind(config)
+            backlog = self.backlog(fresh=True) if deferred and not leaving else {}
         except (DatabaseError, psycopg.Error) as exc:
-            logger.warning("Could not build an HNSW index (%s); the next batch tries again.", exc)
+            self._failed("look at the backlog for", "the queue", exc)
+            return
+        for config in deferred:
+            if leaving or self._drained(config, backlog, conf.get("INDEX_DEFER_ROWS")):
+                self._attempt("build", config, self._build_now_or_behind)
 
     def deferred(self, *, fresh: bool = False) -> list[EmbeddingConfig]:
         """Configs of this database whose index is deferred or was left half-built."""
@@ -240,9 +321,14 @@ class Indexing:
                 table=config.vector_model._meta.db_table,
                 state=DEFERRED,
             )
-            with _autocommit(self.using) as conn:
-                conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
+            try:
+                with _autocommit(self.using) as conn:
+                    conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
+            except (DatabaseError, psycopg.Error):
+                IndexState.objects.using(self.using).filter(config=config.label).delete()
+                raise
         self._forget()
+        incidents.clear(self.using, IncidentKind.INDEX, config.label, anyone=True)
         logger.info(
             "Deferring the HNSW index %s of %s until its backlog drains, to build it in bulk.",
             index.name,
@@ -286,6 +372,7 @@ class Indexing:
                         self._building = None
             updated.delete()
         self._forget()
+        incidents.clear(self.using, IncidentKind.INDEX, config.label, anyone=True)
         logger.info(
             "Built the HNSW index %s of %s in bulk in %.1f s, with %d parallel workers.",
             index.name,
@@ -324,6 +411,34 @@ class Indexing:
         """Whether what is left of a deferred index's backlog (in vectors) is small now."""
         rows = backlog.get(config.label, 0)
         return not rows or rows * self.vectors_per_row(config) <= drained_below(minimum)
+
+    def expected_vectors(self, config: EmbeddingConfig, rows: int) -> float:
+        """Vectors ``rows`` queued rows of ``config`` will make: one a row; for chunks, a new
+        row's chunks, but an edited row's changed chunks only (a few)."""
+        per_row = self.vectors_per_row(config)
+        if not config.chunked or rows * per_row < (conf.get("INDEX_DEFER_ROWS") or 0):
+            return rows * per_row
+        edited = min(rows, self._queued_with_chunks(config))
+        return (rows - edited) * per_row + edited * min(per_row, EDITED_ROW_VECTORS)
+
+    def _queued_with_chunks(self, config: EmbeddingConfig) -> int:
+        """Queued rows of a chunked config that have chunks already (looked up every 30 s)."""
+        with self._lock:
+            cached = self._edited.get(config.label)
+        if cached is not None and time.monotonic() - cached[1] < PER_ROW_TTL:
+            return cached[0]
+        statement = _statement(
+            "queued_with_chunks",
+            queue=queue.tables()["queue"],
+            chunks=sql.Identifier(config.chunk_table),
+            pktype=sql.SQL(config.model_class._meta.pk.rel_db_type(connections[self.using])),
+        )
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(statement, [config.table, config.queue_column])
+            edited = int(cursor.fetchone()[0] or 0)
+        with self._lock:
+            self._edited[config.label] = (edited, time.monotonic())
+        return edited
 
     def vectors_per_row(self, config: EmbeddingConfig) -> float:
         """How many vectors a queued row of ``config`` makes (looked up every 30 s at most)."""
@@ -418,10 +533,22 @@ def _build_settings() -> dict[str, str]:
         # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
         "client_min_messages": "debug1",
     }
+    values.update(DDL_TIMEOUTS)
     workers = conf.get("INDEX_BUILD_WORKERS")
     if workers is not None:
         values["max_parallel_maintenance_workers"] = str(int(workers))
     return values
+
+
+# A guard rail set for the application's role or database (statement_timeout = 1s, say)
+# would cancel a build of any size, again and again, leaving the index invalid for good:
+# the sessions that drop and build indexes set their own. A build waits for older
+# transactions by design; it holds no lock that blocks the application's writes.
+DDL_TIMEOUTS = {
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
 
 
 def _statement(key: str, **names: sql.Composable) -> str:
@@ -435,13 +562,25 @@ class _autocommit:
         self.using = using
 
     def __enter__(self) -> Any:
-        from .worker import connect
-
         self.conn = connect(self.using)
+        for key, value in DDL_TIMEOUTS.items():
+            self.conn.execute("select set_config(%s, %s, false)", [key, value])
         return self.conn
 
     def __exit__(self, *exc: Any) -> None:
         self.conn.close()
+
+
+# The first half of every advisory lock key of ours ("aemb"); the second names the config.
+LOCK_SPACE = 0x61656D62
+
+
+def lock_key(label: str) -> int:
+    """The config's half of its advisory lock key: a signed 32-bit integer, as Postgres's
+    two-key ``pg_try_advisory_lock(integer, integer)`` takes it, for every label (an
+    unsigned CRC of 2**31 or more would travel as a bigint, and no such function exists)."""
+    key = zlib.crc32(f"autoembed:index:{label}".encode())
+    return key - 2**32 if key >= 2**31 else key
 
 
 class _advisory:
@@ -449,14 +588,12 @@ class _advisory:
 
     def __init__(self, using: str, config: EmbeddingConfig) -> None:
         self.using = using
-        self.key = zlib.crc32(f"autoembed:index:{config.label}".encode())
+        self.key = lock_key(config.label)
 
     def __enter__(self) -> bool:
-        from .worker import connect
-
         self.conn = connect(self.using)
         got = self.conn.execute(
-            "select pg_try_advisory_lock(%s, %s)", [0x61656D62, self.key]
+            "select pg_try_advisory_lock(%s::integer, %s::integer)", [LOCK_SPACE, self.key]
         ).fetchone()
         return bool(got and got[0])
 

@@ -3,6 +3,7 @@
 from .batchapi import ProviderBatch
 from .budget import RateBudget
 from .failures import EmbeddingFailure
+from .incidents import Incident
 from .indexing import IndexState
 from .pauses import ProviderPause
 from .store import StoredVector
@@ -11,6 +12,7 @@ from .usage import EmbeddingUsage
 __all__ = [
     "EmbeddingFailure",
     "EmbeddingUsage",
+    "Incident",
     "IndexState",
     "ProviderBatch",
     "ProviderPause",

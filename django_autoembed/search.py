@@ -22,7 +22,7 @@ import numpy as np
 import psycopg
 from asgiref.sync import sync_to_async
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
-from django.db import models, transaction
+from django.db import DEFAULT_DB_ALIAS, models, router, transaction
 from django.db.models import (
     Expression,
     F,
@@ -34,7 +34,7 @@ from django.db.models import (
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
-from . import conf
+from . import conf, providers
 from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .exceptions import InvalidValue, UnknownConfig
@@ -68,18 +68,45 @@ class _QueryCache(VectorLRU):
         key = (*provider_key(config), text)
         vector = self.get(key)
         if vector is None:
-            from .providers import for_config
+            from . import usage  # a models module: not imported while models are declared
             from .providers.base import as_matrix
 
-            provider = for_config(config)
-            vector = as_matrix(
-                provider.embed([_fit(provider, text)]), 1, config.get_dimensions(), provider.name
-            )[0]
+            provider = providers.for_config(config)
+            sent = _fit(provider, text)
+            answer = provider.request([sent])
+            vector = as_matrix(answer.vectors, 1, config.get_dimensions(), provider.name)[0]
             self.put_many([(key, vector)])
+            # A query is billed like any input: it counts in usage and cost, apart.
+            usage.record(
+                router.db_for_write(config.model_class) or DEFAULT_DB_ALIAS,
+                config.label,
+                provider.model,
+                requests=1,
+                inputs=1,
+                tokens=answer.tokens if answer.tokens is not None else provider.count_tokens(sent),
+                mode=usage.QUERY,
+            )
         return vector
 
 
 query_cache = _QueryCache("QUERY_CACHE_SIZE")
+
+
+def _check_text(text: str) -> None:
+    """Refuse a query text Postgres cannot take, saying where the fault is."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise InvalidValue(
+            f"The query text holds a NUL character (at {nul}), which Postgres text cannot "
+            "hold; remove it."
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(
+            f"The query text holds an unpaired surrogate (at {exc.start}), which is not "
+            "valid Unicode; decode the input properly or remove it."
+        ) from exc
 
 
 def _fit(provider: Any, text: str) -> str:
@@ -277,6 +304,18 @@ def install_wrapper(sender: Any = None, connection: Any = None, **kwargs: Any) -
         connection.execute_wrappers.append(hnsw_settings)
 
 
+def _vector_value(cfg: EmbeddingConfig, vector: Any) -> Any:
+    """A query vector as the config's column type takes it."""
+    from .vectors import vector_type
+
+    wanted = HalfVector if vector_type(cfg) == "halfvec" else Vector
+    if isinstance(vector, wanted):
+        return vector
+    if isinstance(vector, (HalfVector, Vector)):
+        vector = vector.to_numpy()
+    return wanted(np.asarray(vector, dtype=np.float32))
+
+
 def _mean_of_chunks(cfg: EmbeddingConfig, pk: Any) -> np.ndarray | None:
     """The normalised mean of a row's chunk vectors: the row as a whole, for "more like this"."""
     assert cfg.chunk_model is not None
@@ -342,10 +381,7 @@ class EmbeddingQuerySet(models.QuerySet):
         are found among those owning the ``candidates`` chunks nearest to ``vector``.
         """
         cfg = self.embedding_config(config)
-        from .vectors import vector_type
-
-        array = np.asarray(vector, dtype=np.float32)
-        value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
+        value = _vector_value(cfg, vector)
         if cfg.chunked:
             return self._nearest_by_chunks(cfg, value, ef_search, candidates)
         return (
@@ -388,11 +424,17 @@ class EmbeddingQuerySet(models.QuerySet):
     def _search_config(self, text: str, config: str | None) -> EmbeddingConfig:
         if not isinstance(text, str) or not text.strip():
             raise InvalidValue("A search needs a non-empty query text.")
+        _check_text(text)
         return self.embedding_config(config)
 
     def _semantic(
         self, vector: Any, k: int | None, config: str | None, ef_search: int | None
     ) -> EmbeddingQuerySet:
+        cfg = self.embedding_config(config)
+        if cfg.chunked and k:  # the k rows owning the nearest chunks, however many they own
+            value = _vector_value(cfg, vector)
+            rows = self._nearest_parents(cfg, value, ef_search, k)
+            return self._by_chunks_among(cfg, value, ef_search, rows)[:k]
         qs = self.nearest(
             vector,
             config=config,
@@ -493,8 +535,17 @@ class EmbeddingQuerySet(models.QuerySet):
         document: Any = (
             F(column) if column and language == cfg.text_search else text_vector(cfg, language)
         )
-        query = SearchQuery(text, config=language, search_type=query_type)
-        nearest = self.nearest(vector, config=config, ef_search=ef_search)
+        # The words searched are those the query's vector was made of: a text over the
+        # model's input limit is cut there (a 1.4 MB query was too big for a tsquery).
+        query = SearchQuery(
+            _fit(providers.for_config(cfg), text), config=language, search_type=query_type
+        )
+        if cfg.chunked:  # n rows, however many of the nearest chunks one row owns
+            nearest = self.filter(
+                pk__in=self._nearest_parents(cfg, _vector_value(cfg, vector), ef_search, n)
+            )
+        else:
+            nearest = self.nearest(vector, config=config, ef_search=ef_search)
         by_text = (
             self.alias(_autoembed_document=document)
             .filter(_autoembed_document=query)
@@ -532,30 +583,49 @@ class EmbeddingQuerySet(models.QuerySet):
         qs = self.nearest(vector, config=config).exclude(pk=obj.pk)
         return qs[:k] if k else qs
 
+    def _nearest_chunks(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> Any:
+        """The chunks of these rows, nearest to ``value`` first."""
+        chunks = cfg.chunk_model._default_manager.all()
+        if self.query.where:  # filters on the rows: only their chunks are candidates
+            chunks = chunks.filter(parent__in=self.values("pk"))
+        return chunks.annotate(
+            distance=SearchDistance(cfg.column, value, ef_search=ef_search)
+        ).order_by("distance")
+
     def _nearest_by_chunks(
         self, cfg: EmbeddingConfig, value: Any, ef_search: int | None, candidates: int
     ) -> EmbeddingQuerySet:
-        chunks = cfg.chunk_model._default_manager.all()
-        nearest_chunks = chunks
-        if self.query.where:  # filters on the rows: only their chunks are candidates
-            nearest_chunks = chunks.filter(parent__in=self.values("pk"))
-        nearest_chunks = nearest_chunks.annotate(
-            distance=SearchDistance(cfg.column, value, ef_search=ef_search)
-        ).order_by("distance")[:candidates]
+        nearest = self._nearest_chunks(cfg, value, ef_search)[:candidates]
+        return self._by_chunks_among(cfg, value, ef_search, nearest.values("parent_id"))
+
+    def _by_chunks_among(
+        self, cfg: EmbeddingConfig, value: Any, ef_search: int | None, rows: Any
+    ) -> EmbeddingQuerySet:
         return (
-            self.filter(pk__in=nearest_chunks.values("parent_id"))
+            self.filter(pk__in=rows)
             .annotate(**self._distances(cfg, value, ef_search))
             .order_by("distance")
         )
 
+    def _nearest_parents(
+        self, cfg: EmbeddingConfig, value: Any, ef_search: int | None, k: int
+    ) -> list[Any]:
+        """The keys of the ``k`` rows whose best chunks are nearest, best first: chunks are
+        looked at in growing numbers until ``k`` rows own them or none is left (one long
+        document can own every one of the nearest few hundred)."""
+        nearest = self._nearest_chunks(cfg, value, ef_search)
+        size = max(CHUNK_CANDIDATES, 10 * k)
+        while True:
+            parents = list(nearest[:size].values_list("parent_id", flat=True))
+            found = list(dict.fromkeys(parents))
+            if len(found) >= k or len(parents) < size:
+                return found[:k]
+            size *= 4
+
     def _distances(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> dict:
         """The ``distance`` annotation of a row (for chunks: its best chunk's, with that
         chunk's ``chunk_text`` and ``chunk_number``)."""
-        from .vectors import vector_type
-
-        if not isinstance(value, (HalfVector, Vector)):
-            array = np.asarray(value, dtype=np.float32)
-            value = HalfVector(array) if vector_type(cfg) == "halfvec" else Vector(array)
+        value = _vector_value(cfg, value)
         if not cfg.chunked:
             return {"distance": SearchDistance(cfg.column, value, ef_search=ef_search)}
         best = (

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import batchapi, conf, pauses, queue, usage
+from . import batchapi, conf, incidents, pauses, providers, queue, usage
 from . import sql as sqlfiles
 from .config import EmbeddingConfig, registry
 from .exceptions import QueueMissing
@@ -37,6 +37,11 @@ class ConfigStatus:
     tokens_today: int = 0
     tokens_30d: int = 0
     cost_30d_usd: float | None = None
+    # Why its provider is paused (a configuration error or an outage), or None.
+    paused: str | None = None
+    # Whether rows, embedded and missing are estimates (a table of many rows is sampled,
+    # not counted in full, unless asked for exact counts).
+    estimated: bool = False
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Status:
     batches: list[dict[str, Any]] = field(default_factory=list)
     # Rate budgets: {"provider", "tokens_per_minute", "requests_per_minute", "share", "throttled"}.
     budgets: list[dict[str, Any]] = field(default_factory=list)
+    # Failures that repeat, seen lately: {"kind", "subject", "count", "error", ...}.
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,29 +80,40 @@ def _query(key: str, **names: sql.Composable) -> str:
     return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
 
 
+# Tables with fewer rows than this (as the planner last counted) are counted exactly; larger
+# ones are estimated, so a monitoring probe never scans a table in full: rows as the planner
+# counts them, the embedded share from the statistics ANALYZE keeps (it samples rows across
+# the whole table), or, before any, from a sample of about SAMPLE_ROWS rows' pages.
+EXACT_BELOW = 100_000
+SAMPLE_ROWS = 20_000
+
+
 def _config_status(
-    cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable
+    cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable, *, exact: bool = False
 ) -> ConfigStatus:
     from .failures import EmbeddingFailure
 
-    chunks = None
+    names = {
+        "table": sql.Identifier(config.table),
+        "column": sql.Identifier(config.column),
+        "pk": sql.Identifier(config.pk_column),
+    }
     if config.chunked:
-        cursor.execute(
-            _query(
-                "config_rows_chunked",
-                table=sql.Identifier(config.table),
-                chunks=sql.Identifier(config.chunk_table),
-            )
-        )
+        names["chunks"] = sql.Identifier(config.chunk_table)
+    planned = _planned_rows(cursor, config.table)
+    estimated = not exact and planned >= EXACT_BELOW
+    chunks = None
+    if estimated:
+        rows = int(planned)
+        share = _embedded_share(cursor, config, names, planned)
+        embedded = round(rows * share)
+        if config.chunked:
+            chunks = int(_planned_rows(cursor, config.chunk_table))
+    elif config.chunked:
+        cursor.execute(_query("config_rows_chunked", **names))
         rows, embedded, chunks = cursor.fetchone()
     else:
-        cursor.execute(
-            _query(
-                "config_rows",
-                column=sql.Identifier(config.column),
-                table=sql.Identifier(config.table),
-            )
-        )
+        cursor.execute(_query("config_rows", **names))
         rows, embedded = cursor.fetchone()
     cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.queue_column])
     queued, oldest = cursor.fetchone()
@@ -117,7 +135,39 @@ def _config_status(
         tokens_today=spent.tokens_today,
         tokens_30d=spent.tokens_30d,
         cost_30d_usd=spent.cost_30d,
+        estimated=estimated,
     )
+
+
+def _embedded_share(
+    cursor: Any, config: EmbeddingConfig, names: dict[str, sql.Composable], planned: float
+) -> float:
+    """The share of a large table's rows that hold a vector (or, in chunks, have chunks)."""
+    if config.chunked:
+        cursor.execute(_query("chunk_parents_planned"), [config.chunk_table])
+        found = cursor.fetchone()
+        if found and found[0] is not None:
+            distinct = float(found[0])  # negative: a share of the chunk table's rows
+            parents = (
+                -distinct * _planned_rows(cursor, config.chunk_table) if distinct < 0 else distinct
+            )
+            return min(1.0, parents / planned)
+    else:
+        cursor.execute(_query("null_share_planned"), [config.table, config.column])
+        found = cursor.fetchone()
+        if found and found[0] is not None:
+            return 1.0 - float(found[0])
+    key = "config_sample_chunked" if config.chunked else "config_sample"
+    cursor.execute(_query(key, **names), [min(100.0, 100.0 * SAMPLE_ROWS / planned)])
+    sampled, with_vectors = cursor.fetchone()
+    return with_vectors / sampled if sampled else 0.0
+
+
+def _planned_rows(cursor: Any, table: str) -> float:
+    """A table's rows as the planner last counted them (0 before the first ANALYZE)."""
+    cursor.execute(_query("table_rows"), [sql.Identifier(table).as_string(None)])
+    row = cursor.fetchone()
+    return max(0.0, float(row[0] or 0)) if row else 0.0
 
 
 def _push_status(cursor: Any) -> PushStatus:
@@ -156,8 +206,13 @@ def _former_queues(using: str) -> dict[str, int]:
         return {}
 
 
-def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None) -> Status:
-    """Read the numbers from the database (QueueMissing, a LookupError, when there is no queue)."""
+def collect(
+    using: str = "default", configs: list[EmbeddingConfig] | None = None, *, exact: bool = False
+) -> Status:
+    """Read the numbers from the database (QueueMissing, a LookupError, when there is no queue).
+
+    ``exact``: count every table in full, however large (by default a table of over
+    ``EXACT_BELOW`` rows is estimated from a sample)."""
     name = queue.name()
     with connections[using].cursor() as cursor:
         if not queue.exists(cursor):
@@ -168,10 +223,17 @@ def collect(using: str = "default", configs: list[EmbeddingConfig] | None = None
         depth, oldest = queue.depth(cursor)
         status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
         for config in configs if configs is not None else registry.on_database(using):
-            status.configs.append(_config_status(cursor, config, queue.tables()["queue"]))
+            status.configs.append(
+                _config_status(cursor, config, queue.tables()["queue"], exact=exact)
+            )
         status.push = _push_status(cursor)
         status.former_queues = _former_queues(using)
     status.paused = pauses.as_dicts(pauses.current(using))
+    by_provider = {p["provider"]: p["error"] for p in status.paused}
+    for config_status in status.configs:
+        config = registry.get(config_status.config)
+        config_status.paused = by_provider.get(providers.pause_key(config)[:255])
+    status.incidents = incidents.recent(using)
     status.batches = batchapi.status_rows(using)
     status.budgets = _budgets(using)
     return status

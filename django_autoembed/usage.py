@@ -25,7 +25,7 @@ from . import sql as sqlfiles
 
 logger = logging.getLogger(__name__)
 
-API, BATCH = "api", "batch"
+API, BATCH, QUERY = "api", "batch", "query"
 
 
 class EmbeddingUsage(models.Model):
@@ -36,7 +36,7 @@ class EmbeddingUsage(models.Model):
     model = models.CharField(max_length=255, help_text="the provider's model")
     mode = models.CharField(
         max_length=16,
-        choices=[(API, "embeddings API"), (BATCH, "Batch API")],
+        choices=[(API, "embeddings API"), (BATCH, "Batch API"), (QUERY, "search queries")],
         default=API,
     )
     requests = models.BigIntegerField(default=0)

@@ -14,12 +14,14 @@ from typing import Any, TextIO
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
-from . import budget, conf, queue, store
+from . import budget, conf, db, incidents, queue, store
 from .batchapi import Batches
 from .config import registry
-from .exceptions import ProcessingPaused
+from .db import connect
+from .exceptions import StatementCancelled
+from .incidents import IncidentKind
 from .indexing import Indexing
-from .pauses import answered, record_pause
+from .pauses import PauseBook
 from .processing import Processor
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "autoembed"
 # With --once: how long to wait for jobs put back a moment ago (rows that were locked).
 ONCE_GRACE_SECONDS = 2.0
-# A paused worker tries again after this many seconds, doubling up to the maximum:
-# sooner after an outage or a rate limit than after a configuration error.
-PAUSE_FIRST = {"config": 5.0, "unavailable": 1.0}
-PAUSE_MAX = 60.0
+# With --once: batches cancelled in a row by a statement timeout before the run gives up.
+ONCE_MAX_CANCELS = 3
+
+
 
 
 @dataclass
@@ -70,9 +72,10 @@ class Worker:
 
     ``concurrency`` lanes run side by side, each reading and processing its own
     batches on its own connection, so one lane writes while another waits on
-    the provider. A configuration error from the provider pauses every lane:
-    the jobs go back to the queue unspent, the worker says once what is wrong,
-    and tries again with a growing pause until the provider accepts it.
+    the provider. A configuration error or an outage pauses that provider only:
+    its jobs go back to the queue unspent, the worker says once what is wrong,
+    and tries it again with a growing pause until it answers; the jobs of
+    other providers go on meanwhile.
     """
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -87,14 +90,15 @@ class Worker:
         self._lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
         self.indexing = Indexing(options.using)
-        self._paused: ProcessingPaused | None = None
-        self._paused_until = 0.0
-        self._pause_seconds = 0.0
+        self.pauses = PauseBook(options.using)
+        # A paused provider's deferred indexes are built again at once: its backlog waits.
+        self.pauses.on_pause.append(self.indexing.rebuild_for)
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
         self.lanes_running = 0  # a lane Postgres has no connection for leaves if others run
         self.batches = Batches(options.using) if options.batch_api else None
         # With --once: when the last rows put back for a rate limit are due again.
         self.throttled_until = 0.0
+        self.cancels = 0  # batches cancelled by a statement timeout since the last one that worked
 
     # Rows read per batch: two rounds of full requests, so slots stay busy at high latency.
     @property
@@ -155,59 +159,24 @@ class Worker:
                 signal.signal(s, handler)
 
     def _finish(self, code: int) -> int:
-        """With --once and a drained queue: build the indexes deferred for the backlog."""
-        if self.o.once and code == 0 and not self.stopping:
+        """With --once: say which providers are still paused (exit 2), and build the indexes
+        deferred for the backlog: those whose backlog drained, and, when the run leaves a
+        backlog it could not drain, every one of them."""
+        if not self.o.once:
+            return code
+        paused = self.pauses.in_force()
+        if paused and code == 0:
+            said = " ".join(str(p) for p in paused)
+            code = self.give_up(
+                f"paused: {said} Their jobs stay queued; the other configs' work is done. "
+                "Fix the configuration (or wait for the provider) and run again.",
+                2,
+            )
+        if code == 0 and not self.stopping:
             self.indexing.finish()
+        elif code != 0:
+            self.indexing.finish(leaving=True)
         return code
-
-    # -- pausing on configuration errors ------------------------------------------
-
-    def paused_for(self) -> float:
-        """Seconds this worker still waits before trying a paused provider again."""
-        with self._lock:
-            return max(0.0, self._paused_until - time.monotonic()) if self._paused else 0.0
-
-    def pause(self, paused: ProcessingPaused) -> float:
-        """Pause every lane; returns the seconds of this pause."""
-        with self._lock:
-            first = self._paused is None or self._paused.kind != paused.kind
-            if first:
-                self._pause_seconds = PAUSE_FIRST[paused.kind]
-            elif time.monotonic() >= self._paused_until:
-                self._pause_seconds = min(self._pause_seconds * 2, PAUSE_MAX)
-            seconds = max(self._pause_seconds, paused.error.retry_after or 0.0)
-            self._paused = paused
-            self._paused_until = time.monotonic() + seconds
-        if first and paused.kind == "config":
-            logger.error(
-                "Embedding paused: %s Nothing was spent: the jobs stay queued, and this worker "
-                "tries "
-                "again every %.0f-%.0f s until the provider accepts the configuration.",
-                paused,
-                PAUSE_FIRST["config"],
-                PAUSE_MAX,
-                extra={"provider": paused.provider},
-            )
-        elif first:
-            logger.warning(
-                "Provider unavailable: %s Every request of a batch failed; the jobs stay queued "
-                "without spending attempts, and this worker tries again in %.0f s, backing off to "
-                "%.0f s.",
-                paused,
-                seconds,
-                PAUSE_MAX,
-                extra={"provider": paused.provider},
-            )
-        record_pause(self.o.using, paused, retry_in=seconds)
-        return seconds
-
-    def resume(self) -> None:
-        with self._lock:
-            paused, self._paused = self._paused, None
-        if paused is not None:
-            logger.warning(
-                "Embedding resumed: %s answers again.", paused.provider or "the provider"
-            )
 
     # -- progress -----------------------------------------------------------------
 
@@ -244,6 +213,7 @@ class _Lane:
             pool=worker.pool,
             max_wait=self.o.visibility_timeout / 2,
             stopping=lambda: worker.stopping,
+            pauses=worker.pauses,
         )
         self._listener: psycopg.Connection[Any] | None = None
         self._busy_since: float | None = None
@@ -257,9 +227,6 @@ class _Lane:
             except (psycopg.Error, DatabaseError):
                 pass
             while not self.worker.stopping:
-                if self.worker.paused_for():
-                    self._sleep(self.worker.paused_for())
-                    continue
                 try:
                     # The rate budget is promised ahead to requests waiting their turn:
                     # reading more now would only hold jobs that cannot be sent.
@@ -269,19 +236,10 @@ class _Lane:
                         continue
                     handled = self.step()
                     down_since = None
-                except ProcessingPaused as paused:
-                    waited = self.worker.pause(paused)
-                    # --once gives up at once on a configuration error, and on an outage
-                    # once it has backed off as far as it goes.
-                    if self.o.once and (paused.kind == "config" or waited >= PAUSE_MAX):
-                        fix = (
-                            "fix the configuration"
-                            if paused.kind == "config"
-                            else "wait for the provider"
-                        )
-                        return self.worker.give_up(
-                            f"paused: {paused} The jobs stay queued; {fix} and run again.", 2
-                        )
+                except StatementCancelled as cancel:
+                    code = self._cancelled(cancel)
+                    if code is not None:
+                        return code
                     continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
                     if _out_of_slots(exc) and self._retire(exc):
@@ -311,6 +269,12 @@ class _Lane:
                     if self.o.once:
                         if self._due_soon():
                             continue
+                        # An outage's jobs are tried again until its pause has backed off
+                        # as far as it goes (PAUSE_MAX); a configuration error's are not.
+                        retry = self.worker.pauses.retry_wait()
+                        if retry is not None:
+                            self._sleep(retry + 0.05)
+                            continue
                         if self.worker.batches and self.worker.batches.poll():
                             self._wait(min(self.o.poll_interval, self.worker.batches.poll_every))
                             continue
@@ -332,9 +296,11 @@ class _Lane:
         """Read and process one batch; returns how many rows it held."""
         with self.worker._lock:  # busy from the read on: other lanes wait for what it gives back
             self.worker.busy_lanes += 1
+        messages: list[queue.Message] = []
+        connection = connections[self.o.using]
         try:
-            connection = connections[self.o.using]
             connection.close_if_unusable_or_obsolete()
+            db.prepare(connection)
             store.prune(self.o.using)
             if self.worker.batches is not None:
                 self.worker.batches.poll()
@@ -354,22 +320,25 @@ class _Lane:
                 if not messages:
                     return held  # all of them wait for their batch
             result = self.processor.process(messages, deadline=deadline)
+        except (OperationalError, psycopg.OperationalError) as exc:
+            if not db.cancelled(exc):
+                raise
+            self._hand_back(messages)
+            raise StatementCancelled(exc, db.current_timeout(connection)) from exc
         finally:
             with self.worker._lock:
                 self.worker.busy_lanes -= 1
         if result.answered:
-            self.worker.resume()
-            answered(self.o.using, result.answered)
-        if result.paused is not None:
-            self.worker._done(len(result.completed))
-            raise result.paused
-        rows = len(result.completed) + len(result.failed)
+            self.worker.indexing.heard(result.answered)
+        rows = len(result.completed) + len(result.failed) - result.held
         logger.info(
-            "Batch: %d messages, %d rows done, %d failed, %d busy, %d dead, %d requests, %.2f s",
+            "Batch: %d messages, %d rows done, %d failed, %d busy, %d held back, %d dead, "
+            "%d requests, %.2f s",
             len(messages),
             len(result.completed),
-            len(result.failed) - result.busy,
+            len(result.failed) - result.busy - result.held,
             result.busy,
+            result.held,
             result.dead,
             result.requests,
             result.seconds,
@@ -378,10 +347,15 @@ class _Lane:
                 "completed": len(result.completed),
                 "failed": len(result.failed),
                 "busy": result.busy,
+                "held": result.held,
                 "seconds": result.seconds,
             },
         )
         self.worker._done(len(result.completed))
+        if result.completed and self.worker.cancels:
+            with self.worker._lock:
+                self.worker.cancels = 0
+            incidents.clear(self.o.using, IncidentKind.STATEMENT_TIMEOUT, "worker")
         if result.throttled_wait:
             with self.worker._lock:
                 self.worker.throttled_until = max(
@@ -390,6 +364,41 @@ class _Lane:
         if self.o.once and self._only_busy(result):
             return 0  # nothing else to do; _due_soon decides whether to wait for the locks
         return rows
+
+    def _hand_back(self, messages: list[queue.Message]) -> None:
+        """A cancelled batch's jobs go back at once, the read not counted: not their fault."""
+        if not messages:
+            return
+        try:
+            with transaction.atomic(using=self.o.using), connections[self.o.using].cursor() as c:
+                queue.release(c, [m.msg_id for m in messages])
+        except DatabaseError:  # they show again after the visibility timeout
+            pass
+
+    def _cancelled(self, cancel: StatementCancelled) -> int | None:
+        """Count a batch a statement timeout cancelled; with --once, give up (exit 1) after a
+        few in a row, for no work can be done so. Returns the exit code, or None to go on."""
+        with self.worker._lock:
+            self.worker.cancels += 1
+            cancels = self.worker.cancels
+        fix = (
+            f"Postgres cancelled a statement of the worker ({cancel}): the session's "
+            f"statement_timeout is {cancel.timeout}. "
+            + (
+                "AUTOEMBED['STATEMENT_TIMEOUT'] is None, so the database's or role's guard rail "
+                "applies to the worker too: set it to the seconds a batch's statements need "
+                "(300 by default)"
+                if conf.get("STATEMENT_TIMEOUT") is None
+                else f"Raise AUTOEMBED['STATEMENT_TIMEOUT'] (now {conf.get('STATEMENT_TIMEOUT')} s)"
+            )
+            + ", or make batches smaller (--batch-size, --max-requests). The batch's jobs went "
+            "back to the queue unspent."
+        )
+        incidents.report(self.o.using, IncidentKind.STATEMENT_TIMEOUT, "worker", fix)
+        if self.o.once and cancels >= ONCE_MAX_CANCELS:
+            return self.worker.give_up(f"{cancels} batches in a row were cancelled. {fix}", 1)
+        self._sleep(min(2.0**cancels, 30.0))
+        return None
 
     def _only_busy(self, result: Any) -> bool:
         """With --once: whether locked rows are all that is left, and for too long."""
@@ -549,9 +558,4 @@ def _labels(messages: list[queue.Message]) -> set[str]:
     return labels
 
 
-def connect(using: str = "default") -> psycopg.Connection[Any]:
-    """A separate autocommit psycopg connection with Django's settings for ``using``."""
-    params = connections[using].get_connection_params()
-    # Django's own cursor factory and adapters context belong to its connection only.
-    params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
-    return psycopg.connect(**params, autocommit=True)
+__all__ = ["Worker", "WorkerOptions", "connect", "default_options"]

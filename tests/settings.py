@@ -109,3 +109,5 @@ AUTOEMBED = {
     "BATCH_POLL_SECONDS": 0.2,
 }
 STATIC_URL = "static/"
+# A test that runs manage.py as a subprocess passes its own AUTOEMBED keys as JSON.
+AUTOEMBED.update(env.json("AUTOEMBED_TEST_OVERRIDES", default={}))

@@ -153,3 +153,11 @@ def test_the_search_page_offers_hybrid_search_and_shows_both_ranks(live_server, 
     assert re.search(r"by words 1</span>", page) and '<option value="hybrid" selected' in page
     semantic = site.get("/search?" + urllib.parse.urlencode({"q": "KX-7703"}))
     assert "by words" not in semantic
+
+
+def test_a_query_with_a_nul_byte_is_answered_not_a_500(live_server, api):
+    Document.objects.create(title="Nul", content="bytes")
+    drain()
+    for mode in ("semantic", "hybrid"):
+        page = Browser(live_server.url).get(f"/search?q=nul%00byte&mode={mode}")
+        assert "Search failed: The query text holds a NUL character" in page

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import re
+import zlib
 
 import pytest
 from django.core.checks import run_checks
@@ -11,8 +12,11 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from django_autoembed.config import registry
-from django_autoembed.indexing import Indexing, IndexState, managed_index, state_of
+from django_autoembed.incidents import Incident
+from django_autoembed.indexing import Indexing, IndexState, lock_key, managed_index, state_of
+from django_autoembed.providers import PROBE_TEXT
 from django_autoembed.status import collect
+from django_autoembed.worker import Worker, default_options
 from tests.conftest import assert_fake_vector, drain, prose, purge_queue
 from tests.testapp.models import Document
 
@@ -52,6 +56,9 @@ def test_a_large_backlog_is_embedded_without_the_index_then_built_in_bulk(
     seen = []
 
     def look(texts):  # what the index looked like while the backlog was embedded
+        if texts == [PROBE_TEXT]:  # the provider's word, asked before the index is dropped
+            seen.append("probe")
+            return
         with connection.cursor() as cursor:
             cursor.execute("select to_regclass(%s) is not null", [index_name()])
             seen.append((cursor.fetchone()[0], state_of("default", registry.get(CONFIG))))
@@ -60,7 +67,7 @@ def test_a_large_backlog_is_embedded_without_the_index_then_built_in_bulk(
     docs = Document.objects.bulk_create([Document(title=f"backlog {i}") for i in range(600)])
     with caplog.at_level(logging.INFO, logger="django_autoembed"):
         drain(batch_size=50)
-    assert set(seen) == {(False, "deferred")}
+    assert seen[0] == "probe" and set(seen[1:]) == {(False, "deferred")}
     # Vectors stored out of line leave a small heap: the build is given parallel workers anyway.
     (built,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Built")]
     assert re.search(r"with [1-9]\d* parallel workers", built), built
@@ -85,7 +92,8 @@ def test_a_backlog_of_long_documents_counts_their_chunks_not_their_rows(api, sma
     seen = []
 
     def look(texts):
-        seen.append(state_of("default", config))
+        if texts != [PROBE_TEXT]:
+            seen.append(state_of("default", config))
 
     api.on_request = look
     # 30 rows, but ~20 chunks each: 600 vectors to write, over the threshold of 200
@@ -176,9 +184,136 @@ def test_backfilling_a_table_that_already_has_rows_defers_too(api, small_thresho
     Document.objects.bulk_create([Document(title=f"existing {i}") for i in range(500)])
     purge_queue()  # as if these rows predate the declaration: nothing queued
     seen = []
-    api.on_request = lambda texts: seen.append(index_valid())
+    api.on_request = lambda texts: texts == [PROBE_TEXT] or seen.append(index_valid())
     call_command("process_embeddings", "--backfill", "--once", verbosity=0)
     assert set(seen) == {None}  # the index was down while the rows were embedded
     assert index_valid() is True and Document.objects.filter(embedding__isnull=True).count() == 0
     [document] = [c for c in collect().configs if c.config == CONFIG]
     assert document.index == "ready"
+
+
+# -- every label, and failures that are counted ---------------------------------------------
+
+
+def test_lock_keys_fit_postgres_integers_for_every_label():
+    """An unsigned CRC of 2**31 or more travelled as a bigint: pg_try_advisory_lock(int, bigint)
+    does not exist, and deferral failed for about half of all model names."""
+    labels = ["notes.Note.embedding", "testapp.Note.embedding", "testapp.Document.embedding"]
+    labels += [f"app{i}.Model{i * 7919}.embedding" for i in range(5000)]
+    crcs = [zlib.crc32(f"autoembed:index:{label}".encode()) for label in labels]
+    assert min(crcs) < 2**31 <= max(crcs)  # both sides of the old boundary are covered
+    assert all(-(2**31) <= lock_key(label) < 2**31 for label in labels)
+    assert len({lock_key(label) for label in labels}) > 4990  # still tells configs apart
+
+
+@pytest.mark.parametrize(
+    ("label", "high"), [("testapp.Document.embedding", False), ("testapp.Note.embedding", True)]
+)
+def test_a_backlog_defers_the_index_whatever_the_label_hashes_to(
+    api, small_threshold, caplog, label, high
+):
+    from tests.testapp.models import Note
+
+    assert (zlib.crc32(f"autoembed:index:{label}".encode()) >= 2**31) is high
+    model = Note if high else Document
+    field = "body" if high else "title"
+    model.objects.bulk_create([model(**{field: f"label {i}"}) for i in range(600)])
+    with caplog.at_level(logging.INFO, logger="django_autoembed"):
+        drain(batch_size=50)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Deferring the HNSW index") and label in m for m in said), said
+    assert any(m.startswith("Built the HNSW index") and label in m for m in said), said
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not Incident.objects.exists() and not IndexState.objects.exists()
+    assert state_of("default", registry.get(label)) == "ready"
+
+
+def test_a_failure_to_defer_is_counted_shown_and_said_once(
+    api, small_threshold, caplog, monkeypatch
+):
+    from django_autoembed import indexing
+
+    real = indexing._statement
+
+    def broken(key, **names):  # the database refuses the drop (a real error, from Postgres)
+        return "select 1 / 0" if key == "drop_index" else real(key, **names)
+
+    monkeypatch.setattr(indexing, "_statement", broken)
+    docs = []
+    for start in range(0, 600, 50):  # messages of 50 rows: a tick before each batch of two
+        docs += Document.objects.bulk_create(
+            [Document(title=f"refused {start + i}") for i in range(50)]
+        )
+    with caplog.at_level(logging.DEBUG, logger="django_autoembed"):
+        drain(batch_size=50, max_requests=1, concurrency=1)
+    for doc in docs[::60]:  # embedded all the same, with the index kept up row by row
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert index_valid() is True and not IndexState.objects.exists()
+    [incident] = Incident.objects.all()
+    assert (
+        incident.subject == CONFIG and incident.count >= 2 and "division by zero" in incident.error
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "could not defer" in errors[0].getMessage()
+    [shown] = collect().incidents
+    assert shown["count"] == incident.count and shown["subject"] == CONFIG
+    out = io.StringIO()
+    call_command("autoembed_status", stdout=out)
+    assert f"incident: {CONFIG}: {incident.count} times" in out.getvalue()
+
+
+def test_editing_a_sentence_in_many_long_documents_keeps_the_chunk_index(api, settings):
+    """The estimate counts the chunks that will be embedded again, not every chunk of each row."""
+    from tests.testapp.models import Manual, ManualChunk
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "INDEX_DEFER_ROWS": 50}
+    config = registry.get("testapp.Manual.embedding")
+    docs = Manual.objects.bulk_create(
+        [Manual(title=f"manual {i}", body=prose(40, seed=i)) for i in range(100)]
+    )
+    drain()
+    before = ManualChunk.objects.count()
+    assert before >= 1500 and state_of("default", config) == "ready"
+    with connection.cursor() as cursor:  # as autovacuum would: the planner's counts are known
+        cursor.execute("analyze testapp_manual")
+        cursor.execute("analyze testapp_manual_embedding_chunks")
+    for doc in docs[:60]:  # one sentence changed near the start of each
+        first = doc.body.split(". ")[0]
+        doc.body = doc.body.replace(first, f"An edited opening for manual {doc.pk}", 1)
+    Manual.objects.bulk_update(docs[:60], ["body"])
+    seen = []
+    api.on_request = lambda texts: texts == [PROBE_TEXT] or seen.append(state_of("default", config))
+    sent = api.inputs
+    drain()
+    assert seen and set(seen) == {"ready"}  # the index of ~2,000 chunks stayed up
+    assert 60 <= api.inputs - sent <= 3 * 60  # a chunk or two of each edited manual
+    assert abs(ManualChunk.objects.count() - before) <= 60
+
+
+def test_a_revoked_key_never_drops_the_index(api, small_threshold):
+    api.valid_keys = {"a-key-nobody-has"}
+    Document.objects.bulk_create([Document(title=f"unsent {i}") for i in range(600)])
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "401" in worker.exit_reason
+    assert index_valid() is True and not IndexState.objects.exists()
+
+
+def test_a_pause_mid_backlog_builds_the_deferred_index_at_once(api, small_threshold, caplog):
+    calls = []
+
+    def revoke_after_a_few(texts):
+        calls.append(len(texts))
+        if len(calls) == 4:  # the key is revoked while the backlog is being embedded
+            api.valid_keys = {"a-key-nobody-has"}
+
+    api.on_request = revoke_after_a_few
+    for start in range(0, 600, 50):  # messages of 50 rows: batches of two
+        Document.objects.bulk_create([Document(title=f"halfway {start + i}") for i in range(50)])
+    with caplog.at_level(logging.INFO, logger="django_autoembed"):
+        worker = Worker(default_options(once=True, batch_size=50, max_requests=1, concurrency=1))
+        assert worker.run() == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Deferring the HNSW index") for m in said)
+    assert any("Building the HNSW index of testapp.Document.embedding again now" in m for m in said)
+    assert index_valid() is True and not IndexState.objects.exists()  # searches use it again
+    assert 0 < Document.objects.filter(embedding__isnull=False).count() < 600

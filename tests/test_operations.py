@@ -65,6 +65,43 @@ def test_status_numbers_match_a_prepared_state(failing_rows):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_status_samples_large_tables_instead_of_counting_them_in_full(api, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from django_autoembed import status
+    from tests.testapp.models import Manual
+
+    purge_queue()
+    monkeypatch.setattr(status, "EXACT_BELOW", 2000)  # "large", at a size a test can afford
+    monkeypatch.setattr(status, "SAMPLE_ROWS", 500)
+    Document.objects.bulk_create([Document(title=f"sampled {i}") for i in range(4000)])
+    drain()
+    purge_queue()
+    Document.objects.filter(pk__in=Document.objects.order_by("pk").values("pk")[:1000]).update(
+        embedding=None
+    )
+    Manual.objects.bulk_create([Manual(title=f"small {i}") for i in range(5)])
+    with connection.cursor() as cursor:
+        cursor.execute("analyze testapp_document")
+    with CaptureQueriesContext(connection) as queries:
+        sampled = {c.config: c for c in status.collect().configs}
+    doc, manual = sampled[DOC], sampled["testapp.Manual.embedding"]
+    assert doc.estimated and not manual.estimated  # a small table is still counted exactly
+    assert doc.rows == 4000 and abs(doc.embedded - 3000) < 400 and manual.rows == 5
+    statements = [q["sql"].lower() for q in queries]
+    assert not any(
+        "count(" in q and 'testapp_document"' in q and "tablesample" not in q for q in statements
+    )
+    exact = {c.config: c for c in status.collect(exact=True).configs}[DOC]
+    assert (exact.estimated, exact.rows, exact.embedded, exact.missing) == (False, 4000, 3000, 1000)
+    human = io.StringIO()
+    call_command("autoembed_status", stdout=human)
+    line = next(x for x in human.getvalue().splitlines() if x.startswith(DOC))
+    assert line.split()[2].startswith("~")
+    purge_queue()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_fail_on_lag_exits_non_zero_only_when_the_oldest_job_is_too_old(failing_rows):
     time.sleep(1.2)
     with pytest.raises(SystemExit) as exit_info:
@@ -222,6 +259,12 @@ def test_database_checks_are_silent_on_a_migrated_database():
             "select pgmq.drop_queue('embedding_jobs')",
             "autoembed.E103",
             "queue 'embedding_jobs' does not exist",
+        ),
+        (
+            "alter table testapp_manual_embedding_chunks "
+            "drop constraint testapp_manual_embedding_chunks_parent_number_uniq",
+            "autoembed.W102",
+            "has no unique (parent_id, number) constraint",
         ),
         ("drop schema pgmq cascade", "autoembed.E102", "pgmq is not installed"),
         ("drop extension vector cascade", "autoembed.E101", "pgvector is not installed"),

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.status import collect
@@ -377,6 +377,34 @@ def test_only_tables_with_our_triggers_can_be_queued(app_role):
     assert queue_messages() == []
 
 
+def test_a_role_queues_only_rows_it_may_write_even_through_set_role(app_role):
+    """queue_ids runs as its owner: without this check any role could queue paid work."""
+    import psycopg
+
+    call = "select autoembed.queue_ids(array['1'::jsonb], 'public', %s, %s, 'embedding')"
+    with (
+        as_role() as conn,
+        pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"may not write public\.testapp_tag"
+        ),
+    ):
+        conn.execute(call, ["testapp_tag", "testapp_tag_embedding_input"])
+    with connection.cursor() as cursor:  # a role the session switches to counts, not the login
+        cursor.execute(f"grant {ROLE} to current_user")
+        cursor.execute(f"set role {ROLE}")
+        try:
+            with (
+                pytest.raises(Exception, match=r"may not write public\.testapp_tag"),
+                transaction.atomic(),
+            ):
+                cursor.execute(call, ["testapp_tag", "testapp_tag_embedding_input"])
+        finally:
+            cursor.execute("reset role")
+    with as_role() as conn:  # the table it writes: nothing it could not do by an UPDATE
+        conn.execute(call, ["testapp_document", "testapp_document_embedding_input"])
+    assert queued_ids() == [1]
+
+
 # -- rows kept locked --------------------------------------------------------------------------
 
 
@@ -528,7 +556,7 @@ def test_a_pause_another_process_records_is_cleared_by_the_next_success_here(api
     from django_autoembed.config import registry
 
     monkeypatch.setattr(pauses, "CLEAR_EVERY", 0.0)  # no waiting out the interval in a test
-    label = providers.label(registry.get("testapp.Document.embedding"))
+    label = providers.pause_key(registry.get("testapp.Document.embedding"))
     Document.objects.create(title="first")
     drain()  # this process saw the provider answer
     pauses.ProviderPause.objects.create(provider=label, error="misconfigured: seen elsewhere")

@@ -198,3 +198,22 @@ def test_pg_nets_answers_to_our_posts_are_kept_only_as_long_as_configured(push, 
     wait_for(lambda: not responses(), timeout=20, what="the old answers to be deleted")
     Document.objects.create(title="the next one")
     wait_for(lambda: responses(), what="the next answer")
+
+
+def test_pg_crons_history_of_our_job_is_kept_only_as_long_as_configured(push, api, settings):
+    """At a tick a second, cron.job_run_details grew by 86,400 rows a day, never purged."""
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "PUSH_KEEP_RESPONSES": "3 seconds"}
+    sync()
+    ((jobid,),) = fetch("select jobid from cron.job where jobname = %s", [JOB_NAME])
+
+    def runs() -> int:
+        return fetch("select count(*) from cron.job_run_details where jobid = %s", [jobid])[0][0]
+
+    wait_for(lambda: runs() >= 3, what="a few ticks")
+    time.sleep(8)  # eight more ticks: each deletes our runs older than three seconds
+    assert 0 < runs() <= 6
+    assert fetch(
+        "select count(*) from cron.job_run_details where jobid = %s "
+        "and end_time < now() - interval '5 seconds'",
+        [jobid],
+    ) == [(0,)]

@@ -342,3 +342,42 @@ def test_the_readmes_test_of_a_users_own_app_passes(own_fake):
     # request or more, as the worker's lanes happen to take them)
     assert own_fake.inputs == 6
     purge_queue()
+
+
+# -- odd queries, and what searching costs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["semantic_search", "hybrid_search"])
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("pgvector\x00stores", "NUL character (at 8)"), ("grip \ud800 shoes", "unpaired surrogate")],
+)
+def test_a_query_postgres_cannot_hold_is_refused_saying_where(docs, api, method, text, said):
+    from django_autoembed.exceptions import InvalidValue
+
+    sent = api.requests
+    with pytest.raises(InvalidValue, match=re.escape(said)):
+        list(getattr(Document.objects, method)(text, k=3))
+    assert api.requests == sent  # refused before anything was paid for
+
+
+def test_a_query_of_megabytes_is_searched_by_its_start_on_both_sides(docs, api):
+    huge = "pgvector stores embeddings " * 52_000  # 1.4 MB: too big for a tsquery whole
+    found = list(Document.objects.hybrid_search(huge, k=3))
+    assert found and found[0].pk == docs[0].pk
+    assert list(Document.objects.semantic_search(huge, k=3))
+
+
+def test_searches_are_counted_in_usage_and_cost_apart_from_embedding(docs, api):
+    from django_autoembed.status import collect
+    from django_autoembed.usage import EmbeddingUsage
+
+    before = api.tokens
+    Document.objects.semantic_search("which shoes grip on wet rock", k=2).first()
+    Document.objects.hybrid_search("which shoes grip on wet rock", k=2).first()  # cached
+    Document.objects.semantic_search("coffee grinders compared", k=2).first()
+    [row] = EmbeddingUsage.objects.filter(mode="query")
+    assert row.config == "testapp.Document.embedding" and row.requests == row.inputs == 2
+    assert row.tokens == api.tokens - before > 0  # what the provider billed
+    [status] = [c for c in collect().configs if c.config == "testapp.Document.embedding"]
+    assert status.tokens_today >= row.tokens

@@ -27,6 +27,14 @@ class IndexedDoc(EmbeddingMixin, models.Model):
     embed_fields = ["title", "content"]
 
 
+class IndexedNote(EmbeddingMixin, models.Model):
+    """The same, under a label whose old advisory-lock key (a CRC of 2**31 or more) failed."""
+
+    title = models.TextField()
+    content = models.TextField()
+    embed_fields = ["title", "content"]
+
+
 class SearchDoc(EmbeddingMixin, models.Model):
     """100,000 rows for the search bench; the index is built after the bulk load."""
 

@@ -7,6 +7,21 @@ select to_regclass(%s) is not null
 -- config_rows -- rows of a table and how many hold a vector
 select count(*), count({column}) from {table}
 
+-- null_share_planned -- the share of a column's values that are NULL, as ANALYZE last saw it
+select null_frac from pg_stats
+ where schemaname = current_schema() and tablename = %s and attname = %s
+
+-- chunk_parents_planned -- distinct parent_id values of a chunk table as ANALYZE last saw them
+select n_distinct from pg_stats
+ where schemaname = current_schema() and tablename = %s and attname = 'parent_id'
+
+-- config_sample -- a sample of a large table's rows (a percentage of its pages), and how many hold a vector
+select count(*), count({column}) from {table} tablesample system (%s)
+
+-- config_sample_chunked -- a sample of a large chunked table's rows, and how many have chunks
+select count(*), count(*) filter (where exists (select 1 from {chunks} c where c.parent_id = t.{pk}))
+  from {table} t tablesample system (%s)
+
 -- config_queued -- rows of one config waiting in the queue, and the oldest job's age
 select coalesce(sum(coalesce(jsonb_array_length(message->'ids'), 1)), 0),
        extract(epoch from clock_timestamp() - min(enqueued_at))
@@ -113,3 +128,21 @@ select avg(octet_length({function}(r))) from (select * from {table} order by {pk
 -- config_rows_chunked -- rows of a table, how many have chunks, and the chunks
 select (select count(*) from {table}), (select count(distinct parent_id) from {chunks}),
        (select count(*) from {chunks})
+
+-- queued_with_chunks -- queued rows of one chunked config that have chunks already (edits)
+select count(*)
+  from (select distinct jsonb_array_elements_text(
+                   coalesce(message->'ids', jsonb_build_array(message->'id'))) as id
+          from {queue}
+         where message->>'table' = %s and message->>'embeddingColumn' = %s) q
+ where exists (select 1 from {chunks} c where c.parent_id = q.id::{pktype})
+
+-- has_unique_chunk_numbers -- does a chunk table have a unique constraint on (parent_id, number)
+select exists (
+    select 1 from pg_constraint c
+     where c.conrelid = to_regclass(%s) and c.contype = 'u'
+       and (select array_agg(a.attname::text order by a.attname)
+              from pg_attribute a
+             where a.attrelid = c.conrelid and a.attnum = any(c.conkey))
+           = array['number', 'parent_id']
+)

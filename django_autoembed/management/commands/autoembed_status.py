@@ -39,12 +39,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--config", action="append", default=[], help="only this config (repeatable)"
         )
+        parser.add_argument(
+            "--exact",
+            action="store_true",
+            help="count every table in full (by default tables of 100,000 rows or more are "
+            "estimated from a sample, so a monitoring probe scans no table whole)",
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             configs = [registry.get(c) for c in options["config"]] or None
-            status = collect(options["database"], configs)
+            status = collect(options["database"], configs, exact=options["exact"])
         except (UnknownConfig, QueueMissing) as exc:
             raise CommandError(str(exc)) from exc
         lag = options["fail_on_lag"]
@@ -80,9 +86,9 @@ class Command(BaseCommand):
             (
                 c.config,
                 f"{c.table}.{c.column}",
-                str(c.rows),
-                str(c.embedded),
-                str(c.missing),
+                f"~{c.rows}" if c.estimated else str(c.rows),
+                f"~{c.embedded}" if c.estimated else str(c.embedded),
+                f"~{c.missing}" if c.estimated else str(c.missing),
                 str(c.queued_rows),
                 _age(c.oldest_job_age_s),
                 str(c.failures),
@@ -138,6 +144,14 @@ class Command(BaseCommand):
         for pause in status.paused:
             self.stdout.write(
                 f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})"
+            )
+        for c in status.configs:
+            if c.paused:
+                self.stdout.write(f"config {c.config}: paused ({c.paused}); the others go on")
+        for incident in status.incidents:
+            self.stdout.write(
+                f"incident: {incident['subject']}: {incident['count']} times since "
+                f"{incident['first_seen']}: {incident['error']}"
             )
         for batch in status.batches:
             self.stdout.write(

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from ... import conf
+from ... import conf, db
 from ...backfill import backfill
 from ...config import registry
 from ...exceptions import ConfigurationError, UnknownConfig
@@ -95,6 +95,7 @@ class Command(BaseCommand):
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
         if options["backfill"]:
+            db.prepare(connections[options["database"]])  # its pages are the worker's work too
             try:
                 configs = [registry.get(c) for c in options["config"]] or registry.on_database(
                     options["database"]
