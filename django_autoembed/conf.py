@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     # (None: the server's own setting for the workers).
     "INDEX_BUILD_MEMORY": "512MB",
     "INDEX_BUILD_WORKERS": None,
+    # Seconds dropping or building that index waits for transactions holding its table
+    # before it gives up until a later tick (None: as long as they last).
+    "INDEX_LOCK_TIMEOUT": 60,
     # The account's limits per model, shared by every worker (None: read from the provider's
     # x-ratelimit-* headers where RATE_LIMIT_HEADERS, else no pacing).
     "TOKENS_PER_MINUTE": None,

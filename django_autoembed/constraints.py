@@ -35,7 +35,9 @@ class UniqueChunkNumbers(models.UniqueConstraint):
     def remove_sql(self, model: Any, schema_editor: Any) -> Any:
         # IF EXISTS: the table a reversed DeleteModel made may lack it (see constraint_sql).
         table = schema_editor.quote_name(model._meta.db_table)
-        return f"alter table {table} drop constraint if exists {schema_editor.quote_name(self.name)}"
+        return (
+            f"alter table {table} drop constraint if exists {schema_editor.quote_name(self.name)}"
+        )
 
     def create_sql(self, model: Any, schema_editor: Any) -> Any:
         statement = super().create_sql(model, schema_editor)

@@ -64,6 +64,9 @@ class Privilege:
         return f"grant {privileges} on {self.kind} {self.name} to {_ident(role)};"
 
 
+QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
+
+
 def _ident(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
@@ -89,6 +92,8 @@ def needed(using: str = "default") -> list[Privilege]:
         ),
         Privilege("table", tables["archive"].as_string(None), ("SELECT", "INSERT")),
         Privilege("table", "django_migrations", ("SELECT",)),
+        # --backfill queues rows through it; it is not PUBLIC's (any role could queue work).
+        Privilege("function", QUEUE_IDS, ("EXECUTE",)),
     ]
     for model in (
         EmbeddingFailure,

@@ -27,7 +27,8 @@ SHOWN_FOR = timedelta(minutes=30)
 
 
 class IncidentKind(models.TextChoices):
-    INDEX = "index", "index deferral or build failed"
+    INDEX_DEFER = "index_defer", "an HNSW index could not be deferred"
+    INDEX_BUILD = "index_build", "an HNSW index could not be built"
     STATEMENT_TIMEOUT = "statement_timeout", "a statement was cancelled by a timeout"
 
 

@@ -124,7 +124,8 @@ class Indexing:
         self._snapshot: Snapshot | None = None
         self._deferred: tuple[set[str], float] | None = None
         self._warned: set[str] = set()
-        self._building: Any = None  # the connection running CREATE INDEX, to cancel on stop
+        self._ddl: set[Any] = set()  # connections dropping or building an index: cancelled on stop
+        self._lock_timeout: float | None = None  # overrides INDEX_LOCK_TIMEOUT (finish)
         self._per_row: dict[str, tuple[float, float]] = {}  # label: (vectors a row, when)
         self._edited: dict[str, tuple[int, float]] = {}  # label: (queued rows with chunks, when)
         self._answered: dict[str, float] = {}  # provider key: when it last answered
@@ -203,7 +204,7 @@ class Indexing:
     def _failed(self, what: str, subject: str, exc: BaseException) -> None:
         incidents.report(
             self.using,
-            IncidentKind.INDEX,
+            IncidentKind.INDEX_BUILD if what == "build" else IncidentKind.INDEX_DEFER,
             subject,
             f"could not {what} its HNSW index: {str(exc).strip()}. Meanwhile the backlog is "
             "embedded with the index kept up row by row (slower). Check the database log and "
@@ -275,10 +276,13 @@ class Indexing:
         finally:
             connections[self.using].close()  # this thread's own Django connection
 
-    def finish(self, *, leaving: bool = False) -> None:
+    def finish(self, *, leaving: bool = False, lock_timeout: float | None = None) -> None:
         """The queue is drained (``--once``), or a batch may have drained it (the endpoint:
         no later POST may come to notice): build every deferred index whose backlog is gone;
-        or, ``leaving`` a backlog this run cannot drain, every deferred index."""
+        or, ``leaving`` a backlog this run cannot drain, every deferred index. A build waits
+        ``lock_timeout`` seconds at most for transactions holding the table (default
+        INDEX_LOCK_TIMEOUT)."""
+        self._lock_timeout = lock_timeout
         try:
             deferred = self.deferred(fresh=True)
             backlog = self.backlog(fresh=True) if deferred and not leaving else {}
@@ -315,20 +319,19 @@ class Indexing:
                 return False
             if not self._may_change(config):
                 return False
+            # Recorded first: a drop cut short (a transaction held the table past
+            # INDEX_LOCK_TIMEOUT, a signal) leaves the index invalid, and the build that
+            # follows the backlog drops what is left and builds it afresh.
             IndexState.objects.using(self.using).create(
                 config=config.label,
                 index=index.name,
                 table=config.vector_model._meta.db_table,
                 state=DEFERRED,
             )
-            try:
-                with _autocommit(self.using) as conn:
-                    conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
-            except (DatabaseError, psycopg.Error):
-                IndexState.objects.using(self.using).filter(config=config.label).delete()
-                raise
+            with _autocommit(self.using, self._ddl, self._lock_timeout) as conn:
+                conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
         self._forget()
-        incidents.clear(self.using, IncidentKind.INDEX, config.label, anyone=True)
+        incidents.clear(self.using, IncidentKind.INDEX_DEFER, config.label, anyone=True)
         logger.info(
             "Deferring the HNSW index %s of %s until its backlog drains, to build it in bulk.",
             index.name,
@@ -352,10 +355,9 @@ class Indexing:
             model = config.vector_model
             name = sql.Identifier(index.name)
             workers: list[int] = []
-            with _autocommit(self.using) as conn:
-                self._building = conn
+            with _autocommit(self.using, self._ddl, self._lock_timeout) as conn:
                 conn.add_notice_handler(lambda notice: workers.extend(_launched(notice)))
-                for key, value in _build_settings().items():
+                for key, value in _build_settings(self._lock_timeout).items():
                     conn.execute("select set_config(%s, %s, false)", [key, value])
                 valid = conn.execute(
                     sqlfiles.section("ops.sql", "index_valid"), [name.as_string(None)]
@@ -366,13 +368,10 @@ class Indexing:
                 if not valid:
                     with connections[self.using].schema_editor(atomic=False) as editor:
                         statement = str(index.create_sql(model, editor, concurrently=True))
-                    try:
-                        conn.execute(statement)
-                    finally:
-                        self._building = None
+                    conn.execute(statement)
             updated.delete()
         self._forget()
-        incidents.clear(self.using, IncidentKind.INDEX, config.label, anyone=True)
+        incidents.clear(self.using, IncidentKind.INDEX_BUILD, config.label, anyone=True)
         logger.info(
             "Built the HNSW index %s of %s in bulk in %.1f s, with %d parallel workers.",
             index.name,
@@ -386,9 +385,11 @@ class Indexing:
     # -- helpers -----------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop a bulk build under way (the worker is stopping); the next worker starts it again."""
-        conn = self._building
-        if conn is not None:
+        """Stop a drop or a bulk build under way (the worker is stopping): its state stays
+        recorded, and the next worker finishes it."""
+        with self._lock:
+            running = list(self._ddl)
+        for conn in running:
             try:
                 conn.cancel_safe()
             except psycopg.Error:
@@ -517,7 +518,7 @@ def _launched(notice: Any) -> list[int]:
     return [int(found.group(1))] if found else []
 
 
-def _build_settings() -> dict[str, str]:
+def _build_settings(lock_timeout: float | None = None) -> dict[str, str]:
     """The bulk build's session settings.
 
     Postgres gives a build parallel workers by the size of the table's main heap, but a
@@ -533,22 +534,29 @@ def _build_settings() -> dict[str, str]:
         # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
         "client_min_messages": "debug1",
     }
-    values.update(DDL_TIMEOUTS)
+    values.update(ddl_timeouts(lock_timeout))
     workers = conf.get("INDEX_BUILD_WORKERS")
     if workers is not None:
         values["max_parallel_maintenance_workers"] = str(int(workers))
     return values
 
 
-# A guard rail set for the application's role or database (statement_timeout = 1s, say)
-# would cancel a build of any size, again and again, leaving the index invalid for good:
-# the sessions that drop and build indexes set their own. A build waits for older
-# transactions by design; it holds no lock that blocks the application's writes.
-DDL_TIMEOUTS = {
-    "statement_timeout": "0",
-    "lock_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-}
+def ddl_timeouts(lock_timeout: float | None = None) -> dict[str, str]:
+    """The timeouts of the sessions that drop and build indexes.
+
+    A guard rail set for the application's role or database (statement_timeout = 1s, say)
+    would cancel a build of any size, again and again, leaving the index invalid for good:
+    these sessions set no statement limit. A drop or a build waits for the transactions
+    that hold the table (CONCURRENTLY); it waits INDEX_LOCK_TIMEOUT seconds at most, then
+    gives up (an incident), and a later tick tries again.
+    """
+    lock = conf.get("INDEX_LOCK_TIMEOUT") if lock_timeout is None else lock_timeout
+    return {
+        "statement_timeout": "0",
+        "lock_timeout": "0" if lock is None else f"{max(1, int(float(lock) * 1000))}ms",
+        "idle_in_transaction_session_timeout": "0",
+        "idle_session_timeout": "0",
+    }
 
 
 def _statement(key: str, **names: sql.Composable) -> str:
@@ -556,18 +564,27 @@ def _statement(key: str, **names: sql.Composable) -> str:
 
 
 class _autocommit:
-    """A connection of its own, in autocommit: CONCURRENTLY refuses transaction blocks."""
+    """A connection of its own, in autocommit (CONCURRENTLY refuses transaction blocks), with
+    the DDL session's timeouts; listed in ``running`` while open, to be cancelled on stop."""
 
-    def __init__(self, using: str) -> None:
+    def __init__(
+        self, using: str, running: set[Any] | None = None, lock_timeout: float | None = None
+    ) -> None:
         self.using = using
+        self.running = running
+        self.lock_timeout = lock_timeout
 
     def __enter__(self) -> Any:
         self.conn = connect(self.using)
-        for key, value in DDL_TIMEOUTS.items():
+        for key, value in ddl_timeouts(self.lock_timeout).items():
             self.conn.execute("select set_config(%s, %s, false)", [key, value])
+        if self.running is not None:
+            self.running.add(self.conn)
         return self.conn
 
     def __exit__(self, *exc: Any) -> None:
+        if self.running is not None:
+            self.running.discard(self.conn)
         self.conn.close()
 
 
@@ -592,6 +609,8 @@ class _advisory:
 
     def __enter__(self) -> bool:
         self.conn = connect(self.using)
+        # Held for the whole drop or build: a guard rail must not end this session early.
+        self.conn.execute("select set_config('idle_session_timeout', '0', false)")
         got = self.conn.execute(
             "select pg_try_advisory_lock(%s::integer, %s::integer)", [LOCK_SPACE, self.key]
         ).fetchone()

@@ -132,7 +132,8 @@ class PauseBook:
     ``fixed``: every configuration error pauses that many seconds, an outage at most
     that long (the endpoint: pg_cron posts again on its own schedule); otherwise pauses
     start at ``PAUSE_FIRST`` and double up to ``PAUSE_MAX`` while the provider keeps
-    failing (a worker). ``on_pause`` listeners hear each provider key as it is paused.
+    failing (a worker). ``on_pause`` listeners hear each provider key paused for long: by a
+    configuration error, or by an outage once its pause has backed off to ``PAUSE_MAX``.
     """
 
     def __init__(self, using: str, *, fixed: float | None = None) -> None:
@@ -158,8 +159,16 @@ class PauseBook:
             if held is not None and not first and now < held.until:
                 seconds = max(seconds, held.until - now)  # another lane's pause still holds
             self._held[key] = _Held(paused, now + seconds, seconds)
+        # Listeners hear of a pause that will last: a configuration error, or an outage that
+        # has backed off to the maximum (a blip of a second must not rebuild an index).
+        lasting = (first and paused.kind == "config") or (
+            paused.kind == "unavailable"
+            and seconds >= PAUSE_MAX
+            and (first or held is None or held.seconds < PAUSE_MAX)
+        )
         if first:
             self._say(paused, seconds)
+        if lasting:
             for listener in self.on_pause:
                 listener(key)
         record_pause(self.using, paused, retry_in=seconds)

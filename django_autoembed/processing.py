@@ -34,7 +34,7 @@ from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .chunking import ChunkPlan, plan_chunks
 from .config import EmbeddingConfig, registry
-from .exceptions import InvalidValue, ProcessingPaused, ProviderError
+from .exceptions import ConfigurationError, InvalidValue, ProcessingPaused, ProviderError
 from .failures import DeadRow, record
 from .pauses import PauseBook
 from .providers.base import Answer, Provider, as_matrix, chunk_inputs
@@ -529,7 +529,7 @@ class Processor:
                     self._hand_back(siblings, wait, "paused: the provider is paused")
                 else:
                     run = self._run_chunked if config.chunked else self._run_config
-                    run(self._resolve(config), group, siblings, result, deadline)
+                    run(self._resolve_or_pause(config, key), group, siblings, result, deadline)
             except ProcessingPaused as paused:
                 result.pauses[key] = paused
                 self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
@@ -558,6 +558,14 @@ class Processor:
         self.pauses.answered(result.answered)
         result.seconds = time.monotonic() - started
         return result
+
+    def _resolve_or_pause(self, config: EmbeddingConfig, key: str) -> Resolved:
+        """The config resolved; a provider that cannot even start (no key, a provider's
+        package missing) pauses that provider only, as a refused key does."""
+        try:
+            return self._resolve(config)
+        except ConfigurationError as exc:
+            raise ProcessingPaused(ProviderError(str(exc), kind="config"), provider=key) from exc
 
     def _hand_back(self, rows: list[Row], delay: float, why: str) -> None:
         """Give rows' messages back unspent, hidden for ``delay`` seconds (a paused provider)."""

@@ -46,12 +46,17 @@ class Message:
     msg_id: int
     read_ct: int
     body: Any
+    # When it shows again, as the read that took it set it (None: not read by a worker).
+    vt: Any = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Message:
         msg_id, read_ct, body = row[:3]
         return cls(
-            int(msg_id), int(read_ct), json.loads(body) if isinstance(body, (str, bytes)) else body
+            int(msg_id),
+            int(read_ct),
+            json.loads(body) if isinstance(body, (str, bytes)) else body,
+            row[3] if len(row) > 3 else None,
         )
 
     @classmethod
@@ -204,6 +209,14 @@ def release(cursor: Any, msg_ids: list[int], delay: float = 0) -> None:
         cursor.execute(query("release"), [float(delay), msg_ids])
 
 
+def release_untouched(cursor: Any, messages: list[Message]) -> None:
+    """Hand back, the read not counted, the messages nobody acknowledged since they were read
+    (a batch cut short: those its acknowledgements moved, deleted or delayed stay so)."""
+    held = [m for m in messages if m.vt is not None]
+    if held:
+        cursor.execute(query("release_untouched"), [[m.msg_id for m in held], [m.vt for m in held]])
+
+
 def split_off(cursor: Any, message: Message, keep: int) -> Message:
     """Keep the first ``keep`` rows of a message read just now; send the rest on as a new
     message, visible at once and carrying the attempts spent before this read. Call it
@@ -212,7 +225,7 @@ def split_off(cursor: Any, message: Message, keep: int) -> Message:
     head = message.body_for(ids[:keep], message.prior_attempts)
     send_batch(cursor, [message.body_for(ids[keep:], message.attempts - 1)])
     cursor.execute(query("shrink"), [json.dumps(head), message.msg_id])
-    return Message(message.msg_id, message.read_ct, head)
+    return Message(message.msg_id, message.read_ct, head, message.vt)
 
 
 def next_visible_in(cursor: Any) -> float | None:

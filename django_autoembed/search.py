@@ -77,14 +77,11 @@ class _QueryCache(VectorLRU):
             vector = as_matrix(answer.vectors, 1, config.get_dimensions(), provider.name)[0]
             self.put_many([(key, vector)])
             # A query is billed like any input: it counts in usage and cost, apart.
-            usage.record(
+            usage.count_query(
                 router.db_for_write(config.model_class) or DEFAULT_DB_ALIAS,
                 config.label,
                 provider.model,
-                requests=1,
-                inputs=1,
-                tokens=answer.tokens if answer.tokens is not None else provider.count_tokens(sent),
-                mode=usage.QUERY,
+                answer.tokens if answer.tokens is not None else provider.count_tokens(sent),
             )
         return vector
 
@@ -106,6 +103,35 @@ def _check_text(text: str) -> None:
         raise InvalidValue(
             f"The query text holds an unpaired surrogate (at {exc.start}), which is not "
             "valid Unicode; decode the input properly or remove it."
+        ) from exc
+
+
+def _check_k(k: Any) -> None:
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise InvalidValue(
+            f"k={k!r}: k is how many rows to return, a whole number of at least 1 "
+            "(or None for every row, best first)."
+        )
+
+
+def _check_text_query(text: str, query_type: str, language: str | None, using: str) -> None:
+    """A raw tsquery is checked by Postgres before the search, so bad syntax is InvalidValue
+    saying why, not a database error when the results are read."""
+    if query_type != "raw":
+        return
+    from django.db import DatabaseError, connections
+
+    try:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(
+                "select to_tsquery(%s::regconfig, %s)",
+                [language or conf.get("TEXT_SEARCH"), text],
+            )
+    except DatabaseError as exc:
+        said = str(exc).strip().splitlines()[0]
+        raise InvalidValue(
+            f"The query is not valid tsquery syntax ({said}); use query_type='websearch' "
+            "for text as users type it."
         ) from exc
 
 
@@ -404,7 +430,7 @@ class EmbeddingQuerySet(models.QuerySet):
             InvalidValue: ``text`` is empty (a ValueError).
             ProviderError: the provider failed; the message names it.
         """
-        cfg = self._search_config(text, config)
+        cfg = self._search_config(text, config, k)
         return self._semantic(query_cache.embed(cfg, text), k, config, ef_search)
 
     async def asemantic_search(
@@ -417,14 +443,17 @@ class EmbeddingQuerySet(models.QuerySet):
     ) -> EmbeddingQuerySet:
         """``semantic_search`` for async code: the query is embedded off the event loop; the
         queryset it returns is evaluated with ``async for`` (or ``await qs.afirst()``...)."""
-        cfg = self._search_config(text, config)
+        cfg = self._search_config(text, config, k)
         vector = await sync_to_async(query_cache.embed)(cfg, text)
         return self._semantic(vector, k, config, ef_search)
 
-    def _search_config(self, text: str, config: str | None) -> EmbeddingConfig:
+    def _search_config(
+        self, text: str, config: str | None, k: int | None = None
+    ) -> EmbeddingConfig:
         if not isinstance(text, str) or not text.strip():
             raise InvalidValue("A search needs a non-empty query text.")
         _check_text(text)
+        _check_k(k)
         return self.embedding_config(config)
 
     def _semantic(
@@ -476,7 +505,8 @@ class EmbeddingQuerySet(models.QuerySet):
             InvalidValue: ``text`` is empty, or an argument is out of range (a ValueError).
             ProviderError: the provider failed to embed the query.
         """
-        cfg = self._search_config(text, config)
+        cfg = self._search_config(text, config, k)
+        _check_text_query(text, query_type, language or cfg.text_search, self.db)
         return self._hybrid(
             cfg, query_cache.embed(cfg, text), text, k, config, language, weights, rrf_k,
             candidates, query_type, ef_search,
@@ -496,7 +526,10 @@ class EmbeddingQuerySet(models.QuerySet):
         ef_search: int | None = None,
     ) -> EmbeddingQuerySet:
         """``hybrid_search`` for async code (the query is embedded off the event loop)."""
-        cfg = self._search_config(text, config)
+        cfg = self._search_config(text, config, k)
+        await sync_to_async(_check_text_query)(
+            text, query_type, language or cfg.text_search, self.db
+        )
         vector = await sync_to_async(query_cache.embed)(cfg, text)
         return self._hybrid(
             cfg, vector, text, k, config, language, weights, rrf_k, candidates, query_type,
@@ -536,10 +569,10 @@ class EmbeddingQuerySet(models.QuerySet):
             F(column) if column and language == cfg.text_search else text_vector(cfg, language)
         )
         # The words searched are those the query's vector was made of: a text over the
-        # model's input limit is cut there (a 1.4 MB query was too big for a tsquery).
-        query = SearchQuery(
-            _fit(providers.for_config(cfg), text), config=language, search_type=query_type
-        )
+        # model's input limit is cut there (a 1.4 MB query was too big for a tsquery). A raw
+        # tsquery is searched whole: cut, it would not parse.
+        words = text if query_type == "raw" else _fit(providers.for_config(cfg), text)
+        query = SearchQuery(words, config=language, search_type=query_type)
         if cfg.chunked:  # n rows, however many of the nearest chunks one row owns
             nearest = self.filter(
                 pk__in=self._nearest_parents(cfg, _vector_value(cfg, vector), ef_search, n)
@@ -573,6 +606,7 @@ class EmbeddingQuerySet(models.QuerySet):
         """Rows nearest to ``obj``'s stored embedding, ``obj`` itself excluded.
 
         For a chunked config, ``obj`` is represented by the mean of its chunks' vectors."""
+        _check_k(k)
         cfg = self.embedding_config(config)
         if cfg.chunked:
             vector = _mean_of_chunks(cfg, obj.pk)

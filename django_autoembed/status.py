@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ def _config_status(
 
 
 def _embedded_share(
-    cursor: Any, config: EmbeddingConfig, names: dict[str, sql.Composable], planned: float
+    cursor: Any, config: EmbeddingConfig, names: Mapping[str, sql.Composable], planned: float
 ) -> float:
     """The share of a large table's rows that hold a vector (or, in chunks, have chunks)."""
     if config.chunked:

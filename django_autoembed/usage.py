@@ -10,12 +10,15 @@ the admin show both.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from django.db import ProgrammingError, connections, models, transaction
+from django.db import DatabaseError, ProgrammingError, connections, models, transaction
 from django.db.models import Sum
 from django.utils import timezone
 from psycopg import sql
@@ -90,6 +93,63 @@ def record(
             )
     except ProgrammingError as exc:
         logger.warning("Usage of %s not recorded (%s).", config, exc)
+
+
+# Search queries are counted in memory and written every FLUSH_EVERY seconds by a thread of
+# their own: a search runs inside the caller's transaction (ATOMIC_REQUESTS, a read-only
+# one), where an upsert of the day's row would hold its lock until the request ends, making
+# every other search wait, or fail outright.
+FLUSH_EVERY = 2.0
+_queries: dict[tuple[str, str, str], list[int]] = {}  # (database, config, model): counts
+_queries_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+
+
+def count_query(using: str, config: str, model: str, tokens: int) -> None:
+    """Count one search query's embedding; written soon, outside the caller's transaction."""
+    global _flusher
+    with _queries_lock:
+        counts = _queries.setdefault((using, config, model), [0, 0, 0])
+        counts[0] += 1
+        counts[1] += 1
+        counts[2] += tokens
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(target=_flush_forever, name="autoembed-usage", daemon=True)
+            _flusher.start()
+
+
+def flush_queries() -> None:
+    """Write the search queries counted so far (the flusher does it every FLUSH_EVERY s)."""
+    with _queries_lock:
+        taken = dict(_queries)
+        _queries.clear()
+    for (using, config, model), (requests, inputs, tokens) in taken.items():
+        try:
+            record(
+                using, config, model, requests=requests, inputs=inputs, tokens=tokens, mode=QUERY
+            )
+        except (DatabaseError, RuntimeError) as exc:  # RuntimeError: no database access here
+            logger.warning("Usage of %s's search queries not recorded (%s).", config, exc)
+
+
+def discard_queries() -> None:
+    """Forget the search queries counted and not yet written (tests start from nothing)."""
+    with _queries_lock:
+        _queries.clear()
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_EVERY)
+        try:
+            flush_queries()
+            for using in list(connections):  # this thread's own connections
+                connections[using].close()
+        except Exception as exc:  # this thread must outlive any one failure
+            logger.warning("Search queries' usage not written (%s); tried again later.", exc)
+
+
+atexit.register(flush_queries)
 
 
 @dataclass

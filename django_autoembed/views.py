@@ -188,7 +188,7 @@ def _cancelled(using: str, messages: list[queue.Message], exc: BaseException) ->
     incidents.report(using, IncidentKind.STATEMENT_TIMEOUT, "endpoint", error)
     try:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            queue.release(cursor, [m.msg_id for m in messages])
+            queue.release_untouched(cursor, messages)
     except DatabaseError:  # they show again once their visibility timeout is over
         pass
     return {m.msg_id: error for m in messages}

@@ -33,8 +33,6 @@ ONCE_GRACE_SECONDS = 2.0
 ONCE_MAX_CANCELS = 3
 
 
-
-
 @dataclass
 class WorkerOptions:
     """How a worker runs. ``default_options`` fills the AUTOEMBED-backed ones."""
@@ -81,6 +79,7 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.o = options
         self.stopping = False
+        self.signalled = False  # stopped by SIGINT/SIGTERM: exit now, start no index build
         self.rows_done = 0
         self.started = time.monotonic()
         # Why the worker gave up, for the command to print (None: it did not).
@@ -109,6 +108,8 @@ class Worker:
         if not self.stopping and signum is not None:
             logger.info("Stopping after the current batch (signal %s).", signum)
             self.indexing.cancel()
+        if signum is not None:
+            self.signalled = True
         self.stopping = True
 
     def give_up(self, reason: str, code: int) -> int:
@@ -159,9 +160,9 @@ class Worker:
                 signal.signal(s, handler)
 
     def _finish(self, code: int) -> int:
-        """With --once: say which providers are still paused (exit 2), and build the indexes
-        deferred for the backlog: those whose backlog drained, and, when the run leaves a
-        backlog it could not drain, every one of them."""
+        """With --once: say which providers are still paused (exit 2), and build every index
+        deferred for the backlog (unless a signal asked the run to stop now: the next run
+        builds it)."""
         if not self.o.once:
             return code
         paused = self.pauses.in_force()
@@ -172,10 +173,14 @@ class Worker:
                 "Fix the configuration (or wait for the provider) and run again.",
                 2,
             )
-        if code == 0 and not self.stopping:
-            self.indexing.finish()
-        elif code != 0:
-            self.indexing.finish(leaving=True)
+        if not self.signalled:
+            # A run that ends leaves no index down, whatever it leaves queued (a paused
+            # provider's jobs, locked rows, retries waiting out their backoff). Rows left
+            # locked mean a transaction the build would wait for: it waits --lock-wait, not
+            # INDEX_LOCK_TIMEOUT, and the next run builds it if that was not enough.
+            self.indexing.finish(
+                leaving=True, lock_timeout=self.o.lock_wait if self.left_busy else None
+            )
         return code
 
     # -- progress -----------------------------------------------------------------
@@ -366,12 +371,13 @@ class _Lane:
         return rows
 
     def _hand_back(self, messages: list[queue.Message]) -> None:
-        """A cancelled batch's jobs go back at once, the read not counted: not their fault."""
+        """A cancelled batch's jobs go back at once, the read not counted: not their fault.
+        Those it had acknowledged before the cancel (done, delayed, paused) stay as they are."""
         if not messages:
             return
         try:
             with transaction.atomic(using=self.o.using), connections[self.o.using].cursor() as c:
-                queue.release(c, [m.msg_id for m in messages])
+                queue.release_untouched(c, messages)
         except DatabaseError:  # they show again after the visibility timeout
             pass
 

@@ -16,6 +16,7 @@ from django_autoembed import budget
 from django_autoembed.processing import recent_vectors
 from django_autoembed.search import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer, fake_vector
+from django_autoembed.usage import discard_queries
 from django_autoembed.views import forget_pauses
 
 # A server or worker a test started and stopped can leave its backend running a CREATE or
@@ -64,6 +65,7 @@ def api(fake_api, settings):
     recent_vectors.clear()
     budget.forget()  # what this process learned of the fake's limits in an earlier test
     forget_pauses()  # and the endpoint's pauses of an earlier test's providers
+    discard_queries()  # and the search queries an earlier test counted
     return fake_api
 
 

@@ -243,3 +243,25 @@ def test_spent_credit_pauses_instead_of_retrying_as_a_rate_limit(api, caplog):
     drain()
     for doc in docs:
         assert_fake_vector(Document, doc.pk, doc.title)
+
+
+def test_a_provider_that_cannot_start_pauses_its_configs_only(api, monkeypatch):
+    """As a config's provider='local' without sentence-transformers installed would."""
+    from django_autoembed import providers
+    from django_autoembed.exceptions import ConfigurationError
+
+    real = providers.get_provider
+
+    def get_provider(name=None, *, model, dimensions):
+        if model == "text-embedding-3-large":
+            raise ConfigurationError("this provider cannot start: install its package.")
+        return real(name, model=model, dimensions=dimensions)
+
+    monkeypatch.setattr(providers, "get_provider", get_provider)
+    Quote.objects.bulk_create([Quote(text=f"cannot {i}") for i in range(3)])
+    docs = Document.objects.bulk_create([Document(title=f"can {i}") for i in range(30)])
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "install its package" in worker.exit_reason
+    for doc in docs:
+        assert_fake_vector(Document, doc.pk, doc.title)
+    assert len(quote_read_counts()) == 1 and set(quote_read_counts()) == {0}

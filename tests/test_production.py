@@ -13,9 +13,10 @@ import urllib.request
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 
 from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.grants import statements
 from django_autoembed.status import collect
 from django_autoembed.sync import sync
 from django_autoembed.worker import Worker, default_options
@@ -365,8 +366,14 @@ def test_a_writer_cannot_borrow_the_owners_rights_through_the_triggers(app_role)
 
 
 def test_only_tables_with_our_triggers_can_be_queued(app_role):
+    """Even by a role granted queue_ids (the worker's, for --backfill)."""
     import psycopg
 
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "grant execute on function autoembed.queue_ids(jsonb[], text, text, text, text) "
+            f"to {ROLE}"
+        )
     with (
         as_role() as conn,
         pytest.raises(psycopg.errors.RaiseException, match="no embedding declared"),
@@ -377,32 +384,46 @@ def test_only_tables_with_our_triggers_can_be_queued(app_role):
     assert queue_messages() == []
 
 
-def test_a_role_queues_only_rows_it_may_write_even_through_set_role(app_role):
-    """queue_ids runs as its owner: without this check any role could queue paid work."""
+def test_no_role_but_the_worker_may_call_queue_ids_and_every_allowed_write_queues(app_role):
+    """queue_ids runs as its owner: callable by any role, it let anyone queue paid work."""
     import psycopg
 
     call = "select autoembed.queue_ids(array['1'::jsonb], 'public', %s, %s, 'embedding')"
-    with (
-        as_role() as conn,
-        pytest.raises(
-            psycopg.errors.InsufficientPrivilege, match=r"may not write public\.testapp_tag"
-        ),
-    ):
-        conn.execute(call, ["testapp_tag", "testapp_tag_embedding_input"])
-    with connection.cursor() as cursor:  # a role the session switches to counts, not the login
-        cursor.execute(f"grant {ROLE} to current_user")
-        cursor.execute(f"set role {ROLE}")
-        try:
-            with (
-                pytest.raises(Exception, match=r"may not write public\.testapp_tag"),
-                transaction.atomic(),
-            ):
-                cursor.execute(call, ["testapp_tag", "testapp_tag_embedding_input"])
-        finally:
-            cursor.execute("reset role")
-    with as_role() as conn:  # the table it writes: nothing it could not do by an UPDATE
+    with as_role() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(call, ["testapp_document", "testapp_document_embedding_input"])
-    assert queued_ids() == [1]
+    assert queued_ids() == []
+    with connection.cursor() as cursor:  # writes allowed other ways than a table grant
+        cursor.execute(f"revoke all on testapp_document from {ROLE}")
+        cursor.execute(f"grant insert (title, content, views) on testapp_document to {ROLE}")
+        cursor.execute(f"grant update (title) on testapp_document to {ROLE}")
+        cursor.execute(f"grant select (id, title) on testapp_document to {ROLE}")
+        cursor.execute(
+            "create view app_documents as select id, title, content, views from testapp_document"
+        )
+        cursor.execute(f"grant insert on app_documents to {ROLE}")
+        cursor.execute(
+            "create function app_add(t text) returns void language sql security definer "
+            "set search_path = public, pg_catalog as "
+            "$$ insert into testapp_document (title, content, views) values (t, '', 0) $$"
+        )
+        cursor.execute(f"grant execute on function app_add(text) to {ROLE}")
+    try:
+        with as_role() as conn:
+            conn.execute("insert into testapp_document (title, content, views) values ('a', '', 0)")
+            conn.execute("update testapp_document set title = 'a!' where title = 'a'")
+            conn.execute("insert into app_documents (title, content, views) values ('b', '', 0)")
+            conn.execute("select app_add('c')")
+        assert len(queued_ids()) == 4  # column grants, an UPDATE, a view, a definer function
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("drop view app_documents")
+            cursor.execute("drop function app_add(text)")
+    with connection.cursor() as cursor:  # the worker's role, as autoembed_grants makes it
+        for statement in statements(ROLE):
+            cursor.execute(statement)
+    with as_role() as conn:
+        conn.execute(call, ["testapp_document", "testapp_document_embedding_input"])
+    assert len(queued_ids()) == 5
 
 
 # -- rows kept locked --------------------------------------------------------------------------

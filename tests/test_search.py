@@ -370,14 +370,68 @@ def test_a_query_of_megabytes_is_searched_by_its_start_on_both_sides(docs, api):
 
 def test_searches_are_counted_in_usage_and_cost_apart_from_embedding(docs, api):
     from django_autoembed.status import collect
-    from django_autoembed.usage import EmbeddingUsage
+    from django_autoembed.usage import EmbeddingUsage, flush_queries
 
     before = api.tokens
     Document.objects.semantic_search("which shoes grip on wet rock", k=2).first()
     Document.objects.hybrid_search("which shoes grip on wet rock", k=2).first()  # cached
     Document.objects.semantic_search("coffee grinders compared", k=2).first()
+    flush_queries()  # (a thread of its own writes them every two seconds)
     [row] = EmbeddingUsage.objects.filter(mode="query")
     assert row.config == "testapp.Document.embedding" and row.requests == row.inputs == 2
     assert row.tokens == api.tokens - before > 0  # what the provider billed
     [status] = [c for c in collect().configs if c.config == "testapp.Document.embedding"]
     assert status.tokens_today >= row.tokens
+
+
+def test_a_search_in_a_read_only_transaction_or_beside_an_open_one_never_waits(docs, api):
+    """Counting a query must not lock the day's usage row inside the caller's transaction."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    from django_autoembed.usage import flush_queries
+
+    released = threading.Event()
+
+    def hold():  # a request that searched and keeps its transaction open
+        try:
+            with transaction.atomic():
+                Document.objects.semantic_search("alpha query", k=1).first()
+                released.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    Document.objects.semantic_search("beta query", k=1).first()
+    flush_queries()
+    assert time.monotonic() - started < 2
+    released.set()
+    holder.join(10)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("set transaction read only")
+        assert Document.objects.semantic_search("gamma query", k=1).first() is not None
+    flush_queries()
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_k_is_a_number_of_rows_or_none(docs, k):
+    from django_autoembed.exceptions import InvalidValue
+
+    with pytest.raises(InvalidValue, match="whole number of at least 1"):
+        Document.objects.semantic_search("anything", k=k)
+    with pytest.raises(InvalidValue, match="whole number of at least 1"):
+        Document.objects.hybrid_search("anything", k=k)
+
+
+def test_a_raw_tsquery_that_does_not_parse_says_so_before_the_search(docs, api):
+    from django_autoembed.exceptions import InvalidValue
+
+    with pytest.raises(InvalidValue, match="not valid tsquery syntax"):
+        Document.objects.hybrid_search("pgvector & (", query_type="raw", k=3)
+    found = list(Document.objects.hybrid_search("pgvector & embeddings", query_type="raw", k=3))
+    assert found[0].pk == docs[0].pk

@@ -3,8 +3,9 @@ from django.db import migrations, models
 from django_autoembed import sql
 
 BACKWARD = (
-    sql.section("0004_least_privilege.sql", "queue_ids")
-    + ";\n"
+    "alter function autoembed.queue_inserted() security invoker;\n"
+    "alter function autoembed.queue_updated() security invoker;\n"
+    "grant execute on function autoembed.queue_ids(jsonb[], text, text, text, text) to public;\n"
     + sql.section("0006_push_v2.sql", "settle_requests")
 )
 
@@ -39,7 +40,8 @@ class Migration(migrations.Migration):
                     "kind",
                     models.CharField(
                         choices=[
-                            ("index", "index deferral or build failed"),
+                            ("index_defer", "an HNSW index could not be deferred"),
+                            ("index_build", "an HNSW index could not be built"),
                             ("statement_timeout", "a statement was cancelled by a timeout"),
                         ],
                         max_length=32,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.utils.module_loading import import_string
 
@@ -80,7 +81,14 @@ def label(config: EmbeddingConfig) -> str:
     """How logs and status name the provider of ``config``: name, model and server, no secrets."""
     server = conf.get("BASE_URL")
     name = config.provider or conf.get("PROVIDER")
-    return f"{name} {config.get_model()}" + (f" at {server}" if server and name == "openai" else "")
+    shown = _without_secrets(str(server)) if server else ""
+    return f"{name} {config.get_model()}" + (f" at {shown}" if shown and name == "openai" else "")
+
+
+def _without_secrets(url: str) -> str:
+    """A server's URL without what may hold a secret: user info and the query string."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def pause_key(config: EmbeddingConfig) -> str:

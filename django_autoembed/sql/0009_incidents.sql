@@ -1,68 +1,17 @@
 -- Ninth migration. Frozen once released.
 
--- queue_ids -- send one message per chunk of row ids and wake listening workers
--- As in 0004, and now only for a caller that may write the table: a role could queue
--- unlimited paid work for rows it cannot even touch. Writing rows queues them anyway,
--- so this takes nothing from a writer, and the trigger path still needs nothing but the
--- table's grants. The caller is the session's role (SET ROLE included): inside this
--- function current_user is its owner.
-create or replace function autoembed.queue_ids(
-    row_ids jsonb[],
-    table_schema text,
-    table_name text,
-    content_function text,
-    embedding_column text
-)
-returns integer
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    chunk constant integer := 500;
-    base jsonb := jsonb_build_object(
-        'schema', table_schema,
-        'table', table_name,
-        'contentFunction', content_function,
-        'embeddingColumn', embedding_column
-    );
-    messages jsonb[];
-    caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
-    target regclass := to_regclass(format('%I.%I', table_schema, table_name));
-begin
-    if row_ids is null or cardinality(row_ids) = 0 then
-        return 0;
-    end if;
-    if not exists (
-        select 1 from pg_trigger t
-         where t.tgrelid = target
-           and t.tgfoid = 'autoembed.queue_inserted()'::regprocedure
-    ) then
-        raise exception 'autoembed: %.% has no embedding declared', table_schema, table_name
-            using hint = 'Only tables with django_autoembed''s triggers can be queued.';
-    end if;
-    if not has_table_privilege(caller, target, 'INSERT, UPDATE') then
-        raise exception 'autoembed: role % may not write %.%, so it may not queue its rows',
-                        caller, table_schema, table_name
-            using errcode = 'insufficient_privilege',
-                  hint = 'Rows are queued by writing them. A worker role gets what it needs '
-                         'from manage.py autoembed_grants.';
-    end if;
-    select array_agg(
-               case when cardinality(g.ids) = 1
-                    then jsonb_build_object('id', g.ids[1])
-                    else jsonb_build_object('ids', to_jsonb(g.ids))
-               end || base)
-      into messages
-      from (select array_agg(id) as ids
-              from (select id, (ord - 1) / chunk as grp
-                      from unnest(row_ids) with ordinality as u(id, ord)) numbered
-             group by grp) g;
-    perform pgmq.send_batch(autoembed.queue_name(), messages);
-    perform pg_notify('autoembed', autoembed.queue_name());
-    return cardinality(row_ids);
-end;
-$$;
+-- queue_ids_private -- the triggers' door into the queue, closed to PUBLIC
+-- Any role could call queue_ids and queue unlimited paid work for rows it cannot even
+-- touch. The two trigger functions now run as their owner, as queue_ids does, so that a
+-- write the database allowed queues its rows however it was allowed (table or column
+-- grants, a view, a SECURITY DEFINER function of the application): Postgres runs a
+-- trigger function only as a trigger, on the tables the owner attached it to, so nobody
+-- can call them to queue anything. Their search_path stays pinned to pg_catalog, and a
+-- content function must set its own (check E109). queue_ids itself is left to its
+-- owner and to the roles `manage.py autoembed_grants` names (the worker's --backfill).
+alter function autoembed.queue_inserted() security definer;
+alter function autoembed.queue_updated() security definer;
+revoke execute on function autoembed.queue_ids(jsonb[], text, text, text, text) from public;
 
 -- settle_requests -- look at pg_net's answers to earlier ticks' POSTs, and purge old history
 -- As in 0006, and now pg_cron's run history of our job is kept for keep_responses too: at

@@ -3,7 +3,7 @@
 -- values are always parameters.
 
 -- read -- take up to qty messages, hidden for vt seconds
-select msg_id, read_ct, message from pgmq.read(%s, %s, %s)
+select msg_id, read_ct, message, vt from pgmq.read(%s, %s, %s)
 
 -- send_batch -- queue new messages, visible after a delay in seconds
 select pgmq.send_batch(%s, %s::jsonb[], %s)
@@ -22,6 +22,12 @@ update {queue}
    set vt = clock_timestamp() + make_interval(secs => %s), read_ct = greatest(read_ct - 1, 0)
  where msg_id = any(%s::bigint[])
 
+-- release_untouched -- hand back messages still hidden as their read left them, the read not counted
+update {queue} q
+   set vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)
+  from unnest(%s::bigint[], %s::timestamptz[]) as h(msg_id, vt)
+ where q.msg_id = h.msg_id and q.vt = h.vt
+
 -- shrink -- a message keeps some of its rows (the others were sent on as a new message)
 update {queue} set message = %s::jsonb where msg_id = %s
 
@@ -29,7 +35,7 @@ update {queue} set message = %s::jsonb where msg_id = %s
 select extract(epoch from min(vt) - clock_timestamp()) from {queue}
 
 -- lookup -- messages by id, whether hidden or not (jobs posted to the endpoint)
-select msg_id, read_ct, message from {queue} where msg_id = any(%s::bigint[])
+select msg_id, read_ct, message, vt from {queue} where msg_id = any(%s::bigint[])
 
 -- depth -- messages, and how long the oldest has waited in fractional seconds
 select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from {queue}

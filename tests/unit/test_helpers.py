@@ -28,7 +28,7 @@ def test_short_names_stay_within_postgres_limits_and_stable():
 
 def test_sql_sections_are_named_and_trimmed():
     sections = sqlfiles.sections("queue.sql")
-    assert sections["read"].startswith("select msg_id, read_ct, message from pgmq.read(")
+    assert sections["read"].startswith("select msg_id, read_ct, message, vt from pgmq.read(")
     assert "--" not in sections["delete"]
 
 
@@ -220,3 +220,16 @@ def test_the_package_has_no_import_cycles_at_module_level():
 
     for name in graph:
         visit(name, [])
+
+
+def test_a_providers_name_in_status_and_logs_holds_no_secret_of_its_url(settings):
+    from django_autoembed.config import registry
+    from django_autoembed.providers import label, pause_key
+
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "BASE_URL": "https://user:s3cret@proxy.example:8443/v1?api-key=s3cret",
+    }
+    config = registry.get("testapp.Document.embedding")
+    assert label(config) == "openai text-embedding-3-small at https://proxy.example:8443/v1"
+    assert "s3cret" not in pause_key(config)
