@@ -171,7 +171,7 @@ def latency(api, rows: int, count: int) -> dict:
     from django.conf import settings
 
     from bench.benchapp.models import HybridDoc
-    from django_autoembed.search import query_cache
+    from django_autoembed.query import query_cache
 
     settings.AUTOEMBED = {**settings.AUTOEMBED, "BASE_URL": api.base_url}
     texts = load(rows)

@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 __all__ = ["EmbeddingConfig", "EmbeddingManager", "EmbeddingMixin", "EmbeddingQuerySet"]
 
 if TYPE_CHECKING:
-    from .config import EmbeddingConfig
+    from .declarations import EmbeddingConfig
     from .mixin import EmbeddingMixin
     from .search import EmbeddingManager, EmbeddingQuerySet
 
 _HOMES = {
-    "EmbeddingConfig": "config",
+    "EmbeddingConfig": "declarations",
     "EmbeddingMixin": "mixin",
     "EmbeddingQuerySet": "search",
     "EmbeddingManager": "search",

@@ -11,7 +11,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from .batchapi import ProviderBatch
-from .config import registry
+from .declarations import registry
 from .exceptions import UnknownConfig
 from .failures import EmbeddingFailure, discard, retry
 from .usage import EmbeddingUsage

@@ -13,7 +13,7 @@ class AutoembedConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from . import checks, dbchecks, sync  # noqa: F401  (registers checks)
-        from .search import install_wrapper
+        from .hnsw.scan import install_wrapper
 
         post_migrate.connect(sync.post_migrate_sync, sender=self, dispatch_uid="autoembed.sync")
         # Every connection applies a search's HNSW settings to that search's statements only.

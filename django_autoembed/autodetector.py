@@ -14,7 +14,7 @@ from django.db import migrations
 from django.db.migrations.autodetector import MigrationAutodetector
 from pgvector.django import HalfVectorField, HnswIndex, IvfflatIndex, SparseVectorField, VectorField
 
-from .indexes import HnswIndex as AutoembedHnswIndex
+from .hnsw.indexes import HnswIndex as AutoembedHnswIndex
 from .triggers import EmbeddingTrigger
 
 APP = "django_autoembed"

@@ -8,7 +8,7 @@ from django.db import connections
 from psycopg import sql
 
 from . import sql as sqlfiles
-from .config import EmbeddingConfig
+from .declarations import EmbeddingConfig
 
 PAGE = 10_000
 

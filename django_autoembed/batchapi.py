@@ -32,7 +32,7 @@ import numpy as np
 from django.db import DatabaseError, connections, models, transaction
 from django.utils import timezone
 
-from . import conf, providers, queue, store, usage
+from . import providers, queue, settings, store, usage
 from .exceptions import ConfigurationError, ProviderError, UnknownConfig
 from .providers.base import chunk_inputs
 
@@ -110,7 +110,7 @@ def in_flight(using: str) -> list[ProviderBatch]:
 
 
 def _config_for(record: ProviderBatch) -> Any:
-    from .config import registry
+    from .declarations import registry
 
     return registry.get(record.config)
 
@@ -121,7 +121,7 @@ class Batches:
     def __init__(self, using: str, *, poll_every: float | None = None) -> None:
         self.using = using
         self.poll_every = float(
-            poll_every if poll_every is not None else conf.get("BATCH_POLL_SECONDS")
+            poll_every if poll_every is not None else settings.current().batch_poll_seconds
         )
         self._polled = -self.poll_every
         self._lock = threading.Lock()

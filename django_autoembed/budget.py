@@ -28,7 +28,7 @@ from typing import Any
 from django.db import ProgrammingError, connections, models, transaction
 from psycopg import sql
 
-from . import conf
+from . import settings
 from . import sql as sqlfiles
 from .providers.base import RateHeaders
 
@@ -198,16 +198,16 @@ class Budget:
 
     @property
     def limits(self) -> Limits:
-        tpm, rpm = conf.get("TOKENS_PER_MINUTE"), conf.get("REQUESTS_PER_MINUTE")
+        tpm, rpm = settings.current().tokens_per_minute, settings.current().requests_per_minute
         if tpm or rpm:
             return Limits(float(tpm) if tpm else None, float(rpm) if rpm else None)
-        return self._learned if conf.get("RATE_LIMIT_HEADERS") else Limits()
+        return self._learned if settings.current().rate_limit_headers else Limits()
 
     @property
     def paces(self) -> bool:
         """Whether requests go through the budget: limits are known, or still to be learned."""
         return bool(self.limits) or (
-            bool(conf.get("RATE_LIMIT_HEADERS")) and not self._heard.is_set()
+            bool(settings.current().rate_limit_headers) and not self._heard.is_set()
         )
 
     @property
@@ -264,9 +264,13 @@ class Budget:
     def _limits_known(self, max_wait: float) -> bool | None:
         """Whether the limits are known, None when this request is to go first and find them
         out; the others wait for its answer, at most ``max_wait`` seconds (False: too long)."""
-        if self._heard.is_set() or conf.get("TOKENS_PER_MINUTE") or conf.get("REQUESTS_PER_MINUTE"):
+        if (
+            self._heard.is_set()
+            or settings.current().tokens_per_minute
+            or settings.current().requests_per_minute
+        ):
             return True
-        if not conf.get("RATE_LIMIT_HEADERS"):
+        if not settings.current().rate_limit_headers:
             return True
         with self._lock:
             look_up, self._looked_up = not self._looked_up, True
@@ -411,9 +415,12 @@ class Budget:
 def applies(provider: Any) -> bool:
     """Whether ``provider``'s requests are paced: limits set, or it reports them (OpenAI)."""
     return bool(
-        conf.get("TOKENS_PER_MINUTE")
-        or conf.get("REQUESTS_PER_MINUTE")
-        or (conf.get("RATE_LIMIT_HEADERS") and getattr(provider, "reports_rate_limits", False))
+        settings.current().tokens_per_minute
+        or settings.current().requests_per_minute
+        or (
+            settings.current().rate_limit_headers
+            and getattr(provider, "reports_rate_limits", False)
+        )
     )
 
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import numpy as np
 
-from . import conf
+from . import settings
 
 
 class VectorLRU:
-    """Least-recently-used vectors by key, as many as the AUTOEMBED setting ``size_key`` says."""
+    """Least-recently-used vectors by key, as many as ``size()`` says (read at each put, so a
+    setting's change applies at once)."""
 
-    def __init__(self, size_key: str) -> None:
-        self.size_key = size_key
+    def __init__(self, size: Callable[[], int]) -> None:
+        self.size = size
         self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -31,7 +32,7 @@ class VectorLRU:
         return found
 
     def put_many(self, items: Iterable[tuple[Hashable, np.ndarray]]) -> None:
-        size = int(conf.get(self.size_key))
+        size = int(self.size())
         if size <= 0:
             return
         with self._lock:
@@ -52,8 +53,8 @@ class VectorLRU:
 def provider_key(config: Any) -> tuple[Any, ...]:
     """What makes two vectors of one text interchangeable: provider, model, dimensions, server."""
     return (
-        config.provider or conf.get("PROVIDER"),
+        config.provider or settings.current().provider,
         config.get_model(),
         config.get_dimensions(),
-        conf.get("BASE_URL"),
+        settings.current().base_url,
     )

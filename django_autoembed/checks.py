@@ -9,8 +9,9 @@ from django.core import checks
 from django.db import DEFAULT_DB_ALIAS, models, router
 from pgvector.django import HalfVectorField, VectorField
 
-from . import conf
-from .config import HNSW_MAX_DIMENSIONS, registry
+from . import settings as autoembed_settings
+from .declarations import HNSW_MAX_DIMENSIONS, registry
+from .exceptions import ConfigurationError
 
 NOT_EMBEDDABLE = (models.BinaryField, HalfVectorField, VectorField, models.FileField)
 
@@ -188,17 +189,22 @@ def _check_routing(config: Any) -> list[checks.CheckMessage]:
 @checks.register("autoembed")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     out: list[checks.CheckMessage] = []
-    unknown = conf.unknown_keys()
-    if unknown:
-        out.append(
-            checks.Warning(
-                f"AUTOEMBED has unknown keys: {', '.join(unknown)}.",
-                hint="Known keys: " + ", ".join(sorted(conf.DEFAULTS)) + ".",
-                id="autoembed.W001",
+    try:
+        autoembed_settings.current()
+    except ConfigurationError as exc:  # every other check reads the settings: say only this
+        return [
+            checks.Error(
+                str(exc),
+                hint="Fix AUTOEMBED in your settings; the README lists each key and its default.",
+                id="autoembed.E013",
             )
-        )
-    uses_openai = any((c.provider or conf.get("PROVIDER")) == "openai" for c in registry.all())
-    if uses_openai and not (conf.get("API_KEY") or os.environ.get("OPENAI_API_KEY")):
+        ]
+    uses_openai = any(
+        (c.provider or autoembed_settings.current().provider) == "openai" for c in registry.all()
+    )
+    if uses_openai and not (
+        autoembed_settings.current().api_key or os.environ.get("OPENAI_API_KEY")
+    ):
         out.append(
             checks.Warning(
                 "The openai provider has no API key, so nothing can be embedded.",
@@ -207,8 +213,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="autoembed.W002",
             )
         )
-    budget, timeout = float(conf.get("ENDPOINT_TIME_BUDGET")), float(conf.get("PUSH_TIMEOUT"))
-    if conf.get("ENDPOINT_TOKEN") and budget >= timeout:
+    budget, timeout = (
+        float(autoembed_settings.current().endpoint_time_budget),
+        float(autoembed_settings.current().push_timeout),
+    )
+    if autoembed_settings.current().endpoint_token and budget >= timeout:
         out.append(
             checks.Warning(
                 f"AUTOEMBED['ENDPOINT_TIME_BUDGET'] ({budget:g} s) is not below PUSH_TIMEOUT "
@@ -232,7 +241,7 @@ def check_endpoint(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         path = reverse("django_autoembed:embed")
     except NoReverseMatch:
         return []
-    if conf.get("ENDPOINT_TOKEN"):
+    if autoembed_settings.current().endpoint_token:
         return []
     return [
         checks.Warning(

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from . import conf
+from . import settings
 
 # SQLSTATE of a statement cancelled by statement_timeout (or by pg_cancel_backend).
 QUERY_CANCELED = "57014"
@@ -34,7 +34,7 @@ def connect(using: str = "default") -> psycopg.Connection[Any]:
 def statement_timeout() -> str | None:
     """The worker's ``statement_timeout`` as Postgres takes it ('300s'; '0': none), or None to
     keep what the database or role sets."""
-    seconds = conf.get("STATEMENT_TIMEOUT")
+    seconds = settings.current().statement_timeout
     if seconds is None:
         return None
     return f"{max(0, int(float(seconds) * 1000))}ms"

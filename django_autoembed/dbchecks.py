@@ -20,8 +20,8 @@ from psycopg import sql
 
 from . import grants, queue
 from . import sql as sqlfiles
-from .config import EmbeddingConfig, registry
-from .indexing import managed_index, state_of
+from .declarations import EmbeddingConfig, registry
+from .hnsw.deferral import managed_index, state_of
 from .install import has_extension, scalar
 from .triggers import EmbeddingTrigger, as_text
 

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from . import queue
 from . import sql as sqlfiles
-from .config import registry
+from .declarations import registry
 from .exceptions import UnknownConfig
 
 logger = logging.getLogger(__name__)

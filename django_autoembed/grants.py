@@ -15,7 +15,7 @@ from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
 from . import queue
-from .config import registry
+from .declarations import registry
 
 # Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not
 # exist).

@@ -17,11 +17,12 @@ from django.db import models
 from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
 
-from .config import EmbeddingConfig, registry, short_name
 from .constraints import UniqueChunkNumbers
+from .declarations import EmbeddingConfig, registry, short_name
 from .fields import TsvectorField
-from .indexes import HnswIndex, TextSearchIndex
-from .search import EmbeddingManager, text_vector
+from .hnsw.indexes import HnswIndex, TextSearchIndex
+from .hybrid import text_vector
+from .search import EmbeddingManager
 from .triggers import EmbeddingTrigger
 
 

@@ -29,11 +29,11 @@ from django.utils.module_loading import import_string
 from psycopg import sql
 
 from . import budget as budgets
-from . import chunking, conf, providers, queue, splitpool, store, usage
+from . import chunking, providers, queue, settings, splitpool, store, usage
 from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .chunking import ChunkPlan, plan_chunks
-from .config import EmbeddingConfig, registry
+from .declarations import EmbeddingConfig, registry
 from .exceptions import ConfigurationError, InvalidValue, ProcessingPaused, ProviderError
 from .failures import DeadRow, record
 from .pauses import PauseBook
@@ -44,7 +44,7 @@ from .vectors import VectorArray, adapt, precision, vector_type
 logger = logging.getLogger(__name__)
 
 # Texts this process embedded lately, per provider/model/dimensions/column type.
-recent_vectors = VectorLRU("RECENT_VECTORS")
+recent_vectors = VectorLRU(lambda: settings.current().recent_vectors)
 
 # Seconds before a row the application held locked is tried again (no attempt spent).
 BUSY_RETRY_SECONDS = 1
@@ -482,13 +482,15 @@ class Processor:
         # Whether a batch whose every request failed in passing spends its rows' attempts
         # (True), or is handed back unspent as an outage (False, the default).
         self.charge_outages = charge_outages
-        self.batch_size = int(batch_size or conf.get("BATCH_SIZE"))
-        self.max_requests = int(max_requests or conf.get("MAX_REQUESTS"))
+        self.batch_size = int(batch_size or settings.current().batch_size)
+        self.max_requests = int(max_requests or settings.current().max_requests)
         self.pool = pool
         # Seconds a request may wait for the rate budget before its rows go back unspent
         # (the jobs stay hidden for the visibility timeout: half of it by default).
         self.max_wait = (
-            float(max_wait) if max_wait is not None else float(conf.get("VISIBILITY_TIMEOUT")) / 2
+            float(max_wait)
+            if max_wait is not None
+            else float(settings.current().visibility_timeout) / 2
         )
         # Whether the process is stopping: a request waiting for the rate budget is not sent.
         self.stopping = stopping
@@ -927,9 +929,9 @@ class Processor:
         return plan_acks(
             messages,
             rows,
-            max_attempts=int(conf.get("MAX_ATTEMPTS")),
-            backoff=float(conf.get("RETRY_BACKOFF")),
-            backoff_max=float(conf.get("RETRY_BACKOFF_MAX")),
+            max_attempts=int(settings.current().max_attempts),
+            backoff=float(settings.current().retry_backoff),
+            backoff_max=float(settings.current().retry_backoff_max),
         )
 
     def _raw(self) -> Any:

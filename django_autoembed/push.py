@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 from psycopg import sql
 
-from . import conf
+from . import settings
 from .install import extension_available, has_extension
 
 logger = logging.getLogger(__name__)
@@ -25,17 +25,17 @@ COMMAND = (
 
 def process_command() -> str:
     """The SQL pg_cron runs every SCHEDULE, with the configured sizes."""
-    rows, posts = int(conf.get("PUSH_ROWS_PER_POST")), int(conf.get("PUSH_MAX_POSTS"))
+    rows, posts = int(settings.current().push_rows_per_post), int(settings.current().push_max_posts)
     # Room in the endpoint's body limit for the JSON around the jobs.
-    body = int(int(conf.get("ENDPOINT_MAX_BODY")) * 0.9)
-    timeout = int(float(conf.get("PUSH_TIMEOUT")) * 1000)
+    body = int(int(settings.current().endpoint_max_body) * 0.9)
+    timeout = int(float(settings.current().push_timeout) * 1000)
     values = {
         "rows": rows,
         "posts": posts,
         "body": body,
         "timeout": timeout,
-        "split": bool(conf.get("PUSH_SPLIT_PACKED")),
-        "keep": str(conf.get("PUSH_KEEP_RESPONSES")),
+        "split": bool(settings.current().push_split_packed),
+        "keep": str(settings.current().push_keep_responses),
     }
     return sql.SQL(COMMAND).format(**{k: sql.Literal(v) for k, v in values.items()}).as_string(None)
 
@@ -66,9 +66,9 @@ def enable_extensions(apps: Any, schema_editor: Any) -> None:
 def sync_push(connection: Any) -> list[str]:
     """Store endpoint URL/token, and create, update or remove the cron job."""
     url, token, schedule = (
-        conf.get("ENDPOINT_URL"),
-        conf.get("ENDPOINT_TOKEN"),
-        conf.get("SCHEDULE"),
+        settings.current().endpoint_url,
+        settings.current().endpoint_token,
+        settings.current().schedule,
     )
     with connection.cursor() as cursor:
         cursor.execute(

@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg import sql
 
-from . import conf
+from . import settings
 from . import sql as sqlfiles
 from .exceptions import InvalidValue
 
@@ -151,7 +151,7 @@ def _body(base: dict[str, Any], row_ids: list[Any], attempts: int) -> dict[str, 
 
 def name() -> str:
     """The configured queue's name (pgmq allows lowercase letters, digits and '_')."""
-    queue = str(conf.get("QUEUE"))
+    queue = str(settings.current().queue)
     if (
         not queue
         or not queue.replace("_", "").isalnum()

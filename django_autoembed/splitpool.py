@@ -29,7 +29,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from . import chunking, conf
+from . import chunking, settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _size = 0
 
 def processes() -> int:
     """How many processes split long texts (``CHUNK_PROCESSES``; None: one per core)."""
-    value = conf.get("CHUNK_PROCESSES")
+    value = settings.current().chunk_processes
     return int(os.cpu_count() or 1) if value is None else int(value)
 
 

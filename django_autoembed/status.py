@@ -9,11 +9,11 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import batchapi, conf, incidents, pauses, providers, queue, usage
+from . import batchapi, incidents, pauses, providers, queue, settings, usage
 from . import sql as sqlfiles
-from .config import EmbeddingConfig, registry
+from .declarations import EmbeddingConfig, registry
 from .exceptions import QueueMissing
-from .indexing import state_of
+from .hnsw.deferral import state_of
 from .push import JOB_NAME
 
 
@@ -243,7 +243,7 @@ def collect(
 def _budgets(using: str) -> list[dict[str, Any]]:
     from .budget import RateBudget
 
-    tpm, rpm = conf.get("TOKENS_PER_MINUTE"), conf.get("REQUESTS_PER_MINUTE")
+    tpm, rpm = settings.current().tokens_per_minute, settings.current().requests_per_minute
     try:
         return [
             {

@@ -23,7 +23,7 @@ import psycopg
 from django.db import ProgrammingError, connections, models, transaction
 from psycopg import sql
 
-from . import conf
+from . import settings
 from . import sql as sqlfiles
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def key(scope: tuple[Any, ...], text: str) -> bytes:
 
 
 def enabled() -> bool:
-    return bool(conf.get("VECTOR_STORE_DAYS"))
+    return bool(settings.current().vector_store_days)
 
 
 def _query(key_: str) -> str:
@@ -103,7 +103,7 @@ def put_many(using: str, items: Iterable[tuple[bytes, np.ndarray]], dtype: Any) 
 
 def prune(using: str, *, force: bool = False) -> int:
     """Forget entries older than VECTOR_STORE_DAYS (at most every PRUNE_EVERY seconds)."""
-    days = conf.get("VECTOR_STORE_DAYS")
+    days = settings.current().vector_store_days
     now = time.monotonic()
     if not days or (not force and now - _pruned.get(using, -PRUNE_EVERY) < PRUNE_EVERY):
         return 0

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from . import queue
 from . import sql as sqlfiles
-from .config import registry
+from .declarations import registry
 from .install import ensure_queue
 from .push import PUSH_IDLE_PREFIXES, sync_push
 from .triggers import SQL_VERSION, EmbeddingTrigger

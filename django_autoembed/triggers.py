@@ -21,7 +21,7 @@ from . import sql as sqlfiles
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from .config import EmbeddingConfig
+    from .declarations import EmbeddingConfig
 
 TEMPLATE = "model.sql"
 # Bump when the rendered SQL changes shape, so drift checks notice old objects.
@@ -66,7 +66,7 @@ class EmbeddingTrigger(BaseConstraint):
 
     @classmethod
     def for_config(cls, config: EmbeddingConfig) -> EmbeddingTrigger:
-        from .config import short_name
+        from .declarations import short_name
 
         what = f"{config.config_name}_chunks" if config.chunked else config.column
         return cls(

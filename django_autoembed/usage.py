@@ -23,7 +23,7 @@ from django.db.models import Sum
 from django.utils import timezone
 from psycopg import sql
 
-from . import conf
+from . import settings
 from . import sql as sqlfiles
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,10 @@ class EmbeddingUsage(models.Model):
 
 
 def price(model: str, mode: str, tokens: int) -> float | None:
-    per_million = (conf.get("PRICES") or {}).get(model)
+    per_million = (settings.current().prices or {}).get(model)
     if per_million is None:
         return None
-    share = float(conf.get("BATCH_PRICE")) if mode == BATCH else 1.0
+    share = float(settings.current().batch_price) if mode == BATCH else 1.0
     return float(per_million) * share * tokens / 1_000_000
 
 

@@ -13,7 +13,7 @@ from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
 if TYPE_CHECKING:
-    from .config import EmbeddingConfig
+    from .declarations import EmbeddingConfig
 
 _adapted: weakref.WeakSet[Any] = weakref.WeakSet()
 # Big-endian element values, as halfvec_recv and vector_recv read them.

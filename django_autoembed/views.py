@@ -21,11 +21,11 @@ from django.db import (
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import conf, db, incidents, queue
-from .config import registry
+from . import db, incidents, queue, settings
+from .declarations import registry
 from .exceptions import InvalidValue, ProcessingPaused
+from .hnsw.deferral import for_endpoint
 from .incidents import IncidentKind
-from .indexing import for_endpoint
 from .pauses import PauseBook
 from .processing import Processor
 
@@ -99,7 +99,7 @@ def validate_jobs(payload: Any) -> list[dict[str, Any]]:
 @csrf_exempt
 @transaction.non_atomic_requests
 def embed(request: HttpRequest) -> JsonResponse:
-    token = conf.get("ENDPOINT_TOKEN")
+    token = settings.current().endpoint_token
     if not token:
         return _error(404, "endpoint disabled: set AUTOEMBED['ENDPOINT_TOKEN'] to enable it")
     if request.method != "POST":
@@ -110,7 +110,7 @@ def embed(request: HttpRequest) -> JsonResponse:
         return _error(401, "missing or wrong bearer token", WWW_Authenticate="Bearer")
     if request.content_type != "application/json":
         return _error(400, "Content-Type must be application/json")
-    limit = int(conf.get("ENDPOINT_MAX_BODY"))
+    limit = int(settings.current().endpoint_max_body)
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -127,7 +127,7 @@ def embed(request: HttpRequest) -> JsonResponse:
     except RecursionError:
         return _error(400, "invalid jobs: the JSON is nested too deeply")
 
-    deadline = time.monotonic() + float(conf.get("ENDPOINT_TIME_BUDGET"))
+    deadline = time.monotonic() + float(settings.current().endpoint_time_budget)
     errors: dict[int, str] = {}  # jobId -> why the job failed
     paused: list[ProcessingPaused] = []
     for using, mine in _by_database(jobs).items():

@@ -14,13 +14,13 @@ from typing import Any, TextIO
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
-from . import budget, conf, db, incidents, queue, store
+from . import budget, db, incidents, queue, settings, store
 from .batchapi import Batches
-from .config import registry
 from .db import connect
+from .declarations import registry
 from .exceptions import StatementCancelled
+from .hnsw.deferral import Indexing
 from .incidents import IncidentKind
-from .indexing import Indexing
 from .pauses import PauseBook
 from .processing import Processor
 
@@ -55,10 +55,10 @@ class WorkerOptions:
 def default_options(**overrides: Any) -> WorkerOptions:
     """Options from AUTOEMBED and WorkerOptions' defaults; a None override keeps the default."""
     values: dict[str, Any] = {
-        "batch_size": conf.get("BATCH_SIZE"),
-        "max_requests": conf.get("MAX_REQUESTS"),
-        "visibility_timeout": conf.get("VISIBILITY_TIMEOUT"),
-        "concurrency": conf.get("CONCURRENCY"),
+        "batch_size": settings.current().batch_size,
+        "max_requests": settings.current().max_requests,
+        "visibility_timeout": settings.current().visibility_timeout,
+        "concurrency": settings.current().concurrency,
     }
     known = {f.name for f in fields(WorkerOptions)}
     values.update({k: v for k, v in overrides.items() if v is not None and k in known})
@@ -394,8 +394,8 @@ class _Lane:
                 "AUTOEMBED['STATEMENT_TIMEOUT'] is None, so the database's or role's guard rail "
                 "applies to the worker too: set it to the seconds a batch's statements need "
                 "(300 by default)"
-                if conf.get("STATEMENT_TIMEOUT") is None
-                else f"Raise AUTOEMBED['STATEMENT_TIMEOUT'] (now {conf.get('STATEMENT_TIMEOUT')} s)"
+                if (limit := settings.current().statement_timeout) is None
+                else f"Raise AUTOEMBED['STATEMENT_TIMEOUT'] (now {limit:g} s)"
             )
             + ", or make batches smaller (--batch-size, --max-requests). The batch's jobs went "
             "back to the queue unspent."

@@ -19,9 +19,9 @@ import pytest
 from django.db import connection
 
 from django_autoembed import chunking
-from django_autoembed.config import registry
+from django_autoembed.declarations import registry
+from django_autoembed.hnsw.deferral import IndexState, managed_index
 from django_autoembed.incidents import Incident
-from django_autoembed.indexing import IndexState, managed_index
 from django_autoembed.models import EmbeddingFailure, ProviderPause
 from django_autoembed.providers import for_config
 from django_autoembed.testing import fake_vector

@@ -14,7 +14,7 @@ from django.db.migrations.state import ModelState, ProjectState
 
 from django_autoembed import EmbeddingConfig, EmbeddingMixin
 from django_autoembed import checks as autoembed_checks
-from django_autoembed.config import registry
+from django_autoembed.declarations import registry
 from django_autoembed.triggers import EmbeddingTrigger
 from tests.testapp.models import Article
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from django.db import connection
 
-from django_autoembed.indexing import wait_for_endpoint_builds
+from django_autoembed.hnsw.deferral import wait_for_endpoint_builds
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages
 from tests.testapp.models import Document
 
@@ -187,8 +187,8 @@ def test_a_thousand_jobs_in_one_request(post, api):
 
 
 def test_a_backlog_posted_in_parts_is_embedded_without_the_index_then_built(post, api, settings):
-    from django_autoembed.config import registry
-    from django_autoembed.indexing import IndexState, managed_index
+    from django_autoembed.declarations import registry
+    from django_autoembed.hnsw.deferral import IndexState, managed_index
 
     settings.AUTOEMBED = {**settings.AUTOEMBED, "INDEX_DEFER_ROWS": 200}
     index = managed_index(registry.get("testapp.Document.embedding"))

@@ -9,9 +9,9 @@ import sys
 import pytest
 from django.db import connection
 
-from django_autoembed.config import registry
+from django_autoembed.declarations import registry
+from django_autoembed.hnsw.deferral import IndexState, managed_index
 from django_autoembed.incidents import Incident
-from django_autoembed.indexing import IndexState, managed_index
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
 from tests.conftest import ROOT, queued_ids

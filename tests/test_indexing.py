@@ -12,9 +12,9 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from django_autoembed.config import registry
+from django_autoembed.declarations import registry
+from django_autoembed.hnsw.deferral import Indexing, IndexState, lock_key, managed_index, state_of
 from django_autoembed.incidents import Incident
-from django_autoembed.indexing import Indexing, IndexState, lock_key, managed_index, state_of
 from django_autoembed.providers import PROBE_TEXT
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
@@ -232,7 +232,7 @@ def test_a_backlog_defers_the_index_whatever_the_label_hashes_to(
 def test_a_failure_to_defer_is_counted_shown_and_said_once(
     api, small_threshold, caplog, monkeypatch
 ):
-    from django_autoembed import indexing
+    from django_autoembed.hnsw import deferral as indexing
 
     real = indexing._statement
 

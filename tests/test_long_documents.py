@@ -366,7 +366,7 @@ def test_status_counts_chunks(api):
 def test_a_custom_splitter_by_dotted_path(api, settings):
     from dataclasses import replace
 
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
 
     config = registry.get("testapp.Manual.embedding")
     registry.add(replace(config, splitter="tests.testapp.providers.split_on_pipes"))
@@ -381,7 +381,7 @@ def test_a_custom_splitter_by_dotted_path(api, settings):
 def test_a_custom_splitter_that_fails_fails_only_its_rows_and_says_which(api, settings):
     from dataclasses import replace
 
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
 
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
     config = registry.get("testapp.Manual.embedding")
@@ -502,7 +502,7 @@ def test_three_lanes_after_two_quick_bulk_edits_store_each_chunk_once(api):
     drain(concurrency=3, batch_size=20, max_requests=2)
     assert duplicated_chunks() == 0
     from django_autoembed import chunking
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
     from django_autoembed.providers import for_config
 
     config = registry.get("testapp.Manual.embedding")

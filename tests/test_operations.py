@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from django.test import override_settings
 from django_autoembed import dbchecks
 from django_autoembed.admin import EmbeddingFilter
 from django_autoembed.checks import check_endpoint
-from django_autoembed.config import registry
+from django_autoembed.declarations import registry
 from django_autoembed.models import EmbeddingFailure
 from django_autoembed.triggers import EmbeddingTrigger
 from tests.conftest import drain, purge_queue, queue_messages
@@ -289,17 +290,35 @@ def test_endpoint_with_a_token_is_fine():
     assert check_endpoint() == []
 
 
-def test_unknown_autoembed_keys_are_a_warning(settings):
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        (
+            "BATCH_SIZ",
+            10,
+            "AUTOEMBED['BATCH_SIZ'] is not a setting of django-autoembed. Did you "
+            "mean 'BATCH_SIZE'?",
+        ),
+        (
+            "BATCH_SIZE",
+            "100",
+            "AUTOEMBED['BATCH_SIZE'] = '100' is a str; it takes int (default 100)",
+        ),
+        ("RATE_LIMIT_HEADERS", 1, "it takes bool"),
+        ("INDEX_DEFER_ROWS", 2.5, "it takes int or None"),
+    ],
+)
+def test_a_wrong_autoembed_key_or_type_is_an_error_naming_it(settings, key, value, said):
+    from django_autoembed import settings as autoembed_settings
     from django_autoembed.checks import check_settings
+    from django_autoembed.exceptions import ConfigurationError
 
     assert check_settings() == []
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "BATCH_SIZ": 10}
-    [warning] = check_settings()
-    assert (
-        warning.id == "autoembed.W001"
-        and "BATCH_SIZ" in warning.msg
-        and "BATCH_SIZE" in warning.hint
-    )
+    settings.AUTOEMBED = {**settings.AUTOEMBED, key: value}
+    [error] = check_settings()
+    assert error.id == "autoembed.E013" and said in error.msg, error.msg
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        autoembed_settings.current()
 
 
 def test_openai_without_an_api_key_is_a_warning(settings, monkeypatch):

@@ -574,7 +574,7 @@ def test_jobs_left_in_the_old_queue_after_a_rename_are_moved_by_the_next_sync(ap
 
 def test_a_pause_another_process_records_is_cleared_by_the_next_success_here(api, monkeypatch):
     from django_autoembed import pauses, providers
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
 
     monkeypatch.setattr(pauses, "CLEAR_EVERY", 0.0)  # no waiting out the interval in a test
     label = providers.pause_key(registry.get("testapp.Document.embedding"))

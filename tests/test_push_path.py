@@ -13,9 +13,9 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 
-from django_autoembed import conf
+from django_autoembed import settings as autoembed_settings
 from django_autoembed.failures import EmbeddingFailure
-from django_autoembed.indexing import wait_for_endpoint_builds
+from django_autoembed.hnsw.deferral import wait_for_endpoint_builds
 from django_autoembed.push import JOB_NAME
 from django_autoembed.sync import sync
 from tests.conftest import assert_fake_vector, purge_queue, queue_messages
@@ -64,7 +64,7 @@ def settle() -> None:
 
     A test's flush (TRUNCATE) meeting the endpoint's CREATE INDEX CONCURRENTLY fails, and the
     next test would find this one's rows."""
-    limit = time.monotonic() + float(conf.get("PUSH_TIMEOUT")) + 10
+    limit = time.monotonic() + float(autoembed_settings.current().push_timeout) + 10
     while time.monotonic() < limit:
         ((queued, sent, answered),) = fetch(
             "select (select count(*) from net.http_request_queue),"

@@ -82,7 +82,7 @@ def test_once_waits_for_the_rows_a_rate_limit_put_back(api):
 
 def test_once_a_process_learned_there_are_no_limits_the_next_sends_at_once(api):
     from django_autoembed import budget, providers
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
 
     Document.objects.create(title="the first request of the first process goes alone")
     drain()

@@ -104,7 +104,7 @@ def test_plan_uses_the_hnsw_index_and_filtered_search_still_returns_k_rows(api):
     """A bulk-loaded table with the index built after the load, as after a backfill."""
     from pgvector import HalfVector
 
-    from django_autoembed.indexes import HnswIndex
+    from django_autoembed.hnsw.indexes import HnswIndex
 
     index = next(i for i in Document._meta.indexes if isinstance(i, HnswIndex))
     vectors = np.random.default_rng(5).standard_normal((3000, 1536)).astype(np.float32)
@@ -153,7 +153,7 @@ def loaded(api):
     """3,000 rows with vectors, bulk-loaded, the index built after the load; 30 have views == 7."""
     from pgvector import HalfVector
 
-    from django_autoembed.indexes import HnswIndex
+    from django_autoembed.hnsw.indexes import HnswIndex
 
     index = next(i for i in Document._meta.indexes if isinstance(i, HnswIndex))
     vectors = np.random.default_rng(5).standard_normal((3000, 1536)).astype(np.float32)

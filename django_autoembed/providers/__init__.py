@@ -8,12 +8,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.utils.module_loading import import_string
 
-from .. import conf
+from .. import settings
 from ..exceptions import ConfigurationError
 from .base import Provider
 
 if TYPE_CHECKING:
-    from ..config import EmbeddingConfig
+    from ..declarations import EmbeddingConfig
 
 BUILTIN = {
     "openai": "django_autoembed.providers.openai.OpenAIProvider",
@@ -26,15 +26,15 @@ _lock = threading.Lock()
 
 def get_provider(name: str | None = None, *, model: str, dimensions: int) -> Provider:
     """The provider instance for this name/model/dimensions, built once per settings."""
-    name = name or conf.get("PROVIDER")
+    name = name or settings.current().provider
     key = (
         name,
         model,
         dimensions,
-        conf.get("BASE_URL"),
-        conf.get("API_KEY"),
-        conf.get("REQUEST_TIMEOUT"),
-        conf.get("PROVIDER_RETRIES"),
+        settings.current().base_url,
+        settings.current().api_key,
+        settings.current().request_timeout,
+        settings.current().provider_retries,
     )
     with _lock:
         provider = _cache.get(key)
@@ -79,8 +79,8 @@ def for_config(config: EmbeddingConfig) -> Provider:
 
 def label(config: EmbeddingConfig) -> str:
     """How logs and status name the provider of ``config``: name, model and server, no secrets."""
-    server = conf.get("BASE_URL")
-    name = config.provider or conf.get("PROVIDER")
+    server = settings.current().base_url
+    name = config.provider or settings.current().provider
     shown = _without_secrets(str(server)) if server else ""
     return f"{name} {config.get_model()}" + (f" at {shown}" if shown and name == "openai" else "")
 

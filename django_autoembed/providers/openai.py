@@ -13,7 +13,7 @@ import numpy as np
 import openai as openai_sdk
 import pybase64
 
-from .. import conf, tokenizers
+from .. import settings, tokenizers
 from ..exceptions import ConfigurationError, ProviderError
 from .base import Answer, Provider, RateHeaders
 
@@ -54,7 +54,7 @@ class OpenAIProvider(Provider):
 
     def __init__(self, *, model: str, dimensions: int) -> None:
         super().__init__(model=model, dimensions=dimensions)
-        api_key = conf.get("API_KEY") or os.environ.get("OPENAI_API_KEY")
+        api_key = settings.current().api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             raise ConfigurationError(
                 "The openai provider needs an API key. Set AUTOEMBED['API_KEY'] or the "
@@ -64,9 +64,9 @@ class OpenAIProvider(Provider):
         self._seen = threading.local()
         self.client = openai_sdk.OpenAI(
             api_key=api_key,
-            base_url=conf.get("BASE_URL") or None,
-            timeout=float(conf.get("REQUEST_TIMEOUT")),
-            max_retries=int(conf.get("PROVIDER_RETRIES")),
+            base_url=settings.current().base_url or None,
+            timeout=float(settings.current().request_timeout),
+            max_retries=int(settings.current().provider_retries),
             http_client=openai_sdk.DefaultHttpxClient(event_hooks={"response": [self._headers]}),
         )
         # ada-002 refuses the dimensions parameter; text-embedding-3 and compatibles take it.
@@ -191,7 +191,7 @@ def _errors(model: str, *, batch: bool = False) -> Iterator[None]:
         ) from exc
     except openai_sdk.APITimeoutError as exc:
         raise ProviderError(
-            f"openai: request timed out after {conf.get('REQUEST_TIMEOUT')} s."
+            f"openai: request timed out after {settings.current().request_timeout} s."
         ) from exc
     except openai_sdk.APIConnectionError as exc:
         raise ProviderError(f"openai: cannot connect ({exc}).") from exc

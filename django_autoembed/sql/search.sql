@@ -1,4 +1,4 @@
--- The parts of a hybrid search's Reciprocal Rank Fusion, rendered by search.Fused.
+-- The parts of a hybrid search's Reciprocal Rank Fusion, rendered by hybrid.Fused.
 -- Placeholders are SQL the ORM compiled for the row: {distance} (the row's cosine
 -- distance), {document} (its tsvector) and {query} (the tsquery); values (%s) are
 -- parameters. A rank is the row's place among the candidates on that side, or null

@@ -8,13 +8,13 @@ import pytest
 from django.db import models
 
 from django_autoembed import sql as sqlfiles
-from django_autoembed.config import short_name
+from django_autoembed.declarations import short_name
 from django_autoembed.exceptions import InvalidValue, ProviderError
 from django_autoembed.grants import Privilege
-from django_autoembed.indexes import HnswIndex
+from django_autoembed.hnsw.indexes import HnswIndex
+from django_autoembed.hnsw.scan import MARK, SearchDistance
 from django_autoembed.providers.base import chunk_inputs
 from django_autoembed.providers.openai import _explain, _kind
-from django_autoembed.search import MARK, SearchDistance
 from django_autoembed.views import validate_jobs
 
 TARGET = {"schema": "public", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}
@@ -45,7 +45,10 @@ def test_our_hnsw_index_equals_pgvectors_with_the_same_arguments():
     ours = HnswIndex(**kwargs)
     assert ours == PgvectorHnsw(**kwargs) and PgvectorHnsw(**kwargs) == ours
     assert ours != PgvectorHnsw(**{**kwargs, "m": 8})
-    assert ours.deconstruct()[0] == "django_autoembed.indexes.HnswIndex"
+    assert ours.deconstruct()[0] == "django_autoembed.hnsw.indexes.HnswIndex"
+    from django_autoembed.indexes import HnswIndex as Old  # migrations written before the move
+
+    assert Old is HnswIndex
     assert ours.with_params() == ["m = 16", "ef_construction = 64"]
     assert isinstance(ours, models.Index)
 
@@ -223,7 +226,7 @@ def test_the_package_has_no_import_cycles_at_module_level():
 
 
 def test_a_providers_name_in_status_and_logs_holds_no_secret_of_its_url(settings):
-    from django_autoembed.config import registry
+    from django_autoembed.declarations import registry
     from django_autoembed.providers import label, pause_key
 
     settings.AUTOEMBED = {

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...config import registry
+from ...declarations import registry
 from ...exceptions import QueueMissing, UnknownConfig
 from ...status import collect
 

@@ -10,9 +10,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from ... import conf, db
+from ... import db, settings
 from ...backfill import backfill
-from ...config import registry
+from ...declarations import registry
 from ...exceptions import ConfigurationError, UnknownConfig
 from ...worker import Worker, WorkerOptions, default_options
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-size",
             type=int,
-            help=f"inputs per embedding request (default {conf.DEFAULTS['BATCH_SIZE']})",
+            help=f"inputs per embedding request (default {settings.default('BATCH_SIZE')})",
         )
         parser.add_argument(
             "--max-requests",
@@ -39,7 +39,7 @@ class Command(BaseCommand):
             "--concurrency",
             type=int,
             help="batches processed side by side, each on its own connection "
-            f"(default {conf.DEFAULTS['CONCURRENCY']})",
+            f"(default {settings.default('CONCURRENCY')})",
         )
         parser.add_argument(
             "--visibility-timeout",

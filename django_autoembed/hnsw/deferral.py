@@ -39,11 +39,11 @@ import psycopg
 from django.db import DatabaseError, connections, models, transaction
 from psycopg import sql
 
-from . import conf, incidents, providers, queue
-from . import sql as sqlfiles
-from .config import EmbeddingConfig, registry
-from .db import connect
-from .incidents import IncidentKind
+from .. import incidents, providers, queue, settings
+from .. import sql as sqlfiles
+from ..db import connect
+from ..declarations import EmbeddingConfig, registry
+from ..incidents import IncidentKind
 from .indexes import HnswIndex
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Indexing:
             self._failed("look at the backlog for", "the queue", exc)
 
     def _tick(self, labels: set[str]) -> None:
-        minimum = conf.get("INDEX_DEFER_ROWS")
+        minimum = settings.current().index_defer_rows
         deferred = self.deferred()
         if not (minimum and labels) and not deferred:
             return
@@ -290,7 +290,7 @@ class Indexing:
             self._failed("look at the backlog for", "the queue", exc)
             return
         for config in deferred:
-            if leaving or self._drained(config, backlog, conf.get("INDEX_DEFER_ROWS")):
+            if leaving or self._drained(config, backlog, settings.current().index_defer_rows):
                 self._attempt("build", config, self._build_now_or_behind)
 
     def deferred(self, *, fresh: bool = False) -> list[EmbeddingConfig]:
@@ -417,7 +417,7 @@ class Indexing:
         """Vectors ``rows`` queued rows of ``config`` will make: one a row; for chunks, a new
         row's chunks, but an edited row's changed chunks only (a few)."""
         per_row = self.vectors_per_row(config)
-        if not config.chunked or rows * per_row < (conf.get("INDEX_DEFER_ROWS") or 0):
+        if not config.chunked or rows * per_row < (settings.current().index_defer_rows or 0):
             return rows * per_row
         edited = min(rows, self._queued_with_chunks(config))
         return (rows - edited) * per_row + edited * min(per_row, EDITED_ROW_VECTORS)
@@ -529,13 +529,13 @@ def _build_settings(lock_timeout: float | None = None) -> dict[str, str]:
     cores (20,000 such rows: 29.5 s, then 14.8 s).
     """
     values = {
-        "maintenance_work_mem": str(conf.get("INDEX_BUILD_MEMORY")),
+        "maintenance_work_mem": str(settings.current().index_build_memory),
         "min_parallel_table_scan_size": "0",
         # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
         "client_min_messages": "debug1",
     }
     values.update(ddl_timeouts(lock_timeout))
-    workers = conf.get("INDEX_BUILD_WORKERS")
+    workers = settings.current().index_build_workers
     if workers is not None:
         values["max_parallel_maintenance_workers"] = str(int(workers))
     return values
@@ -550,7 +550,7 @@ def ddl_timeouts(lock_timeout: float | None = None) -> dict[str, str]:
     that hold the table (CONCURRENTLY); it waits INDEX_LOCK_TIMEOUT seconds at most, then
     gives up (an incident), and a later tick tries again.
     """
-    lock = conf.get("INDEX_LOCK_TIMEOUT") if lock_timeout is None else lock_timeout
+    lock = settings.current().index_lock_timeout if lock_timeout is None else lock_timeout
     return {
         "statement_timeout": "0",
         "lock_timeout": "0" if lock is None else f"{max(1, int(float(lock) * 1000))}ms",
