@@ -20,11 +20,10 @@ like any job, once, without another batch round.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +31,17 @@ import numpy as np
 from django.db import DatabaseError, connections, models, transaction
 from django.utils import timezone
 
-from . import providers, queue, settings, store, usage
+from . import db, providers, queue, settings, store, usage
 from .exceptions import ConfigurationError, ProviderError, UnknownConfig
-from .providers.base import chunk_inputs
+from .pipeline.destinations import destination
+from .pipeline.embed import Embedded
+from .pipeline.read import expand, read_texts
+from .pipeline.run import by_config
+from .providers.base import BatchAPI, chunk_inputs
 
 if TYPE_CHECKING:
-    from .processing import Processor, Wanted
+    from .pipeline import Processor
+    from .pipeline.target import Resolved
     from .queue import Message
 
 logger = logging.getLogger(__name__)
@@ -96,17 +100,66 @@ class ProviderBatch(models.Model):
         return f"{self.config}: batch {self.batch_id or '(submitting)'} {self.status or self.state}"
 
 
-@dataclass
-class Result:
-    """What a finished batch's output and error files said, per request line."""
-
-    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # line -> matrix
-    errors: dict[int, str] = field(default_factory=dict)  # line -> why
-    tokens: int = 0
-
-
 def in_flight(using: str) -> list[ProviderBatch]:
     return list(ProviderBatch.objects.using(using).exclude(state=DONE).order_by("created"))
+
+
+@dataclass
+class Wanted:
+    """The texts one config's messages need that no process has a vector for yet."""
+
+    target: Resolved
+    messages: list[Message]
+    inputs: list[tuple[bytes, str]]  # (the vector store's key of the text, what to send)
+
+
+def split_for_batches(
+    processor: Processor,
+    messages: list[Message],
+    *,
+    now: Any = (),
+    direct: Any = (),
+) -> tuple[list[Wanted], list[Message]]:
+    """Split messages for the Batch API: per config, the messages whose rows need texts no
+    process has a vector for, with those texts; and the messages to process now (their
+    texts are known, they match no config, or their ids are in ``now``: those go through
+    the embeddings API, and a text they will embed is no reason to wait for a batch; so do
+    the texts whose store key is in ``direct``, which a batch failed on). Writes nothing."""
+    direct_keys, direct_ids = set(direct), set(now)
+    rows = [row for m in messages for row in expand(m, processor.targets, None)]
+    out: list[Wanted] = []
+    waiting: set[int] = set()
+    for config, group in by_config(rows).values():
+        target = processor.targets.resolve(config)
+        dest = destination(processor.using, target)
+        contents, _broken = read_texts(processor.using, target, list({r.pk: None for r in group}))
+        dest.prepare(contents)
+        needs = dest.needs
+        texts = sorted({t for ts in needs.values() for t in ts})
+        inputs = processor.embedder.inputs(target, texts, Embedded())
+        known = processor.embedder.known(target, inputs)
+        unknown = set(known.missing) - {
+            t for r in group if r.message.msg_id in direct_ids for t in needs.get(r.pk, ())
+        }
+        unknown = {t for t in unknown if known.kept_keys[t] not in direct_keys}
+        later = {
+            id(r.message)
+            for r in group
+            if r.message.msg_id not in direct_ids and unknown & set(needs.get(r.pk, ()))
+        }
+        if later:
+            held = list(
+                {id(r.message): r.message for r in group if id(r.message) in later}.values()
+            )
+            wanted_texts = sorted(
+                {t for r in group if id(r.message) in later for t in needs.get(r.pk, ())} & unknown
+            )
+            out.append(
+                Wanted(target, held, [(known.kept_keys[t], inputs[t]) for t in wanted_texts])
+            )
+            waiting |= later
+    db.end_read(processor.using)
+    return out, [m for m in messages if id(m) not in waiting]
 
 
 def _config_for(record: ProviderBatch) -> Any:
@@ -134,7 +187,7 @@ class Batches:
         if not messages:
             return []
         recent, failed = self._recently_finished({m.msg_id for m in messages})
-        found, now = processor.wanted(messages, now=recent, direct=failed)
+        found, now = split_for_batches(processor, messages, now=recent, direct=failed)
         for wanted in found:
             try:
                 self._submit(wanted, processor.batch_size)
@@ -154,7 +207,7 @@ class Batches:
     def _submit(self, wanted: Wanted, batch_size: int) -> ProviderBatch:
         target = wanted.target
         provider = target.provider
-        if not hasattr(provider, "submit_batch"):
+        if not isinstance(provider, BatchAPI):
             raise ConfigurationError(
                 f"{target.config.label}: the {provider.name!r} provider has no Batch API. "
                 "Run process_embeddings without --batch-api for it."
@@ -393,47 +446,6 @@ def _batch_error(info: dict[str, Any]) -> str:
         said = "; ".join(str(e.get("message", e)) for e in data or [])
         return f"batch {info.get('status')}" + (f": {said}" if said else "")
     return ""
-
-
-def parse_output(
-    content: bytes, custom_prefix: str, dimensions: int, result: Result | None = None
-) -> Result:
-    """Read a Batch API output or error file (JSONL) into ``result``."""
-    from .providers.openai import decode_vectors
-
-    result = result or Result()
-    for raw in content.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-            custom = str(item.get("custom_id", ""))
-            if not custom.startswith(custom_prefix + "-"):
-                continue
-            line = int(custom[len(custom_prefix) + 1 :])
-        except (ValueError, TypeError, AttributeError):
-            continue
-        response = item.get("response") or {}
-        body = response.get("body") if isinstance(response, dict) else None
-        status = response.get("status_code") if isinstance(response, dict) else None
-        if status == 200 and isinstance(body, dict) and "data" in body:
-            try:
-                matrix = decode_vectors(body)
-            except ProviderError as exc:
-                result.errors[line] = str(exc)
-                continue
-            if matrix.ndim == 2 and matrix.shape[1] == dimensions:
-                result.vectors[line] = matrix
-            else:
-                result.errors[line] = f"vectors of {matrix.shape[-1]} dimensions, not {dimensions}"
-            tokens = (body.get("usage") or {}).get("total_tokens")
-            if isinstance(tokens, int):
-                result.tokens += tokens
-            continue
-        error = item.get("error") or (body or {}).get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        result.errors[line] = f"HTTP {status}: {message}" if status else str(message or "failed")
-    return result
 
 
 def status_rows(using: str) -> list[dict[str, Any]]:

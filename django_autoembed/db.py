@@ -100,3 +100,22 @@ def current_timeout(connection: Any) -> str:
             return str(cursor.fetchone()[0])
     except Exception:
         return "?"
+
+
+def raw(using: str) -> Any:
+    """Django's connection for ``using``, opened, as the psycopg connection under it."""
+    from django.db import connections
+
+    connection = connections[using]
+    connection.ensure_connection()
+    return connection.connection
+
+
+def end_read(using: str) -> None:
+    """Commit what a read opened (outside autocommit), so no transaction stays open while the
+    provider is called."""
+    from django.db import connections
+
+    conn = raw(using)
+    if not conn.autocommit and not connections[using].in_atomic_block:
+        conn.commit()

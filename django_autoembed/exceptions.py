@@ -6,9 +6,26 @@ ImproperlyConfigured), the exception is that kind too.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+
+
+class ErrorKind(StrEnum):
+    """What trying again can do about a provider's error (see ``ProviderError``)."""
+
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    INPUT = "input"
+    CONFIG = "config"
+
+
+class PauseKind(StrEnum):
+    """Why a provider is paused: its configuration is refused, or it is unavailable."""
+
+    CONFIG = "config"
+    UNAVAILABLE = "unavailable"
 
 
 class AutoembedError(Exception):
@@ -45,21 +62,21 @@ class ProviderError(AutoembedError):
       and resumes by itself once the configuration is fixed.
     """
 
-    KINDS = ("transient", "throttled", "input", "config")
+    KINDS = tuple(ErrorKind)
 
     def __init__(
         self,
         message: str,
         *,
-        kind: str = "transient",
+        kind: str = ErrorKind.TRANSIENT,
         retry_after: float | None = None,
         limits: Any = None,
         status: int | None = None,
     ):
         if kind not in self.KINDS:
-            raise ValueError(f"kind must be one of {self.KINDS}, not {kind!r}")
+            raise ValueError(f"kind must be one of {[str(k) for k in self.KINDS]}, not {kind!r}")
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.retry_after = retry_after
         # A rate limit's x-ratelimit-* headers (providers.base.RateHeaders), when sent.
         self.limits = limits
@@ -68,14 +85,14 @@ class ProviderError(AutoembedError):
 
     @property
     def retryable(self) -> bool:
-        return self.kind in ("transient", "throttled")
+        return self.kind in (ErrorKind.TRANSIENT, ErrorKind.THROTTLED)
 
 
 class DimensionMismatch(ProviderError):
     """The provider returned vectors of another length than the column holds (for every input)."""
 
     def __init__(self, message: str):
-        super().__init__(message, kind="config")
+        super().__init__(message, kind=ErrorKind.CONFIG)
 
 
 class ProcessingPaused(AutoembedError):
@@ -87,11 +104,13 @@ class ProcessingPaused(AutoembedError):
     model, server; no secrets).
     """
 
-    def __init__(self, error: ProviderError, *, provider: str = "", kind: str = "config"):
+    def __init__(
+        self, error: ProviderError, *, provider: str = "", kind: str = PauseKind.CONFIG
+    ) -> None:
         super().__init__(f"{provider}: {error}" if provider else str(error))
         self.error = error
         self.provider = provider
-        self.kind = kind
+        self.kind = PauseKind(kind)
 
 
 class StatementCancelled(AutoembedError):

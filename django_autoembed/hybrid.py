@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from asgiref.sync import sync_to_async
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
@@ -18,7 +18,6 @@ from .query import check_text_query, fit, query_cache, vector_value
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
-    from .search import EmbeddingQuerySet
 
 # Reciprocal Rank Fusion: a row's score is the sum over both lists of weight / (RRF_K + rank).
 RRF_K = 60
@@ -110,11 +109,21 @@ def _render(
     return _TOKEN.sub(fill, template), params
 
 
+class VectorSide(Protocol):
+    """What the queryset that searches by meaning gives hybrid search (EmbeddingQuerySet)."""
+
+    db: str
+
+    def filter(self, *args: Any, **kwargs: Any) -> Any: ...
+    def alias(self, *args: Any, **kwargs: Any) -> Any: ...
+    def nearest(self, vector: Any, *, config: str | None, ef_search: int | None) -> Any: ...
+    def _search_config(self, text: str, config: str | None, k: int | None) -> Any: ...
+    def _distances(self, cfg: Any, value: Any, ef_search: int | None) -> dict[str, Any]: ...
+    def _nearest_parents(self, cfg: Any, value: Any, ef_search: int | None, k: int) -> Any: ...
+
+
 class HybridSearch:
     """``hybrid_search`` for EmbeddingQuerySet (which supplies the vector side)."""
-
-    model: Any
-    db: str
 
     def hybrid_search(
         self,
@@ -128,7 +137,7 @@ class HybridSearch:
         candidates: int | None = None,
         query_type: str = "websearch",
         ef_search: int | None = None,
-    ) -> EmbeddingQuerySet:
+    ) -> Self:
         """Rows by full-text search and by meaning at once, fused by Reciprocal Rank Fusion.
 
         The nearest ``candidates`` rows by cosine distance and the best ``candidates`` by
@@ -149,11 +158,11 @@ class HybridSearch:
             InvalidValue: ``text`` is empty, or an argument is out of range (a ValueError).
             ProviderError: the provider failed to embed the query.
         """
-        qs = cast("EmbeddingQuerySet", self)
+        qs = cast(VectorSide, self)
         cfg = qs._search_config(text, config, k)
         check_hybrid(cfg, query_type, weights, rrf_k)
         check_text_query(text, query_type, language or cfg.text_search, qs.db)
-        return fused(
+        return fused(  # type: ignore[no-any-return]
             qs, cfg, query_cache.embed(cfg, text), text, k,
             Fusion(language, weights, rrf_k, candidates, query_type, ef_search),
         )  # fmt: skip
@@ -170,14 +179,14 @@ class HybridSearch:
         candidates: int | None = None,
         query_type: str = "websearch",
         ef_search: int | None = None,
-    ) -> EmbeddingQuerySet:
+    ) -> Self:
         """``hybrid_search`` for async code (the query is embedded off the event loop)."""
-        qs = cast("EmbeddingQuerySet", self)
+        qs = cast(VectorSide, self)
         cfg = qs._search_config(text, config, k)
         check_hybrid(cfg, query_type, weights, rrf_k)
         await sync_to_async(check_text_query)(text, query_type, language or cfg.text_search, qs.db)
         vector = await sync_to_async(query_cache.embed)(cfg, text)
-        return fused(
+        return fused(  # type: ignore[no-any-return]
             qs, cfg, vector, text, k,
             Fusion(language, weights, rrf_k, candidates, query_type, ef_search),
         )  # fmt: skip
@@ -228,13 +237,13 @@ def _text_side(cfg: EmbeddingConfig, text: str, how: Fusion) -> tuple[Any, Searc
 
 
 def fused(
-    qs: EmbeddingQuerySet,
+    qs: VectorSide,
     cfg: EmbeddingConfig,
     vector: Any,
     text: str,
     k: int | None,
     how: Fusion,
-) -> EmbeddingQuerySet:
+) -> Any:
     """The rows of both sides' candidates, annotated with their fused ranks, best first."""
     n = int(how.candidates or max(HYBRID_CANDIDATES, 4 * (k or 10)))
     document, query = _text_side(cfg, text, how)

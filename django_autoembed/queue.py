@@ -138,6 +138,92 @@ class Message:
         return None
 
 
+# -- jobs posted to the endpoint --------------------------------------------------------
+
+MAX_KEY = 2**63 - 1
+# Most rows one posted job may name (a packed message names up to 500).
+MAX_IDS = 10_000
+
+
+@dataclass(frozen=True)
+class PostedJob:
+    """A job as pg_net posted it: its queue message's body and the message's id (``jobId``)."""
+
+    body: dict[str, Any]  # as posted: answered back in completedJobs / failedJobs
+
+    @property
+    def job_id(self) -> int:
+        return int(self.body["jobId"])
+
+    @cached_property
+    def message(self) -> Message:
+        """The job read as its message would be (read once)."""
+        return Message(self.job_id, 1, self.body)
+
+    @property
+    def row_ids(self) -> list[Any]:
+        return self.message.row_ids
+
+    @property
+    def target(self) -> Target:
+        target = self.message.target
+        assert target is not None  # checked by parse_posted
+        return target
+
+
+def parse_posted(payload: Any) -> list[PostedJob]:
+    """The endpoint's request body as jobs; InvalidValue saying what is wrong.
+
+    A job names one row (``"id"``, the guide's shape) or several (``"ids"``, a
+    packed message posted whole), its target, and the queue message it came
+    from (``"jobId"``).
+    """
+    if not isinstance(payload, list):
+        raise InvalidValue("body must be a JSON list of jobs")
+    seen: set[int] = set()
+    for n, job in enumerate(payload):
+        _check_posted(n, job, seen)
+    return [PostedJob(job) for job in payload]
+
+
+def _check_posted(n: int, job: Any, seen: set[int]) -> None:
+    if not isinstance(job, dict):
+        raise InvalidValue(f"job {n} is not an object")
+    missing = [k for k in ("jobId", *TARGET_KEYS) if k not in job]
+    if "id" not in job and "ids" not in job:
+        missing.insert(1, "id")
+    if missing:
+        raise InvalidValue(f"job {n} lacks {', '.join(missing)}")
+    job_id = job["jobId"]
+    if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id <= MAX_KEY:
+        raise InvalidValue(f"job {n}: jobId must be a positive 64-bit integer")
+    if job_id in seen:
+        raise InvalidValue(f"job {n}: jobId {job_id} appears twice")
+    seen.add(job_id)
+    if "ids" in job:
+        ids = job["ids"]
+        if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS:
+            raise InvalidValue(f"job {n}: ids must be a list of 1 to {MAX_IDS} row keys")
+        problem = next(filter(None, map(_key_problem, ids)), None)
+        if problem:
+            raise InvalidValue(f"job {n}: each of ids {problem}")
+    elif problem := _key_problem(job["id"]):
+        raise InvalidValue(f"job {n}: id {problem}")
+    for key in TARGET_KEYS:
+        if not isinstance(job[key], str) or not job[key] or len(job[key]) > 255:
+            raise InvalidValue(
+                f"job {n}: {key} must be a non-empty string of at most 255 characters"
+            )
+
+
+def _key_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return "must be an integer or a string"
+    if isinstance(value, int) and abs(value) > MAX_KEY:
+        return "is out of range (64-bit)"
+    return None
+
+
 def _body(base: dict[str, Any], row_ids: list[Any], attempts: int) -> dict[str, Any]:
     body = dict(base)
     body.update({"id": row_ids[0]} if len(row_ids) == 1 else {"ids": list(row_ids)})

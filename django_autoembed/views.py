@@ -23,17 +23,14 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import db, incidents, queue, settings
 from .declarations import registry
-from .exceptions import InvalidValue, ProcessingPaused
+from .exceptions import ProcessingPaused
 from .hnsw.deferral import for_endpoint
 from .incidents import IncidentKind
 from .pauses import PauseBook
-from .processing import Processor
+from .pipeline import Processor, run_batch
 
 logger = logging.getLogger(__name__)
 
-MAX_KEY = 2**63 - 1
-# Most rows one posted job may name (a packed message names up to 500).
-MAX_IDS = 10_000
 # Seconds the jobs of a paused batch stay hidden, so pg_cron's next ticks do not re-post them at
 # once.
 PAUSE_RELEASE_SECONDS = 30
@@ -44,55 +41,6 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
     for key, value in headers.items():
         response[key.replace("_", "-")] = value
     return response
-
-
-def _key_problem(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return "must be an integer or a string"
-    if isinstance(value, int) and abs(value) > MAX_KEY:
-        return "is out of range (64-bit)"
-    return None
-
-
-def validate_jobs(payload: Any) -> list[dict[str, Any]]:
-    """The request body as a list of jobs; InvalidValue saying what is wrong.
-
-    A job names one row (``"id"``, the guide's shape) or several (``"ids"``, a
-    packed message posted whole), its target, and the queue message it came
-    from (``"jobId"``).
-    """
-    if not isinstance(payload, list):
-        raise InvalidValue("body must be a JSON list of jobs")
-    seen: set[int] = set()
-    for n, job in enumerate(payload):
-        if not isinstance(job, dict):
-            raise InvalidValue(f"job {n} is not an object")
-        missing = [k for k in ("jobId", *queue.TARGET_KEYS) if k not in job]
-        if "id" not in job and "ids" not in job:
-            missing.insert(1, "id")
-        if missing:
-            raise InvalidValue(f"job {n} lacks {', '.join(missing)}")
-        job_id = job["jobId"]
-        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id <= MAX_KEY:
-            raise InvalidValue(f"job {n}: jobId must be a positive 64-bit integer")
-        if job_id in seen:
-            raise InvalidValue(f"job {n}: jobId {job_id} appears twice")
-        seen.add(job_id)
-        if "ids" in job:
-            ids = job["ids"]
-            if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS:
-                raise InvalidValue(f"job {n}: ids must be a list of 1 to {MAX_IDS} row keys")
-            problem = next(filter(None, map(_key_problem, ids)), None)
-            if problem:
-                raise InvalidValue(f"job {n}: each of ids {problem}")
-        elif problem := _key_problem(job["id"]):
-            raise InvalidValue(f"job {n}: id {problem}")
-        for key in queue.TARGET_KEYS:
-            if not isinstance(job[key], str) or not job[key] or len(job[key]) > 255:
-                raise InvalidValue(
-                    f"job {n}: {key} must be a non-empty string of at most 255 characters"
-                )
-    return payload
 
 
 # Row locks and provider calls must not share a request's transaction (ATOMIC_REQUESTS).
@@ -121,7 +69,7 @@ def embed(request: HttpRequest) -> JsonResponse:
     if len(body) > limit:
         return _error(413, f"body over {limit} bytes; send fewer jobs per request")
     try:
-        jobs = validate_jobs(json.loads(body))
+        jobs = queue.parse_posted(json.loads(body))
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"invalid jobs: {exc}")
     except RecursionError:
@@ -135,8 +83,8 @@ def embed(request: HttpRequest) -> JsonResponse:
         errors.update(refused)
         paused += pauses
 
-    completed = [job for job in jobs if job["jobId"] not in errors]
-    failed = [{**job, "error": errors[job["jobId"]]} for job in jobs if job["jobId"] in errors]
+    completed = [job.body for job in jobs if job.job_id not in errors]
+    failed = [{**job.body, "error": errors[job.job_id]} for job in jobs if job.job_id in errors]
     logger.info(
         "Endpoint: %d jobs done, %d failed",
         len(completed),
@@ -153,11 +101,12 @@ def embed(request: HttpRequest) -> JsonResponse:
     return response
 
 
-def _by_database(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _by_database(jobs: list[queue.PostedJob]) -> dict[str, list[queue.PostedJob]]:
     """Jobs by the database their table is written to (the router's db_for_write of the model)."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[queue.PostedJob]] = {}
     for job in jobs:
-        config = registry.match(job["table"], job["contentFunction"], job["embeddingColumn"])
+        target = job.target
+        config = registry.match(target.table, target.function, target.column)
         using = router.db_for_write(config.model_class) if config else DEFAULT_DB_ALIAS
         out.setdefault(using or DEFAULT_DB_ALIAS, []).append(job)
     return out
@@ -201,58 +150,63 @@ def forget_pauses() -> None:
 
 
 def _process(
-    using: str, jobs: list[dict[str, Any]], deadline: float
+    using: str, jobs: list[queue.PostedJob], deadline: float
 ) -> tuple[dict[int, str], list[ProcessingPaused]]:
     """Embed the rows ``jobs`` name on one database: the failed jobs' errors by jobId, and
-    the pauses of the providers that refused their configuration or were unavailable.
-
-    A posted job acknowledges only the rows it names in its own message: a
-    message's other rows go back to the queue, and a job naming rows its
-    message does not hold fails without touching that message.
-    """
-    with connections[using].cursor() as cursor:
-        stored = queue.lookup(cursor, [j["jobId"] for j in jobs])
-    errors: dict[int, str] = {}
-    posted: dict[int, list[Any]] = {}
-    messages: list[queue.Message] = []
-    for job in jobs:
-        job_id = job["jobId"]
-        as_posted = queue.Message(job_id, 1, job)  # a validated job reads as its message would
-        ids, target = as_posted.row_ids, as_posted.target
-        assert target is not None
-        message = stored.get(job_id)
-        # Already done elsewhere, or never queued: embed what was posted, as the guide does.
-        if message is None:
-            message = queue.Message.new(target, ids, msg_id=job_id, read_ct=1)
-        elif message.target != target or not all(message.names(i) for i in ids):
-            errors[job_id] = (
-                f"jobId {job_id} is a queue message for other rows; nothing was done with it"
-            )
-            continue
-        posted[job_id] = ids
-        messages.append(message)
+    the pauses of the providers that refused their configuration or were unavailable."""
+    errors, messages, posted = _match_posted(using, jobs)
     if not messages:
         return errors, []
-    # A bulk import reaches the push path too: defer the index for it as a worker would.
-    labels = {
-        c.label
-        for m in messages
-        if m.target and (c := registry.match(m.target.table, m.target.function, m.target.column))
-    }
     indexing = for_endpoint(using)
-    indexing.tick(labels)
+    processor = Processor(using=using, pauses=_pauses(using))
     try:
         with db.timeouts_for_batch(connections[using]):
-            result = Processor(using=using, pauses=_pauses(using)).process(
-                messages, deadline=deadline, rows_for=lambda m: posted[m.msg_id]
+            # A bulk import reaches the push path too: the index is deferred for it as a
+            # worker would.
+            result = run_batch(
+                processor,
+                indexing,
+                messages,
+                deadline=deadline,
+                rows_for=lambda m: posted[m.msg_id],
             )
     except (OperationalError, psycopg.OperationalError) as exc:
         if not db.cancelled(exc):
             raise
         return _cancelled(using, messages, exc), []
-    indexing.heard(result.answered)
+    assert result is not None  # nothing is diverted to the Batch API here
     indexing.finish()  # this batch may have drained a deferred index's backlog
     for msg_id, row_id, error in result.failed:
         if msg_id in posted and any(str(row_id) == str(i) for i in posted[msg_id]):
             errors.setdefault(msg_id, f"id {row_id}: {error}")
     return errors, list(result.pauses.values())
+
+
+def _match_posted(
+    using: str, jobs: list[queue.PostedJob]
+) -> tuple[dict[int, str], list[queue.Message], dict[int, list[Any]]]:
+    """The queue's messages the jobs came from (or, already done elsewhere or never queued,
+    the job as posted, as the guide embeds it), the rows each job names, and the jobs that
+    name rows their message does not hold (they fail without touching that message).
+
+    A posted job acknowledges only the rows it names in its own message: a message's other
+    rows go back to the queue.
+    """
+    with connections[using].cursor() as cursor:
+        stored = queue.lookup(cursor, [job.job_id for job in jobs])
+    errors: dict[int, str] = {}
+    posted: dict[int, list[Any]] = {}
+    messages: list[queue.Message] = []
+    for job in jobs:
+        ids, target = job.row_ids, job.target
+        message = stored.get(job.job_id)
+        if message is None:
+            message = queue.Message.new(target, ids, msg_id=job.job_id, read_ct=1)
+        elif message.target != target or not all(message.names(i) for i in ids):
+            errors[job.job_id] = (
+                f"jobId {job.job_id} is a queue message for other rows; nothing was done with it"
+            )
+            continue
+        posted[job.job_id] = ids
+        messages.append(message)
+    return errors, messages, posted

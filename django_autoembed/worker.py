@@ -22,7 +22,7 @@ from .exceptions import StatementCancelled
 from .hnsw.deferral import Indexing
 from .incidents import IncidentKind
 from .pauses import PauseBook
-from .processing import Processor
+from .pipeline import BatchResult, Processor, run_batch
 
 logger = logging.getLogger(__name__)
 
@@ -304,27 +304,18 @@ class _Lane:
         messages: list[queue.Message] = []
         connection = connections[self.o.using]
         try:
-            connection.close_if_unusable_or_obsolete()
-            db.prepare(connection)
-            store.prune(self.o.using)
-            if self.worker.batches is not None:
-                self.worker.batches.poll()
-            with connection.cursor() as cursor:
-                messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
-                # Requests not sent by half the visibility timeout are not sent (their rows go
-                # back unspent), so no other worker takes up a job this one still holds.
-                deadline = time.monotonic() + self.o.visibility_timeout / 2
-                messages = self._trim(cursor, messages)
+            messages, deadline = self._read(connection)
             if not messages:
                 self.worker.indexing.tick(set())  # idle: a deferred index may be built now
                 return 0
-            self.worker.indexing.tick(_labels(messages))
-            if self.worker.batches is not None:
-                held = len(messages)
-                messages = self.worker.batches.divert(self.processor, messages)
-                if not messages:
-                    return held  # all of them wait for their batch
-            result = self.processor.process(messages, deadline=deadline)
+            batches = self.worker.batches
+            result = run_batch(
+                self.processor,
+                self.worker.indexing,
+                messages,
+                deadline=deadline,
+                divert=(lambda ms: batches.divert(self.processor, ms)) if batches else None,
+            )
         except (OperationalError, psycopg.OperationalError) as exc:
             if not db.cancelled(exc):
                 raise
@@ -333,9 +324,30 @@ class _Lane:
         finally:
             with self.worker._lock:
                 self.worker.busy_lanes -= 1
-        if result.answered:
-            self.worker.indexing.heard(result.answered)
-        rows = len(result.completed) + len(result.failed) - result.held
+        if result is None:
+            return len(messages)  # all of them wait for their batch
+        self._done(messages, result)
+        if self.o.once and self._only_busy(result):
+            return 0  # nothing else to do; _due_soon decides whether to wait for the locks
+        return len(result.completed) + len(result.failed) - result.held
+
+    def _read(self, connection: Any) -> tuple[list[queue.Message], float]:
+        """A batch's messages, read with the visibility timeout and trimmed to the row budget;
+        and the time by which its requests must have been sent."""
+        connection.close_if_unusable_or_obsolete()
+        db.prepare(connection)
+        store.prune(self.o.using)
+        if self.worker.batches is not None:
+            self.worker.batches.poll()
+        with connection.cursor() as cursor:
+            messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
+            # Requests not sent by half the visibility timeout are not sent (their rows go
+            # back unspent), so no other worker takes up a job this one still holds.
+            deadline = time.monotonic() + self.o.visibility_timeout / 2
+            return self._trim(cursor, messages), deadline
+
+    def _done(self, messages: list[queue.Message], result: BatchResult) -> None:
+        """Log a batch, count its rows, and note what it says of the worker's state."""
         logger.info(
             "Batch: %d messages, %d rows done, %d failed, %d busy, %d held back, %d dead, "
             "%d requests, %.2f s",
@@ -366,9 +378,6 @@ class _Lane:
                 self.worker.throttled_until = max(
                     self.worker.throttled_until, time.monotonic() + result.throttled_wait
                 )
-        if self.o.once and self._only_busy(result):
-            return 0  # nothing else to do; _due_soon decides whether to wait for the locks
-        return rows
 
     def _hand_back(self, messages: list[queue.Message]) -> None:
         """A cancelled batch's jobs go back at once, the read not counted: not their fault.
@@ -552,16 +561,6 @@ def _out_of_slots(exc: BaseException) -> bool:
         chain.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _labels(messages: list[queue.Message]) -> set[str]:
-    labels = set()
-    for message in messages:
-        target = message.target
-        config = target and registry.match(target.table, target.function, target.column)
-        if config:
-            labels.add(config.label)
-    return labels
 
 
 __all__ = ["Worker", "WorkerOptions", "connect", "default_options"]

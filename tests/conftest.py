@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from django_autoembed import budget
-from django_autoembed.processing import recent_vectors
+from django_autoembed.pipeline.embed import recent_vectors
 from django_autoembed.query import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer, fake_vector
 from django_autoembed.usage import discard_queries

@@ -7,7 +7,7 @@ from django.db import connection
 
 from django_autoembed.batchapi import Batches, ProviderBatch
 from django_autoembed.failures import EmbeddingFailure
-from django_autoembed.processing import Processor
+from django_autoembed.pipeline import Processor
 from django_autoembed.queue import read
 from django_autoembed.status import collect
 from django_autoembed.usage import EmbeddingUsage

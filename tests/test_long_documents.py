@@ -449,7 +449,7 @@ def test_two_lanes_that_meet_on_a_row_store_its_chunks_once(api, settings):
     from django.db import connections
 
     from django_autoembed import queue
-    from django_autoembed.processing import Processor
+    from django_autoembed.pipeline import Processor
 
     manual = Manual.objects.create(title="twice", body=prose(24, seed=3))
     with connection.cursor() as cursor:  # a second message for the same row (an edit, say)

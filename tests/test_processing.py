@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import override_settings
 
 from django_autoembed.models import EmbeddingFailure, StoredVector
-from django_autoembed.processing import Processor
+from django_autoembed.pipeline import Processor
 from django_autoembed.worker import Worker, connect, default_options
 from tests.conftest import (
     archived_count,
@@ -358,7 +358,7 @@ def send_job(job: dict) -> None:
 
 
 def test_a_row_queued_again_with_the_same_text_costs_no_second_api_call(api, settings):
-    from django_autoembed.processing import recent_vectors
+    from django_autoembed.pipeline.embed import recent_vectors
 
     doc = Document.objects.create(title="queued twice")
     [job] = queue_messages()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,6 +49,35 @@ class Answer:
     vectors: Any
     tokens: int | None = None
     limits: RateHeaders | None = None
+
+
+@dataclass
+class BatchOutput:
+    """What a finished batch's output and error files said, per request line."""
+
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # line -> matrix
+    errors: dict[int, str] = field(default_factory=dict)  # line -> why
+    tokens: int = 0
+
+
+@runtime_checkable
+class BatchAPI(Protocol):
+    """A provider that embeds through a batch API (files of requests, results within a day,
+    at a lower price): what ``process_embeddings --batch-api`` needs of it."""
+
+    def submit_batch(
+        self, requests: list[list[str]], *, custom_prefix: str, metadata: dict[str, str]
+    ) -> str:
+        """Submit one request per list of texts, custom ids ``{custom_prefix}-{n}``; the id."""
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """The batch as the provider describes it (``status``, file ids, counts)."""
+
+    def find_batch(self, metadata: dict[str, str]) -> str | None:
+        """The id of a recent batch created with this metadata (a submission cut short)."""
+
+    def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> BatchOutput:
+        """What a finished batch's files say."""
 
 
 class Provider:

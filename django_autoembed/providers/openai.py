@@ -15,7 +15,7 @@ import pybase64
 
 from .. import settings, tokenizers
 from ..exceptions import ConfigurationError, ProviderError
-from .base import Answer, Provider, RateHeaders
+from .base import Answer, BatchOutput, Provider, RateHeaders
 
 # Statuses that say the request's input was refused: split it to find the input at fault.
 INPUT_STATUSES = (400, 413, 422)
@@ -154,11 +154,9 @@ class OpenAIProvider(Provider):
                     return str(batch.id)
         return None
 
-    def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> Any:
-        """What a finished batch's output and error files say (batchapi.Result)."""
-        from ..batchapi import Result, parse_output
-
-        result = Result()
+    def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> BatchOutput:
+        """What a finished batch's output and error files say."""
+        result = BatchOutput()
         for key in ("output_file_id", "error_file_id"):
             file_id = info.get(key)
             if file_id:
@@ -270,3 +268,42 @@ def _retry_after(exc: openai_sdk.APIStatusError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def parse_output(
+    content: bytes, custom_prefix: str, dimensions: int, result: BatchOutput | None = None
+) -> BatchOutput:
+    """Read a Batch API output or error file (JSONL) into ``result``."""
+    result = result or BatchOutput()
+    for raw in content.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+            custom = str(item.get("custom_id", ""))
+            if not custom.startswith(custom_prefix + "-"):
+                continue
+            line = int(custom[len(custom_prefix) + 1 :])
+        except (ValueError, TypeError, AttributeError):
+            continue
+        response = item.get("response") or {}
+        body = response.get("body") if isinstance(response, dict) else None
+        status = response.get("status_code") if isinstance(response, dict) else None
+        if status == 200 and isinstance(body, dict) and "data" in body:
+            try:
+                matrix = decode_vectors(body)
+            except ProviderError as exc:
+                result.errors[line] = str(exc)
+                continue
+            if matrix.ndim == 2 and matrix.shape[1] == dimensions:
+                result.vectors[line] = matrix
+            else:
+                result.errors[line] = f"vectors of {matrix.shape[-1]} dimensions, not {dimensions}"
+            tokens = (body.get("usage") or {}).get("total_tokens")
+            if isinstance(tokens, int):
+                result.tokens += tokens
+            continue
+        error = item.get("error") or (body or {}).get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        result.errors[line] = f"HTTP {status}: {message}" if status else str(message or "failed")
+    return result

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from django_autoembed.processing import Outcome, Row, plan_acks, retry_delay
+from django_autoembed.pipeline.acks import Outcome, Row, plan_acks, retry_delay
 from django_autoembed.queue import Message
 
 TARGET = {

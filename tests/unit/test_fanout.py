@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from django_autoembed.exceptions import DimensionMismatch, ProviderError
-from django_autoembed.processing import FanOut
+from django_autoembed.pipeline.fanout import FanOut
 from django_autoembed.providers.base import chunk_inputs
 
 

@@ -15,7 +15,7 @@ from django_autoembed.hnsw.indexes import HnswIndex
 from django_autoembed.hnsw.scan import MARK, SearchDistance
 from django_autoembed.providers.base import chunk_inputs
 from django_autoembed.providers.openai import _explain, _kind
-from django_autoembed.views import validate_jobs
+from django_autoembed.queue import parse_posted
 
 TARGET = {"schema": "public", "table": "t", "contentFunction": "f", "embeddingColumn": "c"}
 
@@ -55,7 +55,10 @@ def test_our_hnsw_index_equals_pgvectors_with_the_same_arguments():
 
 def test_valid_jobs_pass_and_packed_ones_too():
     jobs = [{"jobId": 1, "id": 5, **TARGET}, {"jobId": 2, "ids": [1, "x"], **TARGET}]
-    assert validate_jobs(jobs) == jobs
+    posted = parse_posted(jobs)
+    assert [job.body for job in posted] == jobs
+    assert [(job.job_id, job.row_ids) for job in posted] == [(1, [5]), (2, [1, "x"])]
+    assert posted[1].target.table == TARGET["table"]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +74,7 @@ def test_valid_jobs_pass_and_packed_ones_too():
 )
 def test_invalid_jobs_say_what_is_wrong(job, says):
     with pytest.raises(InvalidValue, match=says):
-        validate_jobs([job])
+        parse_posted([job])
 
 
 def test_the_search_expression_carries_its_settings_in_a_comment():
