@@ -47,7 +47,7 @@ def table(model: str) -> str:
 
 def index_name(model: str) -> str:
     from django_autoembed.declarations import registry
-    from django_autoembed.hnsw.deferral import managed_index
+    from django_autoembed.hnsw.indexes import managed_index
 
     index = managed_index(registry.get(label(model)))
     assert index is not None

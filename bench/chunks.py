@@ -227,7 +227,7 @@ def search(rows: int, per_row: int, queries: int, dims: int = 384) -> dict:
     from bench.benchapp.models import SearchManual, SearchManualChunk
     from bench.search import make_vectors
     from django_autoembed.declarations import registry
-    from django_autoembed.hnsw.deferral import managed_index
+    from django_autoembed.hnsw.indexes import managed_index
 
     # The distribution of the 100k-row search bench, chunk after chunk, 10 to a row.
     vectors = make_vectors(rows * per_row)

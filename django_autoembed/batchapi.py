@@ -422,7 +422,7 @@ class Batches:
         with transaction.atomic(using=self.using):
             with connections[self.using].cursor() as cursor:
                 queue.set_vt(cursor, list(record.messages), 0)
-                cursor.execute("select pg_notify(%s, '')", ["autoembed"])
+                queue.notify(cursor)
             record.state, record.finished, record.leased_until = DONE, timezone.now(), None
             record.vectors, record.failed, record.tokens = len(items), len(missed), result.tokens
             record.failed_keys = b"".join(missed)

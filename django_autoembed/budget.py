@@ -168,11 +168,7 @@ def promised(bucket: Bucket, limits: Limits, now: float) -> float:
 
 
 def _query(key: str) -> str:
-    return (
-        sql.SQL(sqlfiles.section("budget.sql", key))
-        .format(budgets=sql.Identifier(RateBudget._meta.db_table))
-        .as_string(None)
-    )
+    return sqlfiles.statement("budget.sql", key, budgets=sql.Identifier(RateBudget._meta.db_table))
 
 
 class Budget:

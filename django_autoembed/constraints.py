@@ -6,6 +6,9 @@ from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from psycopg import sql
+
+from . import sql as sqlfiles
 
 
 class UniqueChunkNumbers(models.UniqueConstraint):
@@ -34,9 +37,11 @@ class UniqueChunkNumbers(models.UniqueConstraint):
 
     def remove_sql(self, model: Any, schema_editor: Any) -> Any:
         # IF EXISTS: the table a reversed DeleteModel made may lack it (see constraint_sql).
-        table = schema_editor.quote_name(model._meta.db_table)
-        return (
-            f"alter table {table} drop constraint if exists {schema_editor.quote_name(self.name)}"
+        return sqlfiles.statement(
+            "model.sql",
+            "drop_unique_chunk_numbers",
+            table=sql.Identifier(model._meta.db_table),
+            name=sql.Identifier(self.name),
         )
 
     def create_sql(self, model: Any, schema_editor: Any) -> Any:
@@ -45,11 +50,12 @@ class UniqueChunkNumbers(models.UniqueConstraint):
             parent, number = (model._meta.get_field(f).column for f in ("parent", "number"))
         except FieldDoesNotExist:  # a model state being rebuilt by a reversed migration
             return statement
-        table = schema_editor.quote_name(model._meta.db_table)
-        parent, number = schema_editor.quote_name(parent), schema_editor.quote_name(number)
-        pk = schema_editor.quote_name(model._meta.pk.column)
-        dedupe = (
-            f"delete from {table} a using {table} b where a.{parent} = b.{parent} "
-            f"and a.{number} = b.{number} and a.{pk} > b.{pk}"
+        dedupe = sqlfiles.statement(
+            "model.sql",
+            "dedupe_chunks",
+            table=sql.Identifier(model._meta.db_table),
+            parent=sql.Identifier(parent),
+            number=sql.Identifier(number),
+            pk=sql.Identifier(model._meta.pk.column),
         )
         return f"{dedupe}; {statement}"

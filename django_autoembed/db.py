@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from . import settings
+from . import sql as sqlfiles
 
 # SQLSTATE of a statement cancelled by statement_timeout (or by pg_cancel_backend).
 QUERY_CANCELED = "57014"
@@ -49,7 +50,7 @@ def prepare(connection: Any) -> None:
     value = statement_timeout()
     if value is not None:
         with connection.cursor() as cursor:
-            cursor.execute("select set_config('statement_timeout', %s, false)", [value])
+            cursor.execute(sqlfiles.statement("session.sql", "set_statement_timeout"), [value])
         if not connection.get_autocommit() and not connection.in_atomic_block:
             raw.commit()
     connection._autoembed_session = raw
@@ -64,18 +65,14 @@ def timeouts_for_batch(connection: Any) -> Iterator[None]:
         yield
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "select current_setting('statement_timeout'), "
-            "set_config('statement_timeout', %s, false)",
-            [value],
-        )
+        cursor.execute(sqlfiles.statement("session.sql", "swap_statement_timeout"), [value])
         before = cursor.fetchone()[0]
     try:
         yield
     finally:
         try:
             with connection.cursor() as cursor:
-                cursor.execute("select set_config('statement_timeout', %s, false)", [before])
+                cursor.execute(sqlfiles.statement("session.sql", "set_statement_timeout"), [before])
         except Exception:  # a broken connection is closed by Django at the request's end
             pass
 
@@ -96,7 +93,7 @@ def current_timeout(connection: Any) -> str:
     """The session's statement_timeout as Postgres shows it ('?' where it cannot be read)."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute("show statement_timeout")
+            cursor.execute(sqlfiles.statement("session.sql", "statement_timeout"))
             return str(cursor.fetchone()[0])
     except Exception:
         return "?"

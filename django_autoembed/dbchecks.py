@@ -21,8 +21,9 @@ from psycopg import sql
 from . import grants, queue
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry
-from .hnsw.deferral import managed_index, state_of
-from .install import has_extension, scalar
+from .hnsw.deferral import state_of
+from .hnsw.indexes import managed_index
+from .install import has_extension
 from .triggers import EmbeddingTrigger, as_text
 
 MIGRATE_HINT = "Run `python manage.py migrate`."
@@ -48,14 +49,21 @@ def skipped() -> Iterator[None]:
 
 
 def _query(key: str) -> str:
-    return sqlfiles.section("ops.sql", key)
+    return sqlfiles.statement("checks.sql", key)
+
+
+def _scalar(cursor: Any, key: str, params: Any = None) -> Any:
+    """The first value of checks.sql's query ``key`` (None without a row)."""
+    cursor.execute(_query(key), params)
+    row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
     out: list[checks.CheckMessage] = []
     model = config.model_class
     table = sql.Identifier(config.table).as_string(None)
-    if not scalar(cursor, "table_exists", [table]):
+    if not _scalar(cursor, "table_exists", [table]):
         return [
             checks.Error(
                 f"{config.label}: table {config.table!r} does not exist.",
@@ -238,7 +246,7 @@ def _pending_migrations(alias: str) -> list[str]:
     A role that may not read django_migrations cannot tell; the grants warning says so.
     """
     with connections[alias].cursor() as cursor:
-        if not scalar(cursor, "can_read_migrations"):
+        if not _scalar(cursor, "can_read_migrations"):
             return []
     apps = {"django_autoembed"} | {
         c.model_class._meta.app_label for c in registry.on_database(alias)
@@ -261,7 +269,7 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
             )
         ]
     out: list[checks.CheckMessage] = []
-    if not scalar(cursor, "has_pgmq"):
+    if not _scalar(cursor, "has_pgmq"):
         out.append(
             checks.Error(
                 f"pgmq is not installed in database {alias!r}.",

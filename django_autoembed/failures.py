@@ -64,8 +64,8 @@ def record(cursor: Any, dead: list[DeadRow]) -> None:
     """Record rows given up on, with the cursor of the transaction that archives their jobs."""
     if not dead:
         return
-    statement = sql.SQL(sqlfiles.section("failures.sql", "record")).format(
-        failures=sql.Identifier(EmbeddingFailure._meta.db_table)
+    statement = sqlfiles.composed(
+        "failures.sql", "record", failures=sql.Identifier(EmbeddingFailure._meta.db_table)
     )
     # One row per key: a batch that gives up on a row twice adds both attempts.
     merged: dict[tuple[str, str], DeadRow] = {}

@@ -15,6 +15,7 @@ from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
 from . import queue
+from . import sql as sqlfiles
 from .declarations import registry
 
 # Per kind of object: the privilege test, and how a name becomes an oid (NULL when it does not
@@ -37,13 +38,8 @@ class Privilege:
     def missing_for(self, using: str, role: str) -> list[str]:
         """What ``role`` lacks of this; nothing for an object that does not exist (yet)."""
         test, resolve = _TESTS[self.kind]
-        query = (
-            sql.SQL(
-                "select case when {resolve}(%s) is null then null else {test}(%s, {resolve}(%s), "
-                "%s) end"
-            )
-            .format(test=sql.Identifier(test), resolve=sql.Identifier(resolve))
-            .as_string(None)
+        query = sqlfiles.statement(
+            "grants.sql", "lacks", test=sql.Identifier(test), resolve=sql.Identifier(resolve)
         )
         out = []
         for privilege in self.privileges:
@@ -60,8 +56,15 @@ class Privilege:
         return out
 
     def grant(self, role: str) -> str:
-        privileges = ", ".join(p.lower() for p in self.privileges)
-        return f"grant {privileges} on {self.kind} {self.name} to {_ident(role)};"
+        """The GRANT statement (names here are ours or quoted already: no parameters)."""
+        return sqlfiles.statement(
+            "grants.sql",
+            "grant",
+            privileges=sql.SQL(", ".join(p.lower() for p in self.privileges)),
+            kind=sql.SQL(self.kind),
+            name=sql.SQL(self.name),
+            role=sql.Identifier(role),
+        )
 
 
 QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
@@ -142,6 +145,6 @@ def missing(using: str = "default", role: str | None = None) -> list[str]:
     """Privileges ``role`` (default: the connected role) lacks, as 'PRIVILEGE on KIND NAME'."""
     if role is None:
         with connections[using].cursor() as cursor:
-            cursor.execute("select current_user")
+            cursor.execute(sqlfiles.statement("grants.sql", "current_role"))
             role = cursor.fetchone()[0]
     return [lack for privilege in needed(using) for lack in privilege.missing_for(using, role)]

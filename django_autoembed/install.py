@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
-from psycopg import sql
 
 from . import queue
 from . import sql as sqlfiles
@@ -15,8 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def scalar(cursor: Any, key: str, params: Any = None) -> Any:
-    """The first value of ops.sql's query ``key`` (None without a row)."""
-    cursor.execute(sqlfiles.section("ops.sql", key), params)
+    """The first value of install.sql's query ``key`` (None without a row)."""
+    cursor.execute(sqlfiles.statement("install.sql", key), params)
     row = cursor.fetchone()
     return row[0] if row else None
 
@@ -36,7 +35,7 @@ def install_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
         if scalar(cursor, "has_pgmq_schema"):
             pass  # already there (extension or an earlier SQL install)
         elif extension_available(cursor, "pgmq"):
-            cursor.execute("create extension if not exists pgmq")
+            cursor.execute(sqlfiles.statement("install.sql", "create_pgmq"))
         else:
             from pgmq.install import get_embedded_install_sql
 
@@ -51,7 +50,7 @@ def ensure_queue(connection: Any, name: str | None = None) -> bool:
     with connection.cursor() as cursor:
         if scalar(cursor, "queue_registered", [name]):
             return False
-        cursor.execute("select pgmq.create(%s)", [name])
+        cursor.execute(sqlfiles.statement("install.sql", "create_queue"), [name])
         return True
 
 
@@ -60,15 +59,10 @@ def drop_pgmq(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     with schema_editor.connection.cursor() as cursor:
         if not scalar(cursor, "has_pgmq_schema"):
             return
-        cursor.execute(
-            "select pgmq.drop_queue(queue_name) from pgmq.meta where queue_name = %s",
-            [queue.name()],
-        )
+        cursor.execute(sqlfiles.statement("install.sql", "drop_queue"), [queue.name()])
         if scalar(cursor, "queue_count"):
             return
         if has_extension(cursor, "pgmq"):
-            cursor.execute("drop extension pgmq cascade")
+            cursor.execute(sqlfiles.statement("install.sql", "drop_pgmq"))
         else:
-            cursor.execute(
-                sql.SQL("drop schema {} cascade").format(sql.Identifier("pgmq")).as_string(None)
-            )
+            cursor.execute(sqlfiles.statement("install.sql", "drop_pgmq_schema"))

@@ -9,6 +9,7 @@ from django.db import transaction
 from psycopg import sql
 
 from . import settings
+from . import sql as sqlfiles
 from .install import extension_available, has_extension
 
 logger = logging.getLogger(__name__)
@@ -16,11 +17,9 @@ logger = logging.getLogger(__name__)
 JOB_NAME = "autoembed-process-embeddings"
 # What a tick may post, and how it is sized, comes from AUTOEMBED: the cron command
 # carries the values (autoembed_sync writes it anew when they change).
-COMMAND = (
-    "select autoembed.process_embeddings_v2(rows_per_post => {rows}, max_posts => {posts}, "
-    "max_body_bytes => {body}, timeout_milliseconds => {timeout}, split_packed => {split}, "
-    "keep_responses => {keep})"
-)
+# The function it calls keeps this one name (process_embeddings, the 6-parameter overload);
+# a changed body comes in a migration that redefines it.
+FUNCTION = "autoembed.process_embeddings(int, int, int, int, boolean, interval)"
 
 
 def process_command() -> str:
@@ -37,7 +36,9 @@ def process_command() -> str:
         "split": bool(settings.current().push_split_packed),
         "keep": str(settings.current().push_keep_responses),
     }
-    return sql.SQL(COMMAND).format(**{k: sql.Literal(v) for k, v in values.items()}).as_string(None)
+    return sqlfiles.statement(
+        "push.sql", "command", **{k: sql.Literal(v) for k, v in values.items()}
+    )
 
 
 # How sync_push's lines start when it only reports that the push path is not in use.
@@ -55,9 +56,9 @@ def enable_extensions(apps: Any, schema_editor: Any) -> None:
                 # pg_cron refuses databases other than cron.database_name; that is not our error.
                 with transaction.atomic(using=connection.alias):
                     cursor.execute(
-                        sql.SQL("create extension if not exists {}")
-                        .format(sql.Identifier(extension))
-                        .as_string(None)
+                        sqlfiles.statement(
+                            "push.sql", "create_extension", name=sql.Identifier(extension)
+                        )
                     )
             except Exception as exc:
                 logger.info("Could not create extension %s: %s", extension, exc)
@@ -71,18 +72,11 @@ def sync_push(connection: Any) -> list[str]:
         settings.current().schedule,
     )
     with connection.cursor() as cursor:
-        cursor.execute(
-            "select to_regprocedure('autoembed.process_embeddings_v2(int, int, int, int, boolean, "
-            "interval)') is not null"
-        )
+        cursor.execute(sqlfiles.statement("push.sql", "installed"), [FUNCTION])
         if not cursor.fetchone()[0]:
             return []
         for key, value in (("endpoint_url", url), ("endpoint_token", token)):
-            cursor.execute(
-                "insert into autoembed.settings (key, value) values (%s, %s) "
-                "on conflict (key) do update set value = excluded.value",
-                [key, value],
-            )
+            cursor.execute(sqlfiles.statement("push.sql", "save_setting"), [key, value])
         net, cron = has_extension(cursor, "pg_net"), has_extension(cursor, "pg_cron")
         if not (net and cron):
             missing = " and ".join(e for e, ok in (("pg_cron", cron), ("pg_net", net)) if not ok)
@@ -90,18 +84,18 @@ def sync_push(connection: Any) -> list[str]:
                 f"autoembed: rows are embedded by `manage.py process_embeddings` (the push path "
                 f"needs {missing}, which this database does not have)."
             ]
-        cursor.execute(
-            "select jobid, schedule, command from cron.job where jobname = %s", [JOB_NAME]
-        )
+        cursor.execute(sqlfiles.statement("push.sql", "job"), [JOB_NAME])
         existing = cursor.fetchone()
         if schedule and url and token:
             command = process_command()
             if existing and (existing[1], existing[2]) == (schedule, command):
                 return []
-            cursor.execute("select cron.schedule(%s, %s, %s)", [JOB_NAME, schedule, command])
+            cursor.execute(
+                sqlfiles.statement("push.sql", "schedule"), [JOB_NAME, schedule, command]
+            )
             return [f"autoembed: pg_cron job {JOB_NAME!r} runs every {schedule} and posts to {url}"]
         if existing:
-            cursor.execute("select cron.unschedule(%s)", [JOB_NAME])
+            cursor.execute(sqlfiles.statement("push.sql", "unschedule"), [JOB_NAME])
             return [f"autoembed: removed pg_cron job {JOB_NAME!r}"]
         return [
             "autoembed: rows are embedded by `manage.py process_embeddings` (for the push path, "

@@ -261,7 +261,7 @@ def tables(queue: str | None = None) -> dict[str, sql.Identifier]:
 
 def query(key: str, queue: str | None = None) -> str:
     """A section of queue.sql with the queue's table names filled in."""
-    return sql.SQL(sqlfiles.section("queue.sql", key)).format(**tables(queue)).as_string(None)
+    return sqlfiles.statement("queue.sql", key, **tables(queue))
 
 
 def read(cursor: Any, qty: int, visibility_timeout: int) -> list[Message]:
@@ -334,6 +334,20 @@ def depth(cursor: Any) -> tuple[int, float | None]:
     cursor.execute(query("depth"))
     count, oldest = cursor.fetchone()
     return int(count), None if oldest is None else float(oldest)
+
+
+# The channel the triggers notify and workers listen on.
+CHANNEL = "autoembed"
+
+
+def notify(cursor: Any) -> None:
+    """Wake the listening workers (jobs were handed back or sent on)."""
+    cursor.execute(sqlfiles.statement("queue.sql", "notify"), [CHANNEL])
+
+
+def listen(conn: Any) -> None:
+    """Make ``conn`` (a connection of its own) hear the channel."""
+    conn.execute(sqlfiles.statement("queue.sql", "listen", channel=sql.Identifier(CHANNEL)))
 
 
 def exists(cursor: Any, queue: str | None = None) -> bool:

@@ -78,7 +78,7 @@ class Status:
 
 
 def _query(key: str, **names: sql.Composable) -> str:
-    return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
+    return sqlfiles.statement("status.sql", key, **names)
 
 
 # Tables with fewer rows than this (as the planner last counted) are counted exactly; larger

@@ -60,11 +60,7 @@ def enabled() -> bool:
 
 
 def _query(key_: str) -> str:
-    return (
-        sql.SQL(sqlfiles.section("store.sql", key_))
-        .format(store=sql.Identifier(StoredVector._meta.db_table))
-        .as_string(None)
-    )
+    return sqlfiles.statement("store.sql", key_, store=sql.Identifier(StoredVector._meta.db_table))
 
 
 def get_many(using: str, keys: Iterable[bytes], dtype: Any) -> dict[bytes, np.ndarray]:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def _query(key: str, **names: sql.Composable) -> str:
-    return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
+    return sqlfiles.statement("sync.sql", key, **names)
 
 
 def installed(connection: Any) -> bool:
@@ -54,7 +54,7 @@ def sync_queue(using: str) -> list[str]:
     if ensure_queue(connection, name):
         said.append(f"autoembed: created queue {name!r}")
     with connection.cursor() as cursor:
-        cursor.execute("select autoembed.queue_name()")
+        cursor.execute(_query("queue_name"))
         old = cursor.fetchone()[0]
         former = former_queues(cursor)
     if old != name:
@@ -63,11 +63,7 @@ def sync_queue(using: str) -> list[str]:
             # the second sweep below, after they are done, moves theirs too.
             if queue.exists(cursor, old):
                 cursor.execute(_query("lock_queue", queue=queue.tables(old)["queue"]))
-            cursor.execute(
-                sql.SQL(sqlfiles.section("ops.sql", "set_queue_name"))
-                .format(sql.Literal(name))
-                .as_string(None)
-            )
+            cursor.execute(_query("set_queue_name", name=sql.Literal(name)))
             former = [q for q in [*former, old] if q != name]
             cursor.execute(_query("set_former_queues"), [",".join(dict.fromkeys(former))])
         said.append(f"autoembed: triggers now queue into {name!r}")
@@ -113,7 +109,8 @@ def refresh_objects(using: str) -> list[str]:
         table = sql.Identifier(config.table).as_string(None)
         with connection.cursor() as cursor:
             cursor.execute(
-                _query("trigger_state"), [table, trigger.trigger_names()["insert_trigger"]]
+                sqlfiles.statement("checks.sql", "trigger_state"),
+                [table, trigger.trigger_names()["insert_trigger"]],
             )
             row = cursor.fetchone()
         if row is None or row[0] == trigger.fingerprint():

@@ -79,10 +79,8 @@ def record(
     """Add to today's usage of ``config``; never fails the caller (the log says why)."""
     if not (requests or inputs or tokens):
         return
-    statement = (
-        sql.SQL(sqlfiles.section("usage.sql", "record"))
-        .format(usage=sql.Identifier(EmbeddingUsage._meta.db_table))
-        .as_string(None)
+    statement = sqlfiles.statement(
+        "usage.sql", "record", usage=sql.Identifier(EmbeddingUsage._meta.db_table)
     )
     try:
         # Its own short transaction: the day's row is shared by every worker, and holding its

@@ -26,7 +26,7 @@ from .pipeline import BatchResult, Processor, run_batch
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "autoembed"
+CHANNEL = queue.CHANNEL  # kept for callers of the worker module
 # With --once: how long to wait for jobs put back a moment ago (rows that were locked).
 ONCE_GRACE_SECONDS = 2.0
 # With --once: batches cancelled in a row by a statement timeout before the run gives up.
@@ -467,14 +467,14 @@ class _Lane:
         queue.release(cursor, given_back)
         split = bool(kept) and len(kept[-1].row_ids) < len(messages[len(kept) - 1].row_ids)
         if given_back or split:
-            cursor.execute("select pg_notify(%s, '')", [CHANNEL])  # wake the other lanes
+            queue.notify(cursor)  # wake the other lanes
         return kept
 
     def _weight(self, message: queue.Message) -> float:
         """Vectors a row of this message makes (1 but for configs stored in chunks)."""
         target = message.target
         config = target and registry.match(target.table, target.function, target.column)
-        return self.worker.indexing.vectors_per_row(config) if config else 1.0
+        return self.worker.indexing.backlog.vectors_per_row(config) if config else 1.0
 
     # -- waiting --------------------------------------------------------------
 
@@ -507,7 +507,7 @@ class _Lane:
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
             self._listener = connect(self.o.using)
-            self._listener.execute(f"listen {CHANNEL}")
+            queue.listen(self._listener)
         return self._listener
 
     def _close_listener(self) -> None:

@@ -20,7 +20,8 @@ from django.db import connection
 
 from django_autoembed import chunking
 from django_autoembed.declarations import registry
-from django_autoembed.hnsw.deferral import IndexState, managed_index
+from django_autoembed.hnsw.deferral import IndexState
+from django_autoembed.hnsw.indexes import managed_index
 from django_autoembed.incidents import Incident
 from django_autoembed.models import EmbeddingFailure, ProviderPause
 from django_autoembed.providers import for_config

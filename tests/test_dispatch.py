@@ -1,4 +1,4 @@
-"""autoembed.process_embeddings_v2, the push path's tick, tick by tick.
+"""autoembed.process_embeddings, the push path's tick, tick by tick.
 
 The embedded Postgres has no pg_net, so here ``net`` is a stand-in with pg_net's two
 objects this app touches: ``net.http_post`` records each POST instead of sending it,
@@ -42,10 +42,22 @@ def net():
         cursor.execute("drop schema net cascade; delete from autoembed.push_requests")
 
 
-def tick(**sizes) -> int:
+# What the cron command passes when AUTOEMBED says nothing of the push path's sizes.
+DEFAULT_SIZES = {
+    "rows_per_post": 500,
+    "max_posts": 4,
+    "max_body_bytes": 900_000,
+    "timeout_milliseconds": 30_000,
+    "split_packed": False,
+    "keep_responses": "10 minutes",
+}
+
+
+def tick(function: str = "process_embeddings", **sizes) -> int:
+    sizes = {**DEFAULT_SIZES, **sizes}
     args = ", ".join(f"{k} => %s" for k in sizes)
     with connection.cursor() as cursor:
-        cursor.execute(f"select autoembed.process_embeddings_v2({args})", list(sizes.values()))
+        cursor.execute(f"select autoembed.{function}({args})", list(sizes.values()))
         return cursor.fetchone()[0]
 
 
@@ -132,3 +144,11 @@ def test_a_post_that_never_reached_the_endpoint_hands_its_jobs_back_unspent(net)
     assert state[lost] == (0, False)  # back, visible, the read not counted
     assert state[answered] == (1, True)  # the endpoint has it; not touched here
     assert jobs == {lost, answered}
+
+
+def test_a_cron_job_scheduled_before_the_stable_name_keeps_working(net):
+    """Migration 0010 named the cron's function process_embeddings; a job scheduled earlier
+    names process_embeddings_v2, which now hands over to it."""
+    Document.objects.bulk_create([Document(title=f"old schedule {i}") for i in range(3)])
+    assert tick("process_embeddings_v2") == 3
+    assert len(posts()) == 1

@@ -188,7 +188,8 @@ def test_a_thousand_jobs_in_one_request(post, api):
 
 def test_a_backlog_posted_in_parts_is_embedded_without_the_index_then_built(post, api, settings):
     from django_autoembed.declarations import registry
-    from django_autoembed.hnsw.deferral import IndexState, managed_index
+    from django_autoembed.hnsw.deferral import IndexState
+    from django_autoembed.hnsw.indexes import managed_index
 
     settings.AUTOEMBED = {**settings.AUTOEMBED, "INDEX_DEFER_ROWS": 200}
     index = managed_index(registry.get("testapp.Document.embedding"))

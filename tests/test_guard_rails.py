@@ -10,7 +10,8 @@ import pytest
 from django.db import connection
 
 from django_autoembed.declarations import registry
-from django_autoembed.hnsw.deferral import IndexState, managed_index
+from django_autoembed.hnsw.deferral import IndexState
+from django_autoembed.hnsw.indexes import managed_index
 from django_autoembed.incidents import Incident
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options

@@ -13,7 +13,9 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from django_autoembed.declarations import registry
-from django_autoembed.hnsw.deferral import Indexing, IndexState, lock_key, managed_index, state_of
+from django_autoembed.hnsw.deferral import Indexing, IndexState, state_of
+from django_autoembed.hnsw.indexes import managed_index
+from django_autoembed.hnsw.sessions import lock_key
 from django_autoembed.incidents import Incident
 from django_autoembed.providers import PROBE_TEXT
 from django_autoembed.status import collect
@@ -232,14 +234,14 @@ def test_a_backlog_defers_the_index_whatever_the_label_hashes_to(
 def test_a_failure_to_defer_is_counted_shown_and_said_once(
     api, small_threshold, caplog, monkeypatch
 ):
-    from django_autoembed.hnsw import deferral as indexing
+    from django_autoembed import sql as sqlfiles
 
-    real = indexing._statement
+    real = sqlfiles.statement
 
-    def broken(key, **names):  # the database refuses the drop (a real error, from Postgres)
-        return "select 1 / 0" if key == "drop_index" else real(key, **names)
+    def broken(name, key, **names):  # the database refuses the drop (a real error, from Postgres)
+        return "select 1 / 0" if key == "drop_index" else real(name, key, **names)
 
-    monkeypatch.setattr(indexing, "_statement", broken)
+    monkeypatch.setattr(sqlfiles, "statement", broken)
     docs = []
     with caplog.at_level(logging.DEBUG, logger="django_autoembed"):
         for run in range(2):  # two backlogs, two tries to defer: both fail

@@ -27,24 +27,22 @@ once.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from django.db import DatabaseError, connections, models, transaction
 from psycopg import sql
 
-from .. import incidents, providers, queue, settings
+from .. import incidents, providers, settings
 from .. import sql as sqlfiles
-from ..db import connect
 from ..declarations import EmbeddingConfig, registry
 from ..incidents import IncidentKind
-from .indexes import HnswIndex
+from .backlog import CHECK_EVERY, PER_ROW_TTL, Backlog
+from .indexes import managed_index
+from .sessions import Advisory, Autocommit, apply, build_settings, launched
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +50,6 @@ DEFERRED, BUILDING = "deferred", "building"
 # A backlog this many times what the index holds is cheaper to embed without the index
 # and build in bulk afterwards (per-row inserts ~7 ms, a bulk build ~1.5-2 ms a row).
 DEFER_RATIO = 0.5
-# Seconds between a worker's looks at the backlog per config.
-CHECK_EVERY = 1.0
-# Seconds a config's vectors-per-row estimate is reused.
-PER_ROW_TTL = 30.0
-# Vectors an edit of a row that already has chunks is expected to make: only changed
-# chunks are embedded again, and an edit changes one or two.
-EDITED_ROW_VECTORS = 2.0
 # Seconds an answer of a provider counts as proof that it works (before dropping an index).
 ANSWER_FRESH = 300.0
 
@@ -87,28 +78,6 @@ def should_defer(backlog: int, indexed: int, *, minimum: int | None) -> bool:
     return backlog >= indexed * DEFER_RATIO
 
 
-def drained_below(minimum: int | None) -> int:
-    """A deferred index is built again once its backlog is this small (a trickle of new
-    writes must not keep it down; the build takes in what arrives meanwhile)."""
-    return max(100, int(minimum or 0) // 10)
-
-
-def managed_index(config: EmbeddingConfig) -> HnswIndex | None:
-    """The HNSW index (this app's class) over the config's vectors, if their model has one."""
-    for index in config.vector_model._meta.indexes:
-        if isinstance(index, HnswIndex) and list(index.fields) == [config.column]:
-            return index
-    return None
-
-
-@dataclass
-class Snapshot:
-    """What a worker last read about the queue: queued rows per config label."""
-
-    backlog: dict[str, int]
-    read_at: float
-
-
 class Indexing:
     """One process's view of index deferral on one database; a worker's lanes share it.
 
@@ -121,36 +90,16 @@ class Indexing:
         self.background = background
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
         self._deferred: tuple[set[str], float] | None = None
         self._warned: set[str] = set()
         self._ddl: set[Any] = set()  # connections dropping or building an index: cancelled on stop
         self._lock_timeout: float | None = None  # overrides INDEX_LOCK_TIMEOUT (finish)
-        self._per_row: dict[str, tuple[float, float]] = {}  # label: (vectors a row, when)
-        self._edited: dict[str, tuple[int, float]] = {}  # label: (queued rows with chunks, when)
+        self.backlog = Backlog(using)
         self._answered: dict[str, float] = {}  # provider key: when it last answered
         self._probing = threading.Lock()
         self._refused: dict[str, float] = {}  # provider key: when a probe last failed
 
     # -- reading the backlog --------------------------------------------------
-
-    def backlog(self, *, fresh: bool = False) -> dict[str, int]:
-        """Queued rows per config label (every message: visible, hidden or delayed)."""
-        with self._lock:
-            snapshot = self._snapshot
-            if not fresh and snapshot and time.monotonic() - snapshot.read_at < CHECK_EVERY:
-                return snapshot.backlog
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(queue.query("backlog"))
-            rows = cursor.fetchall()
-        by_label: dict[str, int] = {}
-        for table, function, column, count in rows:
-            config = registry.match(table, function, column)
-            if config is not None:
-                by_label[config.label] = by_label.get(config.label, 0) + int(count)
-        with self._lock:
-            self._snapshot = Snapshot(by_label, time.monotonic())
-        return by_label
 
     # -- the two transitions --------------------------------------------------
 
@@ -170,9 +119,9 @@ class Indexing:
         deferred = self.deferred()
         if not (minimum and labels) and not deferred:
             return
-        backlog = self.backlog()
+        backlog = self.backlog.rows()
         for config in deferred:
-            if self._drained(config, backlog, minimum):
+            if self.backlog.drained(config, backlog, minimum):
                 self._attempt("build", config, self._build_now_or_behind)
         if not minimum:
             return
@@ -183,9 +132,11 @@ class Indexing:
             rows = backlog.get(config.label, 0)
             if not rows:
                 continue
-            queued = self._attempt("estimate the backlog of", config, self.expected_vectors, rows)
+            queued = self._attempt(
+                "estimate the backlog of", config, self.backlog.expected_vectors, rows
+            )
             if queued is None or not should_defer(
-                int(queued), self._indexed(config), minimum=minimum
+                int(queued), self.backlog.indexed(config), minimum=minimum
             ):
                 continue
             if self._provider_works(config):
@@ -285,12 +236,13 @@ class Indexing:
         self._lock_timeout = lock_timeout
         try:
             deferred = self.deferred(fresh=True)
-            backlog = self.backlog(fresh=True) if deferred and not leaving else {}
+            backlog = self.backlog.rows(fresh=True) if deferred and not leaving else {}
         except (DatabaseError, psycopg.Error) as exc:
             self._failed("look at the backlog for", "the queue", exc)
             return
         for config in deferred:
-            if leaving or self._drained(config, backlog, settings.current().index_defer_rows):
+            minimum = settings.current().index_defer_rows
+            if leaving or self.backlog.drained(config, backlog, minimum):
                 self._attempt("build", config, self._build_now_or_behind)
 
     def deferred(self, *, fresh: bool = False) -> list[EmbeddingConfig]:
@@ -314,7 +266,7 @@ class Indexing:
         index = managed_index(config)
         if index is None:
             return False
-        with _advisory(self.using, config) as got:
+        with Advisory(self.using, config) as got:
             if not got or IndexState.objects.using(self.using).filter(config=config.label).exists():
                 return False
             if not self._may_change(config):
@@ -328,8 +280,10 @@ class Indexing:
                 table=config.vector_model._meta.db_table,
                 state=DEFERRED,
             )
-            with _autocommit(self.using, self._ddl, self._lock_timeout) as conn:
-                conn.execute(_statement("drop_index", index=sql.Identifier(index.name)))
+            with Autocommit(self.using, self._ddl, self._lock_timeout) as conn:
+                conn.execute(
+                    sqlfiles.statement("hnsw.sql", "drop_index", index=sql.Identifier(index.name))
+                )
         self._forget()
         incidents.clear(self.using, IncidentKind.INDEX_DEFER, config.label, anyone=True)
         logger.info(
@@ -345,7 +299,7 @@ class Indexing:
         if index is None:
             IndexState.objects.using(self.using).filter(config=config.label).delete()
             return False
-        with _advisory(self.using, config) as got:
+        with Advisory(self.using, config) as got:
             if not got:
                 return False  # another worker is on it
             updated = IndexState.objects.using(self.using).filter(config=config.label)
@@ -355,15 +309,14 @@ class Indexing:
             model = config.vector_model
             name = sql.Identifier(index.name)
             workers: list[int] = []
-            with _autocommit(self.using, self._ddl, self._lock_timeout) as conn:
-                conn.add_notice_handler(lambda notice: workers.extend(_launched(notice)))
-                for key, value in _build_settings(self._lock_timeout).items():
-                    conn.execute("select set_config(%s, %s, false)", [key, value])
+            with Autocommit(self.using, self._ddl, self._lock_timeout) as conn:
+                conn.add_notice_handler(lambda notice: workers.extend(launched(notice)))
+                apply(conn, build_settings(self._lock_timeout))
                 valid = conn.execute(
-                    sqlfiles.section("ops.sql", "index_valid"), [name.as_string(None)]
+                    sqlfiles.statement("hnsw.sql", "index_valid"), [name.as_string(None)]
                 ).fetchone()
                 if valid and valid[0] is False:  # a build that died half-way: start afresh
-                    conn.execute(_statement("drop_index", index=name))
+                    conn.execute(sqlfiles.statement("hnsw.sql", "drop_index", index=name))
                     valid = None
                 if not valid:
                     with connections[self.using].schema_editor(atomic=False) as editor:
@@ -398,102 +351,14 @@ class Indexing:
     def _forget(self) -> None:
         with self._lock:
             self._deferred = None
-            self._snapshot = None
-
-    def _indexed(self, config: EmbeddingConfig) -> int:
-        index = managed_index(config)
-        assert index is not None
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(sqlfiles.section("ops.sql", "index_rows"), [index.name])
-            row = cursor.fetchone()
-        return max(0, int(row[0] or 0)) if row else 0
-
-    def _drained(self, config: EmbeddingConfig, backlog: dict[str, int], minimum: Any) -> bool:
-        """Whether what is left of a deferred index's backlog (in vectors) is small now."""
-        rows = backlog.get(config.label, 0)
-        return not rows or rows * self.vectors_per_row(config) <= drained_below(minimum)
-
-    def expected_vectors(self, config: EmbeddingConfig, rows: int) -> float:
-        """Vectors ``rows`` queued rows of ``config`` will make: one a row; for chunks, a new
-        row's chunks, but an edited row's changed chunks only (a few)."""
-        per_row = self.vectors_per_row(config)
-        if not config.chunked or rows * per_row < (settings.current().index_defer_rows or 0):
-            return rows * per_row
-        edited = min(rows, self._queued_with_chunks(config))
-        return (rows - edited) * per_row + edited * min(per_row, EDITED_ROW_VECTORS)
-
-    def _queued_with_chunks(self, config: EmbeddingConfig) -> int:
-        """Queued rows of a chunked config that have chunks already (looked up every 30 s)."""
-        with self._lock:
-            cached = self._edited.get(config.label)
-        if cached is not None and time.monotonic() - cached[1] < PER_ROW_TTL:
-            return cached[0]
-        statement = _statement(
-            "queued_with_chunks",
-            queue=queue.tables()["queue"],
-            chunks=sql.Identifier(config.chunk_table),
-            pktype=sql.SQL(config.model_class._meta.pk.rel_db_type(connections[self.using])),
-        )
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(statement, [config.table, config.queue_column])
-            edited = int(cursor.fetchone()[0] or 0)
-        with self._lock:
-            self._edited[config.label] = (edited, time.monotonic())
-        return edited
-
-    def vectors_per_row(self, config: EmbeddingConfig) -> float:
-        """How many vectors a queued row of ``config`` makes (looked up every 30 s at most)."""
-        if not config.chunked:
-            return 1.0
-        with self._lock:
-            cached = self._per_row.get(config.label)
-        if cached is not None and time.monotonic() - cached[1] < PER_ROW_TTL:
-            return cached[0]
-        try:
-            value = self._vectors_per_row(config)
-        except (DatabaseError, psycopg.Error):
-            value = 1.0
-        with self._lock:
-            self._per_row[config.label] = (value, time.monotonic())
-        return value
-
-    def _vectors_per_row(self, config: EmbeddingConfig) -> float:
-        """How many vectors a queued row makes: 1, or its chunks (as the planner counted;
-        before any chunk exists, from the size of the newest rows' text at ~4 bytes a token)."""
-        if not config.chunked:
-            return 1.0
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(sqlfiles.section("ops.sql", "table_rows"), [config.chunk_table])
-            chunks = max(0.0, float(cursor.fetchone()[0] or 0))
-            cursor.execute(sqlfiles.section("ops.sql", "table_rows"), [config.table])
-            rows = max(0.0, float(cursor.fetchone()[0] or 0))
-            if chunks and rows:
-                return chunks / rows
-            cursor.execute(
-                sqlfiles.section("processing.sql", "table_schema"),
-                [sql.Identifier(config.table).as_string(None)],
-            )
-            found = cursor.fetchone()
-            schema = found[0] if found else "public"
-            cursor.execute(
-                _statement(
-                    "text_bytes",
-                    function=sql.Identifier(schema, config.function_name),
-                    table=sql.Identifier(schema, config.table),
-                    pk=sql.Identifier(config.pk_column),
-                )
-            )
-            size = float(cursor.fetchone()[0] or 0)
-        assert config.chunk_tokens is not None
-        step = max(1, config.chunk_tokens - config.chunk_overlap)
-        return max(1.0, size / 4 / step)
+        self.backlog.forget()
 
     def _may_change(self, config: EmbeddingConfig) -> bool:
         """Only the table's owner may drop and create its indexes; say so once otherwise."""
         table = config.vector_model._meta.db_table
         with connections[self.using].cursor() as cursor:
             cursor.execute(
-                sqlfiles.section("ops.sql", "owns_table"),
+                sqlfiles.statement("hnsw.sql", "owns_table"),
                 [sql.Identifier(table).as_string(None)],
             )
             owner = bool(cursor.fetchone()[0])
@@ -508,116 +373,6 @@ class Indexing:
                 config.table,
             )
         return owner
-
-
-_LAUNCHED = re.compile(r"using (\d+) parallel workers")
-
-
-def _launched(notice: Any) -> list[int]:
-    found = _LAUNCHED.search(notice.message_primary or "")
-    return [int(found.group(1))] if found else []
-
-
-def _build_settings(lock_timeout: float | None = None) -> dict[str, str]:
-    """The bulk build's session settings.
-
-    Postgres gives a build parallel workers by the size of the table's main heap, but a
-    vector of more than ~500 dimensions is stored out of line (TOAST): 52,000 rows of 1,536
-    dims and short text made an 832-page heap, under the 8 MB ``min_parallel_table_scan_size``,
-    so the build ran in one process. With the threshold at 0 for this session the build gets
-    the parallel workers ``max_parallel_maintenance_workers`` allows, which halved it on 2
-    cores (20,000 such rows: 29.5 s, then 14.8 s).
-    """
-    values = {
-        "maintenance_work_mem": str(settings.current().index_build_memory),
-        "min_parallel_table_scan_size": "0",
-        # pgvector says at DEBUG1 how many parallel workers it launched: the log says it on.
-        "client_min_messages": "debug1",
-    }
-    values.update(ddl_timeouts(lock_timeout))
-    workers = settings.current().index_build_workers
-    if workers is not None:
-        values["max_parallel_maintenance_workers"] = str(int(workers))
-    return values
-
-
-def ddl_timeouts(lock_timeout: float | None = None) -> dict[str, str]:
-    """The timeouts of the sessions that drop and build indexes.
-
-    A guard rail set for the application's role or database (statement_timeout = 1s, say)
-    would cancel a build of any size, again and again, leaving the index invalid for good:
-    these sessions set no statement limit. A drop or a build waits for the transactions
-    that hold the table (CONCURRENTLY); it waits INDEX_LOCK_TIMEOUT seconds at most, then
-    gives up (an incident), and a later tick tries again.
-    """
-    lock = settings.current().index_lock_timeout if lock_timeout is None else lock_timeout
-    return {
-        "statement_timeout": "0",
-        "lock_timeout": "0" if lock is None else f"{max(1, int(float(lock) * 1000))}ms",
-        "idle_in_transaction_session_timeout": "0",
-        "idle_session_timeout": "0",
-    }
-
-
-def _statement(key: str, **names: sql.Composable) -> str:
-    return sql.SQL(sqlfiles.section("ops.sql", key)).format(**names).as_string(None)
-
-
-class _autocommit:
-    """A connection of its own, in autocommit (CONCURRENTLY refuses transaction blocks), with
-    the DDL session's timeouts; listed in ``running`` while open, to be cancelled on stop."""
-
-    def __init__(
-        self, using: str, running: set[Any] | None = None, lock_timeout: float | None = None
-    ) -> None:
-        self.using = using
-        self.running = running
-        self.lock_timeout = lock_timeout
-
-    def __enter__(self) -> Any:
-        self.conn = connect(self.using)
-        for key, value in ddl_timeouts(self.lock_timeout).items():
-            self.conn.execute("select set_config(%s, %s, false)", [key, value])
-        if self.running is not None:
-            self.running.add(self.conn)
-        return self.conn
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.running is not None:
-            self.running.discard(self.conn)
-        self.conn.close()
-
-
-# The first half of every advisory lock key of ours ("aemb"); the second names the config.
-LOCK_SPACE = 0x61656D62
-
-
-def lock_key(label: str) -> int:
-    """The config's half of its advisory lock key: a signed 32-bit integer, as Postgres's
-    two-key ``pg_try_advisory_lock(integer, integer)`` takes it, for every label (an
-    unsigned CRC of 2**31 or more would travel as a bigint, and no such function exists)."""
-    key = zlib.crc32(f"autoembed:index:{label}".encode())
-    return key - 2**32 if key >= 2**31 else key
-
-
-class _advisory:
-    """A session advisory lock per config (on its own connection), taken without waiting."""
-
-    def __init__(self, using: str, config: EmbeddingConfig) -> None:
-        self.using = using
-        self.key = lock_key(config.label)
-
-    def __enter__(self) -> bool:
-        self.conn = connect(self.using)
-        # Held for the whole drop or build: a guard rail must not end this session early.
-        self.conn.execute("select set_config('idle_session_timeout', '0', false)")
-        got = self.conn.execute(
-            "select pg_try_advisory_lock(%s::integer, %s::integer)", [LOCK_SPACE, self.key]
-        ).fetchone()
-        return bool(got and got[0])
-
-    def __exit__(self, *exc: Any) -> None:
-        self.conn.close()  # ends the session, and the lock with it
 
 
 def state_of(using: str, config: EmbeddingConfig) -> str | None:
@@ -640,7 +395,8 @@ def state_of(using: str, config: EmbeddingConfig) -> str | None:
         return row[0]
     with connections[using].cursor() as cursor:
         cursor.execute(
-            sqlfiles.section("ops.sql", "index_valid"), [sql.Identifier(index.name).as_string(None)]
+            sqlfiles.statement("hnsw.sql", "index_valid"),
+            [sql.Identifier(index.name).as_string(None)],
         )
         found = cursor.fetchone()
     return "ready" if found and found[0] else "missing"

@@ -73,3 +73,11 @@ class TextSearchIndex(models.Index):
 
     def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
         return super().create_sql(model, schema_editor, using=" USING gin", **kwargs)
+
+
+def managed_index(config: Any) -> HnswIndex | None:
+    """The HNSW index (this app's class) over the config's vectors, if their model has one."""
+    for index in config.vector_model._meta.indexes:
+        if isinstance(index, HnswIndex) and list(index.fields) == [config.column]:
+            return index
+    return None

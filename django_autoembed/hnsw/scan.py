@@ -21,6 +21,9 @@ from typing import Any
 import psycopg
 from django.db import transaction
 from pgvector.django import CosineDistance
+from psycopg import sql
+
+from .. import sql as sqlfiles
 
 MARK = "autoembed:hnsw"
 _MARKED = re.compile(r"/\* autoembed:hnsw(?: ef_search=(\d+))? \*/")
@@ -104,27 +107,29 @@ def _restore_on_close(cursor: Any, connection: Any, before: dict[str, str | None
 
 def _current(connection: Any, names: list[str]) -> dict[str, str | None]:
     with connection.cursor() as cursor:
-        cursor.execute("select " + ", ".join(["current_setting(%s, true)"] * len(names)), names)
-        return dict(zip(names, cursor.fetchone(), strict=False))
+        cursor.execute(sqlfiles.statement("hnsw.sql", "scan_current"), [names])
+        return dict(cursor.fetchall())
 
 
 def _set(connection: Any, values: dict[str, str]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "select " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
-            [v for pair in values.items() for v in pair],
+            sqlfiles.statement("hnsw.sql", "scan_set"), [list(values), list(values.values())]
         )
 
 
 def _restore(connection: Any, values: dict[str, str | None]) -> None:
     with connection.cursor() as cursor:
         for name, value in values.items():
-            if (
-                value is None
-            ):  # pgvector was not loaded before: back to the default (names are ours)
-                cursor.execute(f"set local {name} to default")
+            if value is None:  # pgvector was not loaded before: back to the default
+                section, part = name.split(".", 1)  # our own names: hnsw.<setting>
+                cursor.execute(
+                    sqlfiles.statement(
+                        "hnsw.sql", "scan_default", name=sql.Identifier(section, part)
+                    )
+                )
             else:
-                cursor.execute("select set_config(%s, %s, true)", [name, value])
+                cursor.execute(sqlfiles.statement("hnsw.sql", "scan_set"), [[name], [value]])
 
 
 def install_wrapper(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:

@@ -12,8 +12,10 @@ class Migration(migrations.Migration):
     operations = [
         VectorExtension(),
         migrations.RunPython(install_pgmq, drop_pgmq),
-        migrations.RunSQL(sql.load("0001_schema.sql"), "drop schema if exists autoembed cascade"),
-        migrations.RunSQL(sql.load("0001_functions.sql"), migrations.RunSQL.noop),
+        migrations.RunSQL(
+            sql.load("migrations/0001_schema.sql"), "drop schema if exists autoembed cascade"
+        ),
+        migrations.RunSQL(sql.load("migrations/0001_functions.sql"), migrations.RunSQL.noop),
         migrations.CreateModel(
             name="EmbeddingFailure",
             fields=[

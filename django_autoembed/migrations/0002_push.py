@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.RunPython(enable_extensions, migrations.RunPython.noop),
         migrations.RunSQL(
-            sql.load("0002_push.sql"),
+            sql.load("migrations/0002_push.sql"),
             "drop function if exists autoembed.process_embeddings(int, int, int);"
             "drop function if exists autoembed.invoke_endpoint(jsonb, int);",
         ),

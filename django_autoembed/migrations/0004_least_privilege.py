@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunSQL(
-            sql.load("0004_least_privilege.sql"),
-            BACKWARD + sql.section("0001_functions.sql", "queue_ids") + ";",
+            sql.load("migrations/0004_least_privilege.sql"),
+            BACKWARD + sql.section("migrations/0001_functions.sql", "queue_ids") + ";",
         ),
     ]

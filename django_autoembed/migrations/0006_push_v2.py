@@ -12,4 +12,4 @@ drop table if exists autoembed.push_requests;
 class Migration(migrations.Migration):
     dependencies = [("django_autoembed", "0005_index_state")]
 
-    operations = [migrations.RunSQL(sql.load("0006_push_v2.sql"), BACKWARD)]
+    operations = [migrations.RunSQL(sql.load("migrations/0006_push_v2.sql"), BACKWARD)]

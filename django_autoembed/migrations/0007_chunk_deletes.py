@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunSQL(
-            sql.load("0007_chunk_deletes.sql"),
+            sql.load("migrations/0007_chunk_deletes.sql"),
             "drop function if exists autoembed.delete_chunks();",
         )
     ]

@@ -166,7 +166,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(
-            sql.load("0008_vector_store.sql"),
+            sql.load("migrations/0008_vector_store.sql"),
             "drop index if exists django_autoembed_storedvector_created;",
         ),
     ]

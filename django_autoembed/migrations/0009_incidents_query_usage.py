@@ -6,7 +6,7 @@ BACKWARD = (
     "alter function autoembed.queue_inserted() security invoker;\n"
     "alter function autoembed.queue_updated() security invoker;\n"
     "grant execute on function autoembed.queue_ids(jsonb[], text, text, text, text) to public;\n"
-    + sql.section("0006_push_v2.sql", "settle_requests")
+    + sql.section("migrations/0006_push_v2.sql", "settle_requests")
 )
 
 
@@ -65,5 +65,5 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
-        migrations.RunSQL(sql.load("0009_incidents.sql"), BACKWARD),
+        migrations.RunSQL(sql.load("migrations/0009_incidents.sql"), BACKWARD),
     ]

@@ -4,6 +4,7 @@ config resolved once per batch (quoted names, column type, provider)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connections
 from psycopg import sql
@@ -27,7 +28,17 @@ class Resolved:
 
     def query(self, key: str) -> sql.Composed:
         """A section of ``processing.sql`` with this config's names filled in."""
-        return sql.SQL(sqlfiles.section("processing.sql", key)).format(**self.names)
+        return sqlfiles.composed("processing.sql", key, **self.names)
+
+
+def schema_of(cursor: Any, table: str) -> str | None:
+    """The schema an unqualified table name resolves to (None: no such table)."""
+    cursor.execute(
+        sqlfiles.statement("processing.sql", "table_schema"),
+        [sql.Identifier(table).as_string(None)],
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
 
 
 class Targets:
@@ -52,12 +63,7 @@ class Targets:
     def schema_of(self, config: EmbeddingConfig) -> str | None:
         if config.table not in self._schemas:
             with connections[self.using].cursor() as cursor:
-                cursor.execute(
-                    sqlfiles.section("processing.sql", "table_schema"),
-                    [sql.Identifier(config.table).as_string(None)],
-                )
-                row = cursor.fetchone()
-            self._schemas[config.table] = row[0] if row else None
+                self._schemas[config.table] = schema_of(cursor, config.table)
         return self._schemas[config.table]
 
     def resolve(self, config: EmbeddingConfig) -> Resolved:

@@ -48,3 +48,10 @@ drop trigger if exists {trigger} on {table}
 
 -- drop_function -- remove the generated content function
 drop function if exists {function}({table})
+
+-- dedupe_chunks -- before the unique (parent, number) constraint: one chunk of each number
+delete from {table} a using {table} b
+ where a.{parent} = b.{parent} and a.{number} = b.{number} and a.{pk} > b.{pk}
+
+-- drop_unique_chunk_numbers -- remove that constraint (a table rebuilt by a reversed migration may lack it)
+alter table {table} drop constraint if exists {name}

@@ -38,6 +38,15 @@ select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s),
        (array_agg(id order by id desc))[1]::text
   from page
 
+-- unembedded_column -- (a backfill_page condition) the row's vector is NULL
+t.{col} is null
+
+-- unembedded_chunked -- (a backfill_page condition) a row of a config in chunks has none
+not exists (select from {chunks} c where c.parent_id = t.{pk})
+
+-- after_key -- (a backfill_page condition) past the page before, in key order
+and t.{pk} > %s::{pktype}
+
 -- read_chunks -- the chunks stored for these rows (a chunked config; {chunks} is its table)
 select c.id, c.parent_id, c.number, c.text from {chunks} c where c.parent_id = any(%s::{pktype}[])
 

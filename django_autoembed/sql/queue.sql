@@ -48,3 +48,9 @@ select message->>'table', message->>'contentFunction', message->>'embeddingColum
        sum(coalesce(jsonb_array_length(message->'ids'), 1))
   from {queue}
  group by 1, 2, 3
+
+-- notify -- wake the workers listening on a channel
+select pg_notify(%s, '')
+
+-- listen -- hear a channel on this connection
+listen {channel}
