@@ -17,8 +17,8 @@ from .vectors import VECTORS
 class FakeEmbeddingsServer:
     """Threaded HTTP server on 127.0.0.1; ``base_url`` ends in ``/v1``."""
 
-    # What a test sets. ``reset()`` puts back the defaults of all but ``failure_statuses``
-    # (``latency`` to 0, ``exact_tokens`` and ``vectors`` to the constructor's).
+    # What a test sets. ``reset()`` puts back the defaults (``latency`` to 0, ``exact_tokens``
+    # and ``vectors`` to the constructor's): nothing one test sets reaches the next.
     latency: float
     failure_rate: float
     failure_statuses: tuple[int, ...]
@@ -79,7 +79,6 @@ class FakeEmbeddingsServer:
         self._random = random.Random(1234)
         self._exact_default = exact_tokens
         self._vectors_default = vectors
-        self.failure_statuses = (500, 429)
         self._restore()
         self.latency = latency
         self._embeddings = EmbeddingsAPI(self, self._lock, self._random)
@@ -90,6 +89,7 @@ class FakeEmbeddingsServer:
     def _restore(self) -> None:
         self.latency = 0.0
         self.failure_rate = 0.0
+        self.failure_statuses = (500, 429)
         self.retry_after = None
         self.hang_seconds = 0.0
         self.poison = set()
