@@ -7,6 +7,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, TextIO
@@ -131,33 +132,33 @@ class Worker:
         try:
             if lanes == 1:
                 return self._finish(_Lane(self).run())
-            codes: list[int] = []
-            errors: list[BaseException] = []
-
-            def lane() -> None:
-                try:
-                    codes.append(_Lane(self).run())
-                except (
-                    BaseException
-                ) as exc:  # one lane failing stops the others, then re-raised below
-                    errors.append(exc)
-                    self.stop()
-
-            threads = [
-                threading.Thread(target=lane, name=f"autoembed-lane-{i}") for i in range(lanes)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)  # short joins keep the main thread free for signals
-            if errors:
-                raise errors[0]
-            return self._finish(max(codes, default=1))
+            return self._finish(self._run_lanes(lanes))
         finally:
             self.pool.shutdown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _run_lanes(self, lanes: int) -> int:
+        """Run ``lanes`` lanes in threads of their own; the highest exit code wins."""
+        codes: list[int] = []
+        errors: list[BaseException] = []
+
+        def lane() -> None:
+            try:
+                codes.append(_Lane(self).run())
+            except BaseException as exc:  # one lane failing stops the others, re-raised below
+                errors.append(exc)
+                self.stop()
+
+        threads = [threading.Thread(target=lane, name=f"autoembed-lane-{i}") for i in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short joins keep the main thread free for signals
+        if errors:
+            raise errors[0]
+        return max(codes, default=1)
 
     def _finish(self, code: int) -> int:
         """With --once: say which providers are still paused (exit 2), and build every index
@@ -205,6 +206,57 @@ class Worker:
             out.flush()
 
 
+class Wakeups:
+    """How a lane waits: until a NOTIFY (a trigger's, or a lane's handing rows back), the
+    poll interval, or a stop; its LISTEN connection is its own."""
+
+    def __init__(self, using: str, poll_interval: float, stopping: Callable[[], bool]) -> None:
+        self.using = using
+        self.poll_interval = poll_interval
+        self.stopping = stopping
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping() and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def wait(self, seconds: float | None = None) -> None:
+        """Sleep until a NOTIFY (a trigger's, or a worker's handing rows back), the poll
+        interval (or ``seconds``), or a stop signal."""
+        deadline = time.monotonic() + (self.poll_interval if seconds is None else seconds)
+        try:
+            listener = self.listen()
+        except (psycopg.Error, DatabaseError) as exc:
+            logger.debug("LISTEN unavailable (%s); polling.", exc)
+            listener = None
+        while not self.stopping() and time.monotonic() < deadline:
+            slice_ = min(0.5, max(0.0, deadline - time.monotonic()))
+            if listener is None:
+                time.sleep(slice_)
+                continue
+            try:
+                if any(True for _ in listener.notifies(timeout=slice_, stop_after=1)):
+                    return
+            except psycopg.Error:
+                self.close()
+                return
+
+    def listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            self._listener = connect(self.using)
+            queue.listen(self._listener)
+        return self._listener
+
+    def close(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except psycopg.Error:
+                pass
+        self._listener = None
+
+
 class _Lane:
     """One read-process loop with its own processor, connections and LISTEN."""
 
@@ -220,7 +272,7 @@ class _Lane:
             stopping=lambda: worker.stopping,
             pauses=worker.pauses,
         )
-        self._listener: psycopg.Connection[Any] | None = None
+        self.wakeups = Wakeups(self.o.using, self.o.poll_interval, lambda: worker.stopping)
         self._busy_since: float | None = None
         self._retired = False
 
@@ -228,7 +280,7 @@ class _Lane:
         down_since: float | None = None
         try:
             try:
-                self._listen()  # before the first read, so no NOTIFY falls in between
+                self.wakeups.listen()  # before the first read, so no NOTIFY falls in between
             except (psycopg.Error, DatabaseError):
                 pass
             while not self.worker.stopping:
@@ -237,7 +289,7 @@ class _Lane:
                     # reading more now would only hold jobs that cannot be sent.
                     ahead = budget.ahead(self.o.using) - budget.LOOKAHEAD_SECONDS
                     if ahead > 0:
-                        self._sleep(min(ahead, 1.0))
+                        self.wakeups.sleep(min(ahead, 1.0))
                         continue
                     handled = self.step()
                     down_since = None
@@ -247,53 +299,22 @@ class _Lane:
                         return code
                     continue
                 except (OperationalError, InterfaceError, psycopg.OperationalError) as exc:
-                    if _out_of_slots(exc) and self._retire(exc):
-                        return 0
                     down_since = down_since or time.monotonic()
-                    if time.monotonic() - down_since > self.o.max_downtime:
-                        logger.error(
-                            "Database unreachable for %.0f s, giving up: %s",
-                            self.o.max_downtime,
-                            exc,
-                        )
-                        return self.worker.give_up(
-                            f"database unreachable for {self.o.max_downtime:.0f} s ({exc}). "
-                            "Check the database and start the worker again.",
-                            1,
-                        )
-                    if _out_of_slots(exc):
-                        logger.warning(
-                            "Postgres has no connection slot free (%s); retrying. %s", exc, SLOTS
-                        )
-                    else:
-                        logger.warning("Database connection lost (%s); reconnecting.", exc)
-                    self._reset()
-                    time.sleep(1.0)
+                    code = self._lost(exc, down_since)
+                    if code is not None:
+                        return code
                     continue
                 if handled == 0:
-                    if self.o.once:
-                        if self._due_soon():
-                            continue
-                        # An outage's jobs are tried again until its pause has backed off
-                        # as far as it goes (PAUSE_MAX); a configuration error's are not.
-                        retry = self.worker.pauses.retry_wait()
-                        if retry is not None:
-                            self._sleep(retry + 0.05)
-                            continue
-                        if self.worker.batches and self.worker.batches.poll():
-                            self._wait(min(self.o.poll_interval, self.worker.batches.poll_every))
-                            continue
-                        if self.worker.busy_lanes:  # they may hand rows back: wait for them
-                            self._wait(0.5)
-                            continue
+                    if not self.o.once:
+                        self.wakeups.wait()
+                    elif not self._more_to_come():
                         break
-                    self._wait()
             return 0
         finally:
             if not self._retired:
                 with self.worker._lock:
                     self.worker.lanes_running -= 1
-            self._close_listener()
+            self.wakeups.close()
             if threading.current_thread() is not threading.main_thread():
                 connections[self.o.using].close()
 
@@ -412,8 +433,49 @@ class _Lane:
         incidents.report(self.o.using, IncidentKind.STATEMENT_TIMEOUT, "worker", fix)
         if self.o.once and cancels >= ONCE_MAX_CANCELS:
             return self.worker.give_up(f"{cancels} batches in a row were cancelled. {fix}", 1)
-        self._sleep(min(2.0**cancels, 30.0))
+        self.wakeups.sleep(min(2.0**cancels, 30.0))
         return None
+
+    def _lost(self, exc: BaseException, down_since: float) -> int | None:
+        """The database failed this lane: retire it (no connection slot and other lanes
+        run), give up (down for longer than --max-downtime: exit 1), or say it and retry."""
+        if _out_of_slots(exc) and self._retire(exc):
+            return 0
+        if time.monotonic() - down_since > self.o.max_downtime:
+            logger.error("Database unreachable for %.0f s, giving up: %s", self.o.max_downtime, exc)
+            return self.worker.give_up(
+                f"database unreachable for {self.o.max_downtime:.0f} s ({exc}). "
+                "Check the database and start the worker again.",
+                1,
+            )
+        if _out_of_slots(exc):
+            logger.warning("Postgres has no connection slot free (%s); retrying. %s", exc, SLOTS)
+        else:
+            logger.warning("Database connection lost (%s); reconnecting.", exc)
+        self._reset()
+        time.sleep(1.0)
+        return None
+
+    def _more_to_come(self) -> bool:
+        """With --once and nothing read: whether to wait for work that will show soon (rows
+        put back a moment ago, an outage's retry, a batch in flight, another lane's hand-backs)
+        or to end."""
+        if self._due_soon():
+            return True
+        # An outage's jobs are tried again until its pause has backed off as far as it
+        # goes (PAUSE_MAX); a configuration error's are not.
+        retry = self.worker.pauses.retry_wait()
+        if retry is not None:
+            self.wakeups.sleep(retry + 0.05)
+            return True
+        batches = self.worker.batches
+        if batches and batches.poll():
+            self.wakeups.wait(min(self.o.poll_interval, batches.poll_every))
+            return True
+        if self.worker.busy_lanes:  # they may hand rows back: wait for them
+            self.wakeups.wait(0.5)
+            return True
+        return False
 
     def _only_busy(self, result: Any) -> bool:
         """With --once: whether locked rows are all that is left, and for too long."""
@@ -437,86 +499,17 @@ class _Lane:
         grace = max(ONCE_GRACE_SECONDS, self.worker.throttled_until - time.monotonic() + 1.0)
         if wait is None or wait > grace:
             return False
-        self._sleep(wait + 0.05)
+        self.wakeups.sleep(wait + 0.05)
         return not self.worker.stopping
 
     def _trim(self, cursor: Any, messages: list[queue.Message]) -> list[queue.Message]:
-        """Give back messages past the budget so one batch stays bounded.
-
-        The budget counts vectors: a row of a config stored in chunks counts its chunks
-        (as estimated), and a message of more such rows than the budget holds is split,
-        its other rows sent on at once for another lane to take while this one works.
-        """
-        budget = self.worker.row_budget
-        kept: list[queue.Message] = []
-        used = 0.0
-        for message in messages:
-            if kept and used >= budget:
-                break
-            rows = max(1, len(message.row_ids))
-            weight = self._weight(message)
-            if weight > 1 and rows > 1 and used + rows * weight > budget * 1.25:
-                keep = max(1, int((budget - used) / weight))
-                if keep < rows:
-                    with transaction.atomic(using=self.o.using):
-                        message = queue.split_off(cursor, message, keep)
-                    rows = keep
-            kept.append(message)
-            used += rows * weight
-        given_back = [m.msg_id for m in messages[len(kept) :]]
-        queue.release(cursor, given_back)
-        split = bool(kept) and len(kept[-1].row_ids) < len(messages[len(kept) - 1].row_ids)
-        if given_back or split:
-            queue.notify(cursor)  # wake the other lanes
-        return kept
+        return trim(cursor, messages, self.worker.row_budget, self._weight, self.o.using)
 
     def _weight(self, message: queue.Message) -> float:
         """Vectors a row of this message makes (1 but for configs stored in chunks)."""
         target = message.target
         config = target and registry.match(target.table, target.function, target.column)
         return self.worker.indexing.backlog.vectors_per_row(config) if config else 1.0
-
-    # -- waiting --------------------------------------------------------------
-
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.worker.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-
-    def _wait(self, seconds: float | None = None) -> None:
-        """Sleep until a NOTIFY (a trigger's, or a worker's handing rows back), the poll
-        interval (or ``seconds``), or a stop signal."""
-        deadline = time.monotonic() + (self.o.poll_interval if seconds is None else seconds)
-        try:
-            listener = self._listen()
-        except (psycopg.Error, DatabaseError) as exc:
-            logger.debug("LISTEN unavailable (%s); polling.", exc)
-            listener = None
-        while not self.worker.stopping and time.monotonic() < deadline:
-            slice_ = min(0.5, max(0.0, deadline - time.monotonic()))
-            if listener is None:
-                time.sleep(slice_)
-                continue
-            try:
-                if any(True for _ in listener.notifies(timeout=slice_, stop_after=1)):
-                    return
-            except psycopg.Error:
-                self._close_listener()
-                return
-
-    def _listen(self) -> psycopg.Connection[Any]:
-        if self._listener is None or self._listener.closed:
-            self._listener = connect(self.o.using)
-            queue.listen(self._listener)
-        return self._listener
-
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            try:
-                self._listener.close()
-            except psycopg.Error:
-                pass
-        self._listener = None
 
     def _retire(self, exc: BaseException) -> bool:
         """Leave the worker to the other lanes when Postgres has no connection for this one."""
@@ -540,7 +533,43 @@ class _Lane:
             connections[self.o.using].close()
         except DatabaseError:
             pass
-        self._close_listener()
+        self.wakeups.close()
+
+
+def trim(
+    cursor: Any,
+    messages: list[queue.Message],
+    budget: int,
+    weight_of: Callable[[queue.Message], float],
+    using: str,
+) -> list[queue.Message]:
+    """Give back messages past the budget so one batch stays bounded.
+
+    The budget counts vectors: a row of a config stored in chunks counts its chunks (as
+    estimated), and a message of more such rows than the budget holds is split, its other
+    rows sent on at once for another lane to take while this one works.
+    """
+    kept: list[queue.Message] = []
+    used = 0.0
+    for message in messages:
+        if kept and used >= budget:
+            break
+        rows = max(1, len(message.row_ids))
+        weight = weight_of(message)
+        if weight > 1 and rows > 1 and used + rows * weight > budget * 1.25:
+            keep = max(1, int((budget - used) / weight))
+            if keep < rows:
+                with transaction.atomic(using=using):
+                    message = queue.split_off(cursor, message, keep)
+                rows = keep
+        kept.append(message)
+        used += rows * weight
+    given_back = [m.msg_id for m in messages[len(kept) :]]
+    queue.release(cursor, given_back)
+    split = bool(kept) and len(kept[-1].row_ids) < len(messages[len(kept) - 1].row_ids)
+    if given_back or split:
+        queue.notify(cursor)  # wake the other lanes
+    return kept
 
 
 SLOTS = (
