@@ -38,7 +38,7 @@ lint: install-dev
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 
-# mypy with django-stubs over the package (STYLE.md).
+# mypy with django-stubs over the package, with its strict flags (pyproject.toml).
 typecheck: install-dev
 	$(BIN)/mypy django_autoembed
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -38,7 +38,7 @@ class EmbeddingFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("present", "present"), ("missing", "missing")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() not in ("present", "missing"):
             return queryset
         configs = registry.for_model(queryset.model)
@@ -72,8 +72,14 @@ def chunk_count(config: str | None = None) -> Any:
     return chunks
 
 
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:  # ModelAdmin takes no type arguments at run time
+    _ModelAdmin = admin.ModelAdmin
+
+
 @admin.register(EmbeddingFailure)
-class EmbeddingFailureAdmin(admin.ModelAdmin):
+class EmbeddingFailureAdmin(_ModelAdmin):
     list_display = ("config", "object_link", "short_error", "attempts", "last_failed_at")
     list_filter = ("config",)
     search_fields = ("object_pk", "error")
@@ -106,7 +112,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         return obj.error if len(obj.error) <= 120 else obj.error[:117] + "..."
 
     @admin.action(description="Retry: queue the selected rows again")
-    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         result = retry(queryset)
         if result.queued:
             self.message_user(
@@ -116,11 +122,11 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             self.message_user(request, reason, level=messages.WARNING)
 
     @admin.action(description="Discard the selected failures")
-    def discard_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         self.message_user(request, f"Discarded {discard(queryset)} failures.")
 
 
-class _ReadOnly(admin.ModelAdmin):
+class _ReadOnly(_ModelAdmin):
     """Written by the workers; the admin only shows it."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:

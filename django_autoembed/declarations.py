@@ -96,11 +96,11 @@ class EmbeddingConfig:
 
     @property
     def table(self) -> str:
-        return self.model_class._meta.db_table
+        return str(self.model_class._meta.db_table)
 
     @property
     def pk_column(self) -> str:
-        return self.model_class._meta.pk.column
+        return str(self.model_class._meta.pk.column)
 
     @property
     def function_name(self) -> str:

@@ -81,7 +81,7 @@ class Fused(Expression):
             if self.part in (side, "score"):
                 sources[side] = _render(side, sources, [past, past])
         if self.part != "score":
-            return sources[self.part]
+            return cast(tuple[str, list[Any]], sources[self.part])
         w_vector, w_text, k = float(self.weights[0]), float(self.weights[1]), float(self.rrf_k)
         return _render("score", sources, [w_vector, k, w_text, k])
 

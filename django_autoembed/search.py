@@ -4,7 +4,7 @@ from ``hybrid``), on the default manager of every declared model."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from asgiref.sync import sync_to_async
@@ -40,7 +40,7 @@ def _mean_of_chunks(cfg: EmbeddingConfig, pk: Any) -> np.ndarray | None:
     return mean / norm if norm else None
 
 
-class EmbeddingQuerySet(HybridSearch, models.QuerySet):  # type: ignore[misc]
+class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     """QuerySet with vector search over the model's embedding configs."""
 
     def embedding_config(self, config: str | None = None) -> EmbeddingConfig:
@@ -50,7 +50,8 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet):  # type: ignore[misc]
 
         chunks_of = getattr(self.model, "autoembed_chunks_of", None)
         if chunks_of is not None:  # a chunk model: search its chunks with the parent's provider
-            return replace(chunks_of, model_class=self.model, chunk_tokens=None, chunk_model=None)
+            chunks: EmbeddingConfig = chunks_of
+            return replace(chunks, model_class=self.model, chunk_tokens=None, chunk_model=None)
         configs = registry.for_model(self.model)
         if not configs:
             raise UnknownConfig(
@@ -91,10 +92,11 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet):  # type: ignore[misc]
         value = vector_value(cfg, vector)
         if cfg.chunked:
             return self._nearest_by_chunks(cfg, value, ef_search, candidates)
-        return (
+        return cast(
+            EmbeddingQuerySet,
             self.filter(**{f"{cfg.column}__isnull": False})
             .annotate(distance=SearchDistance(cfg.column, value, ef_search=ef_search))
-            .order_by("distance")
+            .order_by("distance"),
         )
 
     def semantic_search(
@@ -188,10 +190,11 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet):  # type: ignore[misc]
     def _by_chunks_among(
         self, cfg: EmbeddingConfig, value: Any, ef_search: int | None, rows: Any
     ) -> EmbeddingQuerySet:
-        return (
+        return cast(
+            EmbeddingQuerySet,
             self.filter(pk__in=rows)
             .annotate(**self._distances(cfg, value, ef_search))
-            .order_by("distance")
+            .order_by("distance"),
         )
 
     def _nearest_parents(
@@ -209,7 +212,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet):  # type: ignore[misc]
                 return found[:k]
             size *= 4
 
-    def _distances(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> dict:
+    def _distances(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> dict[str, Any]:
         """The ``distance`` annotation of a row (for chunks: its best chunk's, with that
         chunk's ``chunk_text`` and ``chunk_number``)."""
         value = vector_value(cfg, value)
@@ -259,7 +262,7 @@ class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type
             for c in _configs_of(self.model)
             if c.text_search_column and c.template_fields()
         ]
-        return qs.defer(*columns) if columns else qs
+        return cast(EmbeddingQuerySet, qs.defer(*columns) if columns else qs)
 
 
 def _configs_of(model: Any) -> list[EmbeddingConfig]:

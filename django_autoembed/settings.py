@@ -162,7 +162,7 @@ def default(key: str) -> Any:
     """The default of AUTOEMBED[``key``]."""
     spec = KEYS[key]
     if spec.default is MISSING:
-        return spec.default_factory()  # type: ignore[misc,operator]
+        return spec.default_factory()  # type: ignore[operator]
     return spec.default
 
 
@@ -193,10 +193,7 @@ def _checked(key: str, value: Any, types: tuple[type | None, ...]) -> Any:
     allowed = tuple(t for t in types if t is not None)
     fits = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
     if not fits:
-        names = " or ".join(
-            "None" if t is None else t.__name__  # type: ignore[union-attr]
-            for t in types
-        )
+        names = " or ".join("None" if t is None else t.__name__ for t in types)
         raise ConfigurationError(
             f"AUTOEMBED[{key!r}] = {value!r} is a {type(value).__name__}; it takes {names} "
             f"(default {default(key)!r})."

@@ -30,4 +30,5 @@ def cl100k_head(text: str, tokens: int) -> str:
     if len(ids) <= tokens:
         return text
     # Decoding a cut can end mid-character; drop what does not decode whole.
-    return cl100k().decode_bytes(ids[:tokens]).decode("utf-8", errors="ignore")
+    cut: bytes = cl100k().decode_bytes(ids[:tokens])
+    return cut.decode("utf-8", errors="ignore")

@@ -42,7 +42,7 @@ class SearchDistance(CosineDistance):
         if hasattr(self, "_constructor_args"):
             self._constructor_args = (self._constructor_args[0], {**extra, "ef_search": ef_search})
 
-    def as_sql(self, compiler: Any, connection: Any, *args: Any, **extra: Any) -> tuple[str, Any]:  # type: ignore[override]
+    def as_sql(self, compiler: Any, connection: Any, *args: Any, **extra: Any) -> tuple[str, Any]:
         sql, params = super().as_sql(compiler, connection, *args, **extra)
         settings = f" ef_search={self.ef_search}" if self.ef_search else ""
         return f"{sql} /* {MARK}{settings} */", params

@@ -41,7 +41,7 @@ def _load(model: str) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     path = model
     if model in (DEFAULT_LOCAL_MODEL, f"sentence-transformers/{DEFAULT_LOCAL_MODEL}"):
@@ -58,7 +58,7 @@ def _packaged_path(module: Any) -> str:
             value = value()
         if value:
             return str(value)
-    return os.path.dirname(module.__file__)
+    return str(os.path.dirname(module.__file__))
 
 
 class LocalProvider(Provider):

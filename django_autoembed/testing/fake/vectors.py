@@ -39,7 +39,8 @@ def fake_vectors(texts: list[str], dimensions: int) -> np.ndarray:
     )
     pool = _pool(dimensions)
     v = pool[digests[:, 0]] + 0.7 * pool[digests[:, 1]] + 0.49 * pool[digests[:, 2]]
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 # ``related_vectors``: character trigrams hashed into this many buckets, each bucket a row of
@@ -79,7 +80,8 @@ def related_vectors(texts: list[str], dimensions: int) -> np.ndarray:
     norms = np.linalg.norm(shared, axis=1, keepdims=True)
     shared = np.divide(shared, norms, out=np.zeros_like(shared), where=norms > 0)
     v = shared + _OWN * fake_vectors(texts, dimensions)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 # What the server's ``vectors`` setting names.
@@ -91,4 +93,5 @@ VECTORS: dict[str, Callable[[list[str], int], np.ndarray]] = {
 
 def fake_vector(text: str, dimensions: int) -> np.ndarray:
     """The unit vector the fake server returns for ``text``."""
-    return fake_vectors([text], dimensions)[0]
+    vector: np.ndarray = fake_vectors([text], dimensions)[0]
+    return vector
