@@ -46,7 +46,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREPARING, SUBMITTED, DONE = "preparing", "submitted", "done"
+
+class BatchState(models.TextChoices):
+    """Where our record of a batch stands (the provider's own status is kept beside it)."""
+
+    PREPARING = "preparing", "preparing"  # recorded, being uploaded and created
+    SUBMITTED = "submitted", "submitted"  # the provider has it
+    DONE = "done", "done"  # collected, or given up on
+
+
+PREPARING, SUBMITTED, DONE = BatchState.PREPARING, BatchState.SUBMITTED, BatchState.DONE
 # The provider's states a batch ends in.
 TERMINAL = ("completed", "expired", "failed", "cancelled")
 # Jobs of a batch stay hidden this long at most (the provider's 24-hour window, and then some).
@@ -70,7 +79,7 @@ class ProviderBatch(models.Model):
     batch_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     state = models.CharField(
         max_length=16,
-        choices=[(PREPARING, PREPARING), (SUBMITTED, SUBMITTED), (DONE, DONE)],
+        choices=BatchState.choices,
         default=PREPARING,
     )
     status = models.CharField(max_length=32, blank=True, default="", help_text="the provider's")
@@ -416,7 +425,7 @@ class Batches:
             requests=len(result.vectors),
             inputs=len(items),
             tokens=result.tokens,
-            mode=usage.BATCH,
+            mode=usage.UsageMode.BATCH,
         )
         reasons = sorted(set(result.errors.values()))
         with transaction.atomic(using=self.using):

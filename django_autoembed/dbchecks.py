@@ -21,7 +21,7 @@ from psycopg import sql
 from . import grants, queue
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry
-from .hnsw.deferral import state_of
+from .hnsw.deferral import IndexStatus, state_of
 from .hnsw.indexes import managed_index
 from .install import has_extension
 from .triggers import EmbeddingTrigger, as_text
@@ -151,7 +151,7 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
             )
     if config.chunked and column is not None:
         out += _check_chunk_numbers(cursor, config)
-    if column is not None and state_of(cursor.db.alias, config) == "missing":
+    if column is not None and state_of(cursor.db.alias, config) == IndexStatus.MISSING:
         # Deferred or building for a backfill is no drift: a worker builds it again.
         index = managed_index(config)
         out.append(

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, models, transaction
 from django.utils import timezone
 
+from .exceptions import PauseKind
+
 if TYPE_CHECKING:
     from .exceptions import ProcessingPaused
 
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # A paused provider is tried again after this many seconds, doubling up to PAUSE_MAX:
 # sooner after an outage or a rate limit than after a configuration error.
-PAUSE_FIRST = {"config": 5.0, "unavailable": 1.0}
+PAUSE_FIRST = {PauseKind.CONFIG: 5.0, PauseKind.UNAVAILABLE: 1.0}
 PAUSE_MAX = 60.0
 # With a fixed pause (the endpoint), an outage's jobs wait at least this long, or the
 # provider's Retry-After, and at most the fixed pause.
@@ -72,7 +74,7 @@ def record_pause(using: str, paused: ProcessingPaused, *, retry_in: float) -> No
         _cleared.pop((using, paused.provider), None)
     try:
         with transaction.atomic(using=using):
-            what = "misconfigured" if paused.kind == "config" else "unavailable"
+            what = "misconfigured" if paused.kind is PauseKind.CONFIG else "unavailable"
             ProviderPause.objects.using(using).update_or_create(
                 provider=paused.provider[:255],
                 defaults={"error": f"{what}: {paused.error} (next try in {retry_in:.0f} s)"},
@@ -161,8 +163,8 @@ class PauseBook:
             self._held[key] = _Held(paused, now + seconds, seconds)
         # Listeners hear of a pause that will last: a configuration error, or an outage that
         # has backed off to the maximum (a blip of a second must not rebuild an index).
-        lasting = (first and paused.kind == "config") or (
-            paused.kind == "unavailable"
+        lasting = (first and paused.kind is PauseKind.CONFIG) or (
+            paused.kind is PauseKind.UNAVAILABLE
             and seconds >= PAUSE_MAX
             and (first or held is None or held.seconds < PAUSE_MAX)
         )
@@ -177,7 +179,7 @@ class PauseBook:
     def _seconds(self, paused: ProcessingPaused, held: _Held | None) -> float:
         retry_after = paused.error.retry_after or 0.0
         if self.fixed is not None:
-            if paused.kind == "config":
+            if paused.kind is PauseKind.CONFIG:
                 return self.fixed
             return min(self.fixed, max(OUTAGE_RELEASE_SECONDS, retry_after))
         if held is None:
@@ -189,7 +191,7 @@ class PauseBook:
         return max(seconds, retry_after)
 
     def _say(self, paused: ProcessingPaused, seconds: float) -> None:
-        if paused.kind == "config":
+        if paused.kind is PauseKind.CONFIG:
             logger.error(
                 "Embedding paused for %s: %s Nothing was spent: its jobs stay queued, the "
                 "other providers' jobs go on, and it is tried again every %.0f-%.0f s until "
@@ -233,6 +235,6 @@ class PauseBook:
             waits = [
                 max(0.0, h.until - time.monotonic())
                 for h in self._held.values()
-                if h.paused.kind == "unavailable" and h.seconds < PAUSE_MAX
+                if h.paused.kind is PauseKind.UNAVAILABLE and h.seconds < PAUSE_MAX
             ]
         return min(waits) if waits else None

@@ -28,7 +28,13 @@ from . import sql as sqlfiles
 
 logger = logging.getLogger(__name__)
 
-API, BATCH, QUERY = "api", "batch", "query"
+
+class UsageMode(models.TextChoices):
+    """How the tokens were sent: each has its price (the Batch API's at BATCH_PRICE)."""
+
+    API = "api", "embeddings API"
+    BATCH = "batch", "Batch API"
+    QUERY = "query", "search queries"
 
 
 class EmbeddingUsage(models.Model):
@@ -39,8 +45,8 @@ class EmbeddingUsage(models.Model):
     model = models.CharField(max_length=255, help_text="the provider's model")
     mode = models.CharField(
         max_length=16,
-        choices=[(API, "embeddings API"), (BATCH, "Batch API"), (QUERY, "search queries")],
-        default=API,
+        choices=UsageMode.choices,
+        default=UsageMode.API,
     )
     requests = models.BigIntegerField(default=0)
     inputs = models.BigIntegerField(default=0)
@@ -69,12 +75,19 @@ def price(model: str, mode: str, tokens: int) -> float | None:
     per_million = (settings.current().prices or {}).get(model)
     if per_million is None:
         return None
-    share = float(settings.current().batch_price) if mode == BATCH else 1.0
+    share = float(settings.current().batch_price) if mode == UsageMode.BATCH else 1.0
     return float(per_million) * share * tokens / 1_000_000
 
 
 def record(
-    using: str, config: str, model: str, *, requests: int, inputs: int, tokens: int, mode: str = API
+    using: str,
+    config: str,
+    model: str,
+    *,
+    requests: int,
+    inputs: int,
+    tokens: int,
+    mode: str = UsageMode.API,
 ) -> None:
     """Add to today's usage of ``config``; never fails the caller (the log says why)."""
     if not (requests or inputs or tokens):
@@ -124,7 +137,13 @@ def flush_queries() -> None:
     for (using, config, model), (requests, inputs, tokens) in taken.items():
         try:
             record(
-                using, config, model, requests=requests, inputs=inputs, tokens=tokens, mode=QUERY
+                using,
+                config,
+                model,
+                requests=requests,
+                inputs=inputs,
+                tokens=tokens,
+                mode=UsageMode.QUERY,
             )
         except (DatabaseError, RuntimeError) as exc:  # RuntimeError: no database access here
             logger.warning("Usage of %s's search queries not recorded (%s).", config, exc)

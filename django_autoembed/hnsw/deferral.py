@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -46,7 +47,17 @@ from .sessions import Advisory, Autocommit, apply, build_settings, launched
 
 logger = logging.getLogger(__name__)
 
-DEFERRED, BUILDING = "deferred", "building"
+
+class IndexStatus(StrEnum):
+    """Where a config's HNSW index stands (``state_of``)."""
+
+    READY = "ready"
+    DEFERRED = "deferred"  # dropped until its backlog drains
+    BUILDING = "building"  # being built again, in bulk
+    MISSING = "missing"  # missing or invalid, and no worker is on it
+
+
+DEFERRED, BUILDING = IndexStatus.DEFERRED, IndexStatus.BUILDING
 # A backlog this many times what the index holds is cheaper to embed without the index
 # and build in bulk afterwards (per-row inserts ~7 ms, a bulk build ~1.5-2 ms a row).
 DEFER_RATIO = 0.5
@@ -60,7 +71,9 @@ class IndexState(models.Model):
     config = models.CharField(max_length=255, unique=True, help_text="app_label.Model.config")
     index = models.CharField(max_length=63)
     table = models.CharField(max_length=255)
-    state = models.CharField(max_length=16, choices=[(DEFERRED, DEFERRED), (BUILDING, BUILDING)])
+    state = models.CharField(
+        max_length=16, choices=[(DEFERRED.value, DEFERRED.value), (BUILDING.value, BUILDING.value)]
+    )
     since = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -375,9 +388,8 @@ class Indexing:
         return owner
 
 
-def state_of(using: str, config: EmbeddingConfig) -> str | None:
-    """Where a config's index stands: None (no index of ours), 'ready', 'deferred', 'building'
-    or 'missing'."""
+def state_of(using: str, config: EmbeddingConfig) -> IndexStatus | None:
+    """Where a config's index stands (None: no index of ours)."""
     index = managed_index(config)
     if index is None:
         return None
@@ -392,14 +404,14 @@ def state_of(using: str, config: EmbeddingConfig) -> str | None:
     except DatabaseError:
         row = None
     if row:
-        return row[0]
+        return IndexStatus(row[0])
     with connections[using].cursor() as cursor:
         cursor.execute(
             sqlfiles.statement("hnsw.sql", "index_valid"),
             [sql.Identifier(index.name).as_string(None)],
         )
         found = cursor.fetchone()
-    return "ready" if found and found[0] else "missing"
+    return IndexStatus.READY if found and found[0] else IndexStatus.MISSING
 
 
 _endpoint: dict[str, Indexing] = {}

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ...declarations import registry
 from ...exceptions import QueueMissing, UnknownConfig
+from ...hnsw.deferral import IndexStatus
 from ...status import collect
 
 LAG_EXIT = 3
@@ -174,8 +175,10 @@ class Command(BaseCommand):
                     f"using {budget['share']:.0%} of it, {budget['throttled']} answers 429 so far"
                 )
         for c in status.configs:
-            if c.index in ("deferred", "building"):
+            if c.index in (IndexStatus.DEFERRED, IndexStatus.BUILDING):
                 what = (
-                    "deferred until the backlog drains" if c.index == "deferred" else "being built"
+                    "deferred until the backlog drains"
+                    if c.index == IndexStatus.DEFERRED
+                    else "being built"
                 )
                 self.stdout.write(f"index of {c.config}: {what}; searches scan exactly meanwhile")
