@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from django.core import checks
@@ -10,7 +11,7 @@ from django.db import DEFAULT_DB_ALIAS, models, router
 from pgvector.django import HalfVectorField, VectorField
 
 from . import settings as autoembed_settings
-from .declarations import HNSW_MAX_DIMENSIONS, registry
+from .declarations import HNSW_MAX_DIMENSIONS, EmbeddingConfig, registry
 from .exceptions import ConfigurationError
 
 NOT_EMBEDDABLE = (models.BinaryField, HalfVectorField, VectorField, models.FileField)
@@ -19,151 +20,196 @@ NOT_EMBEDDABLE = (models.BinaryField, HalfVectorField, VectorField, models.FileF
 @checks.register("autoembed")
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
-    columns: dict[tuple[str, str], str] = {}
+    columns: dict[tuple[str, str], str] = {}  # (table, queue column) -> the config writing it
     for config in registry.all():
-        model = config.model_class
-        meta = model._meta
+        meta = config.model_class._meta
         if app_configs is not None and meta.app_config not in app_configs:
             continue
-        local = {f.name: f for f in meta.local_concrete_fields}
-        for name in config.template_fields():
-            field = local.get(name)
-            if field is None:
-                inherited = name in {f.name for f in meta.concrete_fields}
-                errors.append(
-                    checks.Error(
-                        f"{config.label} embeds {name!r}, which is "
-                        + ("a field of a parent model's table." if inherited else "not a field."),
-                        hint="Embed fields stored in this model's own table. Choose from: "
-                        + ", ".join(sorted(local))
-                        + ".",
-                        obj=model,
-                        id="autoembed.E001",
-                    )
-                )
-            elif isinstance(field, NOT_EMBEDDABLE):
-                errors.append(
-                    checks.Error(
-                        f"{config.label} embeds {name!r}, a {type(field).__name__}, which has no "
-                        "text to embed.",
-                        hint="Embed text, number or date fields, or write a content_function.",
-                        obj=model,
-                        id="autoembed.E002",
-                    )
-                )
-        if not config.template_fields() and not config.content_function:
-            errors.append(
-                checks.Error(
-                    f"{config.label} has no fields, template or content_function.",
-                    hint="Give EmbeddingConfig(fields=[...]) or template='...'.",
-                    obj=model,
-                    id="autoembed.E003",
-                )
-            )
-        column = (
-            None
-            if config.chunked
-            else local.get(config.column)
-            or next((f for f in meta.local_fields if f.column == config.column), None)
-        )
-        if column is not None and not isinstance(column, (HalfVectorField, VectorField)):
-            errors.append(
-                checks.Error(
-                    f"{config.label} writes to {config.column!r}, a {type(column).__name__}, not "
-                    "a vector column.",
-                    hint="Point column= at a HalfVectorField/VectorField, or at a free name to "
-                    "have one added.",
-                    obj=model,
-                    id="autoembed.E004",
-                )
-            )
-        if column is not None and getattr(column, "dimensions", None) not in (
-            None,
-            config.get_dimensions(),
-        ):
-            errors.append(
-                checks.Error(
-                    f"{config.label}: column {config.column!r} holds {column.dimensions} "
-                    "dimensions but the "
-                    f"config embeds {config.get_dimensions()}.",
-                    hint="Make EmbeddingConfig(dimensions=...) or AUTOEMBED['DIMENSIONS'] match "
-                    "the column.",
-                    obj=model,
-                    id="autoembed.E005",
-                )
-            )
-        if config.index and config.get_dimensions() > HNSW_MAX_DIMENSIONS:
-            errors.append(
-                checks.Error(
-                    f"{config.label}: {config.get_dimensions()} dimensions is over the "
-                    f"{HNSW_MAX_DIMENSIONS} an HNSW "
-                    "halfvec index can hold.",
-                    hint="Ask the model for fewer dimensions (text-embedding-3 models take "
-                    "dimensions=), "
-                    "or declare index=False.",
-                    obj=model,
-                    id="autoembed.E006",
-                )
-            )
-        if config.chunked and config.clear_on_update:
-            errors.append(
-                checks.Error(
-                    f"{config.label} stores its vectors in chunks, so there is no vector on the "
-                    "row "
-                    "to clear on update.",
-                    hint="Drop clear_on_update=True: a row's old chunks are replaced when its new "
-                    "text is embedded.",
-                    obj=model,
-                    id="autoembed.E009",
-                )
-            )
-        if config.too_long not in ("truncate", "fail"):
-            errors.append(
-                checks.Error(
-                    f"{config.label}: too_long={config.too_long!r} is neither 'truncate' nor "
-                    "'fail'.",
-                    hint="Choose too_long='truncate' (cut at the model's limit, logged) or 'fail' "
-                    "(dead-lettered at once), or store long texts in chunks with chunk_tokens=.",
-                    obj=model,
-                    id="autoembed.E010",
-                )
-            )
-        if config.chunked and not 0 <= config.chunk_overlap < int(config.chunk_tokens or 0):
-            errors.append(
-                checks.Error(
-                    f"{config.label}: chunk_tokens={config.chunk_tokens} and "
-                    f"chunk_overlap={config.chunk_overlap} cannot make chunks.",
-                    hint="Give chunk_tokens a positive size and chunk_overlap a smaller one "
-                    "(at most half of it is used).",
-                    obj=model,
-                    id="autoembed.E011",
-                )
-            )
-        if config.text_search and not config.template_fields():
-            errors.append(
-                checks.Error(
-                    f"{config.label}: text_search={config.text_search!r} needs fields to search, "
-                    "and this config embeds a custom content function only.",
-                    hint="Declare fields=[...] (or a template) beside content_function, or drop "
-                    "text_search.",
-                    obj=model,
-                    id="autoembed.E012",
-                )
-            )
+        errors.extend(_config_errors(config))
         key = (meta.db_table, config.queue_column)
         if key in columns:
-            errors.append(
-                checks.Error(
-                    f"{config.label} and {columns[key]} both write "
-                    f"{meta.db_table}.{config.column}.",
-                    hint="Give each EmbeddingConfig its own column=.",
-                    obj=model,
-                    id="autoembed.E007",
-                )
-            )
+            errors.append(_shared_column(config, columns[key]))
         columns[key] = config.label
         errors.extend(_check_routing(config))
     return errors
+
+
+def _config_errors(config: EmbeddingConfig) -> list[checks.CheckMessage]:
+    """Everything wrong with one declaration on its own, in the order the ids were added."""
+    meta = config.model_class._meta
+    local = {f.name: f for f in meta.local_concrete_fields}
+    errors = _field_errors(config, local)
+    column = (
+        None
+        if config.chunked
+        else local.get(config.column)
+        or next((f for f in meta.local_fields if f.column == config.column), None)
+    )
+    if column is not None:
+        errors.extend(_column_errors(config, column))
+    for check in _OPTION_CHECKS:
+        error = check(config)
+        if error is not None:
+            errors.append(error)
+    return errors
+
+
+def _field_errors(config: EmbeddingConfig, local: dict[str, Any]) -> list[checks.CheckMessage]:
+    """Fields embedded that are not text of this table (E001, E002), or none at all (E003)."""
+    model = config.model_class
+    errors: list[checks.CheckMessage] = []
+    for name in config.template_fields():
+        field = local.get(name)
+        if field is None:
+            inherited = name in {f.name for f in model._meta.concrete_fields}
+            errors.append(
+                checks.Error(
+                    f"{config.label} embeds {name!r}, which is "
+                    + ("a field of a parent model's table." if inherited else "not a field."),
+                    hint="Embed fields stored in this model's own table. Choose from: "
+                    + ", ".join(sorted(local))
+                    + ".",
+                    obj=model,
+                    id="autoembed.E001",
+                )
+            )
+        elif isinstance(field, NOT_EMBEDDABLE):
+            errors.append(
+                checks.Error(
+                    f"{config.label} embeds {name!r}, a {type(field).__name__}, which has no "
+                    "text to embed.",
+                    hint="Embed text, number or date fields, or write a content_function.",
+                    obj=model,
+                    id="autoembed.E002",
+                )
+            )
+    if not config.template_fields() and not config.content_function:
+        errors.append(
+            checks.Error(
+                f"{config.label} has no fields, template or content_function.",
+                hint="Give EmbeddingConfig(fields=[...]) or template='...'.",
+                obj=model,
+                id="autoembed.E003",
+            )
+        )
+    return errors
+
+
+def _column_errors(config: EmbeddingConfig, column: Any) -> list[checks.CheckMessage]:
+    """A model field already at ``column=`` that is no vector (E004) or of other dimensions
+    (E005)."""
+    errors: list[checks.CheckMessage] = []
+    if not isinstance(column, (HalfVectorField, VectorField)):
+        errors.append(
+            checks.Error(
+                f"{config.label} writes to {config.column!r}, a {type(column).__name__}, not "
+                "a vector column.",
+                hint="Point column= at a HalfVectorField/VectorField, or at a free name to "
+                "have one added.",
+                obj=config.model_class,
+                id="autoembed.E004",
+            )
+        )
+    if getattr(column, "dimensions", None) not in (None, config.get_dimensions()):
+        errors.append(
+            checks.Error(
+                f"{config.label}: column {config.column!r} holds {column.dimensions} "
+                "dimensions but the "
+                f"config embeds {config.get_dimensions()}.",
+                hint="Make EmbeddingConfig(dimensions=...) or AUTOEMBED['DIMENSIONS'] match "
+                "the column.",
+                obj=config.model_class,
+                id="autoembed.E005",
+            )
+        )
+    return errors
+
+
+def _too_many_dimensions(config: EmbeddingConfig) -> checks.CheckMessage | None:
+    if not (config.index and config.get_dimensions() > HNSW_MAX_DIMENSIONS):
+        return None
+    return checks.Error(
+        f"{config.label}: {config.get_dimensions()} dimensions is over the "
+        f"{HNSW_MAX_DIMENSIONS} an HNSW "
+        "halfvec index can hold.",
+        hint="Ask the model for fewer dimensions (text-embedding-3 models take "
+        "dimensions=), "
+        "or declare index=False.",
+        obj=config.model_class,
+        id="autoembed.E006",
+    )
+
+
+def _chunks_cleared_on_update(config: EmbeddingConfig) -> checks.CheckMessage | None:
+    if not (config.chunked and config.clear_on_update):
+        return None
+    return checks.Error(
+        f"{config.label} stores its vectors in chunks, so there is no vector on the "
+        "row "
+        "to clear on update.",
+        hint="Drop clear_on_update=True: a row's old chunks are replaced when its new "
+        "text is embedded.",
+        obj=config.model_class,
+        id="autoembed.E009",
+    )
+
+
+def _unknown_too_long(config: EmbeddingConfig) -> checks.CheckMessage | None:
+    if config.too_long in ("truncate", "fail"):
+        return None
+    return checks.Error(
+        f"{config.label}: too_long={config.too_long!r} is neither 'truncate' nor 'fail'.",
+        hint="Choose too_long='truncate' (cut at the model's limit, logged) or 'fail' "
+        "(dead-lettered at once), or store long texts in chunks with chunk_tokens=.",
+        obj=config.model_class,
+        id="autoembed.E010",
+    )
+
+
+def _chunk_sizes_unusable(config: EmbeddingConfig) -> checks.CheckMessage | None:
+    if not (config.chunked and not 0 <= config.chunk_overlap < int(config.chunk_tokens or 0)):
+        return None
+    return checks.Error(
+        f"{config.label}: chunk_tokens={config.chunk_tokens} and "
+        f"chunk_overlap={config.chunk_overlap} cannot make chunks.",
+        hint="Give chunk_tokens a positive size and chunk_overlap a smaller one "
+        "(at most half of it is used).",
+        obj=config.model_class,
+        id="autoembed.E011",
+    )
+
+
+def _text_search_without_fields(config: EmbeddingConfig) -> checks.CheckMessage | None:
+    if not (config.text_search and not config.template_fields()):
+        return None
+    return checks.Error(
+        f"{config.label}: text_search={config.text_search!r} needs fields to search, "
+        "and this config embeds a custom content function only.",
+        hint="Declare fields=[...] (or a template) beside content_function, or drop text_search.",
+        obj=config.model_class,
+        id="autoembed.E012",
+    )
+
+
+# Checked in this order, so that errors come out as they always have.
+_OPTION_CHECKS: tuple[Callable[[EmbeddingConfig], checks.CheckMessage | None], ...] = (
+    _too_many_dimensions,
+    _chunks_cleared_on_update,
+    _unknown_too_long,
+    _chunk_sizes_unusable,
+    _text_search_without_fields,
+)
+
+
+def _shared_column(config: EmbeddingConfig, other: str) -> checks.CheckMessage:
+    """``config`` writes the column the config labelled ``other`` writes already (E007)."""
+    meta = config.model_class._meta
+    return checks.Error(
+        f"{config.label} and {other} both write {meta.db_table}.{config.column}.",
+        hint="Give each EmbeddingConfig its own column=.",
+        obj=config.model_class,
+        id="autoembed.E007",
+    )
 
 
 def _check_routing(config: Any) -> list[checks.CheckMessage]:

@@ -62,6 +62,13 @@ def split(
     if size <= 0:
         raise InvalidValue(f"chunk size must be a positive number of tokens, not {size!r}.")
     overlap = max(0, min(overlap, size // 2))
+    measure = _measure(count, joins_at_spaces)
+    pieces = _pieces(text.strip(), size - overlap, count, cut, measure)
+    return _chunks(pieces, size, overlap, count, measure)
+
+
+def _measure(count: Counter, joins_at_spaces: bool) -> Measure:
+    """How a text joined from counted pieces is counted: by its joins where ``count`` allows."""
     measure: Measure
     if joins_at_spaces:
 
@@ -73,7 +80,14 @@ def split(
         def measure(joined: str, parts: Sequence[tuple[str, int]]) -> int:
             return count(joined)
 
-    pieces = _pieces(text.strip(), size - overlap, count, cut, measure)
+    return measure
+
+
+def _chunks(
+    pieces: list[tuple[str, int, bool]], size: int, overlap: int, count: Counter, measure: Measure
+) -> list[str]:
+    """``pieces`` packed greedily into chunks of at most ``size`` tokens, each after the first
+    starting with the overlap the one before ends with."""
     chunks: list[str] = []
     tail, tail_tokens = "", 0  # the overlap the next chunk starts with
     start = 0

@@ -60,47 +60,69 @@ def _scalar(cursor: Any, key: str, params: Any = None) -> Any:
 
 
 def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
-    out: list[checks.CheckMessage] = []
-    model = config.model_class
     table = sql.Identifier(config.table).as_string(None)
     if not _scalar(cursor, "table_exists", [table]):
         return [
             checks.Error(
                 f"{config.label}: table {config.table!r} does not exist.",
                 hint=MIGRATE_HINT,
-                obj=model,
+                obj=config.model_class,
                 id="autoembed.E104",
             )
         ]
     vectors = config.vector_model._meta.db_table  # the chunk table, for a config in chunks
     cursor.execute(_query("column_type"), [sql.Identifier(vectors).as_string(None), config.column])
     column = cursor.fetchone()
+    out = _column_errors(config, vectors, column)
+    trigger = EmbeddingTrigger.for_config(config)  # what _bind declared on the model
+    expected = trigger.fingerprint()
+    out += _drift_errors(config, _trigger_objects(cursor, config, trigger, table), expected)
+    if trigger.own_function:
+        out += _check_search_path(cursor, config, table)
+    if config.chunked and column is not None:
+        out += _check_chunk_numbers(cursor, config)
+    if column is not None:
+        out += _check_index(cursor, config)
+    return out
+
+
+def _column_errors(
+    config: EmbeddingConfig, vectors: str, column: tuple[str, int] | None
+) -> list[checks.CheckMessage]:
+    """The vector column, (type, dimensions) as the catalog has it: missing (E107), or not
+    what the declaration embeds (E105)."""
     if column is None:
-        out.append(
+        return [
             checks.Error(
                 f"{config.label}: column {vectors}.{config.column} is missing.",
                 hint=MIGRATE_HINT,
-                obj=model,
+                obj=config.model_class,
                 id="autoembed.E107",
             )
+        ]
+    if column[0] in ("vector", "halfvec") and column[1] == config.get_dimensions():
+        return []
+    shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
+    return [
+        checks.Error(
+            f"{config.label}: column {vectors}.{config.column} is {shown}, but the "
+            "declaration "
+            f"embeds {config.get_dimensions()} dimensions.",
+            hint="Create the migration for the change (`makemigrations`) and apply it; to "
+            "move a live table "
+            "to new dimensions, see 'Upgrading a model's embedding' in the README.",
+            obj=config.model_class,
+            id="autoembed.E105",
         )
-    elif column[0] not in ("vector", "halfvec") or column[1] != config.get_dimensions():
-        shown = f"{column[0]}({column[1]})" if column[1] > 0 else column[0]
-        out.append(
-            checks.Error(
-                f"{config.label}: column {vectors}.{config.column} is {shown}, but the "
-                "declaration "
-                f"embeds {config.get_dimensions()} dimensions.",
-                hint="Create the migration for the change (`makemigrations`) and apply it; to "
-                "move a live table "
-                "to new dimensions, see 'Upgrading a model's embedding' in the README.",
-                obj=model,
-                id="autoembed.E105",
-            )
-        )
-    trigger = EmbeddingTrigger.for_config(config)  # what _bind declared on the model
-    expected = trigger.fingerprint()
-    objects: list[tuple[str, str | None, str | None]] = []  # (what, comment, enabled)
+    ]
+
+
+def _trigger_objects(
+    cursor: Any, config: EmbeddingConfig, trigger: EmbeddingTrigger, table: str
+) -> list[tuple[str, str | None, str | None]]:
+    """(what, its comment, its enabled flag) of each trigger, and of the content function
+    this app writes; enabled is None for an object that does not exist."""
+    objects: list[tuple[str, str | None, str | None]] = []
     for name in trigger.trigger_names().values():
         cursor.execute(_query("trigger_state"), [table, name])
         row = cursor.fetchone()
@@ -109,62 +131,87 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
         signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
         cursor.execute(_query("function_state"), [signature, signature, signature])
         exists, comment, source = cursor.fetchone()
-        body = as_text(sql.SQL(" select {} ").format(trigger.expression(model)))
+        body = as_text(sql.SQL(" select {} ").format(trigger.expression(config.model_class)))
         if exists and source != body:
             comment = None  # edited in place: CREATE OR REPLACE keeps the old comment
         objects.append((f"function {config.function_name}", comment, "O" if exists else None))
+    return objects
+
+
+def _drift_problem(comment: str | None, enabled: str | None, expected: str) -> str | None:
+    """What is wrong with a trigger or function, or None when it is as declared."""
+    if enabled is None:
+        return "is missing"
+    if enabled == "D":
+        return "is disabled"
+    if comment != expected:
+        return "differs from the declaration"
+    return None
+
+
+def _drift_errors(
+    config: EmbeddingConfig,
+    objects: list[tuple[str, str | None, str | None]],
+    expected: str,
+) -> list[checks.CheckMessage]:
+    """A trigger or content function missing, disabled, or not the declared one (E106)."""
+    out: list[checks.CheckMessage] = []
     for what, comment, enabled in objects:
-        if enabled is None:
-            problem = "is missing"
-        elif enabled == "D":
-            problem = "is disabled"
-        elif comment != expected:
-            problem = "differs from the declaration"
-        else:
+        problem = _drift_problem(comment, enabled, expected)
+        if problem is None:
             continue
         out.append(
             checks.Error(
                 f"{config.label}: {what} on {config.table} {problem}; rows will not be "
                 "queued as declared.",
                 hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
-                obj=model,
+                obj=config.model_class,
                 id="autoembed.E106",
             )
         )
-    if trigger.own_function:
-        signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
-        cursor.execute(_query("function_search_path"), [signature])
-        found = cursor.fetchone()
-        if found is not None and not found[0]:
-            out.append(
-                checks.Error(
-                    f"{config.label}: content function {config.function_name} does not set its "
-                    "search_path. The update trigger runs it with search_path pg_catalog, pg_temp, "
-                    "so any name it does not qualify fails every UPDATE of the table.",
-                    hint="Add `SET search_path = <its schema>, pg_catalog` to "
-                    f"{config.function_name} (CREATE OR REPLACE FUNCTION ... SET search_path = "
-                    "...), naming only schemas "
-                    "untrusted roles cannot create objects in.",
-                    obj=model,
-                    id="autoembed.E109",
-                )
-            )
-    if config.chunked and column is not None:
-        out += _check_chunk_numbers(cursor, config)
-    if column is not None and state_of(cursor.db.alias, config) == IndexStatus.MISSING:
-        # Deferred or building for a backfill is no drift: a worker builds it again.
-        index = managed_index(config)
-        out.append(
-            checks.Error(
-                f"{config.label}: the HNSW index {index.name if index else ''} on "
-                f"{config.table}.{config.column} is missing or invalid, and no worker is "
-                "rebuilding it; searches scan every row.",
-                hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
-                obj=model,
-                id="autoembed.E108",
-            )
-        )
     return out
+
+
+def _check_search_path(
+    cursor: Any, config: EmbeddingConfig, table: str
+) -> list[checks.CheckMessage]:
+    """The user's own content function must set its search_path (E109)."""
+    signature = f"{sql.Identifier(config.function_name).as_string(None)}({table})"
+    cursor.execute(_query("function_search_path"), [signature])
+    found = cursor.fetchone()
+    if found is None or found[0]:
+        return []
+    return [
+        checks.Error(
+            f"{config.label}: content function {config.function_name} does not set its "
+            "search_path. The update trigger runs it with search_path pg_catalog, pg_temp, "
+            "so any name it does not qualify fails every UPDATE of the table.",
+            hint="Add `SET search_path = <its schema>, pg_catalog` to "
+            f"{config.function_name} (CREATE OR REPLACE FUNCTION ... SET search_path = "
+            "...), naming only schemas "
+            "untrusted roles cannot create objects in.",
+            obj=config.model_class,
+            id="autoembed.E109",
+        )
+    ]
+
+
+def _check_index(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
+    """The HNSW index, missing with no worker rebuilding it (E108)."""
+    # Deferred or building for a backfill is no drift: a worker builds it again.
+    if state_of(cursor.db.alias, config) != IndexStatus.MISSING:
+        return []
+    index = managed_index(config)
+    return [
+        checks.Error(
+            f"{config.label}: the HNSW index {index.name if index else ''} on "
+            f"{config.table}.{config.column} is missing or invalid, and no worker is "
+            "rebuilding it; searches scan every row.",
+            hint=f"{MIGRATE_HINT} {DRIFT_HINT}",
+            obj=config.model_class,
+            id="autoembed.E108",
+        )
+    ]
 
 
 def _check_chunk_numbers(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ...declarations import registry
 from ...exceptions import QueueMissing, UnknownConfig
 from ...hnsw.deferral import IndexStatus
-from ...status import collect
+from ...status import ConfigStatus, PushStatus, Status, collect
 
 LAG_EXIT = 3
 
@@ -68,117 +68,145 @@ class Command(BaseCommand):
         if lagging:
             sys.exit(LAG_EXIT)
 
-    def _table(self, status: Any) -> None:
-        head = (
-            "config",
-            "table.column",
-            "rows",
-            "embedded",
-            "missing",
-            "queued",
-            "oldest",
-            "failures",
-            "chunks",
-            "tokens 30d",
-            "cost 30d",
-            "index",
-        )
-        rows = [
-            (
-                c.config,
-                f"{c.table}.{c.column}",
-                f"~{c.rows}" if c.estimated else str(c.rows),
-                f"~{c.embedded}" if c.estimated else str(c.embedded),
-                f"~{c.missing}" if c.estimated else str(c.missing),
-                str(c.queued_rows),
-                _age(c.oldest_job_age_s),
-                str(c.failures),
-                "-" if c.chunks is None else str(c.chunks),
-                str(c.tokens_30d),
-                "-" if c.cost_30d_usd is None else f"${c.cost_30d_usd:.2f}",
-                c.index or "-",
+    def _table(self, status: Status) -> None:
+        for line in [*_table_lines(status.configs), *_notes(status)]:
+            self.stdout.write(line)
+
+
+HEAD = (
+    "config",
+    "table.column",
+    "rows",
+    "embedded",
+    "missing",
+    "queued",
+    "oldest",
+    "failures",
+    "chunks",
+    "tokens 30d",
+    "cost 30d",
+    "index",
+)
+
+
+def _row(c: ConfigStatus) -> tuple[str, ...]:
+    """One config's cells, in HEAD's order; an estimated count starts with "~"."""
+    return (
+        c.config,
+        f"{c.table}.{c.column}",
+        f"~{c.rows}" if c.estimated else str(c.rows),
+        f"~{c.embedded}" if c.estimated else str(c.embedded),
+        f"~{c.missing}" if c.estimated else str(c.missing),
+        str(c.queued_rows),
+        _age(c.oldest_job_age_s),
+        str(c.failures),
+        "-" if c.chunks is None else str(c.chunks),
+        str(c.tokens_30d),
+        "-" if c.cost_30d_usd is None else f"${c.cost_30d_usd:.2f}",
+        c.index or "-",
+    )
+
+
+def _table_lines(configs: list[ConfigStatus]) -> list[str]:
+    """The head, a rule, and a row per config: names to the left, counts to the right."""
+    rows = [_row(c) for c in configs]
+    widths = [max(len(r[i]) for r in [HEAD, *rows]) for i in range(len(HEAD))]
+    lines = []
+    for i, row in enumerate([HEAD, *rows]):
+        lines.append(
+            "  ".join(
+                v.ljust(w) if j < 2 or j == len(HEAD) - 1 else v.rjust(w)
+                for j, (v, w) in enumerate(zip(row, widths, strict=False))
             )
-            for c in status.configs
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _notes(status: Status) -> list[str]:
+    """The lines under the table: the queue, the push path, then whatever needs a look."""
+    lines = [
+        f"\nqueue {status.queue!r}: {status.queue_depth} messages, "
+        f"oldest {_age(status.oldest_message_age_s)}",
+        _push_line(status.push),
+    ]
+    for name, count in status.former_queues.items():
+        lines.append(
+            f"queue {name!r}, used before the queue was renamed, still holds {count} jobs: run "
+            "`manage.py autoembed_sync` once no worker runs the old settings"
+        )
+    for pause in status.paused:
+        lines.append(f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})")
+    lines += [
+        f"config {c.config}: paused ({c.paused}); the others go on"
+        for c in status.configs
+        if c.paused
+    ]
+    for incident in status.incidents:
+        lines.append(
+            f"incident: {incident['subject']}: {incident['count']} times since "
+            f"{incident['first_seen']}: {incident['error']}"
+        )
+    for batch in status.batches:
+        lines.append(
+            f"Batch API: {batch['config']}: {batch['batch_id'] or '(submitting)'} "
+            f"{batch['status']}, {batch['inputs']} texts for {batch['jobs']} jobs, "
+            f"submitted {batch['submitted']}"
+        )
+    lines += [line for budget in status.budgets if (line := _budget_line(budget))]
+    lines += [
+        _index_note(c)
+        for c in status.configs
+        if c.index in (IndexStatus.DEFERRED, IndexStatus.BUILDING)
+    ]
+    return lines
+
+
+def _push_line(push: PushStatus | None) -> str:
+    """Whether pg_cron posts the queue to the endpoint, and if not, why not."""
+    if push is None or not (push.pg_cron and push.pg_net):
+        missing = [
+            n
+            for n, ok in (("pg_cron", push and push.pg_cron), ("pg_net", push and push.pg_net))
+            if not ok
         ]
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        for i, row in enumerate([head, *rows]):
-            self.stdout.write(
-                "  ".join(
-                    v.ljust(w) if j < 2 or j == len(head) - 1 else v.rjust(w)
-                    for j, (v, w) in enumerate(zip(row, widths, strict=False))
-                )
-            )
-            if i == 0:
-                self.stdout.write("  ".join("-" * w for w in widths))
-        self.stdout.write(
-            f"\nqueue {status.queue!r}: {status.queue_depth} messages, "
-            f"oldest {_age(status.oldest_message_age_s)}"
+        return (
+            f"push path: off ({' and '.join(missing)} not installed); "
+            "embed with `manage.py process_embeddings`"
         )
-        push = status.push
-        if push is None or not (push.pg_cron and push.pg_net):
-            missing = [
-                n
-                for n, ok in (("pg_cron", push and push.pg_cron), ("pg_net", push and push.pg_net))
-                if not ok
-            ]
-            self.stdout.write(
-                f"push path: off ({' and '.join(missing)} not installed); "
-                "embed with `manage.py process_embeddings`"
-            )
-        elif not push.job_active:
-            self.stdout.write(
-                "push path: pg_cron and pg_net present, no active job "
-                "(set AUTOEMBED ENDPOINT_URL and ENDPOINT_TOKEN, then `manage.py autoembed_sync`)"
-            )
-        else:
-            last = (
-                f"last run {push.last_run_at} ({push.last_run_status})"
-                if push.last_run_at
-                else "not run yet"
-            )
-            self.stdout.write(f"push path: active every {push.schedule}, {last}")
-        for name, count in status.former_queues.items():
-            self.stdout.write(
-                f"queue {name!r}, used before the queue was renamed, still holds {count} jobs: run "
-                "`manage.py autoembed_sync` once no worker runs the old settings"
-            )
-        for pause in status.paused:
-            self.stdout.write(
-                f"paused: {pause['provider']}: {pause['error']} (since {pause['since']})"
-            )
-        for c in status.configs:
-            if c.paused:
-                self.stdout.write(f"config {c.config}: paused ({c.paused}); the others go on")
-        for incident in status.incidents:
-            self.stdout.write(
-                f"incident: {incident['subject']}: {incident['count']} times since "
-                f"{incident['first_seen']}: {incident['error']}"
-            )
-        for batch in status.batches:
-            self.stdout.write(
-                f"Batch API: {batch['config']}: {batch['batch_id'] or '(submitting)'} "
-                f"{batch['status']}, {batch['inputs']} texts for {batch['jobs']} jobs, "
-                f"submitted {batch['submitted']}"
-            )
-        for budget in status.budgets:
-            limits = [
-                f"{budget[k]} {unit}/min"
-                for k, unit in (
-                    ("tokens_per_minute", "tokens"),
-                    ("requests_per_minute", "requests"),
-                )
-                if budget[k]
-            ]
-            if limits:
-                self.stdout.write(
-                    f"rate budget: {budget['provider']}: {', '.join(limits)}, "
-                    f"using {budget['share']:.0%} of it, {budget['throttled']} answers 429 so far"
-                )
-        for c in status.configs:
-            if c.index in (IndexStatus.DEFERRED, IndexStatus.BUILDING):
-                what = (
-                    "deferred until the backlog drains"
-                    if c.index == IndexStatus.DEFERRED
-                    else "being built"
-                )
-                self.stdout.write(f"index of {c.config}: {what}; searches scan exactly meanwhile")
+    if not push.job_active:
+        return (
+            "push path: pg_cron and pg_net present, no active job "
+            "(set AUTOEMBED ENDPOINT_URL and ENDPOINT_TOKEN, then `manage.py autoembed_sync`)"
+        )
+    last = (
+        f"last run {push.last_run_at} ({push.last_run_status})"
+        if push.last_run_at
+        else "not run yet"
+    )
+    return f"push path: active every {push.schedule}, {last}"
+
+
+def _budget_line(budget: dict[str, Any]) -> str | None:
+    """A rate budget's limits and use, or None for a budget without limits."""
+    limits = [
+        f"{budget[k]} {unit}/min"
+        for k, unit in (
+            ("tokens_per_minute", "tokens"),
+            ("requests_per_minute", "requests"),
+        )
+        if budget[k]
+    ]
+    if not limits:
+        return None
+    return (
+        f"rate budget: {budget['provider']}: {', '.join(limits)}, "
+        f"using {budget['share']:.0%} of it, {budget['throttled']} answers 429 so far"
+    )
+
+
+def _index_note(c: ConfigStatus) -> str:
+    deferred = c.index == IndexStatus.DEFERRED
+    what = "deferred until the backlog drains" if deferred else "being built"
+    return f"index of {c.config}: {what}; searches scan exactly meanwhile"
