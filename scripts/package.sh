@@ -25,4 +25,4 @@ import django_autoembed
 assert "site-packages" in django_autoembed.__file__, django_autoembed.__file__
 PY
 venv/bin/python -m pytest -q -p no:cacheprovider \
-  "tests/test_user_paths.py::test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors"
+  "tests/integration/test_user_paths.py::test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors"

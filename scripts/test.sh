@@ -18,4 +18,4 @@ run() {
 }
 
 run --cov --cov-report= --cov-fail-under=0 -m "not pgcron and not soak" "$@" || exit $?
-AUTOEMBED_PUSH_TIER=1 run --cov --cov-append --cov-report= --cov-fail-under=0 -m pgcron tests/test_push_path.py || exit $?
+AUTOEMBED_PUSH_TIER=1 run --cov --cov-append --cov-report= --cov-fail-under=0 -m pgcron tests/integration/test_push_path.py || exit $?

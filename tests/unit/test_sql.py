@@ -38,3 +38,9 @@ def test_sections_fill_identifiers_and_keep_literal_braces():
     statement = sqlfiles.statement("queue.sql", "listen", channel=sql.Identifier("a b"))
     assert statement == 'listen "a b"'
     assert "'{}'" in sqlfiles.statement("checks.sql", "function_search_path")
+
+
+def test_sql_sections_are_named_and_trimmed():
+    sections = sqlfiles.sections("queue.sql")
+    assert sections["read"].startswith("select msg_id, read_ct, message, vt from pgmq.read(")
+    assert "--" not in sections["delete"]
