@@ -30,3 +30,9 @@ drop extension pgmq cascade
 
 -- drop_pgmq_schema -- pgmq installed from its bundled SQL, once no queue uses it
 drop schema pgmq cascade
+
+-- database_exists -- is there a database of this name (the embedded server for tests and demos)
+select 1 from pg_database where datname = %s
+
+-- create_database -- one more database on the embedded server
+create database {name}

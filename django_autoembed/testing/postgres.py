@@ -49,13 +49,19 @@ def database(name: str, path: Path | None = None) -> dict[str, Any]:
     import psycopg
     from psycopg import sql
 
+    from .. import sql as sqlfiles
+
     info = server(path).get_postmaster_info()
     host, port = str(info.socket_dir), str(info.port)
     with psycopg.connect(
         host=host, port=port, user="postgres", dbname="postgres", autocommit=True
     ) as conn:
-        if not conn.execute("select 1 from pg_database where datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        if not conn.execute(
+            sqlfiles.statement("install.sql", "database_exists"), [name]
+        ).fetchone():
+            conn.execute(
+                sqlfiles.statement("install.sql", "create_database", name=sql.Identifier(name))
+            )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,
