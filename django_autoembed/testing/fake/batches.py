@@ -46,6 +46,14 @@ class FilesAndBatches:
         purpose = fields.get("purpose", b"").decode()
         if purpose != "batch":
             return Reply(400, api_error(f"Invalid purpose {purpose!r}"))
+        if len(fields["file"]) > self.fake.batch_max_bytes:
+            return Reply(
+                400,
+                api_error(
+                    f"File is too large ({len(fields['file'])} bytes): a batch input file "
+                    f"holds at most {self.fake.batch_max_bytes} bytes."
+                ),
+            )
         with self._lock:
             record = self._add_file(fields["file"], filename, purpose)
         return Reply(200, {k: v for k, v in record.items() if k != "data"})
@@ -68,8 +76,62 @@ class FilesAndBatches:
             return Reply(400, api_error("this fake batches /v1/embeddings only"))
         batch_id = f"batch_{len(self.fake.batches) + 1:06d}{random.getrandbits(32):08x}"
         ends = time.monotonic() + self.fake.batch_delay
-        self.fake.batches[batch_id] = new_batch(batch_id, file_id, body, ends=ends)
+        batch = new_batch(batch_id, file_id, body, ends=ends)
+        lines = [json.loads(raw) for raw in self.fake.files[file_id]["data"].splitlines()]
+        batch["_model"] = str(((lines[0] if lines else {}).get("body") or {}).get("model"))
+        # Counted exactly, as the API counts a batch against the enqueued-token limit.
+        batch["_tokens"] = sum(_line_tokens(line) for line in lines)
+        refusal = self._refusal(batch, lines)
+        self.fake.batches[batch_id] = batch
+        if refusal is not None:  # the API fails such a batch in validation, at once
+            batch.update(status="failed", failed_at=int(time.time()), errors=refusal)
         return Reply(200, self.batch(batch_id) or {})
+
+    def cancel(self, batch_id: str) -> Reply:
+        batch = self.fake.batches.get(batch_id)
+        if batch is None:
+            return Reply(404, api_error(f"No batch found with id '{batch_id}'"))
+        with self._lock:
+            if batch["status"] in ("validating", "in_progress"):
+                batch.update(status="cancelled", cancelled_at=int(time.time()))
+        return Reply(200, self.batch(batch_id) or {})
+
+    def enqueued(self, model: str) -> int:
+        """Tokens of ``model`` held by batches not yet over, as the API counts them."""
+        held = 0
+        for batch_id in list(self.fake.batches):
+            shown = self.batch(batch_id) or {}
+            batch = self.fake.batches[batch_id]
+            if shown.get("status") in ("validating", "in_progress") and batch["_model"] == model:
+                held += batch["_tokens"]
+        return held
+
+    def _refusal(self, batch: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Why the API would fail this batch in validation (its limits), or None."""
+        fake = self.fake
+        inputs = sum(len(_inputs(line)) for line in lines)
+        if len(lines) > fake.batch_max_lines:
+            return _errors(
+                "too_many_requests",
+                f"The batch input file has {len(lines)} requests; at most "
+                f"{fake.batch_max_lines} are allowed.",
+            )
+        if inputs > fake.batch_max_inputs:
+            return _errors(
+                "too_many_inputs",
+                f"The batch holds {inputs} embedding inputs; at most {fake.batch_max_inputs} "
+                "are allowed across all its requests.",
+            )
+        limit = fake.batch_queue_limit
+        if limit is not None and self.enqueued(batch["_model"]) + batch["_tokens"] > limit:
+            fake.batch_limit_refusals += 1
+            return _errors(
+                "token_limit_exceeded",
+                f"Enqueued token limit reached for {batch['_model']} in organization "
+                f"org-fake. Limit: {limit:,} enqueued tokens. Please try submitting fewer "
+                "tokens or wait until your previous batches have completed.",
+            )
+        return None
 
     def show(self, batch_id: str) -> Reply:
         batch = self.batch(batch_id)
@@ -126,12 +188,21 @@ class FilesAndBatches:
             if n >= done:
                 errors.append(expired_line(n, line.get("custom_id")))
                 continue
+            if (
+                fake.batch_line_failure_rate
+                and self._random.random() < fake.batch_line_failure_rate
+            ):
+                errors.append(failed_line(n, line.get("custom_id")))
+                continue
             item, texts = answer_line(n, line, fake.poison, VECTORS[fake.vectors])
             if texts is None:
                 errors.append(item)
             else:
                 fake.batch_texts.extend(texts)
                 output.append(item)
+        # The API writes a batch's answers in no particular order: custom_id says which is which.
+        self._random.shuffle(output)
+        self._random.shuffle(errors)
         out = self._add_file(jsonl(output), "output.jsonl", "batch_output") if output else None
         err = self._add_file(jsonl(errors), "errors.jsonl", "batch_output") if errors else None
         status = "expired" if fake.batch_outcome == "expired" else "completed"
@@ -181,6 +252,32 @@ def ended_unrun(outcome: str, now: int) -> dict[str, Any]:
             "data": [{"code": "invalid_request", "message": "injected failure", "line": 1}],
         },
     }
+
+
+def _inputs(line: dict[str, Any]) -> list[str]:
+    texts = (line.get("body") or {}).get("input") or []
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _line_tokens(line: dict[str, Any]) -> int:
+    texts = [t for t in _inputs(line) if isinstance(t, str)]
+    tokens, _ = check_limits(texts) if texts else (0, None)
+    return tokens
+
+
+def _errors(code: str, message: str) -> dict[str, Any]:
+    return {"object": "list", "data": [{"code": code, "message": message, "line": None}]}
+
+
+def failed_line(n: int, custom_id: Any) -> dict[str, Any]:
+    """A request line the batch failed on (in the error file, as a 500)."""
+    body = {
+        "error": {
+            "message": "The server had an error processing your request.",
+            "type": "server_error",
+        }
+    }
+    return _response_line(n, custom_id, 500, body)
 
 
 def expired_line(n: int, custom_id: Any) -> dict[str, Any]:

@@ -80,6 +80,9 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/v1/batches":
             if not self._refused_key():
                 self._send(files.create(raw))
+        elif path.startswith("/v1/batches/") and path.endswith("/cancel"):
+            if not self._refused_key():
+                self._send(files.cancel(path.split("/")[3]))
         elif path == "/v1/embeddings":
             self._embeddings(raw)
         else:

@@ -50,6 +50,14 @@ class FakeEmbeddingsServer:
     # How batches end: "completed", "expired" (half done), "failed" or "cancelled" (none).
     batch_outcome: str
     files_status: int | None  # uploads answer this error status (None: work)
+    # The Batch API's limits: enqueued tokens per model over the batches not yet over (None:
+    # none), a batch's embedding inputs and request lines, an input file's bytes; and the
+    # share of request lines a batch fails (500s in its error file).
+    batch_queue_limit: int | None
+    batch_max_inputs: int
+    batch_max_lines: int
+    batch_max_bytes: int
+    batch_line_failure_rate: float
 
     # What a test reads.
     sent: list[tuple[float, int]]  # (time.monotonic(), tokens) of each request let past the limits
@@ -66,6 +74,7 @@ class FakeEmbeddingsServer:
     files: dict[str, dict[str, Any]]
     batches: dict[str, dict[str, Any]]
     batch_texts: list[str]
+    batch_limit_refusals: int  # batches failed for the enqueued-token limit
 
     def __init__(
         self,
@@ -107,6 +116,12 @@ class FakeEmbeddingsServer:
         self.batch_delay = 1.0
         self.batch_outcome = "completed"
         self.files_status = None
+        self.batch_queue_limit = None
+        self.batch_max_inputs = 50_000
+        self.batch_max_lines = 50_000
+        self.batch_max_bytes = 200 * 1024 * 1024
+        self.batch_line_failure_rate = 0.0
+        self.batch_limit_refusals = 0
         self.sent = []
         self.refused_for_limits = 0
         self.tokens = 0
