@@ -33,6 +33,10 @@ AUTOEMBED = {
     "VECTOR_STORE_DAYS": env.int("AUTOEMBED_BENCH_STORE_DAYS", default=7),
     # bench.ratelimit runs its baseline with pacing off.
     "RATE_LIMIT_HEADERS": env("AUTOEMBED_BENCH_RATE_HEADERS", default="on") != "off",
+    # bench.batchapi looks at its batches often (the fake's batches end in seconds, not hours)
+    # and sets the account's enqueued-token limit.
+    "BATCH_POLL_SECONDS": env.float("AUTOEMBED_BENCH_BATCH_POLL", default=60.0),
+    "BATCH_QUEUE_TOKENS": env.int("AUTOEMBED_BENCH_QUEUE_TOKENS", default=3_000_000),
     # bench.maintenance runs workers with the index kept up row by row ("none").
     "INDEX_DEFER_ROWS": (
         None

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from .batchapi import ProviderBatch
+from .batches.records import ProviderBatch
 from .declarations import registry
 from .exceptions import UnknownConfig
 from .failures import EmbeddingFailure, discard, retry

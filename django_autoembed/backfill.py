@@ -10,12 +10,14 @@ from psycopg import sql
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig
 from .pipeline.target import schema_of
+from .queue import BACKFILL
 
 PAGE = 10_000
 
 
 def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
-    """Queue every row of ``config`` with a NULL vector and non-empty text; returns the count."""
+    """Queue every row of ``config`` with a NULL vector and non-empty text, as the backfill's
+    jobs (the only ones a ``--batch-api`` worker sends to batches); returns the count."""
     connection = connections[using]
     with connection.cursor() as cursor:
         schema = schema_of(cursor, config.table) or "public"
@@ -29,7 +31,7 @@ def backfill(config: EmbeddingConfig, *, using: str = "default") -> int:
         }
         unembedded = "unembedded_chunked" if config.chunked else "unembedded_column"
         names["unembedded"] = sqlfiles.composed("processing.sql", unembedded, **names)
-        target = [schema, config.table, config.function_name, config.queue_column]
+        target = [schema, config.table, config.function_name, config.queue_column, BACKFILL]
         total = 0
         last: str | None = None
         while True:

@@ -67,7 +67,7 @@ class Privilege:
         )
 
 
-QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text)"
+QUEUE_IDS = "autoembed.queue_ids(jsonb[], text, text, text, text, text)"
 
 
 def _ident(name: str) -> str:

@@ -30,6 +30,8 @@ class IncidentKind(models.TextChoices):
     INDEX_DEFER = "index_defer", "an HNSW index could not be deferred"
     INDEX_BUILD = "index_build", "an HNSW index could not be built"
     STATEMENT_TIMEOUT = "statement_timeout", "a statement was cancelled by a timeout"
+    BATCH_SUBMIT = "batch_submit", "the Batch API refused a batch"
+    BATCH_LIMIT = "batch_limit", "a batch met the account's enqueued-token limit"
 
 
 class Incident(models.Model):

@@ -1,6 +1,6 @@
 """The app's models, defined beside the code that uses them."""
 
-from .batchapi import ProviderBatch
+from .batches.records import ProviderBatch
 from .budget import RateBudget
 from .failures import EmbeddingFailure
 from .hnsw.deferral import IndexState

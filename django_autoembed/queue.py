@@ -20,6 +20,8 @@ from . import settings
 from . import sql as sqlfiles
 from .exceptions import InvalidValue
 
+# What ``origin`` says in the messages ``--backfill`` queues (the only ones the Batch API takes).
+BACKFILL = "backfill"
 # The keys naming a message's target, in the guide's spelling.
 TARGET_KEYS = ("schema", "table", "contentFunction", "embeddingColumn")
 
@@ -108,6 +110,18 @@ class Message:
     def attempts(self) -> int:
         """Attempts used by its rows, this read included."""
         return self.prior_attempts + self.read_ct
+
+    @property
+    def from_backfill(self) -> bool:
+        """Whether ``process_embeddings --backfill`` queued it (a trigger's jobs say nothing)."""
+        return isinstance(self.body, dict) and self.body.get("origin") == BACKFILL
+
+    @property
+    def from_batch(self) -> int | None:
+        """The ``ProviderBatch`` it came back from (what that batch did not embed is the
+        embeddings API's to do), or None."""
+        found = self.body.get("from_batch") if isinstance(self.body, dict) else None
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
 
     def names(self, row_id: Any) -> bool:
         """Whether this message names ``row_id`` (compared as text, as JSON keys travel)."""
@@ -289,10 +303,45 @@ def set_vt(cursor: Any, msg_ids: list[int], seconds: float) -> None:
         cursor.execute(query("set_vt"), [name(), msg_ids, int(seconds)])
 
 
-def release(cursor: Any, msg_ids: list[int], delay: float = 0) -> None:
-    """Hand back messages read but not worked on: visible after ``delay``, the read not counted."""
+def release(cursor: Any, msg_ids: list[int], delay: float = 0) -> dict[int, Any]:
+    """Hand back messages read but not worked on: visible after ``delay``, the read not
+    counted. Returns when each shows again, by id (a message deleted since is absent)."""
+    if not msg_ids:
+        return {}
+    cursor.execute(query("release"), [float(delay), msg_ids])
+    return {int(msg_id): vt for msg_id, vt in cursor.fetchall()}
+
+
+def recount(cursor: Any, msg_ids: list[int]) -> None:
+    """Count a read again: messages released and then worked on after all."""
     if msg_ids:
-        cursor.execute(query("release"), [float(delay), msg_ids])
+        cursor.execute(query("recount"), [msg_ids])
+
+
+def show_if_ours(cursor: Any, messages: list[Message]) -> None:
+    """Make messages visible now, those still hidden as ``vt`` says we left them."""
+    held = [m for m in messages if m.vt is not None]
+    if held:
+        cursor.execute(query("show_if_ours"), [[m.msg_id for m in held], [m.vt for m in held]])
+
+
+def hold_for_batch(cursor: Any, messages: list[Message], batch: int, seconds: float) -> set[int]:
+    """Mark messages as held by the batch ``batch`` (its record's id), hidden ``seconds``:
+    those still hidden as ``vt`` says we left them. Returns the ids held."""
+    if not messages:
+        return set()
+    ids, vts = [m.msg_id for m in messages], [m.vt for m in messages]
+    cursor.execute(query("hold_for_batch"), [float(seconds), batch, ids, vts])
+    return {int(msg_id) for (msg_id,) in cursor.fetchall()}
+
+
+def back_from_batch(
+    cursor: Any, msg_ids: list[int], batch: int, *, from_batch: int | None, delay: float = 0
+) -> None:
+    """The messages batch ``batch`` holds back in the queue after ``delay``, no longer held;
+    marked ``from_batch`` when the embeddings API is to embed what the batch did not."""
+    if msg_ids:
+        cursor.execute(query("back_from_batch"), [float(delay), from_batch, msg_ids, batch])
 
 
 def release_untouched(cursor: Any, messages: list[Message]) -> None:

@@ -153,6 +153,18 @@ class AutoembedSettings:
     batch_poll_seconds: float = field(
         default=60.0, metadata=_key("seconds between looks at Batch API jobs", *_NUMBER)
     )
+    # OpenAI's enqueued-token limit for text-embedding-3-small at usage tier 1; higher
+    # tiers allow more (see the README's Batch API section), and a refusal lowers it.
+    batch_queue_tokens: int = field(
+        default=3_000_000,
+        metadata=_key("tokens all batches of one model may hold at once (the account's)", int),
+    )
+    batch_fallback: bool = field(
+        default=False,
+        metadata=_key(
+            "embed at full price through the embeddings API what the Batch API refuses", bool
+        ),
+    )
 
 
 KEYS = {f.name.upper(): f for f in fields(AutoembedSettings)}

@@ -9,8 +9,10 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import batchapi, incidents, pauses, providers, queue, settings, usage
+from . import incidents, pauses, providers, queue, settings, usage
 from . import sql as sqlfiles
+from .batches import budget as batch_budget
+from .batches import records as batch_records
 from .declarations import EmbeddingConfig, registry
 from .exceptions import QueueMissing
 from .hnsw.deferral import state_of
@@ -68,6 +70,7 @@ class Status:
     former_queues: dict[str, int] = field(default_factory=dict)
     # Batch API jobs in flight: {"config", "batch_id", "status", "inputs", "jobs", "submitted"}.
     batches: list[dict[str, Any]] = field(default_factory=list)
+    batch_budgets: list[dict[str, Any]] = field(default_factory=list)
     # Rate budgets: {"provider", "tokens_per_minute", "requests_per_minute", "share", "throttled"}.
     budgets: list[dict[str, Any]] = field(default_factory=list)
     # Failures that repeat, seen lately: {"kind", "subject", "count", "error", ...}.
@@ -235,7 +238,8 @@ def collect(
         config = registry.get(config_status.config)
         config_status.paused = by_provider.get(providers.pause_key(config)[:255])
     status.incidents = incidents.recent(using)
-    status.batches = batchapi.status_rows(using)
+    status.batches = batch_records.status_rows(using)
+    status.batch_budgets = batch_budget.status_rows(using, {b["model"] for b in status.batches})
     status.budgets = _budgets(using)
     return status
 

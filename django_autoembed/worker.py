@@ -16,7 +16,7 @@ import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
 from . import budget, db, incidents, queue, settings, store
-from .batchapi import Batches
+from .batches import Batches
 from .db import connect
 from .declarations import registry
 from .exceptions import StatementCancelled
@@ -95,7 +95,9 @@ class Worker:
         self.pauses.on_pause.append(self.indexing.rebuild_for)
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
         self.lanes_running = 0  # a lane Postgres has no connection for leaves if others run
-        self.batches = Batches(options.using) if options.batch_api else None
+        # Every worker collects the batches that are over; a --batch-api one fills them.
+        self.batches = Batches(options.using, divert=options.batch_api)
+        self.indexing.backlog.skip_backfill = options.batch_api
         # With --once: when the last rows put back for a rate limit are due again.
         self.throttled_until = 0.0
         self.cancels = 0  # batches cancelled by a statement timeout since the last one that worked
@@ -135,8 +137,16 @@ class Worker:
             return self._finish(self._run_lanes(lanes))
         finally:
             self.pool.shutdown()
+            self._release_filling()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _release_filling(self) -> None:
+        """The jobs of batches still being filled go back to the queue at once."""
+        try:
+            self.batches.close()
+        except DatabaseError as exc:  # they come back when their hold ends
+            logger.warning("Could not hand back the jobs of a batch being filled: %s", exc)
 
     def _run_lanes(self, lanes: int) -> int:
         """Run ``lanes`` lanes in threads of their own; the highest exit code wins."""
@@ -327,7 +337,9 @@ class _Lane:
         try:
             messages, deadline = self._read(connection)
             if not messages:
-                self.worker.indexing.tick(set())  # idle: a deferred index may be built now
+                # Idle: batches being filled go now, a deferred index may be built now.
+                self.worker.batches.submit_due(self.o.batch_size, everything=True)
+                self.worker.indexing.tick(set())
                 return 0
             batches = self.worker.batches
             result = run_batch(
@@ -335,7 +347,7 @@ class _Lane:
                 self.worker.indexing,
                 messages,
                 deadline=deadline,
-                divert=(lambda ms: batches.divert(self.processor, ms)) if batches else None,
+                divert=lambda ms: batches.divert(self.processor, ms),
             )
         except (OperationalError, psycopg.OperationalError) as exc:
             if not db.cancelled(exc):
@@ -358,8 +370,7 @@ class _Lane:
         connection.close_if_unusable_or_obsolete()
         db.prepare(connection)
         store.prune(self.o.using)
-        if self.worker.batches is not None:
-            self.worker.batches.poll()
+        self.worker.batches.poll()
         with connection.cursor() as cursor:
             messages = queue.read(cursor, self.worker.row_budget, self.o.visibility_timeout)
             # Requests not sent by half the visibility timeout are not sent (their rows go
@@ -469,7 +480,7 @@ class _Lane:
             self.wakeups.sleep(retry + 0.05)
             return True
         batches = self.worker.batches
-        if batches and batches.poll():
+        if batches.diverting and batches.waiting():  # only a --batch-api run waits for them
             self.wakeups.wait(min(self.o.poll_interval, batches.poll_every))
             return True
         if self.worker.busy_lanes:  # they may hand rows back: wait for them

@@ -48,6 +48,9 @@ class Backlog:
 
     def __init__(self, using: str) -> None:
         self.using = using
+        # A Batch API worker sends the backfill of configs whose provider has a Batch API to
+        # batches: it is no backlog of this worker's.
+        self.skip_backfill = False
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._per_row: dict[str, tuple[float, float]] = {}  # label: (vectors a row, when)
@@ -58,7 +61,8 @@ class Backlog:
             self._snapshot = None
 
     def rows(self, *, fresh: bool = False) -> dict[str, int]:
-        """Queued rows per config label (every message: visible, hidden or delayed)."""
+        """Queued rows per config label (every message, visible, hidden or delayed, but those
+        a batch holds)."""
         with self._lock:
             snapshot = self._snapshot
             if not fresh and snapshot and time.monotonic() - snapshot.read_at < CHECK_EVERY:
@@ -67,10 +71,11 @@ class Backlog:
             cursor.execute(queue.query("backlog"))
             rows = cursor.fetchall()
         by_label: dict[str, int] = {}
-        for table, function, column, count in rows:
+        for table, function, column, backfill, count in rows:
             config = registry.match(table, function, column)
-            if config is not None:
-                by_label[config.label] = by_label.get(config.label, 0) + int(count)
+            if config is None or (backfill and self.skip_backfill and _batched(config)):
+                continue
+            by_label[config.label] = by_label.get(config.label, 0) + int(count)
         with self._lock:
             self._snapshot = Snapshot(by_label, time.monotonic())
         return by_label
@@ -159,3 +164,16 @@ class Backlog:
         assert config.chunk_tokens is not None
         step = max(1, config.chunk_tokens - config.chunk_overlap)
         return max(1.0, size / 4 / step)
+
+
+def _batched(config: EmbeddingConfig) -> bool:
+    """Whether a Batch API worker sends ``config``'s backfill to batches (its provider has a
+    Batch API): then that backfill is no backlog of the worker's."""
+    from ..exceptions import ConfigurationError
+    from ..providers import for_config
+    from ..providers.base import BatchAPI
+
+    try:
+        return isinstance(for_config(config), BatchAPI)
+    except ConfigurationError:  # a provider that cannot start: it embeds nothing
+        return False

@@ -331,15 +331,16 @@ def run_batch(
     rows_for: Callable[[Message], Iterable[Any]] | None = None,
     divert: Callable[[list[Message]], list[Message]] | None = None,
 ) -> BatchResult | None:
-    """One batch as the worker's lanes and the endpoint run it: the index deferral decides
-    first (a backlog may defer an index), ``divert`` may send some messages to the Batch
-    API, the rest are processed, and the index deferral hears which providers answered.
+    """One batch as the worker's lanes and the endpoint run it: ``divert`` may send some
+    messages to the Batch API, the index deferral decides (a backlog may defer an index),
+    the rest are processed, and the index deferral hears which providers answered.
     None: every message went to a batch."""
-    indexing.tick(labels(messages))
     if divert is not None:
         messages = divert(messages)
         if not messages:
+            indexing.tick(set())
             return None
+    indexing.tick(labels(messages))
     result = processor.process(messages, deadline=deadline, rows_for=rows_for)
     indexing.heard(result.answered)
     return result

@@ -79,6 +79,9 @@ class BatchAPI(Protocol):
     def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> BatchOutput:
         """What a finished batch's files say."""
 
+    def cancel_batch(self, batch_id: str) -> None:
+        """Cancel a batch (one created after another worker gave its jobs back)."""
+
 
 class Provider:
     """Turns texts into vectors. Subclasses implement ``embed``.

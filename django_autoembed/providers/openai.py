@@ -102,7 +102,7 @@ class OpenAIProvider(Provider):
             limits=RateHeaders.parse(getattr(self._seen, "headers", None)),
         )
 
-    # -- the Batch API (batchapi.py) --------------------------------------------------
+    # -- the Batch API (batches/) --------------------------------------------------
 
     def submit_batch(
         self, requests: list[list[str]], *, custom_prefix: str, metadata: dict[str, str]
@@ -153,6 +153,10 @@ class OpenAIProvider(Provider):
                 if all(found.get(k) == v for k, v in metadata.items()):
                     return str(batch.id)
         return None
+
+    def cancel_batch(self, batch_id: str) -> None:
+        with _errors(self.model, batch=True):
+            self.client.batches.cancel(batch_id)
 
     def batch_results(self, info: dict[str, Any], *, custom_prefix: str) -> BatchOutput:
         """What a finished batch's output and error files say."""

@@ -25,7 +25,8 @@ update {table} t
  where t.{pk} = v.pk and {fn}(t) is not distinct from v.body
 returning t.{pk}
 
--- backfill_page -- queue the next page of rows with no vector and some text, in key order
+-- backfill_page -- queue the next page of rows with no vector and some text, in key order,
+-- their messages marked as the backfill's (origin)
 -- ({unembedded}: the row's vector is NULL, or, for a config in chunks, it has none)
 with page as (
     select t.{pk} as id
@@ -34,7 +35,7 @@ with page as (
      order by t.{pk}
      limit %s
 )
-select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s),
+select autoembed.queue_ids(array_agg(to_jsonb(id)), %s, %s, %s, %s, %s),
        (array_agg(id order by id desc))[1]::text
   from page
 

@@ -21,6 +21,16 @@ select msg_id from pgmq.set_vt(%s, %s::bigint[], %s)
 update {queue}
    set vt = clock_timestamp() + make_interval(secs => %s), read_ct = greatest(read_ct - 1, 0)
  where msg_id = any(%s::bigint[])
+returning msg_id, vt
+
+-- recount -- count a read again (a message released, then worked on after all)
+update {queue} set read_ct = read_ct + 1 where msg_id = any(%s::bigint[])
+
+-- show_if_ours -- make messages visible now if they are still hidden as we left them
+update {queue} q
+   set vt = clock_timestamp()
+  from unnest(%s::bigint[], %s::timestamptz[]) as h(msg_id, vt)
+ where q.msg_id = h.msg_id and q.vt = h.vt
 
 -- release_untouched -- hand back messages still hidden as their read left them, the read not counted
 update {queue} q
@@ -44,10 +54,32 @@ select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from {
 select to_regclass(%s) is not null
 
 -- backlog -- queued rows per target, counting every message (visible, hidden or delayed)
+-- but those a batch holds; and whether they are the backfill's, not back from a batch
+-- (a Batch API worker sends those to batches)
 select message->>'table', message->>'contentFunction', message->>'embeddingColumn',
+       coalesce(message->>'origin' = 'backfill' and not message ? 'from_batch', false),
        sum(coalesce(jsonb_array_length(message->'ids'), 1))
   from {queue}
- group by 1, 2, 3
+ where not message ? 'held_for'
+ group by 1, 2, 3, 4
+
+-- hold_for_batch -- messages a batch holds: hidden for its window, marked with its record;
+-- only those still hidden as the filling left them (no other worker took them since)
+update {queue} q
+   set vt = clock_timestamp() + make_interval(secs => %s),
+       message = q.message || jsonb_build_object('held_for', %s::bigint)
+  from unnest(%s::bigint[], %s::timestamptz[]) as h(msg_id, vt)
+ where q.msg_id = h.msg_id and q.vt = h.vt and not q.message ? 'held_for'
+returning q.msg_id
+
+-- back_from_batch -- a batch's messages back in the queue after a delay, no longer held;
+-- marked from_batch (its id) when the API is to embed what the batch did not; only those
+-- this batch holds
+update {queue}
+   set vt = clock_timestamp() + make_interval(secs => %s),
+       message = (message - 'held_for')
+                 || jsonb_strip_nulls(jsonb_build_object('from_batch', %s::bigint))
+ where msg_id = any(%s::bigint[]) and message->>'held_for' = %s::bigint::text
 
 -- notify -- wake the workers listening on a channel
 select pg_notify(%s, '')

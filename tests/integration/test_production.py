@@ -387,8 +387,11 @@ def test_no_role_but_the_worker_may_call_queue_ids_and_every_allowed_write_queue
     import psycopg
 
     call = "select autoembed.queue_ids(array['1'::jsonb], 'public', %s, %s, 'embedding')"
-    with as_role() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-        conn.execute(call, ["testapp_document", "testapp_document_embedding_input"])
+    # The backfill's door, its jobs marked with their origin.
+    backfill = "select autoembed.queue_ids(array['1'::jsonb], 'public', %s, %s, 'embedding', 'b')"
+    for door in (call, backfill):
+        with as_role() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(door, ["testapp_document", "testapp_document_embedding_input"])
     assert queued_ids() == []
     with connection.cursor() as cursor:  # writes allowed other ways than a table grant
         cursor.execute(f"revoke all on testapp_document from {ROLE}")
@@ -420,7 +423,7 @@ def test_no_role_but_the_worker_may_call_queue_ids_and_every_allowed_write_queue
         for statement in statements(ROLE):
             cursor.execute(statement)
     with as_role() as conn:
-        conn.execute(call, ["testapp_document", "testapp_document_embedding_input"])
+        conn.execute(backfill, ["testapp_document", "testapp_document_embedding_input"])
     assert len(queued_ids()) == 5
 
 

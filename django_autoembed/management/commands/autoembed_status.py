@@ -151,8 +151,14 @@ def _notes(status: Status) -> list[str]:
     for batch in status.batches:
         lines.append(
             f"Batch API: {batch['config']}: {batch['batch_id'] or '(submitting)'} "
-            f"{batch['status']}, {batch['inputs']} texts for {batch['jobs']} jobs, "
-            f"submitted {batch['submitted']}"
+            f"{batch['status']}, {batch['inputs']} texts ({batch['tokens']} tokens) for "
+            f"{batch['jobs']} jobs, submitted {batch['submitted']}"
+        )
+    for budget in status.batch_budgets:
+        said = ", as the API stated in a refusal" if budget["stated"] else ""
+        lines.append(
+            f"Batch API budget for {budget['model']}: {budget['in_flight']} of "
+            f"{budget['limit']} enqueued tokens in flight{said}"
         )
     lines += [line for budget in status.budgets if (line := _budget_line(budget))]
     lines += [

@@ -12,6 +12,7 @@ from django.db import connections
 
 from ... import db, settings
 from ...backfill import backfill
+from ...batches import estimate
 from ...declarations import registry
 from ...exceptions import ConfigurationError, UnknownConfig
 from ...worker import Worker, WorkerOptions, default_options
@@ -30,6 +31,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(options["verbosity"])
+        if options["estimate"]:
+            for line in estimate.render(
+                estimate.estimate(self._configs(options["config"], options["database"]))
+            ):
+                self.stdout.write(line)
+            return
         if options["backfill"]:
             self._backfill(options["database"], options["config"])
         worker = Worker(
@@ -59,13 +66,15 @@ class Command(BaseCommand):
 
     def _backfill(self, using: str, labels: list[str]) -> None:
         db.prepare(connections[using])  # its pages are the worker's work too
-        try:
-            configs = [registry.get(c) for c in labels] or registry.on_database(using)
-        except UnknownConfig as exc:
-            raise CommandError(str(exc)) from exc
-        for config in configs:
+        for config in self._configs(labels, using):
             queued = backfill(config, using=using)
             self.stdout.write(f"{config.label}: queued {queued} rows without an embedding")
+
+    def _configs(self, labels: list[str], using: str) -> list[Any]:
+        try:
+            return [registry.get(c) for c in labels] or registry.on_database(using)
+        except UnknownConfig as exc:
+            raise CommandError(str(exc)) from exc
 
 
 def _add_throughput_arguments(parser: CommandParser) -> None:
@@ -113,7 +122,7 @@ def _add_run_arguments(parser: CommandParser) -> None:
         "--config",
         action="append",
         default=[],
-        help="limit --backfill to this config (repeatable)",
+        help="limit --backfill and --estimate to this config (repeatable)",
     )
     parser.add_argument(
         "--max-downtime",
@@ -132,6 +141,12 @@ def _add_run_arguments(parser: CommandParser) -> None:
         action="store_true",
         help="embed texts no process has a vector for through the provider's Batch API "
         "(half the price, results within 24 h); with --once, waits for the batches",
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the rows, tokens and price (embeddings API and Batch API) of what is "
+        "left to embed, and exit; sends and queues nothing",
     )
     parser.add_argument("--database", default="default")
 

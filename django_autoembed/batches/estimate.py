@@ -1,0 +1,124 @@
+"""What the backlog will cost, before any of it is spent: per config, the rows to embed
+(no vector yet, or queued), their tokens (counted on a random sample of their texts,
+with the provider's tokenizer) and the price at the embeddings API's and the Batch
+API's rates. Reads only; sends nothing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from psycopg import sql
+
+from .. import providers, queue, settings, usage
+from .. import sql as sqlfiles
+from ..declarations import EmbeddingConfig
+from ..pipeline.target import schema_of
+from ..usage import UsageMode
+from .budget import SHARE
+
+# Texts counted per config: enough for a few per cent of error on the mean.
+SAMPLE = 1000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One config's backlog, as ``--estimate`` prints it."""
+
+    label: str
+    model: str
+    rows: int
+    sampled: int
+    tokens: int
+    api_price: float | None  # US dollars (None: PRICES has no price for the model)
+    batch_price: float | None
+
+    @property
+    def batches(self) -> int:
+        """Batches of the Batch API it takes within BATCH_QUEUE_TOKENS (a share each)."""
+        per_batch = max(1, int(settings.current().batch_queue_tokens * SHARE))
+        return math.ceil(self.tokens / per_batch) if self.tokens else 0
+
+
+def estimate(configs: list[EmbeddingConfig], *, using: str = "default") -> list[Estimate]:
+    return [_one(config, using) for config in configs]
+
+
+def _one(config: EmbeddingConfig, using: str) -> Estimate:
+    provider = providers.for_config(config)
+    with connections[using].cursor() as cursor:
+        names = _names(cursor, config, using)
+        target = [config.table, config.function_name, config.queue_column]
+        cursor.execute(sqlfiles.statement("batches.sql", "estimate_rows", **names), target)
+        rows = int(cursor.fetchone()[0])
+        cursor.execute(
+            sqlfiles.statement("batches.sql", "estimate_sample", **names), [*target, SAMPLE]
+        )
+        texts = [t for (t,) in cursor.fetchall() if t]
+    counts = [provider.count_tokens(t) for t in texts]
+    if config.chunked:
+        assert config.chunk_tokens is not None
+        # Overlapping chunks repeat some tokens of the one before.
+        step = max(1, config.chunk_tokens - config.chunk_overlap)
+        counts = [c + max(0, math.ceil(c / step) - 1) * config.chunk_overlap for c in counts]
+    else:  # a text past the model's limit is embedded by its head
+        counts = [min(c, provider.max_input_tokens or c) for c in counts]
+    tokens = round(sum(counts) / len(counts) * rows) if counts else 0
+    model = config.get_model()
+    return Estimate(
+        config.label,
+        model,
+        rows,
+        len(texts),
+        tokens,
+        usage.price(model, UsageMode.API, tokens),
+        usage.price(model, UsageMode.BATCH, tokens),
+    )
+
+
+def _names(cursor: Any, config: EmbeddingConfig, using: str) -> dict[str, Any]:
+    schema = schema_of(cursor, config.table) or "public"
+    names: dict[str, Any] = {
+        "table": sql.Identifier(schema, config.table),
+        "pk": sql.Identifier(config.pk_column),
+        "col": sql.Identifier(config.column),
+        "fn": sql.Identifier(schema, config.function_name),
+        "chunks": sql.Identifier(schema, config.chunk_table),
+        "queue": queue.tables()["queue"],
+    }
+    unembedded = "unembedded_chunked" if config.chunked else "unembedded_column"
+    names["unembedded"] = sqlfiles.composed("processing.sql", unembedded, **names)
+    names["queued"] = sqlfiles.composed("batches.sql", "queued_key", **names)
+    return names
+
+
+def render(estimates: list[Estimate]) -> list[str]:
+    """The lines ``process_embeddings --estimate`` prints."""
+    lines = ["Backlog to embed (nothing was sent; tokens estimated from a sample of texts):"]
+    for e in estimates:
+        lines.append(
+            f"  {e.label} ({e.model}): {e.rows:,} rows, ~{e.tokens:,} tokens "
+            f"(sample of {e.sampled:,}); embeddings API {_dollars(e.api_price)}, "
+            f"Batch API {_dollars(e.batch_price)} in ~{e.batches:,} batches"
+        )
+    rows = sum(e.rows for e in estimates)
+    tokens = sum(e.tokens for e in estimates)
+    api = _total([e.api_price for e in estimates])
+    batch = _total([e.batch_price for e in estimates])
+    lines.append(
+        f"Total: {rows:,} rows, ~{tokens:,} tokens; embeddings API {_dollars(api)}, "
+        f"Batch API {_dollars(batch)}."
+    )
+    if None in (api, batch) and tokens:
+        lines.append("Add the missing models' prices to AUTOEMBED['PRICES'] (dollars a 1M tokens).")
+    return lines
+
+
+def _total(prices: list[float | None]) -> float | None:
+    return None if any(p is None for p in prices) else sum(p or 0.0 for p in prices)
+
+
+def _dollars(amount: float | None) -> str:
+    return "price unknown" if amount is None else f"${amount:,.4f}"
