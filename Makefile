@@ -38,8 +38,9 @@ lint: install-dev
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 
-# mypy with django-stubs over the package, with its strict flags (pyproject.toml).
-typecheck: install-dev
+# mypy with django-stubs over the package, with its strict flags (pyproject.toml), in
+# the environment the package runs in: the local provider's libraries installed too.
+typecheck: install-local install-dev
 	$(BIN)/mypy django_autoembed
 
 # The rest of tox.ini's matrix: Django 6 on Python 3.12 and 3.13 (core suite); the
