@@ -66,12 +66,13 @@ def purge_queue() -> None:
     execute("delete from django_autoembed_storedvector")
 
 
-def load(table: str, rows: int, columns: str = "title, content") -> float:
-    """Empty ``table`` and insert ``rows`` rows in one statement; returns the insert's seconds."""
+def load(table: str, rows: int, columns: str = "title, content", length: int = 670) -> float:
+    """Empty ``table`` and insert ``rows`` rows (texts of ``length`` characters) in one
+    statement; returns the insert's seconds."""
     execute(f"truncate {table}")
     purge_queue()
     titles = [f"title {i}" for i in range(rows)]
-    texts = [text_for(i) for i in range(rows)]
+    texts = [text_for(i, length) for i in range(rows)]
     start = time.perf_counter()
     execute(
         f"insert into {table} ({columns}) select * from unnest(%s::text[], %s::text[])",
