@@ -18,9 +18,10 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
-from . import grants, queue
+from . import grants, identity, queue
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry
+from .exceptions import ModelChanged
 from .hnsw.deferral import IndexStatus, state_of
 from .hnsw.indexes import managed_index
 from .install import has_extension
@@ -83,7 +84,27 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
         out += _check_chunk_numbers(cursor, config)
     if column is not None:
         out += _check_index(cursor, config)
+        out += _check_identity(cursor, config)
     return out
+
+
+def _check_identity(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
+    """Stored vectors that another model made than the declared one (E111)."""
+    alias = cursor.db.alias
+    try:
+        identity.verify(alias, config, claim=False)
+    except ModelChanged:
+        stored = identity.stored(alias, config)
+        assert stored is not None  # what was refused
+        return [
+            checks.Error(
+                identity.problem(config, stored, identity.declared(config)),
+                hint=identity.ways_out(config),
+                obj=config.model_class,
+                id="autoembed.E111",
+            )
+        ]
+    return []
 
 
 def _column_errors(
@@ -110,7 +131,7 @@ def _column_errors(
             f"embeds {config.get_dimensions()} dimensions.",
             hint="Create the migration for the change (`makemigrations`) and apply it; to "
             "move a live table "
-            "to new dimensions, see 'Upgrading a model's embedding' in the README.",
+            "to new dimensions, see 'Changing the embedding model' in the README.",
             obj=config.model_class,
             id="autoembed.E105",
         )

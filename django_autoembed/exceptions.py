@@ -40,6 +40,18 @@ class UnknownConfig(AutoembedError, LookupError):
     """No declared embedding has this label or name."""
 
 
+class ModelChanged(ConfigurationError):
+    """A config's declaration names another model, provider or dimensions than the ones that
+    made its stored vectors: searching or embedding would mix two vector spaces.
+
+    ``config`` is the config's label; the message says the three ways out.
+    """
+
+    def __init__(self, message: str, config: str) -> None:
+        super().__init__(message)
+        self.config = config
+
+
 class QueueMissing(AutoembedError, LookupError):
     """The queue's table is not in the database (not migrated yet)."""
 

@@ -78,6 +78,7 @@ def needed(using: str = "default") -> list[Privilege]:
     """What the worker, the endpoint and ``autoembed_status`` need on database ``using``."""
     from .models import (
         EmbeddingFailure,
+        EmbeddingIdentity,
         EmbeddingUsage,
         Incident,
         IndexState,
@@ -107,6 +108,7 @@ def needed(using: str = "default") -> list[Privilege]:
         RateBudget,
         StoredVector,
         ProviderBatch,
+        EmbeddingIdentity,
     ):
         out.append(
             Privilege(

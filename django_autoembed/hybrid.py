@@ -14,7 +14,7 @@ from django.db.models import Expression, F, FloatField, IntegerField
 from . import providers, settings
 from . import sql as sqlfiles
 from .exceptions import InvalidValue
-from .query import check_text_query, fit, query_cache, vector_value
+from .query import check_text_query, fit, vector_value
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
@@ -118,6 +118,7 @@ class VectorSide(Protocol):
     def alias(self, *args: Any, **kwargs: Any) -> Any: ...
     def nearest(self, vector: Any, *, config: str | None, ef_search: int | None) -> Any: ...
     def _search_config(self, text: str, config: str | None, k: int | None) -> Any: ...
+    def _query_vector(self, cfg: Any, text: str) -> Any: ...
     def _distances(self, cfg: Any, value: Any, ef_search: int | None) -> dict[str, Any]: ...
     def _nearest_parents(self, cfg: Any, value: Any, ef_search: int | None, k: int) -> Any: ...
 
@@ -157,13 +158,14 @@ class HybridSearch:
         Raises:
             InvalidValue: ``text`` is empty, or an argument is out of range (a ValueError).
             ProviderError: the provider failed to embed the query.
+            ModelChanged: the stored vectors were made by another model than the declared one.
         """
         qs = cast(VectorSide, self)
         cfg = qs._search_config(text, config, k)
         check_hybrid(cfg, query_type, weights, rrf_k)
         check_text_query(text, query_type, language or cfg.text_search, qs.db)
         return fused(  # type: ignore[no-any-return]
-            qs, cfg, query_cache.embed(cfg, text), text, k,
+            qs, cfg, qs._query_vector(cfg, text), text, k,
             Fusion(language, weights, rrf_k, candidates, query_type, ef_search),
         )  # fmt: skip
 
@@ -185,7 +187,7 @@ class HybridSearch:
         cfg = qs._search_config(text, config, k)
         check_hybrid(cfg, query_type, weights, rrf_k)
         await sync_to_async(check_text_query)(text, query_type, language or cfg.text_search, qs.db)
-        vector = await sync_to_async(query_cache.embed)(cfg, text)
+        vector = await sync_to_async(qs._query_vector)(cfg, text)
         return fused(  # type: ignore[no-any-return]
             qs, cfg, vector, text, k,
             Fusion(language, weights, rrf_k, candidates, query_type, ef_search),

@@ -4,6 +4,7 @@ from .batches.records import ProviderBatch
 from .budget import RateBudget
 from .failures import EmbeddingFailure
 from .hnsw.deferral import IndexState
+from .identity import EmbeddingIdentity
 from .incidents import Incident
 from .pauses import ProviderPause
 from .store import StoredVector
@@ -11,6 +12,7 @@ from .usage import EmbeddingUsage
 
 __all__ = [
     "EmbeddingFailure",
+    "EmbeddingIdentity",
     "EmbeddingUsage",
     "Incident",
     "IndexState",

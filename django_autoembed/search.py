@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from django.db import models
 from django.db.models import OuterRef, Subquery
 
+from . import identity
 from .exceptions import InvalidValue, UnknownConfig
 from .hnsw.scan import SearchDistance
 from .hybrid import HybridSearch
@@ -112,9 +113,11 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         Raises:
             InvalidValue: ``text`` is empty (a ValueError).
             ProviderError: the provider failed; the message names it.
+            ModelChanged: the stored vectors were made by another model than the declared
+                one (the message says the ways out).
         """
         cfg = self._search_config(text, config, k)
-        return self._semantic(query_cache.embed(cfg, text), k, config, ef_search)
+        return self._semantic(self._query_vector(cfg, text), k, config, ef_search)
 
     async def asemantic_search(
         self,
@@ -127,7 +130,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         """``semantic_search`` for async code: the query is embedded off the event loop; the
         queryset it returns is evaluated with ``async for`` (or ``await qs.afirst()``...)."""
         cfg = self._search_config(text, config, k)
-        vector = await sync_to_async(query_cache.embed)(cfg, text)
+        vector = await sync_to_async(self._query_vector)(cfg, text)
         return self._semantic(vector, k, config, ef_search)
 
     def _search_config(
@@ -138,6 +141,12 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         check_text(text)
         check_k(k)
         return self.embedding_config(config)
+
+    def _query_vector(self, cfg: EmbeddingConfig, text: str) -> Any:
+        """The query's vector (cached), once the stored vectors are known to come from the
+        declared model: compared with another model's, it would rank rows at random."""
+        identity.verify(self.db, cfg, claim=False)
+        return query_cache.embed(cfg, text)
 
     def _semantic(
         self, vector: Any, k: int | None, config: str | None, ef_search: int | None

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import incidents, pauses, providers, queue, settings, usage
+from . import identity, incidents, pauses, providers, queue, settings, usage
 from . import sql as sqlfiles
 from .batches import budget as batch_budget
 from .batches import records as batch_records
@@ -42,6 +42,12 @@ class ConfigStatus:
     cost_30d_usd: float | None = None
     # Why its provider is paused (a configuration error or an outage), or None.
     paused: str | None = None
+    # What made the stored vectors ("openai text-embedding-3-small (1536 dimensions)"), as
+    # recorded with the first ones (None: none recorded yet).
+    vectors_by: str | None = None
+    # The declaration names another model than the one that made the stored vectors: why
+    # nothing is embedded or searched for it, and the ways out (None: no change).
+    model_changed: str | None = None
     # Whether rows, embedded and missing are estimates (a table of many rows is sampled,
     # not counted in full, unless asked for exact counts).
     estimated: bool = False
@@ -237,11 +243,27 @@ def collect(
     for config_status in status.configs:
         config = registry.get(config_status.config)
         config_status.paused = by_provider.get(providers.pause_key(config)[:255])
+        config_status.paused = config_status.paused or by_provider.get(
+            identity.pause_key(config)[:255]
+        )
+        _identity_status(using, config, config_status)
     status.incidents = incidents.recent(using)
     status.batches = batch_records.status_rows(using)
     status.batch_budgets = batch_budget.status_rows(using, {b["model"] for b in status.batches})
     status.budgets = _budgets(using)
     return status
+
+
+def _identity_status(using: str, config: EmbeddingConfig, out: ConfigStatus) -> None:
+    try:
+        with transaction.atomic(using=using):
+            stored = identity.stored(using, config)
+            out.vectors_by = str(stored) if stored else None
+            wanted = identity.declared(config)
+            if stored is not None and stored != wanted and identity.has_vectors(using, config):
+                out.model_changed = identity.explain(config, stored, wanted)
+    except DatabaseError:  # not migrated, or not granted
+        pass
 
 
 def _budgets(using: str) -> list[dict[str, Any]]:

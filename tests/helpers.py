@@ -162,7 +162,7 @@ def server_connection(dbname: str = "postgres"):
 
 
 def manage(
-    cwd: Path, *args: str, env: dict | None = None, timeout: float = 300
+    cwd: Path, *args: str, env: dict | None = None, timeout: float = 300, stdin: str = ""
 ) -> subprocess.CompletedProcess:
     """``python manage.py ...`` in ``cwd`` as a user runs it (system checks included)."""
     base = {
@@ -174,6 +174,7 @@ def manage(
         [sys.executable, "manage.py", *args],
         cwd=cwd,
         env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
+        input=stdin,  # no terminal: what a prompt reads is this (empty: end of input)
         capture_output=True,
         text=True,
         timeout=timeout,

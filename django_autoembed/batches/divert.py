@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import db
+from .. import db, identity
+from ..exceptions import ModelChanged
 from ..pipeline.destinations import destination
 from ..pipeline.embed import Embedded
 from ..pipeline.read import expand, read_texts
@@ -42,6 +43,10 @@ def split_for_batches(processor: Processor, messages: list[Message]) -> Split:
     found: dict[str, tuple[Resolved, list[Wanted]]] = {}
     waiting: set[int] = set()
     for label, (config, group) in by_config(rows).items():
+        try:  # a changed model is refused by the processing, before anything is paid for
+            identity.verify(processor.using, config, claim=True)
+        except ModelChanged:
+            continue
         target = processor.targets.resolve(config)
         needed = _unknown_inputs(processor, target, group)
         by_message: dict[int, Message] = {}

@@ -42,14 +42,20 @@ class Estimate:
         return math.ceil(self.tokens / per_batch) if self.tokens else 0
 
 
-def estimate(configs: list[EmbeddingConfig], *, using: str = "default") -> list[Estimate]:
-    return [_one(config, using) for config in configs]
+def estimate(
+    configs: list[EmbeddingConfig], *, using: str = "default", every_row: bool = False
+) -> list[Estimate]:
+    """The backlog of each config; ``every_row``: every row with text, as a re-embed of the
+    whole table would send (``autoembed_reembed``)."""
+    return [_one(config, using, every_row) for config in configs]
 
 
-def _one(config: EmbeddingConfig, using: str) -> Estimate:
+def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estimate:
     provider = providers.for_config(config)
     with connections[using].cursor() as cursor:
         names = _names(cursor, config, using)
+        if every_row:
+            names["unembedded"] = sql.SQL("true")
         target = [config.table, config.function_name, config.queue_column]
         cursor.execute(sqlfiles.statement("batches.sql", "estimate_rows", **names), target)
         rows = int(cursor.fetchone()[0])
@@ -94,9 +100,9 @@ def _names(cursor: Any, config: EmbeddingConfig, using: str) -> dict[str, Any]:
     return names
 
 
-def render(estimates: list[Estimate]) -> list[str]:
+def render(estimates: list[Estimate], title: str = "Backlog to embed") -> list[str]:
     """The lines ``process_embeddings --estimate`` prints."""
-    lines = ["Backlog to embed (nothing was sent; tokens estimated from a sample of texts):"]
+    lines = [f"{title} (nothing was sent; tokens estimated from a sample of texts):"]
     for e in estimates:
         lines.append(
             f"  {e.label} ({e.model}): {e.rows:,} rows, ~{e.tokens:,} tokens "

@@ -37,7 +37,7 @@ import psycopg
 from django.db import DatabaseError, connections, models, transaction
 from psycopg import sql
 
-from .. import incidents, providers, settings
+from .. import identity, incidents, providers, settings
 from .. import sql as sqlfiles
 from ..declarations import EmbeddingConfig, registry
 from ..incidents import IncidentKind
@@ -208,7 +208,7 @@ class Indexing:
             self._answered.pop(key, None)
             self._refused[key] = time.monotonic()
         for config in self.deferred(fresh=True):
-            if providers.pause_key(config) == key:
+            if key in (providers.pause_key(config), identity.pause_key(config)):
                 logger.warning(
                     "Building the HNSW index of %s again now: its provider is paused, and its "
                     "backlog waits for it.",

@@ -22,9 +22,15 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from .. import db, providers, queue, settings
+from .. import db, identity, providers, queue, settings
 from ..declarations import EmbeddingConfig, registry
-from ..exceptions import ConfigurationError, ErrorKind, ProcessingPaused, ProviderError
+from ..exceptions import (
+    ConfigurationError,
+    ErrorKind,
+    ModelChanged,
+    ProcessingPaused,
+    ProviderError,
+)
 from ..pauses import PauseBook
 from ..queue import Message
 from .acks import AckPlan, Outcome, OutcomeKind, Row, apply_acks, plan_acks
@@ -158,11 +164,12 @@ class Processor:
         """Read, embed, write and acknowledge one config's rows (``siblings``: every row of
         their messages, which are acknowledged as a whole)."""
         key = providers.pause_key(config)
-        wait = self.pauses.paused_for(key)
+        wait = max(self.pauses.paused_for(key), self.pauses.paused_for(identity.pause_key(config)))
         if wait > 0:  # paused earlier: not worth a request before it is due
-            self._hand_back(siblings, wait, "paused: the provider is paused")
+            self._hand_back(siblings, wait, "paused: the provider or the config is paused")
             return
         try:
+            self._verify(config, result)
             target = self._resolve(config, key)
             dest = destination(self.using, target)
             pks = list({row.pk: None for row in group})
@@ -173,6 +180,7 @@ class Processor:
                 target, sorted({t for ts in dest.needs.values() for t in ts}), deadline
             )
         except ProcessingPaused as paused:
+            key = paused.provider or key
             result.pauses[key] = paused
             self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
             return
@@ -183,6 +191,18 @@ class Processor:
             row.pk for row in group if not _judge(row, target, dest, contents, broken, embedded)
         ]
         self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
+
+    def _verify(self, config: EmbeddingConfig, result: BatchResult) -> None:
+        """Its stored vectors were made by the declared model (or there are none): a changed
+        model pauses this config alone, with the ways out in the error."""
+        key = identity.pause_key(config)
+        try:
+            read = identity.verify(self.using, config, claim=True)
+        except ModelChanged as exc:
+            error = ProviderError(str(exc), kind=ErrorKind.CONFIG)
+            raise ProcessingPaused(error, provider=key) from exc
+        if read:  # re-embedded or restored since a process paused it: that pause is over
+            result.answered.add(key)
 
     def _resolve(self, config: EmbeddingConfig, key: str) -> Resolved:
         """The config resolved; a provider that cannot even start (no key, a provider's

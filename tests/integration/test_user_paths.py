@@ -149,6 +149,73 @@ def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_v
     )
 
 
+def test_a_model_changed_in_the_declaration_is_refused_until_reembedded(
+    startproject, fresh_database
+):
+    """The issue's user: edits ``model=`` in a live config and runs the usual commands."""
+    assert_clean(manage(startproject, "makemigrations"), "makemigrations")
+    assert_clean(manage(startproject, "migrate"), "migrate")
+    notes = "from notes.models import Note; "
+    made = manage(
+        startproject,
+        "shell",
+        "-c",
+        notes + "Note.objects.bulk_create([Note(title=t, body=t + ' body') for t in "
+        "['Vector search', 'Bread', 'Trail running']])",
+    )
+    assert made.returncode == 0, made.stderr
+    assert_clean(manage(startproject, "process_embeddings", "--once"), "process_embeddings")
+
+    models = startproject / "notes" / "models.py"
+    models.write_text(
+        NOTES_MODEL.replace("import EmbeddingMixin", "import EmbeddingConfig, EmbeddingMixin")
+        .replace('    embed_fields = ["title", "body"]\n', "")
+        .replace(
+            '    embed_text_search = "english"',
+            "    embedding_configs = [EmbeddingConfig(fields=['title', 'body'], "
+            "text_search='english', model='text-embedding-3-large')]  #",
+        )
+    )
+    fix = "autoembed_reembed notes.Note.embedding"
+    checked = manage(startproject, "check", "--database", "default")
+    assert checked.returncode == 1 and "autoembed.E111" in checked.stderr
+    assert fix in checked.stderr and "text-embedding-3-small" in checked.stderr
+
+    made = manage(startproject, "shell", "-c", notes + "Note.objects.create(title='New', body='b')")
+    assert made.returncode == 0, made.stderr
+    worked = manage(startproject, "process_embeddings", "--once")
+    assert worked.returncode == 2 and fix in worked.stdout + worked.stderr
+    searched = manage(
+        startproject, "shell", "-c", notes + "print(list(Note.objects.semantic_search('bread')))"
+    )
+    assert searched.returncode == 1 and "ModelChanged" in searched.stderr
+    assert fix in searched.stderr
+    status = manage(startproject, "autoembed_status")
+    assert status.returncode == 0 and "model changed" in status.stdout
+
+    refused = manage(startproject, *fix.split())  # no terminal to say yes: nothing done
+    assert refused.returncode == 1 and "Nothing was changed" in refused.stderr
+    moved = manage(startproject, *fix.split(), "--noinput")
+    assert moved.returncode == 0, moved.stderr
+    assert "Forgot 3 vectors" in moved.stdout and "Queued 4 rows" in moved.stdout
+    worked = manage(startproject, "process_embeddings", "--once")
+    assert_clean(worked, "process_embeddings after the re-embed")
+    # The edit's job, paused before, and the backfill's: one row may be done twice (the
+    # second time from the vector store, at no cost).
+    stored = vectors(fresh_database["name"], "notes_note")
+    assert len(stored) == 4 and all(v is not None for v in stored.values())
+    assert_clean(manage(startproject, "check", "--database", "default"), "check --database")
+    found = manage(
+        startproject,
+        "shell",
+        "-c",
+        notes
+        + "print([n.title for n in Note.objects.semantic_search('Bread\\n\\nBread body', k=1)])",
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().splitlines()[-1] == "['Bread']"
+
+
 def test_example_project_migrates_a_new_database_and_embeds(fresh_database, api):
     env = {
         "DATABASE_URL": fresh_database["url"],

@@ -143,6 +143,11 @@ def _notes(status: Status) -> list[str]:
         for c in status.configs
         if c.paused
     ]
+    lines += [
+        f"config {c.config}: model changed: {c.model_changed}"
+        for c in status.configs
+        if c.model_changed
+    ]
     for incident in status.incidents:
         lines.append(
             f"incident: {incident['subject']}: {incident['count']} times since "

@@ -1,0 +1,162 @@
+"""A changed model, with the old model's vectors stored, is refused loudly: by the worker (that
+config alone, nothing spent), by its searches, by `check --database` and in status; and
+``autoembed_reembed`` moves it to the new model in place."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError, SystemCheckError
+from django.db import connection
+
+from django_autoembed.declarations import registry
+from django_autoembed.exceptions import ModelChanged
+from django_autoembed.identity import EmbeddingIdentity
+from django_autoembed.status import collect
+from django_autoembed.worker import Worker, default_options
+from tests.helpers import drain, embedded_pks, hidden_messages, queued_ids, wait_for
+from tests.testapp.models import Document, Manual, ManualChunk, Quote
+
+DOC = "testapp.Document.embedding"
+LARGE = "text-embedding-3-large"
+
+
+def recorded(label: str) -> tuple[str, str, int]:
+    row = EmbeddingIdentity.objects.get(config=label)
+    return row.provider, row.model, row.dimensions
+
+
+def read_counts() -> set[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("select read_ct from pgmq.q_embedding_jobs")
+        return {r[0] for r in cursor.fetchall()}
+
+
+def change_model(settings, model: str = LARGE, **more) -> None:
+    """What Document and Manual inherit changes; Quote declares its own model."""
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": model, **more}
+
+
+def test_a_changed_model_pauses_that_config_alone_and_refuses_its_searches(api, settings):
+    docs = Document.objects.bulk_create(
+        [Document(title=f"doc {i}", content="old") for i in range(5)]
+    )
+    Quote.objects.bulk_create([Quote(text=f"quote {i}") for i in range(3)])
+    drain()
+    assert recorded(DOC) == ("openai", "text-embedding-3-small", 1536)
+
+    change_model(settings)
+    Document.objects.filter(pk=docs[0].pk).update(title="edited")
+    quote = Quote.objects.create(text="a quote written after the change")
+    before = api.requests
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2  # --once could not do all the work: it says so
+    assert "model changed" in worker.exit_reason
+    assert f"autoembed_reembed {DOC}" in worker.exit_reason
+    # The config beside it, on another model, went on.
+    assert quote.pk in embedded_pks(Quote)
+    # The changed one: nothing asked of the provider for it, nothing spent, the old vectors
+    # kept, its job still queued.
+    assert api.requests - before == 1
+    assert queued_ids() == [docs[0].pk] and read_counts() == {0}
+    assert embedded_pks(Document) == {d.pk for d in docs}
+    assert recorded(DOC)[1] == "text-embedding-3-small"
+
+    with pytest.raises(ModelChanged, match=r"text-embedding-3-small.*text-embedding-3-large"):
+        list(Document.objects.semantic_search("doc 1", k=3))
+    assert list(Quote.objects.semantic_search("quote 1", k=1))  # its own model: fine
+
+    [status] = collect(configs=[registry.get(DOC)]).configs
+    assert status.vectors_by == "openai text-embedding-3-small (1536 dimensions)"
+    assert status.model_changed and f"autoembed_reembed {DOC}" in status.model_changed
+    assert status.paused and f"autoembed_reembed {DOC}" in status.paused
+    out = StringIO()
+    call_command("autoembed_status", "--config", DOC, stdout=out)
+    assert "model changed" in out.getvalue()
+    with pytest.raises(SystemCheckError) as checked:
+        call_command("check", "--database", "default")
+    assert "autoembed.E111" in str(checked.value) and DOC in str(checked.value)
+
+
+def test_autoembed_reembed_moves_the_config_to_the_new_model(api, settings):
+    docs = Document.objects.bulk_create(
+        [Document(title=f"doc {i}", content="text") for i in range(6)]
+    )
+    drain()
+    change_model(settings)
+    out = StringIO()
+    call_command("autoembed_reembed", DOC, "--noinput", stdout=out)
+    said = out.getvalue()
+    assert "Re-embedding every row" in said and "6 rows" in said
+    assert "Forgot 6 vectors" in said and "Queued 6 rows" in said
+    assert not embedded_pks(Document)
+    assert recorded(DOC)[1] == LARGE
+    assert sorted(queued_ids()) == sorted(d.pk for d in docs)  # once each: no trigger fired
+
+    drain()
+    assert embedded_pks(Document) == {d.pk for d in docs}
+    assert [d.pk for d in Document.objects.semantic_search("doc 2\n\ntext", k=1)] == [docs[2].pk]
+    [status] = collect(configs=[registry.get(DOC)]).configs
+    assert status.model_changed is None and status.paused is None
+    call_command("check", "--database", "default", stdout=StringIO())  # no E111
+
+
+def test_without_confirmation_autoembed_reembed_changes_nothing(api, settings):
+    Document.objects.bulk_create([Document(title=f"doc {i}", content="x") for i in range(3)])
+    drain()
+    change_model(settings)
+    with pytest.raises(CommandError, match="Nothing was changed"):
+        call_command("autoembed_reembed", DOC, stdout=StringIO())  # no terminal to answer
+    assert len(embedded_pks(Document)) == 3 and recorded(DOC)[1] == "text-embedding-3-small"
+    with pytest.raises(CommandError, match="No embedding config"):
+        call_command("autoembed_reembed", "testapp.Nope.embedding", "--noinput")
+
+
+def test_new_dimensions_are_reembedded_after_the_column_is_migrated(api, settings):
+    Document.objects.bulk_create([Document(title=f"doc {i}", content="x") for i in range(3)])
+    drain()
+    change_model(settings, DIMENSIONS=768)
+    out = StringIO()
+    call_command("autoembed_reembed", DOC, "--noinput", stdout=out)
+    # The column still holds 1536: rows queued now could not be written; migrate first.
+    assert "Its column holds 1536 dimensions and the declaration 768" in out.getvalue()
+    assert "run `python manage.py migrate`" in out.getvalue()
+    assert not queued_ids() and not embedded_pks(Document)
+    assert recorded(DOC)[2] == 768
+
+
+def test_a_chunked_config_is_refused_and_restoring_the_declaration_resumes(api, settings):
+    manual = Manual.objects.create(title="manual", body="chunked words. " * 200)
+    drain()
+    label = "testapp.Manual.embedding"
+    chunks = ManualChunk.objects.filter(parent=manual)
+    count = chunks.count()
+    assert count > 1 and recorded(label)[1] == "text-embedding-3-small"
+
+    change_model(settings)
+    Manual.objects.filter(pk=manual.pk).update(body="changed words. " * 200)
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert chunks.count() == count  # the old chunks stay, none is added
+    with pytest.raises(ModelChanged):
+        list(Manual.objects.semantic_search("chunked words", k=1))
+
+    change_model(settings, "text-embedding-3-small")  # the declaration restored
+    # The job was hidden for the pause (5 s at first); then a worker started afresh takes
+    # it, and clears the pause the other left.
+    wait_for(lambda: hidden_messages() == 0, timeout=30, message="the paused job visible")
+    drain()
+    assert not queued_ids()
+    assert [m.pk for m in Manual.objects.semantic_search("changed words", k=1)] == [manual.pk]
+    [status] = collect(configs=[registry.get(label)]).configs
+    assert status.model_changed is None and status.paused is None
+
+
+def test_a_config_with_no_vector_yet_takes_the_declared_model(api):
+    EmbeddingIdentity.objects.create(
+        config=DOC, provider="openai", model="text-embedding-ada-002", dimensions=1536
+    )
+    docs = Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(4)])
+    drain()  # nothing stored that another model made: nothing to refuse
+    assert embedded_pks(Document) == {d.pk for d in docs}
+    assert recorded(DOC) == ("openai", "text-embedding-3-small", 1536)
