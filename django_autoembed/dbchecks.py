@@ -84,22 +84,21 @@ def _check_config(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMess
         out += _check_chunk_numbers(cursor, config)
     if column is not None:
         out += _check_index(cursor, config)
+    if column is not None and column[1] == config.get_dimensions():  # else E105 says it
         out += _check_identity(cursor, config)
     return out
 
 
 def _check_identity(cursor: Any, config: EmbeddingConfig) -> list[checks.CheckMessage]:
     """Stored vectors that another model made than the declared one (E111)."""
-    alias = cursor.db.alias
     try:
-        identity.verify(alias, config, claim=False)
-    except ModelChanged:
-        stored = identity.stored(alias, config)
-        assert stored is not None  # what was refused
+        identity.verify(cursor.db.alias, config)
+    except ModelChanged as exc:
+        problem, _, fix = str(exc).partition(" Nothing is embedded")
         return [
             checks.Error(
-                identity.problem(config, stored, identity.declared(config)),
-                hint=identity.ways_out(config),
+                problem,
+                hint=f"Nothing is embedded{fix}" if fix else None,
                 obj=config.model_class,
                 id="autoembed.E111",
             )
@@ -129,9 +128,9 @@ def _column_errors(
             f"{config.label}: column {vectors}.{config.column} is {shown}, but the "
             "declaration "
             f"embeds {config.get_dimensions()} dimensions.",
-            hint="Create the migration for the change (`makemigrations`) and apply it; to "
-            "move a live table "
-            "to new dimensions, see 'Changing the embedding model' in the README.",
+            hint="Create the migration for the change (`makemigrations`) and apply it; a "
+            "column that still holds vectors cannot change its dimensions: see 'Changing the "
+            "embedding model' in the README (`autoembed_reembed` first).",
             obj=config.model_class,
             id="autoembed.E105",
         )
@@ -361,7 +360,7 @@ def _check_alias(cursor: Any, alias: str, app_configs: Any) -> list[checks.Check
         if app_configs is None or model._meta.app_config in app_configs:
             out.extend(_check_config(cursor, config))
     if lacks:
-        cursor.execute("select current_user")
+        cursor.execute(_query("current_user"))
         role = cursor.fetchone()[0]
         out.append(
             checks.Warning(

@@ -3,19 +3,24 @@
 Vectors of two models live in two spaces: a query embedded by the new model and
 compared with rows embedded by the old one ranks rows at random, with no error.
 So the identity that made a config's stored vectors is kept in
-``EmbeddingIdentity`` (recorded by the first worker or endpoint that embeds the
-config), and a declaration that names another model, provider or dimensions
-while the old vectors are stored is refused loudly:
+``EmbeddingIdentity``, recorded in the transaction that writes its first
+vectors, and a declaration that names another model, provider or dimensions is
+refused loudly while the old vectors are stored:
 
 - the worker and the endpoint pause the config (its jobs wait, unspent; the
-  other configs go on; ``autoembed_status`` shows why);
+  other configs go on; ``autoembed_status`` shows why). They check before they
+  embed (``verify``, nothing paid for), and again under a lock on the identity
+  in the transaction that writes (``guard_write``): a process that checked just
+  before another one re-embedded the config writes nothing of the old model;
 - ``semantic_search`` and ``hybrid_search`` raise ``ModelChanged``;
 - ``manage.py check --database default`` reports ``autoembed.E111``.
 
 The message says what to do: restore the declaration, move to the new model in a
 second config beside the old one (no downtime), or ``autoembed_reembed`` to
-re-embed in place. A config with no vector stored yet takes the declared identity
-silently: there is nothing to compare with.
+re-embed in place. ``autoembed_reembed`` records the new identity *pinned*: a
+process still declaring the old one is refused even once no vector is stored. An
+identity that is not pinned, of a config whose vectors are all gone, is taken
+over by the first write of another (there is nothing to compare with).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connections, models, transaction
 from psycopg import sql
 
@@ -36,10 +44,18 @@ from .exceptions import ModelChanged
 logger = logging.getLogger(__name__)
 
 # Seconds a process trusts a verified identity before reading it again (a search costs
-# one primary-key read that often; another process's autoembed_reembed is seen as soon).
+# one primary-key read that often). The writes are guarded in any case (guard_write).
 VERIFY_EVERY = 30.0
+# Rows (or chunks) forgotten per transaction by autoembed_reembed.
+CLEAR_PAGE = 5000
 _verified: dict[tuple[str, str], tuple[Identity, float]] = {}
+_warned: set[str] = set()
 _lock = threading.Lock()
+# Providers named by the path of a built-in class are that built-in.
+_BUILTIN_PATHS = {
+    "django_autoembed.providers.openai.OpenAIProvider": "openai",
+    "django_autoembed.providers.local.LocalProvider": "local",
+}
 
 
 class EmbeddingIdentity(models.Model):
@@ -49,6 +65,11 @@ class EmbeddingIdentity(models.Model):
     provider = models.CharField(max_length=255)
     model = models.CharField(max_length=255)
     dimensions = models.PositiveIntegerField()
+    pinned = models.BooleanField(
+        default=False,
+        help_text="set by autoembed_reembed: another declaration is refused even while no "
+        "vector is stored",
+    )
     recorded = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -74,9 +95,14 @@ class Identity:
 
 
 def declared(config: EmbeddingConfig) -> Identity:
-    """The identity the declaration (and the settings) embed ``config`` with now."""
+    """The identity the declaration (and the settings) embed ``config`` with now, in one
+    spelling: a built-in provider by its name, the local model without its hub prefix."""
     provider = config.provider or settings.current().provider
-    return Identity(provider, config.get_model(), config.get_dimensions())
+    provider = _BUILTIN_PATHS.get(provider, provider)
+    model = config.get_model()
+    if provider == "local":
+        model = model.removeprefix("sentence-transformers/")
+    return Identity(provider, model, config.get_dimensions())
 
 
 def pause_key(config: EmbeddingConfig) -> str:
@@ -109,31 +135,46 @@ def ways_out(config: EmbeddingConfig) -> str:
     )
 
 
+def column_problem(config: EmbeddingConfig, column: int, wanted: Identity) -> str:
+    return (
+        f"{config.label}: its column holds vectors of {column} dimensions, but the declaration "
+        f"embeds {wanted.dimensions}: no vector could be written. Write the migration "
+        "(`python manage.py makemigrations`) and apply it (`migrate`); if the column still "
+        f"holds vectors, run `python manage.py autoembed_reembed {config.label}` first (see "
+        "'Changing the embedding model' in the README)."
+    )
+
+
+# -- reading and recording ---------------------------------------------------------------
+
+
+def _row(using: str, config: EmbeddingConfig) -> EmbeddingIdentity | None:
+    return EmbeddingIdentity.objects.using(using).filter(config=config.label).first()
+
+
 def stored(using: str, config: EmbeddingConfig) -> Identity | None:
     """The identity recorded for ``config`` (None: none yet)."""
-    row = EmbeddingIdentity.objects.using(using).filter(config=config.label).first()
+    row = _row(using, config)
     return row.identity if row else None
+
+
+def _names(config: EmbeddingConfig, using: str) -> dict[str, sql.Composable]:
+    model = config.vector_model
+    return {
+        "identity": sql.Identifier(EmbeddingIdentity._meta.db_table),
+        "table": sql.Identifier(model._meta.db_table),
+        "col": sql.Identifier(config.column),
+        "pk": sql.Identifier(model._meta.pk.column),
+        "pktype": sql.SQL(model._meta.pk.rel_db_type(connections[using])),
+    }
 
 
 def has_vectors(using: str, config: EmbeddingConfig) -> bool:
     """Whether ``config`` stores any vector (in its column, or its chunk table)."""
-    table = sql.Identifier(config.vector_model._meta.db_table)
-    query = sqlfiles.statement(
-        "identity.sql", "has_vectors", table=table, col=sql.Identifier(config.column)
-    )
+    query = sqlfiles.statement("identity.sql", "has_vectors", **_names(config, using))
     with connections[using].cursor() as cursor:
         cursor.execute(query)
         return bool(cursor.fetchone()[0])
-
-
-def clear(using: str, config: EmbeddingConfig) -> int:
-    """Forget every vector ``config`` stores (its chunks, for chunks); returns how many."""
-    key = "clear_chunks" if config.chunked else "clear_column"
-    table = sql.Identifier(config.vector_model._meta.db_table)
-    query = sqlfiles.statement("identity.sql", key, table=table, col=sql.Identifier(config.column))
-    with connections[using].cursor() as cursor:
-        cursor.execute(query)
-        return int(cursor.rowcount or 0)
 
 
 def column_dimensions(using: str, config: EmbeddingConfig) -> int | None:
@@ -142,10 +183,12 @@ def column_dimensions(using: str, config: EmbeddingConfig) -> int | None:
     with connections[using].cursor() as cursor:
         cursor.execute(sqlfiles.statement("checks.sql", "column_type"), [table, config.column])
         row = cursor.fetchone()
-    return int(row[1]) if row and row[1] > 0 else None
+    return int(row[1]) if row and row[0] in ("vector", "halfvec") and row[1] > 0 else None
 
 
-def record(using: str, config: EmbeddingConfig, identity: Identity | None = None) -> None:
+def record(
+    using: str, config: EmbeddingConfig, identity: Identity | None = None, *, pinned: bool = False
+) -> None:
     """Say that ``config``'s vectors are (from now on) made by ``identity`` (the declared)."""
     identity = identity or declared(config)
     EmbeddingIdentity.objects.using(using).update_or_create(
@@ -154,9 +197,31 @@ def record(using: str, config: EmbeddingConfig, identity: Identity | None = None
             "provider": identity.provider,
             "model": identity.model,
             "dimensions": identity.dimensions,
+            "pinned": pinned,
         },
     )
     forget(using, config)
+
+
+def clear(using: str, config: EmbeddingConfig) -> int:
+    """Forget every vector ``config`` stores (its chunks, for chunks), a page of rows per
+    transaction (the application's writes wait for a page at most); returns how many."""
+    key = "clear_chunks" if config.chunked else "clear_column"
+    names = _names(config, using)
+    query = sqlfiles.statement("identity.sql", key, **names)
+    page_end = sqlfiles.statement("identity.sql", "page_end", **names)
+    total, last = 0, None
+    with connections[using].cursor() as cursor:
+        while True:
+            with transaction.atomic(using=using):
+                cursor.execute(page_end, [last, last, CLEAR_PAGE])
+                row = cursor.fetchone()
+                if row is None:  # past the last row
+                    return total
+                end = row[0]
+                cursor.execute(query, [last, last, end])
+                total += int(cursor.rowcount or 0)
+            last = end
 
 
 def forget(using: str, config: EmbeddingConfig) -> None:
@@ -170,14 +235,38 @@ def forget_all() -> None:
         _verified.clear()
 
 
-def verify(using: str, config: EmbeddingConfig, *, claim: bool) -> bool:
-    """Raise ``ModelChanged`` if ``config`` stores vectors another identity made.
+# -- the checks --------------------------------------------------------------------------
 
-    ``claim``: record the declared identity when there is none yet, or when no vector is
-    stored (the worker and the endpoint, before they embed); a search only reads. A
-    database that lacks the table (not migrated) or a role that may not read it cannot
-    tell: nothing is refused then. Returns whether the database was read (False: this
-    process verified it lately).
+
+def _refusal(using: str, config: EmbeddingConfig, wanted: Identity, *, writing: bool) -> str | None:
+    """Why ``config`` may not be embedded (or searched) as declared now, or None."""
+    column = column_dimensions(using, config)
+    if column is not None and column != wanted.dimensions:
+        return column_problem(config, column, wanted)
+    row = _row(using, config)
+    if row is None or row.identity == wanted:
+        return None
+    if row.pinned or has_vectors(using, config):
+        return explain(config, row.identity, wanted)
+    if writing:  # no vector left of the one recorded: the first write takes it over
+        logger.info(
+            "%s: no vector stored; its vectors are %s from now on (were %s).",
+            config.label,
+            wanted,
+            row.identity,
+        )
+        record(using, config, wanted)
+    return None
+
+
+def verify(using: str, config: EmbeddingConfig) -> bool:
+    """Raise ``ModelChanged`` if ``config`` may not be embedded or searched as declared:
+    its stored vectors were made by another identity (or ``autoembed_reembed`` pinned
+    another), or its column holds another number of dimensions.
+
+    Reads only. A database that lacks the table (not migrated) or a role that may not
+    read it cannot tell: nothing is refused then (said once, as a warning). Returns
+    whether the database was read (False: this process verified it lately).
     """
     wanted = declared(config)
     key = (using, config.label)
@@ -188,23 +277,66 @@ def verify(using: str, config: EmbeddingConfig, *, claim: bool) -> bool:
         return False
     try:
         with transaction.atomic(using=using):
-            current = stored(using, config)
-            if current != wanted:
-                if current is not None and has_vectors(using, config):
-                    forget(using, config)  # read again next time: the way out may be taken
-                    raise ModelChanged(explain(config, current, wanted), config.label)
-                if claim:
-                    if current is not None:
-                        logger.info(
-                            "%s: no vector stored yet; its vectors are %s from now on (were %s).",
-                            config.label,
-                            wanted,
-                            current,
-                        )
-                    record(using, config, wanted)
+            why = _refusal(using, config, wanted, writing=False)
     except DatabaseError as exc:
-        logger.debug("Embedding identity of %s not verified (%s).", config.label, exc)
-        return True
+        if not _cannot_tell(using, exc):
+            raise
+        why = None
+    if why is not None:
+        forget(using, config)  # read again next time: the way out may be taken
+        raise ModelChanged(why, config.label)
     with _lock:
         _verified[key] = (wanted, now)
     return True
+
+
+def guard_write(using: str, config: EmbeddingConfig) -> None:
+    """In the transaction that writes ``config``'s vectors: record the declared identity
+    if none is, then hold it (FOR SHARE, until the commit) and raise ``ModelChanged`` if
+    another was recorded meanwhile (``autoembed_reembed`` in another process)."""
+    wanted = declared(config)
+    try:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            names = _names(config, using)
+            cursor.execute(
+                sqlfiles.statement("identity.sql", "claim", **names),
+                [config.label, wanted.provider, wanted.model, wanted.dimensions],
+            )
+            cursor.execute(sqlfiles.statement("identity.sql", "hold", **names), [config.label])
+            row = cursor.fetchone()
+            if row is not None and Identity(*row[:3]) != wanted:
+                why = _refusal(using, config, wanted, writing=True)
+                if why is not None:
+                    forget(using, config)
+                    raise ModelChanged(why, config.label)
+    except DatabaseError as exc:
+        if not _cannot_tell(using, exc):
+            raise
+
+
+def _cannot_tell(using: str, exc: DatabaseError) -> bool:
+    """Whether ``exc`` means the identity table is missing or not granted (warned once)."""
+    cause: Any = exc.__cause__
+    if not isinstance(cause, (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege)):
+        return False
+    with _lock:
+        first = using not in _warned
+        _warned.add(using)
+    if first:
+        logger.warning(
+            "The embedding identities cannot be read on database %r (%s): a changed model "
+            "is not refused there. Run `python manage.py migrate`, and for a role of its own "
+            "`python manage.py autoembed_grants ROLE --apply`.",
+            using,
+            str(cause).strip().splitlines()[0],
+        )
+    return True
+
+
+def configs_refused(using: str, configs: list[EmbeddingConfig]) -> Iterator[EmbeddingConfig]:
+    """The configs ``verify`` refuses (for the index deferral: no backlog of theirs drains)."""
+    for config in configs:
+        try:
+            verify(using, config)
+        except ModelChanged:
+            yield config

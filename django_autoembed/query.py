@@ -10,6 +10,7 @@ from django.db import DEFAULT_DB_ALIAS, router, transaction
 from pgvector import HalfVector, Vector
 
 from . import providers, settings
+from . import sql as sqlfiles
 from .cache import VectorLRU, provider_key
 from .exceptions import InvalidValue
 
@@ -80,7 +81,7 @@ def check_text_query(text: str, query_type: str, language: str | None, using: st
     try:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             cursor.execute(
-                "select to_tsquery(%s::regconfig, %s)",
+                sqlfiles.section("search.sql", "check_tsquery"),
                 [language or settings.current().text_search, text],
             )
     except DatabaseError as exc:

@@ -145,7 +145,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     def _query_vector(self, cfg: EmbeddingConfig, text: str) -> Any:
         """The query's vector (cached), once the stored vectors are known to come from the
         declared model: compared with another model's, it would rank rows at random."""
-        identity.verify(self.db, cfg, claim=False)
+        identity.verify(self.db, cfg)
         return query_cache.embed(cfg, text)
 
     def _semantic(

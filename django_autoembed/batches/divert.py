@@ -44,7 +44,7 @@ def split_for_batches(processor: Processor, messages: list[Message]) -> Split:
     waiting: set[int] = set()
     for label, (config, group) in by_config(rows).items():
         try:  # a changed model is refused by the processing, before anything is paid for
-            identity.verify(processor.using, config, claim=True)
+            identity.verify(processor.using, config)
         except ModelChanged:
             continue
         target = processor.targets.resolve(config)

@@ -185,7 +185,10 @@ class Indexing:
 
     def _provider_works(self, config: EmbeddingConfig) -> bool:
         """Whether the config's provider answered lately, or answers a probe now: an index is
-        not dropped for a backlog that a revoked key or an unknown model keeps from draining."""
+        not dropped for a backlog that a revoked key or an unknown model keeps from draining,
+        nor for one a changed model keeps from draining (``identity``)."""
+        if any(identity.configs_refused(self.using, [config])):
+            return False
         key = providers.pause_key(config)
         with self._probing:  # one probe at a time: the lanes that wait take its answer
             with self._lock:

@@ -24,6 +24,14 @@ class Migration(migrations.Migration):
                 ("provider", models.CharField(max_length=255)),
                 ("model", models.CharField(max_length=255)),
                 ("dimensions", models.PositiveIntegerField()),
+                (
+                    "pinned",
+                    models.BooleanField(
+                        default=False,
+                        help_text="set by autoembed_reembed: another declaration is refused "
+                        "even while no vector is stored",
+                    ),
+                ),
                 ("recorded", models.DateTimeField(auto_now=True)),
             ],
             options={

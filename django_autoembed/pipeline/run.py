@@ -180,9 +180,7 @@ class Processor:
                 target, sorted({t for ts in dest.needs.values() for t in ts}), deadline
             )
         except ProcessingPaused as paused:
-            key = paused.provider or key
-            result.pauses[key] = paused
-            self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
+            self._pause(paused.provider or key, paused, siblings, result)
             return
         result.requests += embedded.requests
         if embedded.answers:
@@ -190,19 +188,28 @@ class Processor:
         ready = [
             row.pk for row in group if not _judge(row, target, dest, contents, broken, embedded)
         ]
-        self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
+        try:
+            self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
+        except ModelChanged as exc:  # re-embedded by another process meanwhile: none written
+            changed = _model_changed(config, exc)
+            self._pause(changed.provider, changed, siblings, result)
+
+    def _pause(
+        self, key: str, paused: ProcessingPaused, siblings: list[Row], result: BatchResult
+    ) -> None:
+        result.pauses[key] = paused
+        self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
 
     def _verify(self, config: EmbeddingConfig, result: BatchResult) -> None:
         """Its stored vectors were made by the declared model (or there are none): a changed
         model pauses this config alone, with the ways out in the error."""
-        key = identity.pause_key(config)
         try:
-            read = identity.verify(self.using, config, claim=True)
+            read = identity.verify(self.using, config)
         except ModelChanged as exc:
             error = ProviderError(str(exc), kind=ErrorKind.CONFIG)
-            raise ProcessingPaused(error, provider=key) from exc
+            raise ProcessingPaused(error, provider=identity.pause_key(config)) from exc
         if read:  # re-embedded or restored since a process paused it: that pause is over
-            result.answered.add(key)
+            result.answered.add(identity.pause_key(config))
 
     def _resolve(self, config: EmbeddingConfig, key: str) -> Resolved:
         """The config resolved; a provider that cannot even start (no key, a provider's
@@ -225,6 +232,7 @@ class Processor:
     ) -> None:
         messages = list({id(r.message): r.message for r in siblings}.values())
         with transaction.atomic(using=self.using):
+            identity.guard_write(self.using, dest.target.config)
             _written, busy, stored = dest.write(list(dict.fromkeys(ready)), contents, embedded)
             result.embedded += stored
             for row in group:
@@ -253,6 +261,12 @@ class Processor:
             backoff=float(current.retry_backoff),
             backoff_max=float(current.retry_backoff_max),
         )
+
+
+def _model_changed(config: EmbeddingConfig, exc: ModelChanged) -> ProcessingPaused:
+    """A changed model pauses its config alone (jobs unspent), with the ways out."""
+    error = ProviderError(str(exc), kind=ErrorKind.CONFIG)
+    return ProcessingPaused(error, provider=identity.pause_key(config))
 
 
 def by_config(rows: list[Row]) -> dict[str, tuple[EmbeddingConfig, list[Row]]]:

@@ -42,3 +42,6 @@ select exists (
              where a.attrelid = c.conrelid and a.attnum = any(c.conkey))
            = array['number', 'parent_id']
 )
+
+-- current_user -- the role the checks run as
+select current_user

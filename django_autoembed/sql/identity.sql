@@ -1,11 +1,31 @@
--- A config's stored vectors: whether there are any, and clearing them for a re-embed.
--- {table} is the table that holds the vectors (the chunk table, for chunks), {col} its column.
+-- A config's recorded identity, and its stored vectors. {identity} is the
+-- EmbeddingIdentity table; {table} holds the vectors (the chunk table, for chunks), {col}
+-- is their column, {pk} its key, of type {pktype}; values are parameters.
+
+-- claim -- record the declared identity when none is (in the transaction of a first write)
+insert into {identity} (config, provider, model, dimensions, pinned, recorded)
+values (%s, %s, %s, %s, false, now())
+on conflict (config) do nothing
+
+-- hold -- the recorded identity, held until the transaction ends (a re-embed waits for it)
+select provider, model, dimensions, pinned from {identity} where config = %s for share
 
 -- has_vectors -- whether any vector is stored
 select exists (select from {table} where {col} is not null)
 
--- clear_column -- forget a column's vectors (the triggers queue nothing: no text changed)
-update {table} set {col} = null where {col} is not null
+-- page_end -- the last key of the next page of rows after a key (null: from the first)
+select {pk} from (
+    select {pk} from {table}
+     where %s::{pktype} is null or {pk} > %s::{pktype}
+     order by {pk} limit %s
+) page
+order by {pk} desc limit 1
 
--- clear_chunks -- forget a chunked config's chunks (rows without chunks are backfilled)
+-- clear_column -- forget one page's vectors (the triggers queue nothing: no text changed)
+update {table} set {col} = null
+ where (%s::{pktype} is null or {pk} > %s::{pktype}) and {pk} <= %s::{pktype}
+   and {col} is not null
+
+-- clear_chunks -- forget one page of a chunked config's chunks (its rows are backfilled)
 delete from {table}
+ where (%s::{pktype} is null or {pk} > %s::{pktype}) and {pk} <= %s::{pktype}

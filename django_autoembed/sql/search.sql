@@ -15,3 +15,6 @@ case when {document} @@ {query}
 
 -- score -- weight / (rrf_k + rank), summed over the sides the row is ranked on
 coalesce(%s / (%s + {vector_rank}), 0) + coalesce(%s / (%s + {text_rank}), 0)
+
+-- check_tsquery -- a raw tsquery parsed by Postgres, to say what is wrong before a search
+select to_tsquery(%s::regconfig, %s)

@@ -8,6 +8,7 @@ from django.db import connection
 
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.status import collect
+from django_autoembed.testing.fake import limits as fake_limits
 from django_autoembed.worker import Worker, default_options
 from tests.helpers import archived_count, assert_fake_vector, drain, queued_ids, wait_for
 from tests.testapp.models import Document, Quote
@@ -52,18 +53,30 @@ def test_a_configuration_error_pauses_without_spending_attempts(api, settings, w
     assert said in pause["error"] and "text-embedding" in pause["provider"]
 
 
-def test_a_400_about_the_dimensions_parameter_is_a_configuration_error(api, settings):
+def test_a_400_about_the_dimensions_parameter_is_a_configuration_error(api, settings, monkeypatch):
+    # A model that gives at most 1,024 dimensions, asked for the column's 1,536.
+    monkeypatch.setitem(fake_limits.MODELS, "text-embedding-3-narrow", (1024, True))
     settings.AUTOEMBED = {
         **settings.AUTOEMBED,
-        "MODEL": "text-embedding-3-small",
+        "MODEL": "text-embedding-3-narrow",
         "DIMENSIONS": 1536,
         "MAX_ATTEMPTS": 1,
     }
     Document.objects.bulk_create([Document(title=f"dims {i}") for i in range(20)])
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "DIMENSIONS": 4000}  # more than the model gives
     worker = Worker(default_options(once=True))
     assert worker.run() == 2 and "dimensions" in worker.exit_reason
     assert api.requests == 1 and not EmbeddingFailure.objects.exists()
+    assert set(read_counts()) == {0}
+
+
+def test_dimensions_the_column_cannot_hold_pause_the_config_before_any_request(api, settings):
+    Document.objects.bulk_create([Document(title=f"dims {i}") for i in range(20)])
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "DIMENSIONS": 768}  # the column holds 1536
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2
+    assert "holds vectors of 1536 dimensions" in worker.exit_reason
+    assert "makemigrations" in worker.exit_reason
+    assert api.requests == 0 and not EmbeddingFailure.objects.exists()
     assert set(read_counts()) == {0}
 
 

@@ -9,8 +9,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.db import connection
 
+from django_autoembed import identity
 from django_autoembed.declarations import registry
 from django_autoembed.exceptions import ModelChanged
+from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.identity import EmbeddingIdentity
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
@@ -78,7 +80,8 @@ def test_a_changed_model_pauses_that_config_alone_and_refuses_its_searches(api, 
     assert "autoembed.E111" in str(checked.value) and DOC in str(checked.value)
 
 
-def test_autoembed_reembed_moves_the_config_to_the_new_model(api, settings):
+def test_autoembed_reembed_moves_the_config_to_the_new_model(api, settings, monkeypatch):
+    monkeypatch.setattr(identity, "CLEAR_PAGE", 4)  # six rows: two pages of forgetting
     docs = Document.objects.bulk_create(
         [Document(title=f"doc {i}", content="text") for i in range(6)]
     )
@@ -123,6 +126,12 @@ def test_new_dimensions_are_reembedded_after_the_column_is_migrated(api, setting
     assert "run `python manage.py migrate`" in out.getvalue()
     assert not queued_ids() and not embedded_pks(Document)
     assert recorded(DOC)[2] == 768
+    # Until the column is migrated, the config waits (no request, no failed write).
+    Document.objects.create(title="written before the migration")
+    before = api.requests
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "holds vectors of 1536 dimensions" in worker.exit_reason
+    assert api.requests == before and not EmbeddingFailure.objects.exists()
 
 
 def test_a_chunked_config_is_refused_and_restoring_the_declaration_resumes(api, settings):
@@ -160,3 +169,70 @@ def test_a_config_with_no_vector_yet_takes_the_declared_model(api):
     drain()  # nothing stored that another model made: nothing to refuse
     assert embedded_pks(Document) == {d.pk for d in docs}
     assert recorded(DOC) == ("openai", "text-embedding-3-small", 1536)
+
+
+def test_autoembed_reembed_refuses_a_model_that_did_not_change(api):
+    Document.objects.bulk_create([Document(title=f"doc {i}", content="x") for i in range(2)])
+    drain()
+    with pytest.raises(CommandError, match="nothing to re-embed"):
+        call_command("autoembed_reembed", DOC, "--noinput", stdout=StringIO())
+    assert len(embedded_pks(Document)) == 2
+    out = StringIO()
+    call_command("autoembed_reembed", DOC, "--noinput", "--force", stdout=out)
+    assert "Queued 2 rows" in out.getvalue()
+
+
+def test_after_a_reembed_a_process_declaring_the_old_model_writes_nothing(api, settings):
+    """A worker not yet restarted in a rolling deploy: the vectors are gone, but the new
+    model was pinned, so it cannot take the config back."""
+    docs = Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(4)])
+    drain()
+    change_model(settings)
+    call_command("autoembed_reembed", DOC, "--noinput", stdout=StringIO())
+    change_model(settings, "text-embedding-3-small")  # the old worker
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert not embedded_pks(Document) and recorded(DOC)[1] == LARGE
+    change_model(settings)  # the new one
+    wait_for(lambda: hidden_messages() == 0, timeout=30, message="the paused jobs visible")
+    drain()
+    assert embedded_pks(Document) == {d.pk for d in docs} and recorded(DOC)[1] == LARGE
+
+
+def test_a_write_after_another_process_reembedded_is_refused(api):
+    """This process verified the model a moment ago (and trusts that for a while); another
+    one re-embeds the config meanwhile: the write is checked again, under a lock."""
+    doc = Document.objects.create(title="doc")
+    drain()
+    with connection.cursor() as cursor:  # what autoembed_reembed did elsewhere
+        cursor.execute(
+            "update django_autoembed_embeddingidentity set model = %s, pinned = true "
+            "where config = %s",
+            [LARGE, DOC],
+        )
+        cursor.execute("update testapp_document set embedding = null")
+    Document.objects.filter(pk=doc.pk).update(title="edited")
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert not embedded_pks(Document)  # paid for, but nothing of the old model written
+    assert queued_ids() == [doc.pk] and read_counts() == {0}
+
+
+def test_autoembed_reembed_of_a_chunked_config_replaces_every_chunk(api, settings, monkeypatch):
+    monkeypatch.setattr(identity, "CLEAR_PAGE", 3)
+    manuals = [
+        Manual.objects.create(title=f"manual {i}", body=f"words of manual {i}. " * 150)
+        for i in range(2)
+    ]
+    drain()
+    before = set(ManualChunk.objects.values_list("pk", flat=True))
+    assert len(before) > 6
+    change_model(settings)
+    out = StringIO()
+    call_command("autoembed_reembed", "testapp.Manual.embedding", "--noinput", stdout=out)
+    assert f"Forgot {len(before)} vectors" in out.getvalue() and "Queued 2 rows" in out.getvalue()
+    assert not ManualChunk.objects.exists()
+    drain()
+    after = ManualChunk.objects.all()
+    assert after.count() == len(before) and not before & set(after.values_list("pk", flat=True))
+    assert {c.parent_id for c in after} == {m.pk for m in manuals}

@@ -31,6 +31,11 @@ class Command(BaseCommand):
             dest="interactive",
             help="do not ask for confirmation",
         )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="re-embed even though the stored vectors were made by the declared model",
+        )
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,6 +47,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         stored = identity.stored(using, config)
         wanted = identity.declared(config)
+        if stored == wanted and not options["force"]:
+            raise CommandError(
+                f"{config.label}: its stored vectors were made by {wanted}, the model it "
+                "declares: nothing to re-embed. Change the declaration first; --force "
+                "re-embeds anyway (texts embedded in the last VECTOR_STORE_DAYS come back from "
+                "the vector store, at no cost)."
+            )
         self.stdout.write(
             f"{config.label}: its stored vectors were made by "
             f"{stored or 'a model not recorded'}; every row is to be embedded again by "
@@ -55,9 +67,11 @@ class Command(BaseCommand):
         )
         if options["interactive"] and not _confirmed():
             raise CommandError("Nothing was changed.")
+        # Recorded (pinned) first: a process still declaring the old model writes nothing
+        # from now on, even into rows already cleared; then the vectors go, page by page.
         with transaction.atomic(using=using):
-            cleared = identity.clear(using, config)
-            identity.record(using, config, wanted)
+            identity.record(using, config, wanted, pinned=True)
+        cleared = identity.clear(using, config)
         self.stdout.write(f"Forgot {cleared} vectors of {config.label}; {wanted} makes them now.")
         dimensions = identity.column_dimensions(using, config)
         if dimensions is not None and dimensions != wanted.dimensions:
