@@ -36,6 +36,7 @@ def main() -> None:
     part("bench.chunks", *quick, *no_pgai)
     part("bench.maintenance", *quick)
     part("bench.ratelimit", *quick)
+    part("bench.batchapi", *quick)
     part("bench.latency", *quick)
     part("bench.search", *quick)
     part("bench.hybrid", *quick)
