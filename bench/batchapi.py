@@ -101,6 +101,7 @@ def run(api, rows: int, *, batch: bool, args: argparse.Namespace) -> dict:
         "dollars": at_api * api_price + at_batch * batch_price,
         "index_builds": [float(s) for s in BUILT.findall(done.stderr)],
         "log_tail": done.stderr[-4000:],
+        "index_log": [line for line in done.stderr.splitlines() if "HNSW" in line],
     }
 
 

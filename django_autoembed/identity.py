@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from django.db import DatabaseError, connections, models, transaction
+from django.db import DatabaseError, OperationalError, connections, models, transaction
 from psycopg import sql
 
 from . import settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig
 from .exceptions import ModelChanged
+from .providers.local import DEFAULT_LOCAL_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 VERIFY_EVERY = 30.0
 # Rows (or chunks) forgotten per transaction by autoembed_reembed.
 CLEAR_PAGE = 5000
+# Tries of a page that meets the application's writes in a deadlock.
+CLEAR_TRIES = 5
 _verified: dict[tuple[str, str], tuple[Identity, float]] = {}
 _warned: set[str] = set()
 _lock = threading.Lock()
@@ -69,6 +72,11 @@ class EmbeddingIdentity(models.Model):
         default=False,
         help_text="set by autoembed_reembed: another declaration is refused even while no "
         "vector is stored",
+    )
+    clearing = models.BooleanField(
+        default=False,
+        help_text="autoembed_reembed is forgetting the old vectors (or was stopped before it "
+        "had: run it again)",
     )
     recorded = models.DateTimeField(auto_now=True)
 
@@ -100,8 +108,10 @@ def declared(config: EmbeddingConfig) -> Identity:
     provider = config.provider or settings.current().provider
     provider = _BUILTIN_PATHS.get(provider, provider)
     model = config.get_model()
-    if provider == "local":
+    if provider == "local":  # as LocalProvider reads the name
         model = model.removeprefix("sentence-transformers/")
+        if model.startswith("text-embedding-"):
+            model = DEFAULT_LOCAL_MODEL
     return Identity(provider, model, config.get_dimensions())
 
 
@@ -158,6 +168,12 @@ def stored(using: str, config: EmbeddingConfig) -> Identity | None:
     return row.identity if row else None
 
 
+def clearing(using: str, config: EmbeddingConfig) -> bool:
+    """Whether ``autoembed_reembed`` of ``config`` began and has not finished forgetting."""
+    row = _row(using, config)
+    return bool(row and row.clearing)
+
+
 def _names(config: EmbeddingConfig, using: str) -> dict[str, sql.Composable]:
     model = config.vector_model
     return {
@@ -187,7 +203,12 @@ def column_dimensions(using: str, config: EmbeddingConfig) -> int | None:
 
 
 def record(
-    using: str, config: EmbeddingConfig, identity: Identity | None = None, *, pinned: bool = False
+    using: str,
+    config: EmbeddingConfig,
+    identity: Identity | None = None,
+    *,
+    pinned: bool = False,
+    clearing: bool = False,
 ) -> None:
     """Say that ``config``'s vectors are (from now on) made by ``identity`` (the declared)."""
     identity = identity or declared(config)
@@ -198,14 +219,22 @@ def record(
             "model": identity.model,
             "dimensions": identity.dimensions,
             "pinned": pinned,
+            "clearing": clearing,
         },
     )
     forget(using, config)
 
 
+def cleared(using: str, config: EmbeddingConfig) -> None:
+    """``autoembed_reembed`` has forgotten every old vector: the config may be used again."""
+    EmbeddingIdentity.objects.using(using).filter(config=config.label).update(clearing=False)
+    forget(using, config)
+
+
 def clear(using: str, config: EmbeddingConfig) -> int:
     """Forget every vector ``config`` stores (its chunks, for chunks), a page of rows per
-    transaction (the application's writes wait for a page at most); returns how many."""
+    transaction, locked in key order (the application's writes wait for a page at most; a
+    page that meets one in a deadlock is tried again); returns how many."""
     key = "clear_chunks" if config.chunked else "clear_column"
     names = _names(config, using)
     query = sqlfiles.statement("identity.sql", key, **names)
@@ -213,15 +242,28 @@ def clear(using: str, config: EmbeddingConfig) -> int:
     total, last = 0, None
     with connections[using].cursor() as cursor:
         while True:
-            with transaction.atomic(using=using):
-                cursor.execute(page_end, [last, last, CLEAR_PAGE])
-                row = cursor.fetchone()
-                if row is None:  # past the last row
-                    return total
-                end = row[0]
-                cursor.execute(query, [last, last, end])
-                total += int(cursor.rowcount or 0)
+            cursor.execute(page_end, [last, last, CLEAR_PAGE])
+            row = cursor.fetchone()
+            if row is None:  # past the last row
+                return total
+            end = row[0]
+            total += _clear_page(using, cursor, query, [last, last, end])
             last = end
+
+
+def _clear_page(using: str, cursor: Any, query: str, params: list[Any]) -> int:
+    for attempt in range(CLEAR_TRIES):
+        try:
+            with transaction.atomic(using=using):
+                cursor.execute(query, params)
+                return int(cursor.rowcount or 0)
+        except OperationalError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                raise
+            if attempt == CLEAR_TRIES - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return 0
 
 
 def forget(using: str, config: EmbeddingConfig) -> None:
@@ -238,31 +280,64 @@ def forget_all() -> None:
 # -- the checks --------------------------------------------------------------------------
 
 
-def _refusal(using: str, config: EmbeddingConfig, wanted: Identity, *, writing: bool) -> str | None:
-    """Why ``config`` may not be embedded (or searched) as declared now, or None."""
+class _Takeover:
+    """No vector is stored of the identity recorded (not pinned): a write may take it over."""
+
+
+TAKEOVER = _Takeover()
+
+
+def _refusal(
+    using: str, config: EmbeddingConfig, wanted: Identity, row: tuple[Any, ...] | None
+) -> str | _Takeover | None:
+    """Why ``config`` may not be embedded (or searched) as declared now, given the recorded
+    ``row`` (provider, model, dimensions, pinned, clearing); None when it may."""
     column = column_dimensions(using, config)
     if column is not None and column != wanted.dimensions:
         return column_problem(config, column, wanted)
-    row = _row(using, config)
-    if row is None or row.identity == wanted:
+    if row is None:
         return None
-    if row.pinned or has_vectors(using, config):
-        return explain(config, row.identity, wanted)
-    if writing:  # no vector left of the one recorded: the first write takes it over
-        logger.info(
-            "%s: no vector stored; its vectors are %s from now on (were %s).",
-            config.label,
-            wanted,
-            row.identity,
+    recorded = Identity(*row[:3])
+    if row[4]:
+        return reembedding(config, recorded)
+    if recorded == wanted:
+        return None
+    if row[3] or has_vectors(using, config):
+        return explain(config, recorded, wanted)
+    return TAKEOVER
+
+
+def reembedding(config: EmbeddingConfig, recorded: Identity) -> str:
+    return (
+        f"{config.label}: `autoembed_reembed` is forgetting its vectors before they are made "
+        f"again by {recorded}, or was stopped before it had: run `python manage.py "
+        f"autoembed_reembed {config.label}` again to finish. Until then nothing is embedded or "
+        "searched for this config (old and new vectors would mix)."
+    )
+
+
+def _read(using: str, config: EmbeddingConfig, lock: str) -> tuple[Any, ...] | None:
+    """The recorded identity's row: ``read`` (no lock), ``hold`` (FOR SHARE) or ``take``
+    (FOR UPDATE), the last two until the transaction ends."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("identity.sql", lock, **_names(config, using)), [config.label]
         )
-        record(using, config, wanted)
-    return None
+        row = cursor.fetchone()
+    return tuple(row) if row else None
+
+
+def refusal(using: str, config: EmbeddingConfig) -> str | None:
+    """Why ``verify`` would refuse ``config`` now (None: it would not); reads only."""
+    with transaction.atomic(using=using):
+        why = _refusal(using, config, declared(config), _read(using, config, "read"))
+    return why if isinstance(why, str) else None
 
 
 def verify(using: str, config: EmbeddingConfig) -> bool:
     """Raise ``ModelChanged`` if ``config`` may not be embedded or searched as declared:
     its stored vectors were made by another identity (or ``autoembed_reembed`` pinned
-    another), or its column holds another number of dimensions.
+    another, or is forgetting them), or its column holds another number of dimensions.
 
     Reads only. A database that lacks the table (not migrated) or a role that may not
     read it cannot tell: nothing is refused then (said once, as a warning). Returns
@@ -277,12 +352,12 @@ def verify(using: str, config: EmbeddingConfig) -> bool:
         return False
     try:
         with transaction.atomic(using=using):
-            why = _refusal(using, config, wanted, writing=False)
+            why = _refusal(using, config, wanted, _read(using, config, "read"))
     except DatabaseError as exc:
         if not _cannot_tell(using, exc):
             raise
         why = None
-    if why is not None:
+    if isinstance(why, str):
         forget(using, config)  # read again next time: the way out may be taken
         raise ModelChanged(why, config.label)
     with _lock:
@@ -291,27 +366,39 @@ def verify(using: str, config: EmbeddingConfig) -> bool:
 
 
 def guard_write(using: str, config: EmbeddingConfig) -> None:
-    """In the transaction that writes ``config``'s vectors: record the declared identity
-    if none is, then hold it (FOR SHARE, until the commit) and raise ``ModelChanged`` if
-    another was recorded meanwhile (``autoembed_reembed`` in another process)."""
+    """In the transaction that writes ``config``'s vectors, before any row is locked: record
+    the declared identity if none is, and hold it until the commit (FOR SHARE), or raise
+    ``ModelChanged`` if another is recorded (``autoembed_reembed`` in another process).
+    Taking over an identity of which no vector is left locks it FOR UPDATE first: two
+    writers never both hold it shared and then wait on each other to update it."""
     wanted = declared(config)
     try:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            names = _names(config, using)
-            cursor.execute(
-                sqlfiles.statement("identity.sql", "claim", **names),
-                [config.label, wanted.provider, wanted.model, wanted.dimensions],
-            )
-            cursor.execute(sqlfiles.statement("identity.sql", "hold", **names), [config.label])
-            row = cursor.fetchone()
-            if row is not None and Identity(*row[:3]) != wanted:
-                why = _refusal(using, config, wanted, writing=True)
-                if why is not None:
-                    forget(using, config)
-                    raise ModelChanged(why, config.label)
+        with transaction.atomic(using=using):
+            with connections[using].cursor() as cursor:
+                cursor.execute(
+                    sqlfiles.statement("identity.sql", "claim", **_names(config, using)),
+                    [config.label, wanted.provider, wanted.model, wanted.dimensions],
+                )
+            if _ours(_read(using, config, "read"), wanted) and _ours(
+                _read(using, config, "hold"), wanted
+            ):
+                return
+            why = _refusal(using, config, wanted, _read(using, config, "take"))
+            if why is TAKEOVER:
+                logger.info(
+                    "%s: no vector stored; its vectors are %s from now on.", config.label, wanted
+                )
+                record(using, config, wanted)
+            elif isinstance(why, str):
+                forget(using, config)
+                raise ModelChanged(why, config.label)
     except DatabaseError as exc:
         if not _cannot_tell(using, exc):
             raise
+
+
+def _ours(row: tuple[Any, ...] | None, wanted: Identity) -> bool:
+    return row is not None and Identity(*row[:3]) == wanted and not row[4]
 
 
 def _cannot_tell(using: str, exc: DatabaseError) -> bool:

@@ -256,12 +256,9 @@ def collect(
 
 def _identity_status(using: str, config: EmbeddingConfig, out: ConfigStatus) -> None:
     try:
-        with transaction.atomic(using=using):
-            stored = identity.stored(using, config)
-            out.vectors_by = str(stored) if stored else None
-            wanted = identity.declared(config)
-            if stored is not None and stored != wanted and identity.has_vectors(using, config):
-                out.model_changed = identity.explain(config, stored, wanted)
+        stored = identity.stored(using, config)
+        out.vectors_by = str(stored) if stored else None
+        out.model_changed = identity.refusal(using, config)
     except DatabaseError:  # not migrated, or not granted
         pass
 

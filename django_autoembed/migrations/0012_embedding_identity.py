@@ -32,6 +32,14 @@ class Migration(migrations.Migration):
                         "even while no vector is stored",
                     ),
                 ),
+                (
+                    "clearing",
+                    models.BooleanField(
+                        default=False,
+                        help_text="autoembed_reembed is forgetting the old vectors (or was "
+                        "stopped before it had: run it again)",
+                    ),
+                ),
                 ("recorded", models.DateTimeField(auto_now=True)),
             ],
             options={

@@ -17,7 +17,7 @@ from django_autoembed.identity import EmbeddingIdentity
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
 from tests.helpers import drain, embedded_pks, hidden_messages, queued_ids, wait_for
-from tests.testapp.models import Document, Manual, ManualChunk, Quote
+from tests.testapp.models import Document, Manual, ManualChunk, Note, Quote, Tag
 
 DOC = "testapp.Document.embedding"
 LARGE = "text-embedding-3-large"
@@ -212,8 +212,10 @@ def test_a_write_after_another_process_reembedded_is_refused(api):
         )
         cursor.execute("update testapp_document set embedding = null")
     Document.objects.filter(pk=doc.pk).update(title="edited")
+    before = api.requests
     worker = Worker(default_options(once=True))
     assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert api.requests == before + 1  # verified lately: asked, and refused at the write
     assert not embedded_pks(Document)  # paid for, but nothing of the old model written
     assert queued_ids() == [doc.pk] and read_counts() == {0}
 
@@ -236,3 +238,45 @@ def test_autoembed_reembed_of_a_chunked_config_replaces_every_chunk(api, setting
     after = ManualChunk.objects.all()
     assert after.count() == len(before) and not before & set(after.values_list("pk", flat=True))
     assert {c.parent_id for c in after} == {m.pk for m in manuals}
+
+
+def test_a_reembed_stopped_half_way_refuses_everything_until_it_is_run_again(api, settings):
+    docs = Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(3)])
+    drain()
+    change_model(settings)
+    # What a run stopped after its first transaction leaves: the new model, still clearing.
+    config = registry.get(DOC)
+    identity.record("default", config, identity.declared(config), pinned=True, clearing=True)
+    with pytest.raises(ModelChanged, match="again to finish"):
+        list(Document.objects.semantic_search("doc 1", k=1))
+    Document.objects.filter(pk=docs[0].pk).update(title="edited")
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "autoembed_reembed" in worker.exit_reason
+    assert len(embedded_pks(Document)) == 3  # the old vectors: neither mixed nor searched
+
+    out = StringIO()
+    call_command("autoembed_reembed", DOC, "--noinput", stdout=out)  # no --force needed
+    assert "Forgot 3 vectors" in out.getvalue()
+    wait_for(lambda: hidden_messages() == 0, timeout=30, message="the paused job visible")
+    drain()
+    assert embedded_pks(Document) == {d.pk for d in docs}
+    assert list(Document.objects.semantic_search("doc 1", k=1))
+
+
+@pytest.mark.parametrize("model", [Note, Tag], ids=["uuid key, quoted table", "text key"])
+def test_autoembed_reembed_pages_through_any_primary_key(api, settings, monkeypatch, model):
+    monkeypatch.setattr(identity, "CLEAR_PAGE", 2)
+    if model is Note:
+        rows = [Note(body=f"note {i}") for i in range(5)]
+    else:
+        rows = [Tag(slug=f"tag-{i}", label=f"tag {i}") for i in range(5)]
+    model.objects.bulk_create(rows)
+    drain()
+    label = f"testapp.{model.__name__}.embedding"
+    change_model(settings)
+    out = StringIO()
+    call_command("autoembed_reembed", label, "--noinput", stdout=out)
+    assert "Forgot 5 vectors" in out.getvalue() and "Queued 5 rows" in out.getvalue()
+    assert not embedded_pks(model)
+    drain()
+    assert len(embedded_pks(model)) == 5

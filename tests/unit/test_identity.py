@@ -32,3 +32,15 @@ def test_another_model_or_size_is_another_identity(settings):
         EmbeddingConfig(fields=["t"], model="text-embedding-3-small", dimensions=512)
     )
     assert str(small) == "openai text-embedding-3-small (1536 dimensions)"
+
+
+def test_an_openai_model_name_given_to_the_local_provider_is_the_local_model(settings):
+    # LocalProvider embeds a text-embedding-* name with its packaged model.
+    settings.AUTOEMBED = {
+        **settings.AUTOEMBED,
+        "PROVIDER": "local",
+        "MODEL": "text-embedding-3-small",
+        "DIMENSIONS": 384,
+    }
+    inherited = declared(EmbeddingConfig(fields=["t"]))
+    assert inherited == declared(EmbeddingConfig(fields=["t"], model="all-MiniLM-L6-v2"))

@@ -47,7 +47,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         stored = identity.stored(using, config)
         wanted = identity.declared(config)
-        if stored == wanted and not options["force"]:
+        resuming = identity.clearing(using, config)
+        if stored == wanted and not options["force"] and not resuming:
             raise CommandError(
                 f"{config.label}: its stored vectors were made by {wanted}, the model it "
                 "declares: nothing to re-embed. Change the declaration first; --force "
@@ -67,11 +68,13 @@ class Command(BaseCommand):
         )
         if options["interactive"] and not _confirmed():
             raise CommandError("Nothing was changed.")
-        # Recorded (pinned) first: a process still declaring the old model writes nothing
-        # from now on, even into rows already cleared; then the vectors go, page by page.
+        # Recorded first, pinned and clearing: from its commit no process writes or searches
+        # this config (a process declaring the old model never again), until every old
+        # vector is gone; a run stopped half way leaves it so, and the next run finishes.
         with transaction.atomic(using=using):
-            identity.record(using, config, wanted, pinned=True)
+            identity.record(using, config, wanted, pinned=True, clearing=True)
         cleared = identity.clear(using, config)
+        identity.cleared(using, config)
         self.stdout.write(f"Forgot {cleared} vectors of {config.label}; {wanted} makes them now.")
         dimensions = identity.column_dimensions(using, config)
         if dimensions is not None and dimensions != wanted.dimensions:
