@@ -21,8 +21,12 @@ wheel=$(ls dist/*.whl)
 cp -r tests example_project manage.py pyproject.toml "$work/"
 cd "$work"
 venv/bin/python - <<'PY'
+import importlib.metadata
+
 import django_autoembed
 assert "site-packages" in django_autoembed.__file__, django_autoembed.__file__
+# The version is kept in one place: the metadata reads it from the package.
+assert importlib.metadata.version("django-autoembed") == django_autoembed.__version__
 PY
 venv/bin/python -m pytest -q -p no:cacheprovider \
   "tests/integration/test_user_paths.py::test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors"
