@@ -46,7 +46,7 @@ class Run:
         tail = "\n  ".join(self.log[-30:])
         return (
             f"{message}\nseed={self.seed} (replay: AUTOEMBED_SEED={self.seed})\n"
-            f"last operations:\n  {tail}"
+            f"last operations:\n  {tail}\n{state()}"
         )
 
     def words(self) -> str:
@@ -148,6 +148,23 @@ class Run:
             self.log.append(f"** {PAUSED_MODEL} works again")
         name = self.rng.choices(list(self.WEIGHTS), weights=list(self.WEIGHTS.values()))[0]
         getattr(self, name)()
+
+
+def state() -> str:
+    """What the queue, the pauses, the incidents and the index states hold now: what a
+    failure that shows once needs to be understood."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select msg_id, read_ct, greatest(0, extract(epoch from vt - now()))::int, "
+            "message->>'table', message->>'origin' from pgmq.q_embedding_jobs "
+            "order by msg_id limit 20"
+        )
+        jobs = cursor.fetchall()
+    lines = [f"queue (id, reads, hidden s, table, origin): {jobs}"]
+    lines += [f"pause: {p.provider}: {p.error[:200]}" for p in ProviderPause.objects.all()]
+    lines += [f"incident: {i}" for i in Incident.objects.all()]
+    lines += [f"index state: {s.config} {s.state}" for s in IndexState.objects.all()]
+    return "\n".join(lines)
 
 
 def size() -> int:
