@@ -10,13 +10,23 @@ from django.core.management.base import CommandError, SystemCheckError
 from django.db import connection
 
 from django_autoembed import identity
+from django_autoembed.backfill import backfill
+from django_autoembed.batches import ProviderBatch
 from django_autoembed.declarations import registry
 from django_autoembed.exceptions import ModelChanged
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.identity import EmbeddingIdentity
 from django_autoembed.status import collect
 from django_autoembed.worker import Worker, default_options
-from tests.helpers import drain, embedded_pks, hidden_messages, queued_ids, wait_for
+from tests.helpers import (
+    drain,
+    embedded_pks,
+    hidden_messages,
+    purge_queue,
+    queued_ids,
+    wait_for,
+)
+from tests.integration.test_production import app_role, manage_as_role  # noqa: F401
 from tests.testapp.models import Document, Manual, ManualChunk, Note, Quote, Tag
 
 DOC = "testapp.Document.embedding"
@@ -280,3 +290,34 @@ def test_autoembed_reembed_pages_through_any_primary_key(api, settings, monkeypa
     assert not embedded_pks(model)
     drain()
     assert len(embedded_pks(model)) == 5
+
+
+def test_a_changed_models_backfill_is_not_sent_to_the_batch_api(api, settings):
+    Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(3)])
+    drain()
+    Document.objects.bulk_create([Document(title=f"later {i}") for i in range(4)])
+    purge_queue()  # the later rows wait for a backfill, as existing rows do
+    change_model(settings)
+    assert backfill(registry.get(DOC)) == 4
+    before = api.requests
+    worker = Worker(default_options(once=True, batch_api=True))
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert not ProviderBatch.objects.exists() and api.requests == before  # nothing paid for
+    assert len(queued_ids()) == 4
+
+
+@pytest.mark.usefixtures("app_role")
+def test_a_role_that_may_not_read_the_identities_still_searches(api):
+    """The application's role holds grants on its own tables only (README, production)."""
+    Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(3)])
+    drain()
+    found = manage_as_role(
+        "shell",
+        "-c",
+        "from tests.testapp.models import Document; "
+        "print([d.title for d in Document.objects.semantic_search('doc 1', k=1)])",
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().splitlines()[-1] == "['doc 1']"
+    assert "embedding identities cannot be read" in found.stderr  # said, once
+    assert found.stderr.count("embedding identities cannot be read") == 1
