@@ -2,8 +2,11 @@
 config alone, nothing spent), by its searches, by `check --database` and in status; and
 ``autoembed_reembed`` moves it to the new model in place."""
 
+import json
+import time
 from io import StringIO
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
@@ -17,6 +20,7 @@ from django_autoembed.exceptions import ModelChanged
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.identity import EmbeddingIdentity
 from django_autoembed.status import collect
+from django_autoembed.testing import fake_vector
 from django_autoembed.worker import Worker, default_options
 from tests.helpers import (
     drain,
@@ -24,6 +28,8 @@ from tests.helpers import (
     hidden_messages,
     purge_queue,
     queued_ids,
+    start_worker,
+    stored_vector,
     wait_for,
 )
 from tests.integration.test_production import app_role, manage_as_role  # noqa: F401
@@ -321,3 +327,41 @@ def test_a_role_that_may_not_read_the_identities_still_searches(api):
     assert found.stdout.strip().splitlines()[-1] == "['doc 1']"
     assert "embedding identities cannot be read" in found.stderr  # said, once
     assert found.stderr.count("embedding identities cannot be read") == 1
+
+
+def test_in_a_rolling_deploy_two_workers_of_two_models_store_one_models_vectors(
+    api, settings, monkeypatch
+):
+    """After `autoembed_reembed`, a worker still running the old declaration and one running
+    the new one work side by side, with live edits: every vector stored is the new model's."""
+    api.model_vectors = True  # each model its own vectors, as real models
+    api.latency = 0.02
+    docs = Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(300)])
+    drain()
+    change_model(settings)
+    call_command("autoembed_reembed", DOC, "--noinput", stdout=StringIO())
+    workers = []
+    for model in ("text-embedding-3-small", LARGE):  # the old worker first
+        monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps({"MODEL": model}))
+        workers.append(start_worker("--concurrency=2"))
+    try:
+        for round_ in range(5):
+            for doc in docs[round_ * 10 : round_ * 10 + 10]:
+                Document.objects.filter(pk=doc.pk).update(title=f"edited {round_} {doc.pk}")
+            time.sleep(0.3)
+        wait_for(
+            lambda: not queued_ids() and len(embedded_pks(Document)) == len(docs),
+            timeout=90,
+            message="every row embedded by the new worker",
+        )
+    finally:
+        for worker in workers:
+            worker.terminate()
+        outputs = [worker.communicate(timeout=60) for worker in workers]
+    old_log = outputs[0][1]
+    assert "model changed" in old_log, old_log[-2000:]
+    for doc in Document.objects.all():
+        np.testing.assert_allclose(
+            stored_vector(Document, doc.pk), fake_vector(doc.title, 1536, LARGE), atol=2e-3
+        )
+    assert recorded(DOC)[1] == LARGE

@@ -15,7 +15,7 @@ import numpy as np
 
 from .limits import MODELS, check_limits, rejected
 from .protocol import Reply, api_error, parse_form
-from .vectors import VECTORS
+from .vectors import VECTORS, of_model
 
 if TYPE_CHECKING:
     from .server import FakeEmbeddingsServer
@@ -194,7 +194,9 @@ class FilesAndBatches:
             ):
                 errors.append(failed_line(n, line.get("custom_id")))
                 continue
-            item, texts = answer_line(n, line, fake.poison, VECTORS[fake.vectors])
+            item, texts = answer_line(
+                n, line, fake.poison, VECTORS[fake.vectors], fake.model_vectors
+            )
             if texts is None:
                 errors.append(item)
             else:
@@ -294,6 +296,7 @@ def answer_line(
     line: dict[str, Any],
     poison: set[str],
     vectorize: Callable[[list[str], int], np.ndarray],
+    model_vectors: bool = False,
 ) -> tuple[dict[str, Any], list[str] | None]:
     """(the output line for request line ``n``, its texts if embedded or None if refused)."""
     body = line.get("body") or {}
@@ -304,7 +307,8 @@ def answer_line(
         answer = api_error(refusal or "input rejected (poison or empty)")
         return _response_line(n, line.get("custom_id"), 400, answer), None
     dims = int(body.get("dimensions") or MODELS.get(str(body.get("model")), (1536,))[0])
-    vectors = vectorize(texts, dims).astype("<f4")
+    model = str(body.get("model")) if model_vectors else None
+    vectors = vectorize(of_model(texts, model), dims).astype("<f4")
     data = [
         {
             "object": "embedding",

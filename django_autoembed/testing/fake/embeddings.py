@@ -20,7 +20,7 @@ from .protocol import (
     embeddings_payload,
     parse_embeddings_request,
 )
-from .vectors import VECTORS
+from .vectors import VECTORS, of_model
 
 if TYPE_CHECKING:
     from .server import FakeEmbeddingsServer
@@ -150,7 +150,8 @@ class EmbeddingsAPI:
             fake.texts.extend(texts)
             fake.tokens += admitted.tokens
         dims = fake.dimensions_override or admitted.request.dims
-        vectors = VECTORS[fake.vectors](texts, dims).astype("<f4")
+        model = str(admitted.request.body.get("model")) if fake.model_vectors else None
+        vectors = VECTORS[fake.vectors](of_model(texts, model), dims).astype("<f4")
         payload = embeddings_payload(admitted.request.body, vectors, admitted.tokens)
         return Reply(200, payload, admitted.headers)
 

@@ -34,6 +34,8 @@ class FakeEmbeddingsServer:
     # tier), and whether its credit is spent (429 insufficient_quota: billing, not a rate).
     refused_models: set[str]
     quota_exhausted: bool
+    # Each model its own vectors (``fake_vector(text, dims, model)``), as two real models'.
+    model_vectors: bool
     # Called with each request's inputs while the client waits for the answer:
     # a test's way to change the database between a worker's read and its write.
     on_request: Callable[[list[str]], None] | None
@@ -113,6 +115,9 @@ class FakeEmbeddingsServer:
         self.window = 60.0
         self.exact_tokens = self._exact_default
         self.vectors = self._vectors_default
+        # Each model its own vectors (a text's vector depends on the model asked), as two
+        # real models' do: for testing a change of model. Off: one vector a text.
+        self.model_vectors = False
         self.batch_delay = 1.0
         self.batch_outcome = "completed"
         self.files_status = None

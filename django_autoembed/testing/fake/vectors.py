@@ -91,7 +91,14 @@ VECTORS: dict[str, Callable[[list[str], int], np.ndarray]] = {
 }
 
 
-def fake_vector(text: str, dimensions: int) -> np.ndarray:
-    """The unit vector the fake server returns for ``text``."""
-    vector: np.ndarray = fake_vectors([text], dimensions)[0]
+def fake_vector(text: str, dimensions: int, model: str | None = None) -> np.ndarray:
+    """The unit vector the fake server returns for ``text`` (``model``: the one asked, when
+    the server gives each model its own vectors, ``model_vectors``)."""
+    vector: np.ndarray = fake_vectors(of_model([text], model), dimensions)[0]
     return vector
+
+
+def of_model(texts: list[str], model: str | None) -> list[str]:
+    """What a text's vector is made from: the text, or the model and the text when each
+    model has vectors of its own (as two real models have)."""
+    return texts if model is None else [f"{model}\x00{t}" for t in texts]
