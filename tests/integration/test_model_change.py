@@ -15,6 +15,7 @@ from django.db import connection
 from django_autoembed import identity
 from django_autoembed.backfill import backfill
 from django_autoembed.batches import ProviderBatch
+from django_autoembed.compare import compare
 from django_autoembed.declarations import registry
 from django_autoembed.exceptions import ModelChanged
 from django_autoembed.failures import EmbeddingFailure
@@ -33,7 +34,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.test_production import app_role, manage_as_role  # noqa: F401
-from tests.testapp.models import Document, Manual, ManualChunk, Note, Quote, Tag
+from tests.testapp.models import Article, Document, Manual, ManualChunk, Note, Quote, Tag
 
 DOC = "testapp.Document.embedding"
 LARGE = "text-embedding-3-large"
@@ -365,3 +366,38 @@ def test_in_a_rolling_deploy_two_workers_of_two_models_store_one_models_vectors(
             stored_vector(Document, doc.pk), fake_vector(doc.title, 1536, LARGE), atol=2e-3
         )
     assert recorded(DOC)[1] == LARGE
+
+
+def test_autoembed_compare_prints_the_overlap_of_two_configs_top_results(api, tmp_path):
+    api.vectors = "related"  # texts that share wording lie near each other, as real ones
+    words = ["python", "bread", "trail", "garden", "piano", "chess", "sailing", "coffee"]
+    Article.objects.bulk_create(
+        [Article(title=f"{w} guide {i}", body=f"all about {w}, {i}") for w in words for i in (1, 2)]
+    )
+    drain()
+    title, body = registry.get("testapp.Article.title"), registry.get("testapp.Article.body")
+    queries = ["python guide", "baking bread", "a guide to chess", "sailing and coffee"]
+
+    def top(text: str, config: str) -> set:
+        return {a.pk for a in Article.objects.semantic_search(text, 3, config=config)}
+
+    expected = sum(len(top(q, "title") & top(q, "body")) / 3 for q in queries) / len(queries)
+    result = compare(title, body, queries, k=3)
+    assert result.mean == pytest.approx(expected) and 0 < result.mean < 1
+    assert result.covered == (16, 16) and result.rows == 16
+    itself = compare(title, title, queries, k=3)
+    assert itself.mean == 1.0 and itself.same_first == 1.0
+
+    path = tmp_path / "queries.txt"
+    path.write_text("\n".join(queries) + "\n\n")
+    out = StringIO()
+    call_command(
+        "autoembed_compare", title.label, body.label, "--queries", str(path), "-k", "3", stdout=out
+    )
+    assert f"overlap@3: mean {expected:.2f}" in out.getvalue()
+    assert "4 queries, top 3 each" in out.getvalue()
+    out = StringIO()
+    call_command("autoembed_compare", title.label, body.label, "--sample", "5", stdout=out)
+    assert "5 queries, top 10 each" in out.getvalue()
+    with pytest.raises(CommandError, match="two models"):
+        call_command("autoembed_compare", title.label, DOC)
