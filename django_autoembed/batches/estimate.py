@@ -14,8 +14,8 @@ from psycopg import sql
 
 from .. import providers, queue, settings, usage
 from .. import sql as sqlfiles
+from ..backfill import row_names
 from ..declarations import EmbeddingConfig
-from ..pipeline.target import schema_of
 from ..usage import UsageMode
 from .budget import SHARE
 
@@ -85,17 +85,8 @@ def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estima
 
 
 def _names(cursor: Any, config: EmbeddingConfig, using: str) -> dict[str, Any]:
-    schema = schema_of(cursor, config.table) or "public"
-    names: dict[str, Any] = {
-        "table": sql.Identifier(schema, config.table),
-        "pk": sql.Identifier(config.pk_column),
-        "col": sql.Identifier(config.column),
-        "fn": sql.Identifier(schema, config.function_name),
-        "chunks": sql.Identifier(schema, config.chunk_table),
-        "queue": queue.tables()["queue"],
-    }
-    unembedded = "unembedded_chunked" if config.chunked else "unembedded_column"
-    names["unembedded"] = sqlfiles.composed("processing.sql", unembedded, **names)
+    _schema, names = row_names(cursor, config, using)
+    names["queue"] = queue.tables()["queue"]
     names["queued"] = sqlfiles.composed("batches.sql", "queued_key", **names)
     return names
 
