@@ -130,8 +130,8 @@ def compare(
         )
     manager = old.model_class._default_manager.using(using)
     result = Comparison(old.label, new.label, k)
-    result.covered = (coverage(old, using)[0], coverage(new, using)[0])
-    result.rows = coverage(old, using)[1]
+    (embedded, result.rows), (embedded_new, _) = coverage(old, using), coverage(new, using)
+    result.covered = (embedded, embedded_new)
     for text in queries:
         ranked = [
             [row.pk for row in manager.semantic_search(text, k, config=config.config_name)]
