@@ -138,7 +138,10 @@ class Run:
         if n == self.operations // 4:
             self.api.refused_models = {PAUSED_MODEL}
             self.log.append(f"** the account refuses {PAUSED_MODEL}")
-            self.op_quotes()
+            # A text no quote had before: one the vector store already holds is written
+            # without a request, and the refusal would never be met (seen in CI: queue empty).
+            Quote.objects.create(text=f"{self.words()} (quote written at step {n})")
+            self.log.append("quotes +1, a new text")
             deadline = time.monotonic() + 20
             while not ProviderPause.objects.filter(provider__contains=PAUSED_MODEL).exists():
                 assert time.monotonic() < deadline, self.fail("the refused model never paused")
