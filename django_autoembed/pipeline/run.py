@@ -41,6 +41,11 @@ from .target import Resolved, Targets
 
 logger = logging.getLogger(__name__)
 
+# A config refused for a model change pauses in this process as any pause does, but its jobs
+# are hidden for at most this many seconds: the refusal is this process's declaration, and a
+# worker already running the new one (a rolling deploy) takes them meanwhile.
+REFUSED_HAND_BACK = 3.0
+
 
 @dataclass
 class BatchResult:
@@ -164,7 +169,10 @@ class Processor:
         """Read, embed, write and acknowledge one config's rows (``siblings``: every row of
         their messages, which are acknowledged as a whole)."""
         key = providers.pause_key(config)
-        wait = max(self.pauses.paused_for(key), self.pauses.paused_for(identity.pause_key(config)))
+        wait = self.pauses.paused_for(key)
+        refused = self.pauses.paused_for(identity.pause_key(config))
+        if refused > 0:  # this process's declaration: another worker's may serve the jobs
+            wait = max(wait, min(refused, REFUSED_HAND_BACK))
         if wait > 0:  # paused earlier: not worth a request before it is due
             self._hand_back(siblings, wait, "paused: the provider or the config is paused")
             return
@@ -180,7 +188,7 @@ class Processor:
                 target, sorted({t for ts in dest.needs.values() for t in ts}), deadline
             )
         except ProcessingPaused as paused:
-            self._pause(paused.provider or key, paused, siblings, result)
+            self._pause(config, paused.provider or key, paused, siblings, result)
             return
         result.requests += embedded.requests
         if embedded.answers:
@@ -192,13 +200,21 @@ class Processor:
             self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
         except ModelChanged as exc:  # re-embedded by another process meanwhile: none written
             changed = _model_changed(config, exc)
-            self._pause(changed.provider, changed, siblings, result)
+            self._pause(config, changed.provider, changed, siblings, result)
 
     def _pause(
-        self, key: str, paused: ProcessingPaused, siblings: list[Row], result: BatchResult
+        self,
+        config: EmbeddingConfig,
+        key: str,
+        paused: ProcessingPaused,
+        siblings: list[Row],
+        result: BatchResult,
     ) -> None:
         result.pauses[key] = paused
-        self._hand_back(siblings, self.pauses.pause(key, paused), f"paused: {paused}")
+        delay = self.pauses.pause(key, paused)
+        if key == identity.pause_key(config):  # see REFUSED_HAND_BACK
+            delay = min(delay, REFUSED_HAND_BACK)
+        self._hand_back(siblings, delay, f"paused: {paused}")
 
     def _verify(self, config: EmbeddingConfig, result: BatchResult) -> None:
         """Its stored vectors were made by the declared model (or there are none): a changed

@@ -12,14 +12,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.db import connection
 
-from django_autoembed import identity
+from django_autoembed import identity, pauses
 from django_autoembed.backfill import backfill
 from django_autoembed.batches import ProviderBatch
 from django_autoembed.compare import compare
 from django_autoembed.declarations import registry
-from django_autoembed.exceptions import ModelChanged
+from django_autoembed.exceptions import ModelChanged, PauseKind
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.identity import EmbeddingIdentity
+from django_autoembed.pipeline.run import REFUSED_HAND_BACK
 from django_autoembed.status import collect
 from django_autoembed.testing import fake_vector
 from django_autoembed.worker import Worker, default_options
@@ -95,6 +96,42 @@ def test_a_changed_model_pauses_that_config_alone_and_refuses_its_searches(api, 
     with pytest.raises(SystemCheckError) as checked:
         call_command("check", "--database", "default")
     assert "autoembed.E111" in str(checked.value) and DOC in str(checked.value)
+
+
+def hidden_for() -> list[float]:
+    """Seconds each queued job stays hidden from every worker."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "select greatest(extract(epoch from vt - clock_timestamp()), 0)::float"
+            " from pgmq.q_embedding_jobs"
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
+def test_a_refused_declarations_jobs_wait_seconds_for_a_worker_that_can_do_them(
+    api, settings, monkeypatch
+):
+    """In a rolling deploy the worker still running the old declaration stays refused for as
+    long as it runs; the jobs it reads are hidden a few seconds only, never for its pause, so
+    the worker running the new declaration takes them (CI: a 60 s pause held them past 90 s)."""
+    monkeypatch.setitem(pauses.PAUSE_FIRST, PauseKind.CONFIG, 60.0)
+    doc = Document.objects.create(title="doc")
+    drain()
+    change_model(settings)
+    Document.objects.filter(pk=doc.pk).update(title="edited")
+    worker = Worker(default_options(once=True))
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    assert worker.pauses.paused_for(identity.pause_key(registry.get(DOC))) > 50
+    assert queued_ids() == [doc.pk] and max(hidden_for()) <= REFUSED_HAND_BACK
+    # Read again while the pause holds: handed back as briefly.
+    time.sleep(REFUSED_HAND_BACK)
+    worker.stopping = False
+    worker.run()
+    assert queued_ids() == [doc.pk] and 0 < max(hidden_for()) <= REFUSED_HAND_BACK
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small"}
+    time.sleep(REFUSED_HAND_BACK)
+    drain()  # a worker whose declaration matches takes it
+    assert not queued_ids()
 
 
 def test_autoembed_reembed_moves_the_config_to_the_new_model(api, settings, monkeypatch):
@@ -345,6 +382,7 @@ def test_in_a_rolling_deploy_two_workers_of_two_models_store_one_models_vectors(
     for model in ("text-embedding-3-small", LARGE):  # the old worker first
         monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps({"MODEL": model}))
         workers.append(start_worker("--concurrency=2"))
+    failed = None
     try:
         for round_ in range(5):
             for doc in docs[round_ * 10 : round_ * 10 + 10]:
@@ -352,13 +390,17 @@ def test_in_a_rolling_deploy_two_workers_of_two_models_store_one_models_vectors(
             time.sleep(0.3)
         wait_for(
             lambda: not queued_ids() and len(embedded_pks(Document)) == len(docs),
-            timeout=90,
+            timeout=60,
             message="every row embedded by the new worker",
         )
+    except AssertionError as exc:
+        failed = exc
     finally:
         for worker in workers:
             worker.terminate()
         outputs = [worker.communicate(timeout=60) for worker in workers]
+    if failed:  # what each worker said, to tell why
+        raise AssertionError(f"{failed}; old: {outputs[0][1][-1500:]} new: {outputs[1][1][-1500:]}")
     old_log = outputs[0][1]
     assert "model changed" in old_log, old_log[-2000:]
     for doc in Document.objects.all():
