@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test coverage lint test-matrix typecheck package install install-local install-dev bench clean
+.PHONY: demo test coverage lint test-matrix typecheck package install install-local install-dev install-docs docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ coverage: install-dev
 install-dev: install
 	$(BIN)/pip install -q ruff mypy django-stubs coverage pytest-cov build twine tox
 
-PY_SOURCES := django_autoembed tests bench example_project manage.py
+PY_SOURCES := django_autoembed tests bench example_project docs manage.py
 
 lint: install-dev
 	$(BIN)/ruff check $(PY_SOURCES)
@@ -52,6 +52,15 @@ test-matrix: install-dev
 # fresh venv and run one end-to-end test there (a missed package-data file fails it).
 package: install-dev
 	bash scripts/package.sh
+
+# The documentation site (docs/), every warning an error; its code examples run in
+# `make test` (tests/test_docs.py).
+install-docs: install
+	$(BIN)/pip install -q -e ".[test,docs]"
+
+docs: install-docs
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "The docs are in docs/_build/html/index.html"
 
 bench: install-local
 	$(BIN)/pip install -q matplotlib gunicorn
