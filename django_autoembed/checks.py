@@ -241,7 +241,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         return [
             checks.Error(
                 str(exc),
-                hint="Fix AUTOEMBED in your settings; the README lists each key and its default.",
+                hint="Fix AUTOEMBED in your settings; the docs' settings reference lists each "
+                "key and its default.",
                 id="autoembed.E013",
             )
         ]

@@ -129,8 +129,8 @@ def _column_errors(
             "declaration "
             f"embeds {config.get_dimensions()} dimensions.",
             hint="Create the migration for the change (`makemigrations`) and apply it; a "
-            "column that still holds vectors cannot change its dimensions: see 'Changing the "
-            "embedding model' in the README (`autoembed_reembed` first).",
+            "column that still holds vectors cannot change its dimensions: see the how-to "
+            "'Change the embedding model' in the docs (`autoembed_reembed` first).",
             obj=config.model_class,
             id="autoembed.E105",
         )

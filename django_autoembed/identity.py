@@ -139,7 +139,7 @@ def ways_out(config: EmbeddingConfig) -> str:
         "restore the declaration's model, provider and dimensions (or the AUTOEMBED settings "
         "it inherits); (2) move with no downtime: keep this config as it was and add a "
         "second config with the new model beside it, backfill it, then switch searches "
-        "(README, 'Changing the embedding model'); (3) re-embed in place, searches returning "
+        "(docs: how-to 'Change the embedding model'); (3) re-embed in place, searches returning "
         "fewer rows until it is done: `python manage.py autoembed_reembed "
         f"{config.label}`."
     )
@@ -150,8 +150,8 @@ def column_problem(config: EmbeddingConfig, column: int, wanted: Identity) -> st
         f"{config.label}: its column holds vectors of {column} dimensions, but the declaration "
         f"embeds {wanted.dimensions}: no vector could be written. Write the migration "
         "(`python manage.py makemigrations`) and apply it (`migrate`); if the column still "
-        f"holds vectors, run `python manage.py autoembed_reembed {config.label}` first (see "
-        "'Changing the embedding model' in the README)."
+        f"holds vectors, run `python manage.py autoembed_reembed {config.label}` first (see the "
+        "how-to 'Change the embedding model' in the docs)."
     )
 
 

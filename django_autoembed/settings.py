@@ -154,7 +154,7 @@ class AutoembedSettings:
         default=60.0, metadata=_key("seconds between looks at Batch API jobs", *_NUMBER)
     )
     # OpenAI's enqueued-token limit for text-embedding-3-small at usage tier 1; higher
-    # tiers allow more (see the README's Batch API section), and a refusal lowers it.
+    # tiers allow more (docs: how-to 'A backfill at half price'), and a refusal lowers it.
     batch_queue_tokens: int = field(
         default=3_000_000,
         metadata=_key("tokens all batches of one model may hold at once (the account's)", int),

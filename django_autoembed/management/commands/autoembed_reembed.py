@@ -64,7 +64,7 @@ class Command(BaseCommand):
         self.stdout.write(
             "Until the queue drains, its searches return only the rows embedded again so far. "
             "For no downtime, keep this config and add a second one with the new model beside "
-            "it (README, 'Changing the embedding model')."
+            "it (docs: how-to 'Change the embedding model')."
         )
         if options["interactive"] and not _confirmed():
             raise CommandError("Nothing was changed.")
