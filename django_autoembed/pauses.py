@@ -51,7 +51,7 @@ _lock = threading.Lock()
 
 
 class ProviderPause(models.Model):
-    """Embedding through one provider is paused by a configuration error."""
+    """Embedding through one provider is paused by a configuration error or an outage."""
 
     provider = models.CharField(
         max_length=255, unique=True, help_text="name, model and server; no secrets"
