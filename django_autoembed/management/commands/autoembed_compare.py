@@ -31,7 +31,9 @@ class Command(BaseCommand):
             "--sample", type=int, default=20, help="random rows to take queries from (20)"
         )
         parser.add_argument("-k", type=int, default=10, help="results compared a query (10)")
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         using = options["database"]

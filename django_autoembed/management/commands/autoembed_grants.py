@@ -22,7 +22,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--apply", action="store_true", help="run the statements instead of printing them"
         )
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         lines = statements(options["role"], options["database"])

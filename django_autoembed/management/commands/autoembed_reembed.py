@@ -36,7 +36,9 @@ class Command(BaseCommand):
             action="store_true",
             help="re-embed even though the stored vectors were made by the declared model",
         )
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         using = options["database"]

@@ -25,7 +25,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--discard", action="store_true", help="delete the failures instead of retrying"
         )
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["all"] and not options["config"]:

@@ -46,7 +46,9 @@ class Command(BaseCommand):
             help="count every table in full (by default tables of 100,000 rows or more are "
             "estimated from a sample, so a monitoring probe scans no table whole)",
         )
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

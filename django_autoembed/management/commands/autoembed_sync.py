@@ -13,7 +13,9 @@ class Command(BaseCommand):
     help = "Store the endpoint URL/token and (re)create or remove the pg_cron job from AUTOEMBED."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="the database alias to work on (default: default)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         lines = sync(options["database"])

@@ -148,7 +148,9 @@ def _add_run_arguments(parser: CommandParser) -> None:
         help="print the rows, tokens and price (embeddings API and Batch API) of what is "
         "left to embed, and exit; sends and queues nothing",
     )
-    parser.add_argument("--database", default="default")
+    parser.add_argument(
+        "--database", default="default", help="the database alias to work on (default: default)"
+    )
 
 
 def _configure_logging(verbosity: int) -> None:
