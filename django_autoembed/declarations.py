@@ -158,10 +158,12 @@ class Registry:
 
     def __init__(self) -> None:
         self._configs: list[EmbeddingConfig] = []
+        self.generation = 0  # bumped by every change, for caches of what it holds
 
     def add(self, config: EmbeddingConfig) -> None:
         self._configs = [c for c in self._configs if c.label != config.label]
         self._configs.append(config)
+        self.generation += 1
 
     def all(self) -> list[EmbeddingConfig]:
         return [c for c in self._configs if _is_installed(c.model_class)]
