@@ -8,11 +8,18 @@ class Document(EmbeddingMixin, models.Model):
     content = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
-    # `embed_fields = ["title", "content"]` would do, with AUTOEMBED["DIMENSIONS"];
-    # the full form pins 384 so the schema is the same whichever provider runs, and
-    # text_search adds the full-text index the hybrid search uses.
     embedding_configs = [
-        EmbeddingConfig(fields=["title", "content"], dimensions=384, text_search="english")
+        EmbeddingConfig(
+            fields=["title", "content"],
+            # One vector per passage of at most 200 tokens, in the generated DocumentChunk
+            # (all-MiniLM-L6-v2 reads 256 tokens at most).
+            chunk_tokens=200,
+            chunk_overlap=32,
+            # 384 whichever provider runs (the local model's size), so the schema is one.
+            dimensions=384,
+            # A stored tsvector of the fields, with its GIN index, for hybrid_search.
+            text_search="english",
+        )
     ]
 
     class Meta:
