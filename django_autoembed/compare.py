@@ -139,5 +139,7 @@ def compare(
         ]
         shared = len(set(ranked[0]) & set(ranked[1]))
         first = bool(ranked[0]) and bool(ranked[1]) and ranked[0][0] == ranked[1][0]
-        result.queries.append(Query(text, shared / k, first))
+        # Out of the results there are: a table of fewer than k rows gives fewer.
+        found = max(1, len(ranked[0]), len(ranked[1]))
+        result.queries.append(Query(text, shared / found, first))
     return result

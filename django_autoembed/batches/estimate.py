@@ -18,6 +18,7 @@ from ..backfill import row_names
 from ..declarations import EmbeddingConfig
 from ..usage import UsageMode
 from .budget import SHARE
+from .filling import MAX_INPUTS
 
 # Texts counted per config: enough for a few per cent of error on the mean.
 SAMPLE = 1000
@@ -34,12 +35,16 @@ class Estimate:
     tokens: int
     api_price: float | None  # US dollars (None: PRICES has no price for the model)
     batch_price: float | None
+    inputs: int = 0  # texts to embed: the rows, or their chunks
 
     @property
     def batches(self) -> int:
-        """Batches of the Batch API it takes within BATCH_QUEUE_TOKENS (a share each)."""
+        """Batches of the Batch API it takes: each holds a share of BATCH_QUEUE_TOKENS and at
+        most MAX_INPUTS texts, whichever is reached first."""
+        if not self.tokens:
+            return 0
         per_batch = max(1, int(settings.current().batch_queue_tokens * SHARE))
-        return math.ceil(self.tokens / per_batch) if self.tokens else 0
+        return max(math.ceil(self.tokens / per_batch), math.ceil(self.inputs / MAX_INPUTS))
 
 
 def estimate(
@@ -64,14 +69,17 @@ def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estima
         )
         texts = [t for (t,) in cursor.fetchall() if t]
     counts = [provider.count_tokens(t) for t in texts]
+    pieces = [1] * len(counts)
     if config.chunked:
         assert config.chunk_tokens is not None
         # Overlapping chunks repeat some tokens of the one before.
         step = max(1, config.chunk_tokens - config.chunk_overlap)
-        counts = [c + max(0, math.ceil(c / step) - 1) * config.chunk_overlap for c in counts]
+        pieces = [max(1, math.ceil(c / step)) for c in counts]
+        counts = [c + (n - 1) * config.chunk_overlap for c, n in zip(counts, pieces, strict=True)]
     else:  # a text past the model's limit is embedded by its head
         counts = [min(c, provider.max_input_tokens or c) for c in counts]
     tokens = round(sum(counts) / len(counts) * rows) if counts else 0
+    inputs = round(sum(pieces) / len(pieces) * rows) if pieces else rows
     model = config.get_model()
     return Estimate(
         config.label,
@@ -81,6 +89,7 @@ def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estima
         tokens,
         usage.price(model, UsageMode.API, tokens),
         usage.price(model, UsageMode.BATCH, tokens),
+        inputs,
     )
 
 

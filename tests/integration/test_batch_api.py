@@ -564,6 +564,22 @@ def test_the_estimate_counts_only_rows_with_text(api):
     purge_queue()
     [found] = estimate.estimate([config])
     assert found.rows == 10 == backfill(config) and found.tokens == 10 * tokens(title)
+    assert found.inputs == 10 and found.batches == 1
+
+
+def test_the_estimate_counts_a_chunked_configs_inputs_in_chunks(api):
+    from django_autoembed.batches import estimate
+    from tests.helpers import SENTENCES
+
+    body = " ".join(SENTENCES * 6)  # several 120-token chunks a row
+    Manual.objects.bulk_create([Manual(title=f"manual {i}", body=body) for i in range(20)])
+    purge_queue()
+    [found] = estimate.estimate([registry.get("testapp.Manual.embedding")])
+    backfill(registry.get("testapp.Manual.embedding"))
+    drain()
+    chunks = ManualChunk.objects.count()
+    assert found.rows == 20 and chunks > 40
+    assert abs(found.inputs - chunks) <= chunks * 0.25, (found.inputs, chunks)
 
 
 def test_a_row_too_large_for_any_batch_goes_to_the_api_and_spends_its_attempts(api, settings):

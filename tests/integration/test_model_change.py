@@ -429,6 +429,7 @@ def test_autoembed_compare_prints_the_overlap_of_two_configs_top_results(api, tm
     assert result.covered == (16, 16) and result.rows == 16
     itself = compare(title, title, queries, k=3)
     assert itself.mean == 1.0 and itself.same_first == 1.0
+    assert compare(title, title, queries, k=50).mean == 1.0  # 16 rows: all of them, alike
 
     path = tmp_path / "queries.txt"
     path.write_text("\n".join(queries) + "\n\n")
