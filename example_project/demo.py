@@ -29,8 +29,8 @@ from example_project.documents.corpus import load_python_topics  # noqa: E402
 from example_project.documents.models import Document, DocumentChunk  # noqa: E402
 
 QUESTIONS = [
-    "how do I make my own object work in a with statement?",
-    "what happens to a variable assigned inside a nested function?",
+    "how does Python decide which scope a name belongs to?",
+    "make a class behave like a container you can index",
 ]
 # An exact name that a search by meaning alone ranks poorly: hybrid search finds the words.
 WORDS = "__slots__"
@@ -46,10 +46,11 @@ def main() -> None:
     if len(sys.argv) > 1:
         show_semantic(sys.argv[1])
         show_hybrid(sys.argv[1])
-        return
-    for question in QUESTIONS:
-        show_semantic(question)
-    show_hybrid(WORDS)
+    else:
+        for question in QUESTIONS:
+            show_semantic(question)
+        show_hybrid(WORDS)
+    print("\nThe same in a browser: python manage.py runserver, then http://127.0.0.1:8000/")
 
 
 def embed() -> None:
