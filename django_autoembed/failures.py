@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -105,6 +106,17 @@ def record(cursor: Any, dead: list[DeadRow]) -> None:
             row.error,
             extra={"config": row.config, "pk": str(row.row_id), "attempts": row.attempts},
         )
+
+
+def forget(cursor: Any, config: str, embedded: Iterable[Any]) -> None:
+    """Rows of ``config`` just embedded, in the transaction that wrote them: any failure they
+    had is over, so status and the admin list only the rows still failing."""
+    keys = [str(pk) for pk in embedded]
+    if keys:
+        statement = sqlfiles.composed(
+            "failures.sql", "forget", failures=sql.Identifier(EmbeddingFailure._meta.db_table)
+        )
+        cursor.execute(statement.as_string(None), [config, keys])
 
 
 @dataclass

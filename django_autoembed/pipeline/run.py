@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from .. import db, identity, providers, queue, settings
+from .. import db, failures, identity, providers, queue, settings
 from ..declarations import EmbeddingConfig, registry
 from ..exceptions import (
     ConfigurationError,
@@ -249,7 +249,7 @@ class Processor:
         messages = list({id(r.message): r.message for r in siblings}.values())
         with transaction.atomic(using=self.using):
             identity.guard_write(self.using, dest.target.config)
-            _written, busy, stored = dest.write(list(dict.fromkeys(ready)), contents, embedded)
+            written, busy, stored = dest.write(list(dict.fromkeys(ready)), contents, embedded)
             result.embedded += stored
             for row in group:
                 if row.outcome is None:
@@ -257,6 +257,7 @@ class Processor:
                     row.outcome = Outcome(kind)
             plan = self._plan(messages, siblings)
             with connections[self.using].cursor() as cursor:
+                failures.forget(cursor, dest.target.config.label, written)
                 apply_acks(cursor, plan)
             result.dead += len(plan.dead)
 

@@ -11,3 +11,8 @@ on conflict (config, object_pk) do update
        job = excluded.job,
        attempts = f.attempts + excluded.attempts,
        last_failed_at = excluded.last_failed_at
+
+-- forget -- rows embedded since they were given up on (their text was edited, or a
+-- retry went through) are failing no more; an index probe a row, none when none failed
+delete from {failures}
+ where config = %s and object_pk = any(%s::text[])

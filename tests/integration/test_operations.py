@@ -129,6 +129,17 @@ def test_retry_command_gets_failed_rows_embedded_by_the_next_run(failing_rows, a
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_failed_row_embedded_after_an_edit_is_failing_no_more(failing_rows):
+    """Status counts the rows still failing: one whose text was fixed and embedded is not."""
+    _, bad, _ = failing_rows
+    Document.objects.filter(pk=bad[0].pk).update(title="fixed")  # the trigger queues it
+    drain()
+    assert list(EmbeddingFailure.objects.values_list("object_pk", flat=True)) == [str(bad[1].pk)]
+    _, configs = status_json("--config", DOC)
+    assert configs[DOC]["failures"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_admin_lists_failures_and_retry_and_discard_actions_work(failing_rows, client):
     _, _bad, _ = failing_rows
     client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
