@@ -35,9 +35,11 @@ class Note(EmbeddingMixin, models.Model):
 """
 
 
-def vectors(dbname: str, table: str) -> dict:
+def vectors(
+    dbname: str, table: str, query: str = "select title, embedding::text from {} order by id"
+) -> dict:
     with server_connection(dbname) as conn:
-        rows = conn.execute(f"select title, embedding::text from {table} order by id").fetchall()
+        rows = conn.execute(query.format(table)).fetchall()
     return {
         title: None if text is None else np.array(json.loads(text), dtype=np.float32)
         for title, text in rows
@@ -64,7 +66,13 @@ def add_a_document_and_embed_it(env: dict, dbname: str) -> dict:
     assert created.returncode == 0, created.stderr
     worked = manage(ROOT, "process_embeddings", "--once", env=env)
     assert_clean(worked, "process_embeddings --once")
-    return vectors(dbname, "documents_document")
+    # The example stores its documents in chunks; a short one is one chunk, its whole text.
+    return vectors(
+        dbname,
+        "documents_document",
+        "select d.title, c.embedding::text from {} d left join"
+        " documents_document_embedding_chunks c on c.parent_id = d.id order by d.id, c.number",
+    )
 
 
 def one_pending_migrations_error(result, *migrations: str) -> None:
