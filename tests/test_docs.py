@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def run_python(example: Example) -> None:
                 assert not errors, errors
         finally:
             registry._configs = saved
+            registry.generation += 1  # caches of the registry's configs read them again
         return
     exec(code, namespace)
 
@@ -93,10 +95,12 @@ def check_command(argv: list[str]) -> None:
     if not argv:
         return
     program, *args = argv
-    if program in {"python", "python3", ".venv/bin/python"} and args[:1] == ["manage.py"]:
+    if program in PYTHONS and args[:1] == ["manage.py"]:
         check_manage(args[1:])
-    elif program in {"python", "python3"} and args[:2] == ["-m", "django"]:
+    elif program in PYTHONS and args[:2] == ["-m", "django"]:
         check_manage(args[2:])
+    elif program in PYTHONS and args[:2] == ["-m", "pytest"]:
+        check_pytest(args[2:])
     elif program == "pip" and args[:1] == ["install"]:
         check_pip(args[1:])
     elif program == "make":
@@ -105,6 +109,23 @@ def check_command(argv: list[str]) -> None:
             assert target in targets, f"make {target}: no such target in the Makefile"
     elif program not in {"cd", "git", "export", "curl", "gunicorn", "psql", "createdb"}:
         raise AssertionError(f"{program}: the docs test does not know how to check this command")
+
+
+PYTHONS = {"python", "python3", ".venv/bin/python"}
+
+
+def check_pytest(args: list[str]) -> None:
+    """``-m`` names only markers the suite declares."""
+    declared = {
+        m.split(":")[0]
+        for m in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"][
+            "ini_options"
+        ]["markers"]
+    }
+    for flag, value in pairwise(args):
+        if flag == "-m":
+            names = set(re.findall(r"[a-z_]+", value)) - {"not", "and", "or"}
+            assert names <= declared, f"pytest -m {value}: no marker {sorted(names - declared)}"
 
 
 def check_manage(args: list[str]) -> None:
@@ -142,9 +163,11 @@ SYBIL = Sybil(
     ],
     path=str(DOCS),
 )
-PAGES = sorted(
-    p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "_build" not in p.parts
-)
+# The README's examples run too: it is the front door.
+PAGES = [
+    *sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "_build" not in p.parts),
+    "../README.md",
+]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -163,3 +186,13 @@ def test_every_code_block_is_of_a_kind_the_docs_test_runs_or_shows(page):
     # MyST directives ({toctree}, {automodule}, ...) are not code.
     unknown = {lang for lang in langs if lang not in handled and not lang.startswith("{")}
     assert not unknown, f"{page}: code blocks in {sorted(unknown)}: run them or show them as text"
+
+
+def test_the_readme_is_a_landing_page_whose_links_all_lead_somewhere():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links into the docs"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
