@@ -8,8 +8,10 @@ import openai
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from pgvector.django import CosineDistance
 
 from django_autoembed.failures import EmbeddingFailure
+from django_autoembed.testing import fake_vector
 from django_autoembed.testing.fake_openai import MAX_INPUT_TOKENS
 from tests.helpers import (
     archived_count,
@@ -532,3 +534,31 @@ def test_a_search_over_chunks_returns_k_rows_when_one_document_owns_the_nearest_
     assert len(list(Manual.objects.semantic_search(query, k=10))) == 7  # the table, exhausted
     hybrid = list(Manual.objects.hybrid_search(query, k=5))
     assert len(hybrid) == 5 and len({h.pk for h in hybrid}) == 5
+
+
+def test_a_rows_best_chunk_is_found_exactly_among_its_own_chunks_never_by_the_graph(api):
+    """Walking the chunks' HNSW graph for one row's nearest chunk is approximate (after many
+    rewrites it ranked a row by another of its chunks) and slow on a large table: the best
+    chunk of each row found is read from that row's chunks, even when a plan without a sort
+    looks cheaper."""
+    manuals = [Manual.objects.create(title=f"m {n}", body=prose(12, seed=n)) for n in range(5)]
+    drain()
+    query = ManualChunk.objects.filter(parent=manuals[1]).order_by("number")[1].text
+    graph = ManualChunk._meta.indexes[0].name
+    for search in (
+        lambda: Manual.objects.semantic_search(query, k=3),
+        lambda: Manual.objects.hybrid_search(query, k=3),
+    ):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("set local enable_sort = off")
+            plan = search().explain()
+        assert f"Index Scan using {graph}" not in plan.split("SubPlan", 1)[-1]
+    found = list(Manual.objects.semantic_search(query, k=3))
+    for row in found:
+        chunks = ManualChunk.objects.filter(parent=row.pk)
+        exact = min(
+            chunks.annotate(d=CosineDistance("embedding", fake_vector(query, 1536))),
+            key=lambda c: c.d,
+        )
+        assert row.chunk_number == exact.number and row.distance == pytest.approx(exact.d, abs=1e-3)
+    assert {r.pk for r in found} <= {m.pk for m in manuals}
