@@ -84,10 +84,12 @@ class LocalProvider(Provider):
     # otherwise cut anything past max_input_tokens without a word.
 
     def count_tokens(self, text: str) -> int:
-        return len(_load(self.model).tokenizer(text)["input_ids"])
+        # verbose=False: counting a text longer than the model reads is the point here, not
+        # something to warn about ("Token indices sequence length is longer than ...").
+        return len(_load(self.model).tokenizer(text, verbose=False)["input_ids"])
 
     def head(self, text: str, tokens: int) -> str:
-        encoded = _load(self.model).tokenizer(text, return_offsets_mapping=True)
+        encoded = _load(self.model).tokenizer(text, return_offsets_mapping=True, verbose=False)
         if len(encoded["input_ids"]) <= tokens:
             return text
         ends = [end for start, end in encoded["offset_mapping"] if end > start]
