@@ -6,11 +6,8 @@ prepared, each config is bound to it: the vector column and HNSW index are
 added unless the model declares its own, and an ``EmbeddingTrigger``
 constraint is appended so ``makemigrations`` emits the database objects.
 
-A plain ``save()`` writes every field, and an instance loaded before the worker
-wrote its vector holds the old one (or none): written back, it would erase the
-new vector, and no trigger fires for a text that did not change. So ``save()``
-leaves out the vector columns the worker writes unless the code assigned them a
-new value since the instance was loaded, or names them in ``update_fields``.
+A plain ``save()`` leaves out the vector columns the worker writes unless the code
+assigned them since the instance was loaded or saved (``saving``).
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from .declarations import EmbeddingConfig, registry, short_name
 from .fields import TsvectorField
 from .hnsw.indexes import HnswIndex, TextSearchIndex
 from .hybrid import text_vector
+from .saving import as_loaded, loaded_vectors
 from .search import EmbeddingManager
 from .triggers import EmbeddingTrigger
 
@@ -51,12 +49,16 @@ class EmbeddingMixin(models.Model):
         cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
     ) -> Self:
         instance = super().from_db(db, field_names, values, **kwargs)
-        instance._autoembed_loaded = _loaded_vectors(instance)
+        instance._autoembed_loaded = loaded_vectors(instance)
         return instance
 
     def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
         super().refresh_from_db(*args, **kwargs)
-        self._autoembed_loaded = _loaded_vectors(self)
+        self._autoembed_loaded = loaded_vectors(self)
+
+    def save_base(self, *args: Any, **kwargs: Any) -> None:
+        super().save_base(*args, **kwargs)
+        self._autoembed_loaded = loaded_vectors(self)  # what the row holds, as far as we know
 
     def _do_update(
         self,
@@ -69,35 +71,8 @@ class EmbeddingMixin(models.Model):
     ) -> Any:
         if update_fields is None:  # every field: the worker's vectors are not the caller's
             loaded = self.__dict__.get("_autoembed_loaded") or {}
-            values = [v for v in values if not _as_loaded(self, loaded, v[0].attname)]
+            values = [v for v in values if not as_loaded(self, loaded, v[0].attname)]
         return super()._do_update(base_qs, using, pk_val, values, update_fields, *rest)
-
-
-def _vector_attnames(model: type[models.Model]) -> list[str]:
-    """The attributes of the vector columns the worker writes on ``model``'s rows (read for
-    every row loaded: kept until the registry changes)."""
-    cached = _attnames.get(model)
-    if cached is not None and cached[0] == registry.generation:
-        return cached[1]
-    owners = [model, *model._meta.get_parent_list()]  # a child's parent table holds them
-    names = {c.column for m in owners for c in registry.for_model(m) if not c.chunked}
-    found = [f.attname for f in model._meta.concrete_fields if f.name in names]
-    _attnames[model] = (registry.generation, found)
-    return found
-
-
-_attnames: dict[type[models.Model], tuple[int, list[str]]] = {}
-
-
-def _loaded_vectors(instance: models.Model) -> dict[str, Any]:
-    """The vectors ``instance`` was loaded with (deferred ones are not loaded)."""
-    state = instance.__dict__
-    return {a: state[a] for a in _vector_attnames(type(instance)) if a in state}
-
-
-def _as_loaded(instance: models.Model, loaded: dict[str, Any], attname: str) -> bool:
-    """The code did not assign this vector since the instance was loaded."""
-    return attname in loaded and instance.__dict__.get(attname) is loaded[attname]
 
 
 def declared_configs(cls: type[models.Model]) -> list[EmbeddingConfig]:

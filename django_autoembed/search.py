@@ -16,6 +16,7 @@ from .exceptions import InvalidValue, UnknownConfig
 from .hnsw.scan import SearchDistance
 from .hybrid import HybridSearch
 from .query import check_k, check_text, query_cache, vector_value
+from .saving import loaded_vectors
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
@@ -43,6 +44,14 @@ def _mean_of_chunks(cfg: EmbeddingConfig, pk: Any) -> np.ndarray | None:
 
 class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     """QuerySet with vector search over the model's embedding configs."""
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """As Django's; the instances then keep the vectors the worker writes later out of a
+        plain ``save()``, as saved ones do (``saving``)."""
+        created = super().bulk_create(objs, *args, **kwargs)
+        for obj in created:
+            obj._autoembed_loaded = loaded_vectors(obj)
+        return created
 
     def embedding_config(self, config: str | None = None) -> EmbeddingConfig:
         from dataclasses import replace

@@ -77,3 +77,19 @@ def test_the_admin_change_form_keeps_the_vector_written_while_it_was_open(api):
     admin.save_model(request, form.save(commit=False), form, change=True)
     assert article.pk in embedded_pks(Article, "title_embedding")
     assert article.pk in embedded_pks(Article, "body_embedding")
+
+
+def test_instances_the_code_created_keep_the_vector_written_after_them(api):
+    """create(), save() of a new instance, get_or_create and bulk_create: each instance holds
+    no vector, and the worker writes one after; saving the instance again keeps it."""
+    made = Document.objects.create(title="created")
+    built = Document(title="built")
+    built.save()
+    got, _ = Document.objects.get_or_create(title="got")
+    [bulk] = Document.objects.bulk_create([Document(title="bulk")])
+    drain()
+    for doc in (made, built, got, bulk):
+        doc.views = 7
+        doc.save()
+    assert embedded_pks(Document) == {made.pk, built.pk, got.pk, bulk.pk}
+    assert set(Document.objects.values_list("views", flat=True)) == {7}
