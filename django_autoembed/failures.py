@@ -146,7 +146,7 @@ def retry(failures: models.QuerySet[EmbeddingFailure]) -> RetryResult:
         stored = queue.Message(0, 0, failure.job)
         schema = stored.target.schema if stored.target else "public"
         row_ids = stored.row_ids or [failure.object_pk]
-        target = queue.Target(schema, config.table, config.function_name, config.column)
+        target = queue.Target(schema, config.table, config.function_name, config.queue_column)
         bodies.append(queue.Message.new(target, row_ids).body)
         done.append(failure.pk)
     with transaction.atomic(using=using), connections[using].cursor() as cursor:

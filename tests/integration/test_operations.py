@@ -129,6 +129,22 @@ def test_retry_command_gets_failed_rows_embedded_by_the_next_run(failing_rows, a
 
 
 @pytest.mark.django_db(transaction=True)
+def test_retry_gets_a_chunked_configs_failed_rows_embedded(api, settings):
+    from tests.testapp.models import Manual, ManualChunk
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"POISON"}
+    manual = Manual.objects.create(title="POISON", body="a body")
+    drain()
+    assert EmbeddingFailure.objects.filter(config="testapp.Manual.embedding").count() == 1
+    api.poison = set()
+    call_command("autoembed_retry", "--config", "testapp.Manual.embedding", stdout=io.StringIO())
+    drain()
+    assert ManualChunk.objects.filter(parent=manual).exists()
+    assert not EmbeddingFailure.objects.exists() and queue_messages() == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_row_embedded_after_an_edit_is_failing_no_more(failing_rows):
     """Status counts the rows still failing: one whose text was fixed and embedded is not."""
     _, bad, _ = failing_rows
