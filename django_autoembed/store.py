@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 # Seconds between a process's prunes of old entries.
 PRUNE_EVERY = 600.0
+# With VECTOR_STORE_DAYS = 0 only the Batch API's vectors are stored; they are needed until
+# their jobs are processed, a batch's 24-hour window and its collection, then forgotten.
+BATCH_ONLY_DAYS = 2.0
 _pruned: dict[str, float] = {}
 
 
@@ -98,10 +101,11 @@ def put_many(using: str, items: Iterable[tuple[bytes, np.ndarray]], dtype: Any) 
 
 
 def prune(using: str, *, force: bool = False) -> int:
-    """Forget entries older than VECTOR_STORE_DAYS (at most every PRUNE_EVERY seconds)."""
-    days = settings.current().vector_store_days
+    """Forget entries older than VECTOR_STORE_DAYS, or BATCH_ONLY_DAYS when it is 0 (at most
+    every PRUNE_EVERY seconds)."""
+    days = settings.current().vector_store_days or BATCH_ONLY_DAYS
     now = time.monotonic()
-    if not days or (not force and now - _pruned.get(using, -PRUNE_EVERY) < PRUNE_EVERY):
+    if not force and now - _pruned.get(using, -PRUNE_EVERY) < PRUNE_EVERY:
         return 0
     _pruned[using] = now
     try:

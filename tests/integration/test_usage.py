@@ -68,3 +68,23 @@ def test_the_store_forgets_what_is_older_than_its_days(api, settings):
     drain()
     assert prune("default", force=True) == 1
     assert StoredVector.objects.count() == 1
+
+
+def test_with_no_days_the_batch_apis_vectors_are_forgotten_after_two(settings):
+    """VECTOR_STORE_DAYS = 0 stores only the Batch API's vectors: they are pruned too, once
+    their batch's window and its collection are long over."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_autoembed.store import prune
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "VECTOR_STORE_DAYS": 0}
+    StoredVector.objects.all().delete()
+    old, new = b"old batch vect..", b"new batch vect.."
+    StoredVector.objects.bulk_create(
+        [StoredVector(key=old, vector=b"\x00" * 8), StoredVector(key=new, vector=b"\x00" * 8)]
+    )
+    StoredVector.objects.filter(key=old).update(created=timezone.now() - timedelta(days=3))
+    assert prune("default", force=True) == 1
+    assert [bytes(k) for k in StoredVector.objects.values_list("key", flat=True)] == [new]
