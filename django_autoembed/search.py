@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from asgiref.sync import sync_to_async
 from django.db import models
-from django.db.models import ExpressionWrapper, F, OuterRef, Subquery
+from django.db.models import ExpressionWrapper, OuterRef, Subquery
 
 from . import identity
 from .exceptions import InvalidValue, UnknownConfig
@@ -239,11 +239,15 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         # Exact over the row's own chunks: ordered by the bare distance, the planner may walk
         # the chunks' HNSW graph for the row's nearest chunk instead, which is approximate
         # (after many rewrites it ranked a row by another of its chunks) and slow on a large
-        # table. The ``+ 0`` is an order no index can serve.
+        # table. The ``+ 0`` is an order no index can serve, in the selected expression itself
+        # so that each chunk's distance is computed once.
+        exact = ExpressionWrapper(
+            SearchDistance(cfg.column, value) + 0.0, output_field=models.FloatField()
+        )
         best = (
             cfg.chunk_model._default_manager.filter(parent=OuterRef("pk"))
-            .annotate(distance=SearchDistance(cfg.column, value))
-            .order_by(ExpressionWrapper(F("distance") + 0.0, output_field=models.FloatField()))
+            .annotate(distance=exact)
+            .order_by("distance")
         )
         return {
             "distance": Subquery(best.values("distance")[:1]),
