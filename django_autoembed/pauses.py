@@ -40,6 +40,9 @@ PAUSE_MAX = 60.0
 # provider's Retry-After, and at most the fixed pause.
 OUTAGE_RELEASE_SECONDS = 5.0
 
+# Message ids a process remembers refusing (a model change), pruned past this many.
+REFUSED_MEMORY = 100_000
+
 # A pause not refreshed for this long is over.
 STALE_AFTER = timedelta(minutes=3)
 
@@ -144,6 +147,18 @@ class PauseBook:
         self.on_pause: list[Callable[[str], None]] = []
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
+        self._refused: dict[int, float] = {}  # message id -> when this process refused it
+
+    def refused_before(self, msg_ids: Iterable[int]) -> set[int]:
+        """Of these messages, those this process refused already within ``PAUSE_MAX`` (a
+        model change); all are remembered as refused now."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refused) > REFUSED_MEMORY:
+                self._refused = {m: t for m, t in self._refused.items() if now - t < PAUSE_MAX}
+            seen = {m for m in msg_ids if now - self._refused.get(m, -PAUSE_MAX) < PAUSE_MAX}
+            self._refused.update(dict.fromkeys(msg_ids, now))
+        return seen
 
     def paused_for(self, key: str) -> float:
         """Seconds before ``key``'s provider is tried again (0: not paused, or due)."""

@@ -41,9 +41,11 @@ from .target import Resolved, Targets
 
 logger = logging.getLogger(__name__)
 
-# A config refused for a model change pauses in this process as any pause does, but its jobs
-# are hidden for at most this many seconds: the refusal is this process's declaration, and a
-# worker already running the new one (a rolling deploy) takes them meanwhile.
+# A config refused for a model change pauses in this process as any pause does, but the
+# jobs it reads are hidden for at most this many seconds the first time: the refusal is this
+# process's declaration, and a worker already running the new one (a rolling deploy) takes
+# them meanwhile. A job it meets again nobody took: hidden for the whole pause, so a worker
+# alone with a refused backlog does not read it over and over, and `--once` ends.
 REFUSED_HAND_BACK = 3.0
 
 
@@ -171,8 +173,9 @@ class Processor:
         key = providers.pause_key(config)
         wait = self.pauses.paused_for(key)
         refused = self.pauses.paused_for(identity.pause_key(config))
-        if refused > 0:  # this process's declaration: another worker's may serve the jobs
-            wait = max(wait, min(refused, REFUSED_HAND_BACK))
+        if refused > wait:  # this process's declaration: another worker's may serve the jobs
+            self._hand_back_refused(siblings, refused, "paused: the model changed")
+            return
         if wait > 0:  # paused earlier: not worth a request before it is due
             self._hand_back(siblings, wait, "paused: the provider or the config is paused")
             return
@@ -212,9 +215,10 @@ class Processor:
     ) -> None:
         result.pauses[key] = paused
         delay = self.pauses.pause(key, paused)
-        if key == identity.pause_key(config):  # see REFUSED_HAND_BACK
-            delay = min(delay, REFUSED_HAND_BACK)
-        self._hand_back(siblings, delay, f"paused: {paused}")
+        if key == identity.pause_key(config):
+            self._hand_back_refused(siblings, delay, f"paused: {paused}")
+        else:
+            self._hand_back(siblings, delay, f"paused: {paused}")
 
     def _verify(self, config: EmbeddingConfig, result: BatchResult) -> None:
         """Its stored vectors were made by the declared model (or there are none): a changed
@@ -261,8 +265,20 @@ class Processor:
                 apply_acks(cursor, plan)
             result.dead += len(plan.dead)
 
+    def _hand_back_refused(self, rows: list[Row], pause: float, why: str) -> None:
+        """Hand back a refused config's rows: briefly the first time (REFUSED_HAND_BACK),
+        for the whole pause when this process refused their message before."""
+        ids = {r.message.msg_id for r in rows}
+        again = self.pauses.refused_before(ids)
+        self._hand_back(
+            [r for r in rows if r.message.msg_id not in again], min(pause, REFUSED_HAND_BACK), why
+        )
+        self._hand_back([r for r in rows if r.message.msg_id in again], pause, why)
+
     def _hand_back(self, rows: list[Row], delay: float, why: str) -> None:
         """Give rows' messages back unspent, hidden for ``delay`` seconds (a paused provider)."""
+        if not rows:
+            return
         held = list({id(r.message): r.message for r in rows}.values())
         with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
             queue.release(cursor, [m.msg_id for m in held], delay)

@@ -3,6 +3,7 @@ config alone, nothing spent), by its searches, by `check --database` and in stat
 ``autoembed_reembed`` moves it to the new model in place."""
 
 import json
+import subprocess
 import time
 from io import StringIO
 
@@ -112,8 +113,10 @@ def test_a_refused_declarations_jobs_wait_seconds_for_a_worker_that_can_do_them(
     api, settings, monkeypatch
 ):
     """In a rolling deploy the worker still running the old declaration stays refused for as
-    long as it runs; the jobs it reads are hidden a few seconds only, never for its pause, so
-    the worker running the new declaration takes them (CI: a 60 s pause held them past 90 s)."""
+    long as it runs; the jobs it reads are hidden a few seconds only, not for its pause, so
+    the worker running the new declaration takes them (CI: a 60 s pause held them past 90 s).
+    A job it meets again nobody took: hidden for the whole pause, so it is not read over and
+    over."""
     monkeypatch.setitem(pauses.PAUSE_FIRST, PauseKind.CONFIG, 60.0)
     doc = Document.objects.create(title="doc")
     drain()
@@ -123,15 +126,41 @@ def test_a_refused_declarations_jobs_wait_seconds_for_a_worker_that_can_do_them(
     assert worker.run() == 2 and "model changed" in worker.exit_reason
     assert worker.pauses.paused_for(identity.pause_key(registry.get(DOC))) > 50
     assert queued_ids() == [doc.pk] and max(hidden_for()) <= REFUSED_HAND_BACK
-    # Read again while the pause holds: handed back as briefly.
+    # Read again by the same process while the pause holds: nobody took it meanwhile.
     time.sleep(REFUSED_HAND_BACK)
     worker.stopping = False
     worker.run()
-    assert queued_ids() == [doc.pk] and 0 < max(hidden_for()) <= REFUSED_HAND_BACK
+    assert queued_ids() == [doc.pk] and max(hidden_for()) > 50
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small"}
-    time.sleep(REFUSED_HAND_BACK)
+    with connection.cursor() as cursor:
+        cursor.execute("update pgmq.q_embedding_jobs set vt = clock_timestamp()")
     drain()  # a worker whose declaration matches takes it
     assert not queued_ids()
+
+
+def test_once_with_a_refused_backlog_ends_and_says_so(api, monkeypatch):
+    """`--once` beside jobs of a refused config does the rest and exits 2, promptly, however
+    long a pass over the refused jobs takes: it does not wait for the jobs it handed back
+    (one message a row, one a read: a pass of a few seconds, as a large backlog takes)."""
+    docs = Document.objects.bulk_create([Document(title=f"doc {i}") for i in range(100)])
+    drain()
+    monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps({"MODEL": LARGE}))
+    with connection.cursor() as cursor:
+        for doc in docs:  # one statement a row: one message a row
+            cursor.execute(
+                "update testapp_document set title = 'e' || title where id = %s", [doc.pk]
+            )
+    Quote.objects.create(text="a quote that can be embedded")
+    started = time.monotonic()
+    once = start_worker("--once", "--batch-size=1", "--max-requests=1", "--concurrency=1")
+    try:
+        _, err = once.communicate(timeout=75)
+    except subprocess.TimeoutExpired:
+        once.kill()
+        raise AssertionError("--once did not end beside a refused backlog") from None
+    assert once.returncode == 2, err[-2000:]
+    assert "model changed" in err and time.monotonic() - started < 60
+    assert embedded_pks(Quote) and len(queued_ids()) == 100
 
 
 def test_autoembed_reembed_moves_the_config_to_the_new_model(api, settings, monkeypatch):
