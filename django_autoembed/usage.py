@@ -113,6 +113,9 @@ def record(
 FLUSH_EVERY = 2.0
 _queries: dict[tuple[str, str, str], list[int]] = {}  # (database, config, model): counts
 _queries_lock = threading.Lock()
+# Held while counts taken from _queries are written: a flush returns only once every count
+# taken before it is in the database, whoever took it.
+_writing = threading.Lock()
 _flusher: threading.Thread | None = None
 
 
@@ -131,6 +134,11 @@ def count_query(using: str, config: str, model: str, tokens: int) -> None:
 
 def flush_queries() -> None:
     """Write the search queries counted so far (the flusher does it every FLUSH_EVERY s)."""
+    with _writing:
+        _write_queries()
+
+
+def _write_queries() -> None:
     with _queries_lock:
         taken = dict(_queries)
         _queries.clear()
@@ -150,8 +158,9 @@ def flush_queries() -> None:
 
 
 def discard_queries() -> None:
-    """Forget the search queries counted and not yet written (tests start from nothing)."""
-    with _queries_lock:
+    """Forget the search queries counted and not yet written (tests start from nothing);
+    counts a flush is writing now are written first."""
+    with _writing, _queries_lock:
         _queries.clear()
 
 
