@@ -26,7 +26,7 @@ from .declarations import EmbeddingConfig, registry, short_name
 from .fields import TsvectorField
 from .hnsw.indexes import HnswIndex, TextSearchIndex
 from .hybrid import text_vector
-from .saving import as_loaded, loaded_vectors
+from .saving import left_out, loaded_vectors, remember
 from .search import EmbeddingManager
 from .triggers import EmbeddingTrigger
 
@@ -49,16 +49,30 @@ class EmbeddingMixin(models.Model):
         cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
     ) -> Self:
         instance = super().from_db(db, field_names, values, **kwargs)
-        instance._autoembed_loaded = loaded_vectors(instance)
+        loaded = loaded_vectors(instance)
+        if loaded:  # (a model of chunks only has none to remember)
+            instance._autoembed_loaded = loaded
         return instance
 
     def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
         super().refresh_from_db(*args, **kwargs)
-        self._autoembed_loaded = loaded_vectors(self)
+        fields = kwargs.get("fields", args[1] if len(args) > 1 else None)
+        self._autoembed_loaded = remember(self, None if fields is None else set(fields))
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # What the caller named: Django may pass on its own update_fields (the fields loaded,
+        # for an instance loaded with some deferred), and those are not the caller's choice.
+        named = kwargs.get("update_fields")
+        self._autoembed_named = None if named is None else set(named)
+        try:
+            super().save(*args, **kwargs)
+        finally:
+            self.__dict__.pop("_autoembed_named", None)
 
     def save_base(self, *args: Any, **kwargs: Any) -> None:
         super().save_base(*args, **kwargs)
-        self._autoembed_loaded = loaded_vectors(self)  # what the row holds, as far as we know
+        written = kwargs.get("update_fields")
+        self._autoembed_loaded = remember(self, None if written is None else set(written))
 
     def _do_update(
         self,
@@ -69,9 +83,10 @@ class EmbeddingMixin(models.Model):
         update_fields: Any,
         *rest: Any,
     ) -> Any:
-        if update_fields is None:  # every field: the worker's vectors are not the caller's
-            loaded = self.__dict__.get("_autoembed_loaded") or {}
-            values = [v for v in values if not as_loaded(self, loaded, v[0].attname)]
+        # The caller's own update_fields (or Django's, when save() was not the way in).
+        named = self.__dict__.get("_autoembed_named", update_fields)
+        loaded = self.__dict__.get("_autoembed_loaded") or {}
+        values = [v for v in values if not left_out(self, loaded, v[0], named)]
         return super()._do_update(base_qs, using, pk_val, values, update_fields, *rest)
 
 

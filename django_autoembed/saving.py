@@ -41,3 +41,28 @@ def loaded_vectors(instance: models.Model) -> dict[str, Any]:
 def as_loaded(instance: models.Model, loaded: dict[str, Any], attname: str) -> bool:
     """The code did not assign this vector since the instance was loaded or saved."""
     return attname in loaded and instance.__dict__.get(attname) is loaded[attname]
+
+
+def remember(instance: models.Model, fields: set[str] | None) -> dict[str, Any]:
+    """The vectors to remember once ``fields`` (None: all) were loaded or written: those
+    now, the others as they were."""
+    fresh = loaded_vectors(instance)
+    if fields is None:
+        return fresh
+    kept = dict(instance.__dict__.get("_autoembed_loaded") or {})
+    meta = instance._meta
+    for attname, value in fresh.items():
+        field = next(f for f in meta.concrete_fields if f.attname == attname)
+        if field.name in fields or attname in fields:
+            kept[attname] = value
+    return kept
+
+
+def left_out(
+    instance: models.Model, loaded: dict[str, Any], field: Any, named: set[str] | None
+) -> bool:
+    """A plain save leaves this column out: a vector the worker writes that the code neither
+    assigned since the instance was loaded or saved nor named in ``update_fields``."""
+    if named is not None and (field.name in named or field.attname in named):
+        return False
+    return as_loaded(instance, loaded, field.attname)

@@ -93,3 +93,29 @@ def test_instances_the_code_created_keep_the_vector_written_after_them(api):
         doc.save()
     assert embedded_pks(Document) == {made.pk, built.pk, got.pk, bulk.pk}
     assert set(Document.objects.values_list("views", flat=True)) == {7}
+
+
+def test_an_instance_loaded_with_deferred_fields_keeps_the_vector_on_save(api):
+    """Django saves such an instance by the fields it loaded: the vector is among them, but
+    the code did not name it."""
+    doc = Document.objects.create(title="a title", content="text")
+    partial = Document.objects.defer("content").get(pk=doc.pk)
+    only = Document.objects.only("title", "views", "embedding").get(pk=doc.pk)
+    drain()
+    for stale in (partial, only):
+        stale.views += 1
+        stale.save()
+    assert doc.pk in embedded_pks(Document)
+
+
+def test_an_assigned_vector_is_saved_whatever_was_loaded_or_saved_in_between(api):
+    doc = Document.objects.create(title="a title", content="text")
+    drain()
+    mine = fake_vector("assigned by the code", 1536)
+    later = Document.objects.defer("content").get(pk=doc.pk)
+    later.embedding = mine
+    assert later.content == "text"  # loads the deferred field: the assignment stands
+    later.save(update_fields=["views"])  # saved another field: the assignment still stands
+    later.refresh_from_db(fields=["title"])
+    later.save()
+    np.testing.assert_allclose(stored_vector(Document, doc.pk), mine, atol=2e-3)
