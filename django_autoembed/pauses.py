@@ -148,17 +148,24 @@ class PauseBook:
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._refused: dict[int, float] = {}  # message id -> when this process refused it
+        # A refused config's jobs are hidden briefly, for a worker with the new declaration
+        # to take (a rolling deploy); a `--once` run hides them for the pause and ends.
+        self.brief_refusals = True
 
-    def refused_before(self, msg_ids: Iterable[int]) -> set[int]:
-        """Of these messages, those this process refused already within ``PAUSE_MAX`` (a
-        model change); all are remembered as refused now."""
+    def refused(self, msg_ids: Iterable[int]) -> None:
+        """Remember that this process refused these messages (a model change)."""
         now = time.monotonic()
         with self._lock:
             if len(self._refused) > REFUSED_MEMORY:
                 self._refused = {m: t for m, t in self._refused.items() if now - t < PAUSE_MAX}
-            seen = {m for m in msg_ids if now - self._refused.get(m, -PAUSE_MAX) < PAUSE_MAX}
             self._refused.update(dict.fromkeys(msg_ids, now))
-        return seen
+
+    def refused_lately(self) -> list[int]:
+        """The messages this process refused within ``PAUSE_MAX``: `--once` does not wait
+        for them (another worker's, or nobody's)."""
+        now = time.monotonic()
+        with self._lock:
+            return [m for m, t in self._refused.items() if now - t < PAUSE_MAX]
 
     def paused_for(self, key: str) -> float:
         """Seconds before ``key``'s provider is tried again (0: not paused, or due)."""

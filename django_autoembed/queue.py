@@ -10,6 +10,7 @@ earlier message, the attempts its rows have used (``"attempts"``). Only
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -363,9 +364,10 @@ def split_off(cursor: Any, message: Message, keep: int) -> Message:
     return Message(message.msg_id, message.read_ct, head, message.vt)
 
 
-def next_visible_in(cursor: Any) -> float | None:
-    """Seconds until the next hidden message becomes visible (None: the queue is empty)."""
-    cursor.execute(query("next_visible_in"))
+def next_visible_in(cursor: Any, but: Iterable[int] = ()) -> float | None:
+    """Seconds until the next hidden message becomes visible (None: the queue is empty),
+    leaving out the messages ``but`` names."""
+    cursor.execute(query("next_visible_in"), [list(but)])
     row = cursor.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
 

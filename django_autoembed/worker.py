@@ -91,6 +91,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self.indexing = Indexing(options.using)
         self.pauses = PauseBook(options.using)
+        self.pauses.brief_refusals = not options.once
         # A paused provider's deferred indexes are built again at once: its backlog waits.
         self.pauses.on_pause.append(self.indexing.rebuild_for)
         self.busy_lanes = 0  # lanes holding a batch: with --once, the others wait for them
@@ -506,7 +507,7 @@ class _Lane:
         if self.worker.stopping:
             return False
         with connections[self.o.using].cursor() as cursor:
-            wait = queue.next_visible_in(cursor)
+            wait = queue.next_visible_in(cursor, but=self.worker.pauses.refused_lately())
         grace = max(ONCE_GRACE_SECONDS, self.worker.throttled_until - time.monotonic() + 1.0)
         if wait is None or wait > grace:
             return False

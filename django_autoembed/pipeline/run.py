@@ -42,10 +42,10 @@ from .target import Resolved, Targets
 logger = logging.getLogger(__name__)
 
 # A config refused for a model change pauses in this process as any pause does, but the
-# jobs it reads are hidden for at most this many seconds the first time: the refusal is this
-# process's declaration, and a worker already running the new one (a rolling deploy) takes
-# them meanwhile. A job it meets again nobody took: hidden for the whole pause, so a worker
-# alone with a refused backlog does not read it over and over, and `--once` ends.
+# jobs it reads are hidden for at most this many seconds: the refusal is this process's
+# declaration, and a worker already running the new one (a rolling deploy) takes them
+# meanwhile. A `--once` run hides them for the pause (``PauseBook.brief_refusals``): read
+# again and again within the run, they would keep it from ending.
 REFUSED_HAND_BACK = 3.0
 
 
@@ -266,14 +266,11 @@ class Processor:
             result.dead += len(plan.dead)
 
     def _hand_back_refused(self, rows: list[Row], pause: float, why: str) -> None:
-        """Hand back a refused config's rows: briefly the first time (REFUSED_HAND_BACK),
-        for the whole pause when this process refused their message before."""
-        ids = {r.message.msg_id for r in rows}
-        again = self.pauses.refused_before(ids)
-        self._hand_back(
-            [r for r in rows if r.message.msg_id not in again], min(pause, REFUSED_HAND_BACK), why
-        )
-        self._hand_back([r for r in rows if r.message.msg_id in again], pause, why)
+        """Hand back a refused config's rows for REFUSED_HAND_BACK at most, remembered as
+        refused (`--once` does not wait for them)."""
+        self.pauses.refused({r.message.msg_id for r in rows})
+        brief = self.pauses.brief_refusals
+        self._hand_back(rows, min(pause, REFUSED_HAND_BACK) if brief else pause, why)
 
     def _hand_back(self, rows: list[Row], delay: float, why: str) -> None:
         """Give rows' messages back unspent, hidden for ``delay`` seconds (a paused provider)."""

@@ -41,8 +41,10 @@ update {queue} q
 -- shrink -- a message keeps some of its rows (the others were sent on as a new message)
 update {queue} set message = %s::jsonb where msg_id = %s
 
--- next_visible_in -- seconds until the next hidden message shows (NULL: queue empty)
+-- next_visible_in -- seconds until the next hidden message shows (NULL: queue empty),
+-- but for the messages given (those this process refused for a model change)
 select extract(epoch from min(vt) - clock_timestamp()) from {queue}
+ where msg_id <> all(%s::bigint[])
 
 -- lookup -- messages by id, whether hidden or not (jobs posted to the endpoint)
 select msg_id, read_ct, message, vt from {queue} where msg_id = any(%s::bigint[])
