@@ -14,6 +14,8 @@ from django.db import migrations
 from django.db.migrations.autodetector import MigrationAutodetector
 from pgvector.django import HalfVectorField, HnswIndex, IvfflatIndex, SparseVectorField, VectorField
 
+from . import settings
+from .change_operations import ChangeEmbedding, ChangeMarker, FinishEmbeddingChange
 from .hnsw.indexes import HnswIndex as AutoembedHnswIndex
 from .triggers import EmbeddingTrigger
 
@@ -21,6 +23,8 @@ APP = "django_autoembed"
 DEPENDENCY = (APP, "0001_initial")
 # Triggers of a config stored in chunks call autoembed.delete_chunks(), created later.
 CHUNKS_DEPENDENCY = (APP, "0007_chunk_deletes")
+# A model change records itself in EmbeddingChange.
+CHANGE_DEPENDENCY = (APP, "0013_embedding_change")
 VECTOR_FIELDS = (VectorField, HalfVectorField, SparseVectorField)
 VECTOR_INDEXES = (AutoembedHnswIndex, HnswIndex, IvfflatIndex)
 
@@ -42,6 +46,8 @@ def _triggers(operation: Any) -> list[EmbeddingTrigger]:
 
 def needed_migration(operation: Any) -> tuple[str, str] | None:
     """The migration of ours the operation's SQL needs, or None."""
+    if isinstance(operation, (ChangeEmbedding, FinishEmbeddingChange)):
+        return CHANGE_DEPENDENCY
     if any(t.chunk_table for t in _triggers(operation)):
         return CHUNKS_DEPENDENCY
     return DEPENDENCY if _needs_schema(operation) else None
@@ -65,6 +71,98 @@ def _needs_schema(operation: Any) -> bool:
 
 
 class AutoembedAutodetector(MigrationAutodetector):
+    def _sort_migrations(self) -> None:
+        generated: dict[str, list[Any]] = self.generated_operations  # type: ignore[attr-defined]
+        for app_label, operations in generated.items():
+            generated[app_label] = self._fold(app_label, operations)
+        super()._sort_migrations()  # type: ignore[misc]
+
+    def _fold(self, app_label: str, operations: list[Any]) -> list[Any]:
+        """A config whose model, provider, dimensions or text changed: one ChangeEmbedding
+        instead of Django's constraint and field operations; a change's marker removed: one
+        FinishEmbeddingChange instead of RemoveField."""
+        groups: dict[tuple[str, str], list[Any]] = {}
+        out: list[Any] = []
+        for operation in operations:
+            key = self._change_key(app_label, operation)
+            if key is None:
+                out.append(self._finish(app_label, operation))
+                continue
+            if key not in groups:
+                groups[key] = []
+                out.append(key)  # the change takes the place of its first operation
+            groups[key].append(operation)
+        folded: list[Any] = []
+        for item in out:
+            if not isinstance(item, tuple):
+                folded.append(item)
+                continue
+            change = self._change(app_label, item, groups[item])
+            folded.extend([change] if change is not None else groups[item])
+        return folded
+
+    def _old_new(self, app_label: str, model: str, column: str) -> tuple[Any, Any]:
+        def trigger(state: Any) -> Any:
+            model_state = state.models.get((app_label, model))
+            for c in model_state.options.get("constraints", []) if model_state else []:
+                if isinstance(c, EmbeddingTrigger) and c.column == column and not c.chunk_table:
+                    return c
+            return None
+
+        return trigger(self.from_state), trigger(self.to_state)
+
+    def _change_key(self, app_label: str, operation: Any) -> tuple[str, str] | None:
+        model = getattr(operation, "model_name_lower", None)
+        if model is None:
+            return None
+        if isinstance(operation, (migrations.AddConstraint, migrations.AlterConstraint)):
+            constraint = operation.constraint
+            column = constraint.column if isinstance(constraint, EmbeddingTrigger) else None
+        elif isinstance(operation, migrations.RemoveConstraint):
+            state = self.from_state.models.get((app_label, model))
+            found = [
+                c
+                for c in (state.options.get("constraints", []) if state else [])
+                if c.name == operation.name and isinstance(c, EmbeddingTrigger)
+            ]
+            column = found[0].column if found else None
+        elif isinstance(operation, migrations.AlterField):
+            column = operation.name if isinstance(operation.field, VECTOR_FIELDS) else None
+        else:
+            return None
+        if column is None:
+            return None
+        old, new = self._old_new(app_label, model, column)
+        if old is None or new is None or old.name != new.name:
+            return None
+        return model, column
+
+    def _change(self, app_label: str, key: tuple[str, str], group: list[Any]) -> Any:
+        model, column = key
+        old, new = self._old_new(app_label, model, column)
+        field = next((o.field for o in group if isinstance(o, migrations.AlterField)), None)
+        defaults = settings.current()
+
+        def made_by(trigger: Any) -> tuple[str, str]:  # a name left out is the settings'
+            return (trigger.model or defaults.model, trigger.provider or defaults.provider)
+
+        if made_by(old) == made_by(new) and old.makes_text() == new.makes_text() and not field:
+            return None  # no change of what makes the vectors: Django's operations do
+        change = ChangeEmbedding(model_name=group[0].model_name, constraint=new, field=field)
+        change._auto_deps = [d for o in group for d in getattr(o, "_auto_deps", [])]  # type: ignore[attr-defined]
+        return change
+
+    def _finish(self, app_label: str, operation: Any) -> Any:
+        if not isinstance(operation, migrations.RemoveField):
+            return operation
+        state = self.from_state.models.get((app_label, operation.model_name_lower))
+        field = state.fields.get(operation.name) if state else None
+        if not isinstance(field, ChangeMarker):
+            return operation
+        finish = FinishEmbeddingChange(model_name=operation.model_name, name=operation.name)
+        finish._auto_deps = getattr(operation, "_auto_deps", [])  # type: ignore[attr-defined]
+        return finish
+
     def arrange_for_graph(
         self, changes: dict[str, list[Any]], graph: Any, migration_name: str | None = None
     ) -> dict[str, list[Any]]:

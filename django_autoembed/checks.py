@@ -21,7 +21,7 @@ NOT_EMBEDDABLE = (models.BinaryField, HalfVectorField, VectorField, models.FileF
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     columns: dict[tuple[str, str], str] = {}  # (table, queue column) -> the config writing it
-    for config in registry.all():
+    for config in registry.declared():
         meta = config.model_class._meta
         if app_configs is not None and meta.app_config not in app_configs:
             continue
@@ -247,7 +247,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         ]
     uses_openai = any(
-        (c.provider or autoembed_settings.current().provider) == "openai" for c in registry.all()
+        (c.provider or autoembed_settings.current().provider) == "openai"
+        for c in registry.declared()
     )
     if uses_openai and not (
         autoembed_settings.current().api_key or os.environ.get("OPENAI_API_KEY")

@@ -18,7 +18,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
-from . import grants, identity, queue
+from . import changes, grants, identity, queue
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry
 from .exceptions import ModelChanged
@@ -294,6 +294,7 @@ def check_database(
                     )
                 )
                 continue
+            changes.refresh(alias, 0)  # a model change: the live column and its shadow
             with connections[alias].cursor() as cursor:
                 out.extend(_check_alias(cursor, alias, app_configs))
         except DatabaseError as exc:

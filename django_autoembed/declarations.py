@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,9 @@ class EmbeddingConfig:
     # Set when bound to a model class (and, for chunks, the child model made for them).
     model_class: Any = field(default=None, compare=False, repr=False)
     chunk_model: Any = field(default=None, compare=False, repr=False)
+    # Set on the shadow of a config whose model is being changed (``changes``): the live
+    # config (the shadow's column is typed, and its text searched, as the live one's).
+    shadow_of: EmbeddingConfig | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields or ()))
@@ -113,7 +116,11 @@ class EmbeddingConfig:
     @property
     def text_search_column(self) -> str | None:
         """The generated tsvector column that ``text_search`` adds (None without it)."""
-        return f"{self.config_name}_tsv" if self.text_search else None
+        if not self.text_search:
+            return None
+        if self.shadow_of is not None:
+            return self.shadow_of.text_search_column
+        return f"{self.config_name}_tsv"
 
     @property
     def chunked(self) -> bool:
@@ -159,14 +166,35 @@ class Registry:
     def __init__(self) -> None:
         self._configs: list[EmbeddingConfig] = []
         self.generation = 0  # bumped by every change, for caches of what it holds
+        # Set by ``changes`` while a config's model is being changed: the configs as the
+        # database serves them (the live one by the old model, and its shadow).
+        self._overlay: Callable[[list[EmbeddingConfig]], list[EmbeddingConfig]] | None = None
+
+    @property
+    def overlay(self) -> Callable[[list[EmbeddingConfig]], list[EmbeddingConfig]] | None:
+        return self._overlay
+
+    @overlay.setter
+    def overlay(
+        self, value: Callable[[list[EmbeddingConfig]], list[EmbeddingConfig]] | None
+    ) -> None:
+        self._overlay = value
+        self.generation += 1
 
     def add(self, config: EmbeddingConfig) -> None:
         self._configs = [c for c in self._configs if c.label != config.label]
         self._configs.append(config)
         self.generation += 1
 
-    def all(self) -> list[EmbeddingConfig]:
+    def declared(self) -> list[EmbeddingConfig]:
+        """The configs as the code declares them (no change under way applied)."""
         return [c for c in self._configs if _is_installed(c.model_class)]
+
+    def all(self) -> list[EmbeddingConfig]:
+        """The configs as the database serves them: during a model change (``changes``),
+        the live config by the model that made its vectors, and its shadow beside it."""
+        configs = self.declared()
+        return self._overlay(configs) if self._overlay is not None else configs
 
     def on_database(self, using: str) -> list[EmbeddingConfig]:
         """Configs whose table lives in database ``using`` (as DATABASE_ROUTERS decide)."""
@@ -176,7 +204,7 @@ class Registry:
 
     def for_model(self, model: type[models.Model]) -> list[EmbeddingConfig]:
         concrete = model._meta.concrete_model
-        return [c for c in self.all() if c.model_class is concrete]
+        return [c for c in self.all() if c.model_class is concrete and not c.shadow_of]
 
     def get(self, label: str) -> EmbeddingConfig:
         for config in self.all():

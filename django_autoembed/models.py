@@ -2,6 +2,7 @@
 
 from .batches.records import ProviderBatch
 from .budget import RateBudget
+from .changes import EmbeddingChange
 from .failures import EmbeddingFailure
 from .hnsw.deferral import IndexState
 from .identity import EmbeddingIdentity
@@ -11,6 +12,7 @@ from .store import StoredVector
 from .usage import EmbeddingUsage
 
 __all__ = [
+    "EmbeddingChange",
     "EmbeddingFailure",
     "EmbeddingIdentity",
     "EmbeddingUsage",

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from asgiref.sync import sync_to_async
 from django.db import models
-from django.db.models import ExpressionWrapper, OuterRef, Subquery
+from django.db.models import Expression, ExpressionWrapper, F, OuterRef, Subquery
+from django.db.models.lookups import IsNull
+from pgvector.django import HalfVectorField
 
-from . import identity
+from . import changes, identity
 from .exceptions import InvalidValue, UnknownConfig
 from .hnsw.scan import SearchDistance
 from .hybrid import HybridSearch
@@ -20,6 +22,40 @@ from .saving import loaded_vectors
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
+
+
+class ShadowColumn(Expression):
+    """A vector column that is not a model field: the shadow a model change fills."""
+
+    def __init__(self, column: str, dimensions: int) -> None:
+        super().__init__(output_field=HalfVectorField(dimensions=dimensions))
+        self.column = column
+        self.alias: str | None = None
+
+    def resolve_expression(self, query: Any = None, *args: Any, **kwargs: Any) -> Any:
+        resolved = self.copy()
+        resolved.alias = query.get_initial_alias() if query is not None else None
+        return resolved
+
+    def relabeled_clone(self, relabels: Any) -> ShadowColumn:
+        clone = self.copy()
+        clone.alias = relabels.get(self.alias, self.alias)
+        return clone
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        column = connection.ops.quote_name(self.column)
+        if self.alias is None:
+            return column, ()
+        return f"{compiler.quote_name_unless_alias(self.alias)}.{column}", ()
+
+    def get_group_by_cols(self) -> list[Any]:
+        return [self]
+
+
+def vector_column(cfg: EmbeddingConfig) -> Any:
+    """What a search reads a config's vectors from: its field, or a change's shadow."""
+    return ShadowColumn(cfg.column, cfg.get_dimensions()) if cfg.shadow_of else F(cfg.column)
+
 
 # Chunks looked at, nearest first, to find the rows of a search over chunks (10 per row asked).
 CHUNK_CANDIDATES = 200
@@ -62,6 +98,10 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         if chunks_of is not None:  # a chunk model: search its chunks with the parent's provider
             chunks: EmbeddingConfig = chunks_of
             return replace(chunks, model_class=self.model, chunk_tokens=None, chunk_model=None)
+        shadows = [c for c in registry.all() if c.shadow_of and c.model_class is self.model]
+        for c in shadows:  # a model change's shadow, named (autoembed_compare, hybrid_search)
+            if config in (c.config_name, c.column, c.label):
+                return c
         configs = registry.for_model(self.model)
         if not configs:
             raise UnknownConfig(
@@ -75,10 +115,10 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
                     f"{self.model._meta.label} has several embeddings; pass config= one of: "
                     f"{names}."
                 )
-            return configs[0]
+            return changes.searched(configs[0])
         for c in configs:
             if config in (c.config_name, c.column, c.label):
-                return c
+                return changes.searched(c)
         names = ", ".join(c.config_name for c in configs)
         raise InvalidValue(
             f"{self.model._meta.label} has no embedding {config!r}; choose from: {names}."
@@ -104,8 +144,8 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
             return self._nearest_by_chunks(cfg, value, ef_search, candidates)
         return cast(
             EmbeddingQuerySet,
-            self.filter(**{f"{cfg.column}__isnull": False})
-            .annotate(distance=SearchDistance(cfg.column, value, ef_search=ef_search))
+            self.filter(IsNull(vector_column(cfg), False))
+            .annotate(distance=SearchDistance(vector_column(cfg), value, ef_search=ef_search))
             .order_by("distance"),
         )
 
@@ -149,6 +189,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
             raise InvalidValue("A search needs a non-empty query text.")
         check_text(text)
         check_k(k)
+        changes.refresh(self.db)  # while a model change is under way: its state now
         return self.embedding_config(config)
 
     def _query_vector(self, cfg: EmbeddingConfig, text: str) -> Any:
@@ -184,7 +225,14 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         if cfg.chunked:
             vector = _mean_of_chunks(cfg, obj.pk)
         else:
-            vector = getattr(obj, cfg.column)
+            vector = (
+                getattr(obj, cfg.column)
+                if not cfg.shadow_of
+                else self.filter(pk=obj.pk)
+                .annotate(_vector=vector_column(cfg))
+                .values_list("_vector", flat=True)
+                .first()
+            )
         if vector is None:
             return self.none()
         qs = self.nearest(vector, config=config).exclude(pk=obj.pk)
@@ -235,7 +283,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         chunk's ``chunk_text`` and ``chunk_number``)."""
         value = vector_value(cfg, value)
         if not cfg.chunked:
-            return {"distance": SearchDistance(cfg.column, value, ef_search=ef_search)}
+            return {"distance": SearchDistance(vector_column(cfg), value, ef_search=ef_search)}
         # Exact over the row's own chunks: ordered by the bare distance, the planner may walk
         # the chunks' HNSW graph for the row's nearest chunk instead, which is approximate
         # (after many rewrites it ranked a row by another of its chunks) and slow on a large

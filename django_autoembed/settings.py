@@ -159,6 +159,14 @@ class AutoembedSettings:
         default=3_000_000,
         metadata=_key("tokens all batches of one model may hold at once (the account's)", int),
     )
+    change_notice: float = field(
+        default=30.0,
+        metadata=_key(
+            "seconds a model change waits before searches move to the new vectors, and again "
+            "before the columns are swapped (every process must have seen the step)",
+            *_NUMBER,
+        ),
+    )
     batch_fallback: bool = field(
         default=False,
         metadata=_key(

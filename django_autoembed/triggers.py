@@ -34,7 +34,14 @@ def as_text(composable: sql.Composable) -> str:
 
 
 class EmbeddingTrigger(BaseConstraint):
-    """Content function and statement-level triggers for one embedding config."""
+    """Content function and statement-level triggers for one embedding config.
+
+    ``model`` and ``provider`` are the ones the declaration names (None: the settings'):
+    they change no SQL, but ``makemigrations`` sees them change and writes the migration
+    that moves the config to the new model beside its live vectors (``changes``).
+    """
+
+    non_db_attrs = (*BaseConstraint.non_db_attrs, "model", "provider")
 
     def __init__(
         self,
@@ -47,6 +54,8 @@ class EmbeddingTrigger(BaseConstraint):
         own_function: bool = False,
         clear_on_update: bool = False,
         chunk_table: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
         violation_error_code: str | None = None,
         violation_error_message: str | None = None,
     ) -> None:
@@ -63,6 +72,8 @@ class EmbeddingTrigger(BaseConstraint):
         self.clear_on_update = clear_on_update
         # A config stored in chunks: the table whose rows die with the parent row.
         self.chunk_table = chunk_table
+        self.model = model
+        self.provider = provider
 
     @classmethod
     def for_config(cls, config: EmbeddingConfig) -> EmbeddingTrigger:
@@ -78,6 +89,8 @@ class EmbeddingTrigger(BaseConstraint):
             own_function=not config.generates_function,
             clear_on_update=config.clear_on_update,
             chunk_table=config.chunk_table if config.chunked else None,
+            model=config.model,
+            provider=config.provider,
         )
 
     # -- Django constraint protocol ---------------------------------------
@@ -96,12 +109,20 @@ class EmbeddingTrigger(BaseConstraint):
             kwargs["clear_on_update"] = True
         if self.chunk_table:
             kwargs["chunk_table"] = self.chunk_table
+        if self.model is not None:
+            kwargs["model"] = self.model
+        if self.provider is not None:
+            kwargs["provider"] = self.provider
         return path, tuple(args), kwargs
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, EmbeddingTrigger):
             return self.deconstruct() == other.deconstruct()
         return NotImplemented
+
+    def makes_text(self) -> tuple[Any, ...]:
+        """What decides the embedded text (a change of it is a change of the vectors)."""
+        return (tuple(self.fields), self.template, self.function, self.own_function)
 
     def __repr__(self) -> str:
         return f"<EmbeddingTrigger {self.name}: {self.column} from {self.function}>"
@@ -129,6 +150,8 @@ class EmbeddingTrigger(BaseConstraint):
 
     def fingerprint(self, version: int = SQL_VERSION) -> str:
         _, _, kwargs = self.deconstruct()
+        for name in ("model", "provider"):  # no SQL of theirs
+            kwargs.pop(name, None)
         blob = json.dumps([version, kwargs], sort_keys=True)
         return "autoembed:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -22,7 +22,8 @@ _VALUE_TYPES: dict[str, np.dtype[Any]] = {"halfvec": np.dtype(">f2"), "vector": 
 
 def vector_type(config: EmbeddingConfig) -> str:
     """'halfvec' or 'vector': the SQL type of the config's column."""
-    field = config.vector_model._meta.get_field(config.column)
+    column = (config.shadow_of or config).column  # a model change's shadow: as the live one
+    field = config.vector_model._meta.get_field(column)
     return "halfvec" if isinstance(field, HalfVectorField) else "vector"
 
 

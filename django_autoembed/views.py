@@ -21,7 +21,7 @@ from django.db import (
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import db, incidents, queue, settings
+from . import changes, db, incidents, queue, settings
 from .declarations import registry
 from .exceptions import ProcessingPaused
 from .hnsw.deferral import for_endpoint
@@ -78,6 +78,10 @@ def embed(request: HttpRequest) -> JsonResponse:
     deadline = time.monotonic() + float(settings.current().endpoint_time_budget)
     errors: dict[int, str] = {}  # jobId -> why the job failed
     paused: list[ProcessingPaused] = []
+    for using in {
+        router.db_for_write(c.model_class) or DEFAULT_DB_ALIAS for c in registry.declared()
+    }:
+        changes.tick(using)  # a model change under way: its shadow's jobs, its cutover
     for using, mine in _by_database(jobs).items():
         refused, pauses = _process(using, mine, deadline)
         errors.update(refused)

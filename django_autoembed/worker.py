@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
-from . import budget, db, incidents, queue, settings, store
+from . import budget, changes, db, incidents, queue, settings, store
 from .batches import Batches
 from .db import connect
 from .declarations import registry
@@ -336,6 +336,7 @@ class _Lane:
         messages: list[queue.Message] = []
         connection = connections[self.o.using]
         try:
+            changes.tick(self.o.using)  # a model change under way: its backfill, its cutover
             messages, deadline = self._read(connection)
             if not messages:
                 # Idle: batches being filled go now, a deferred index may be built now.

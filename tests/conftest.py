@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from django_autoembed import budget, identity
+from django_autoembed import budget, changes, identity
 from django_autoembed.pipeline.embed import recent_vectors
 from django_autoembed.query import query_cache
 from django_autoembed.testing import FakeEmbeddingsServer
@@ -65,6 +65,7 @@ def api(fake_api, settings):
     forget_pauses()  # and the endpoint's pauses of an earlier test's providers
     discard_queries()  # and the search queries an earlier test counted
     identity.forget_all()  # and the embedding identities it verified (tables emptied since)
+    changes.forget_all()  # and the model changes it read
     return fake_api
 
 

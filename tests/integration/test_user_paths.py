@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
@@ -19,20 +18,7 @@ import pytest
 
 from django_autoembed.testing import fake_vector
 from tests.helpers import ROOT, manage, server_connection
-
-NOTES_MODEL = """
-from django.db import models
-
-from django_autoembed import EmbeddingMixin
-
-
-class Note(EmbeddingMixin, models.Model):
-    title = models.CharField(max_length=200)
-    body = models.TextField()
-
-    embed_fields = ["title", "body"]
-    embed_text_search = "english"  # a stored tsvector and its GIN index: nothing else to install
-"""
+from tests.integration.conftest import NOTES_MODEL
 
 
 def vectors(
@@ -81,34 +67,6 @@ def one_pending_migrations_error(result, *migrations: str) -> None:
     assert "(autoembed.E110)" in result.stderr and "python manage.py migrate" in result.stderr
     for name in migrations:
         assert name in result.stderr, result.stderr
-
-
-@pytest.fixture
-def startproject(tmp_path, fresh_database, api):
-    """A project made by startproject + startapp, with one line added to INSTALLED_APPS."""
-    project = tmp_path / "site"
-    project.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)], check=True
-    )
-    subprocess.run([sys.executable, "manage.py", "startapp", "notes"], cwd=project, check=True)
-    (project / "notes" / "models.py").write_text(NOTES_MODEL)
-    db = fresh_database["settings"]
-    settings = project / "mysite" / "settings.py"
-    settings.write_text(
-        settings.read_text()
-        + textwrap.dedent(f"""
-        INSTALLED_APPS += ["notes", "django_autoembed"]
-        DATABASES = {{"default": {{
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": {db["NAME"]!r}, "USER": {db["USER"]!r},
-            "PASSWORD": {db.get("PASSWORD") or ""!r}, "HOST": {db.get("HOST") or ""!r},
-            "PORT": {str(db.get("PORT") or "")!r},
-        }}}}
-        AUTOEMBED = {{"API_KEY": "sk-test", "BASE_URL": {api.base_url!r}}}
-    """)
-    )
-    return project
 
 
 def test_startproject_with_one_installed_apps_line_goes_from_makemigrations_to_vectors(

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ... import changes
 from ...compare import compare, sample_texts
 from ...declarations import registry
 from ...exceptions import AutoembedError
@@ -37,6 +38,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         using = options["database"]
+        changes.refresh(using, 0)  # a model change's shadow may be compared with its live one
         try:
             old, new = registry.get(options["old"]), registry.get(options["new"])
             if options["queries"] is not None:

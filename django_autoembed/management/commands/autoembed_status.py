@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ... import changes
 from ...declarations import registry
 from ...exceptions import QueueMissing, UnknownConfig
 from ...hnsw.deferral import IndexStatus
@@ -51,6 +52,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        changes.refresh(options["database"], 0)
         try:
             configs = [registry.get(c) for c in options["config"]] or None
             status = collect(options["database"], configs, exact=options["exact"])

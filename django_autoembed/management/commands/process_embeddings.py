@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from ... import db, settings
+from ... import changes, db, settings
 from ...backfill import backfill
 from ...batches import estimate
 from ...declarations import registry
@@ -71,6 +71,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{config.label}: queued {queued} rows without an embedding")
 
     def _configs(self, labels: list[str], using: str) -> list[Any]:
+        changes.refresh(using, 0)  # a model change's shadow is a config of its own
         try:
             return [registry.get(c) for c in labels] or registry.on_database(using)
         except UnknownConfig as exc:

@@ -1,0 +1,382 @@
+"""The migration operations of a model change (``changes``), written by ``makemigrations``.
+
+``ChangeEmbedding`` replaces what Django would write for a config whose model, provider,
+dimensions or text changed (a constraint swapped or altered, the vector column altered).
+Applied where the config stores no vector, it does just that. Where vectors are stored,
+it adds the shadow column beside the live one and records the change; the live column
+keeps its type and vectors until the cutover.
+
+``ChangeMarker`` is a field with no column that the change leaves in the migration state,
+so that a later ``makemigrations`` writes ``FinishEmbeddingChange``, which drops the old
+vectors once the change is cut over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections, models
+from django.db.migrations.operations.base import Operation, OperationCategory
+from psycopg import sql
+
+from . import changes, identity
+from . import sql as sqlfiles
+from .declarations import EmbeddingConfig, registry, short_name
+from .exceptions import ConfigurationError
+from .triggers import EmbeddingTrigger
+
+
+class ChangeMarker(models.Field):  # type: ignore[type-arg]
+    """A change of ``column``'s vectors, kept in the migration state until dropped."""
+
+    def __init__(self, *args: Any, column: str = "", **kwargs: Any) -> None:
+        self.change_column = column
+        kwargs.update(editable=False, null=True)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, _, args, kwargs = super().deconstruct()
+        kwargs.pop("editable", None)
+        kwargs.pop("null", None)
+        kwargs["column"] = self.change_column
+        return name, "django_autoembed.change_operations.ChangeMarker", args, kwargs
+
+    def get_attname_column(self) -> tuple[str, None]:
+        return self.get_attname(), None
+
+    def db_type(self, connection: Any) -> None:
+        return None
+
+
+def marker_name(column: str) -> str:
+    return short_name("autoembed_change", column).strip("_").replace("__", "_")
+
+
+def shadow_trigger(trigger: EmbeddingTrigger, table: str) -> EmbeddingTrigger:
+    """The triggers that queue the shadow's jobs: the new text, named for the shadow (as
+    ``EmbeddingTrigger.for_config`` names them for the shadow config)."""
+    column = changes.shadow_column(trigger.column)
+    return EmbeddingTrigger(
+        name=short_name("autoembed", table, column, limit=58),
+        column=column,
+        function=trigger.function if trigger.own_function else short_name(table, column, "input"),
+        fields=trigger.fields,
+        template=trigger.template,
+        own_function=trigger.own_function,
+        clear_on_update=trigger.clear_on_update,
+    )
+
+
+class ChangeEmbedding(Operation):
+    """Move a config to another model, provider, dimensions or text (see the module)."""
+
+    category = OperationCategory.ALTERATION
+    reversible = True
+    reduces_to_sql = False
+
+    def __init__(
+        self, model_name: str, constraint: EmbeddingTrigger, field: Any | None = None
+    ) -> None:
+        self.model_name = model_name
+        self.constraint = constraint
+        self.field = field  # the vector column's new field (None: its type is unchanged)
+
+    @property
+    def model_name_lower(self) -> str:
+        return self.model_name.lower()
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"model_name": self.model_name, "constraint": self.constraint}
+        if self.field is not None:
+            kwargs["field"] = self.field
+        return self.__class__.__name__, [], kwargs
+
+    def describe(self) -> str:
+        return f"Change the embedding of {self.model_name}.{self.constraint.column}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"change_{self.model_name_lower}_{self.constraint.column}"
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        model_state = state.models[app_label, self.model_name_lower]
+        if any(c.name == self.constraint.name for c in model_state.options["constraints"]):
+            state.remove_constraint(app_label, self.model_name_lower, self.constraint.name)
+        state.add_constraint(app_label, self.model_name_lower, self.constraint)
+        column = self.constraint.column
+        if self.field is not None:
+            state.alter_field(app_label, self.model_name_lower, column, self.field, True)
+        name = marker_name(column)
+        marker = ChangeMarker(column=column)
+        if name in model_state.fields:
+            state.alter_field(app_label, self.model_name_lower, name, marker, True)
+        else:
+            state.add_field(app_label, self.model_name_lower, name, marker, True)
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        old_model = from_state.apps.get_model(app_label, self.model_name)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        using = schema_editor.connection.alias
+        if not self.allow_migrate_model(using, model):
+            return
+        old = _constraint(from_state, app_label, self.model_name_lower, self.constraint.name)
+        config = _config(model, self.constraint)
+        if config is None or not _shadowed(using, config, old, self.constraint):
+            self._in_place(schema_editor, old_model, model, old)
+            return
+        if old is not None and old.create_sql(model, None) != self.constraint.create_sql(
+            model, None
+        ):  # live edits are embedded from the new text, by the old model, until the cutover
+            schema_editor.remove_constraint(old_model, old)
+            schema_editor.add_constraint(model, self.constraint)
+        _begin(using, schema_editor, model, config, self.constraint)
+
+    def _in_place(self, schema_editor: Any, old_model: Any, model: Any, old: Any) -> None:
+        """What Django would have done: no vector is stored to keep."""
+        if old is None or old.create_sql(old_model, None) != self.constraint.create_sql(
+            model, None
+        ):
+            if old is not None:
+                schema_editor.remove_constraint(old_model, old)
+            schema_editor.add_constraint(model, self.constraint)
+        if self.field is not None:
+            column = self.constraint.column
+            schema_editor.alter_field(
+                model, old_model._meta.get_field(column), model._meta.get_field(column)
+            )
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        # from_state: with this change; to_state: before it.
+        model = from_state.apps.get_model(app_label, self.model_name)
+        old_model = to_state.apps.get_model(app_label, self.model_name)
+        using = schema_editor.connection.alias
+        if not self.allow_migrate_model(using, model):
+            return
+        old = _constraint(to_state, app_label, self.model_name_lower, self.constraint.name)
+        change = _recorded(using, model._meta.db_table, self.constraint.column)
+        if change is not None:
+            _abandon(using, schema_editor, model, change, self.constraint)
+            if old is not None and old.create_sql(model, None) != self.constraint.create_sql(
+                model, None
+            ):
+                schema_editor.remove_constraint(model, self.constraint)
+                schema_editor.add_constraint(old_model, old)
+            return
+        if old is None or old.create_sql(old_model, None) != self.constraint.create_sql(
+            model, None
+        ):
+            schema_editor.remove_constraint(model, self.constraint)
+            if old is not None:
+                schema_editor.add_constraint(old_model, old)
+        if self.field is not None:
+            column = self.constraint.column
+            schema_editor.alter_field(
+                model, model._meta.get_field(column), old_model._meta.get_field(column)
+            )
+
+
+class FinishEmbeddingChange(Operation):
+    """Drop the old vectors of a change once it is cut over (at the cutover if not yet)."""
+
+    category = OperationCategory.REMOVAL
+    reversible = True
+    reduces_to_sql = False
+
+    def __init__(self, model_name: str, name: str) -> None:
+        self.model_name = model_name
+        self.name = name
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        return self.__class__.__name__, [], {"model_name": self.model_name, "name": self.name}
+
+    def describe(self) -> str:
+        return f"Drop the old vectors of {self.model_name}'s embedding change"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"finish_{self.model_name.lower()}_{self.name}"
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        state.remove_field(app_label, self.model_name.lower(), self.name)
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        model = from_state.apps.get_model(app_label, self.model_name)
+        using = schema_editor.connection.alias
+        if not self.allow_migrate_model(using, model):
+            return
+        column = model._meta.get_field(self.name).change_column
+        table = model._meta.db_table
+        change = _recorded(using, table, column)
+        if change is None:
+            return
+        names = _names(table, change)
+        with schema_editor.connection.cursor() as cursor:
+            if change.cut_over is not None:
+                cursor.execute(sqlfiles.statement("changes.sql", "drop_previous", **names))
+                cursor.execute(
+                    sqlfiles.statement("changes.sql", "forget_change", **names), [change.config]
+                )
+            else:  # dropped by the cutover, in its transaction
+                changes.EmbeddingChange.objects.using(using).filter(pk=change.config).update(
+                    drop=True
+                )
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        return None  # the old vectors are gone (or go at the cutover): nothing to restore
+
+
+# -- the steps -------------------------------------------------------------------------
+
+
+def _constraint(state: Any, app_label: str, model_name: str, name: str) -> Any:
+    model_state = state.models[app_label, model_name]
+    for constraint in model_state.options.get("constraints", []):
+        if constraint.name == name:
+            return constraint
+    return None
+
+
+def _config(model: Any, trigger: EmbeddingTrigger) -> EmbeddingConfig | None:
+    """The declared config the trigger is made for (None: this code no longer declares it,
+    or it is stored in chunks, which changes in place)."""
+    if trigger.chunk_table:
+        return None
+    for config in registry.declared():
+        if (config.table, config.queue_column) == (model._meta.db_table, trigger.column):
+            return config
+    return None
+
+
+def _shadowed(
+    using: str, config: EmbeddingConfig, old: EmbeddingTrigger | None, new: EmbeddingTrigger
+) -> bool:
+    """Whether the change needs a shadow: vectors are stored, and the text or the model that
+    makes them changes."""
+    if not identity.has_vectors(using, config):
+        return False
+    stored = identity.stored(using, config)
+    text_changed = old is not None and old.makes_text() != new.makes_text()
+    return text_changed or (stored is not None and stored != identity.declared(config))
+
+
+def _names(table: str, change: Any) -> dict[str, sql.Composable]:
+    return {
+        **changes._tables(),
+        "table": sql.Identifier(table),
+        "previous": sql.Identifier(changes.previous_column(change.column)),
+    }
+
+
+def _recorded(using: str, table: str, column: str) -> Any:
+    return changes.EmbeddingChange.objects.using(using).filter(table=table, column=column).first()
+
+
+def _begin(
+    using: str, schema_editor: Any, model: Any, config: EmbeddingConfig, new: EmbeddingTrigger
+) -> None:
+    table = model._meta.db_table
+    column = config.column
+    shadow = changes.shadow_column(column)
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "has_column"),
+            [sql.Identifier(table).as_string(None), shadow],
+        )
+        if cursor.fetchone()[0]:
+            raise ConfigurationError(
+                f"{config.label}: the table already has a column {shadow!r}, which a model "
+                "change needs for the new vectors. Rename that column, or finish the change "
+                "under way first (`python manage.py autoembed_status`)."
+            )
+    wanted = identity.declared(config)
+    stored = identity.stored(using, config) or wanted
+    field = model._meta.get_field(column)
+    index = _live_index(model, column)
+    vector_type = sql.SQL(field.db_type(connection))
+    statements = [
+        sql.SQL("alter table {} add column {} {}").format(
+            sql.Identifier(table), sql.Identifier(shadow), vector_type
+        )
+    ]
+    if index is not None:
+        opclass = (index.opclasses or ["halfvec_cosine_ops"])[0]
+        statements.append(
+            sql.SQL(
+                "create index {} on {} using hnsw ({} {}) with (m = {}, ef_construction = {})"
+            ).format(
+                sql.Identifier(changes.index_name(table, shadow)),
+                sql.Identifier(table),
+                sql.Identifier(shadow),
+                sql.SQL(opclass),
+                sql.Literal(int(getattr(index, "m", None) or 16)),
+                sql.Literal(int(getattr(index, "ef_construction", None) or 64)),
+            )
+        )
+    for statement in statements:
+        schema_editor.execute(statement.as_string(None), None)
+    for statement_text in shadow_trigger(new, table).statements(model):
+        schema_editor.execute(statement_text, None)
+    changes.EmbeddingChange.objects.using(using).update_or_create(
+        config=config.label,
+        defaults={
+            "table": table,
+            "column": column,
+            "shadow": shadow,
+            "index": index.name if index is not None else "",
+            "old_provider": stored.provider,
+            "old_model": stored.model,
+            "old_dimensions": stored.dimensions,
+            "provider": wanted.provider,
+            "model": wanted.model,
+            "dimensions": wanted.dimensions,
+            "queued": None,
+            "switched": None,
+            "cut_over": None,
+            "drop": False,
+        },
+    )
+    identity.forget(using, config)
+
+
+def _live_index(model: Any, column: str) -> Any:
+    for index in model._meta.indexes:
+        if list(index.fields) == [column] and getattr(index, "m", None) is not None:
+            return index
+    return None
+
+
+def _abandon(
+    using: str, schema_editor: Any, model: Any, change: Any, trigger: EmbeddingTrigger
+) -> None:
+    if change.cut_over is not None:
+        raise ConfigurationError(
+            f"{change.config}: the change to {change.model} was cut over at "
+            f"{change.cut_over:%Y-%m-%d %H:%M}; it cannot be reversed by a migration. Its old "
+            f"vectors are in the column {changes.previous_column(change.column)!r} until the "
+            "drop migration runs."
+        )
+    table = model._meta.db_table
+    for statement_text in shadow_trigger(trigger, table).drop_statements(model):
+        schema_editor.execute(statement_text, None)
+    schema_editor.execute(
+        sql.SQL("alter table {} drop column if exists {}")
+        .format(sql.Identifier(table), sql.Identifier(change.shadow))
+        .as_string(None),
+        None,
+    )
+    from .identity import EmbeddingIdentity
+
+    EmbeddingIdentity.objects.using(using).filter(
+        config=f"{change.config.rpartition('.')[0]}."
+        f"{changes.shadow_name(change.config.rpartition('.')[2])}"
+    ).delete()
+    change.delete(using=using)

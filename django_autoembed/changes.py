@@ -1,0 +1,512 @@
+"""A config moving to another model, provider, dimensions or text beside its live vectors.
+
+``makemigrations`` writes a ``ChangeEmbedding`` operation when a config's declaration
+changes what its vectors are made of (``change_operations``). Applied to a table that
+stores vectors, it leaves the live column as it is and adds a *shadow* column
+``<column>_next`` with its own index, content function and triggers, and records the
+change here (``EmbeddingChange``). From then on:
+
+1. **Filling.** The live column keeps serving every search with the model that made it
+   (the recorded one); the shadow is a config of its own (``<label>_next``) with the new
+   model, queued for every row as a backfill (``tick``: the first worker to see the change
+   queues it) and for every edit by its triggers, live edits first as always.
+2. **Switched.** Once the shadow holds a vector for every row with text, no job or batch
+   of it is left and its index is ready, searches read the shadow (a process that knows a
+   change is under way reads its state before every search).
+3. **Cut over.** ``CHANGE_NOTICE`` seconds later (every process has seen the switch), one
+   short transaction renames the live column ``<column>_previous`` and the shadow
+   ``<column>``, swaps the index names, drops the shadow's triggers, hands its queued jobs
+   and failures to the live config and records the new model as the live config's.
+4. **Dropped.** The later migration ``makemigrations`` writes (``FinishEmbeddingChange``)
+   drops ``<column>_previous`` (at the cutover, if it is applied before).
+
+The states are read from the database, never from the declaration: a process still
+running the old code embeds the shadow with the new model too, and a cutover is seen by
+every process at once. Until the cutover, reversing the migration abandons the change
+with nothing lost. ``autoembed_cutover`` cuts over by hand, and a config declared with
+``automatic`` off waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from django.db import DatabaseError, OperationalError, connections, models, transaction
+from psycopg import sql
+
+from . import queue, settings
+from . import sql as sqlfiles
+from .declarations import EmbeddingConfig, registry, short_name
+from .exceptions import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+# Seconds between two reads of the changes by a worker (searches: see ``refresh``).
+TICK = 1.0
+# Seconds between two checks by one process that a shadow is complete.
+READY_EVERY = 5.0
+# The lock a cutover waits for before it tries again at the next tick.
+CUTOVER_LOCK_TIMEOUT = "3s"
+
+
+class EmbeddingChange(models.Model):
+    """A config being moved to another model beside its live vectors (until dropped)."""
+
+    config = models.CharField(max_length=255, primary_key=True, help_text="the live config")
+    table = models.CharField(max_length=63)
+    column = models.CharField(max_length=63, help_text="the live column")
+    shadow = models.CharField(max_length=63, help_text="the column being filled")
+    index = models.CharField(
+        max_length=63, blank=True, default="", help_text="the live column's index ('' none)"
+    )
+    old_provider = models.CharField(max_length=255)
+    old_model = models.CharField(max_length=255)
+    old_dimensions = models.PositiveIntegerField()
+    provider = models.CharField(max_length=255)
+    model = models.CharField(max_length=255)
+    dimensions = models.PositiveIntegerField()
+    automatic = models.BooleanField(
+        default=True, help_text="cut over as soon as the shadow is complete"
+    )
+    began = models.DateTimeField(auto_now_add=True)
+    queued = models.DateTimeField(null=True, blank=True, help_text="backfill queued")
+    switched = models.DateTimeField(null=True, blank=True, help_text="searches read the shadow")
+    cut_over = models.DateTimeField(null=True, blank=True)
+    drop = models.BooleanField(
+        default=False, help_text="the drop migration ran: drop the old vectors at the cutover"
+    )
+
+    class Meta:
+        app_label = "django_autoembed"
+
+    def __str__(self) -> str:
+        return f"{self.config}: {self.old_model} -> {self.model}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A recorded change, as read by ``refresh``."""
+
+    config: str
+    table: str
+    column: str
+    shadow: str
+    index: str
+    old_provider: str
+    old_model: str
+    old_dimensions: int
+    provider: str
+    model: str
+    dimensions: int
+    automatic: bool
+    began: datetime
+    queued: datetime | None
+    switched: datetime | None
+    cut_over: datetime | None
+    drop: bool
+    age: float  # seconds since it began
+    switched_for: float | None  # seconds since searches moved to the shadow
+
+    @property
+    def in_flight(self) -> bool:
+        return self.cut_over is None
+
+    @property
+    def shadow_label(self) -> str:
+        return f"{self.config.rpartition('.')[0]}.{shadow_name(self.config.rpartition('.')[2])}"
+
+    @property
+    def previous(self) -> str:
+        return previous_column(self.column)
+
+    @property
+    def phase(self) -> str:
+        if self.cut_over is not None:
+            return "cut over"
+        if self.switched is not None:
+            return "switched"
+        return "filling" if self.queued is not None else "starting"
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def shadow_column(column: str) -> str:
+    return short_name(column, "next")
+
+
+def shadow_name(config_name: str) -> str:
+    return short_name(config_name, "next")
+
+
+def previous_column(column: str) -> str:
+    return short_name(column, "previous")
+
+
+def index_name(table: str, column: str) -> str:
+    """The name the mixin gives the HNSW index of ``column`` (``mixin.hnsw_index``)."""
+    return short_name(table, column, "hnsw", limit=30)
+
+
+# -- what each process knows -----------------------------------------------------------
+
+
+class _Known:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.changes: dict[str, Change] = {}
+        self.read_at: dict[str, float] = {}  # by database alias
+        self.checked: dict[str, float] = {}  # by change: when its shadow was last checked
+
+
+_known = _Known()
+
+
+def refresh(using: str, max_age: float | None = None) -> dict[str, Change]:
+    """The changes recorded in ``using``, read again if the last read is older than
+    ``max_age`` seconds. ``None``: a search's age, 0 while a change is under way (its
+    switch and cutover are seen by the next search) and ``CHANGE_NOTICE`` otherwise (a
+    change only becomes visible to searches at its switch, ``CHANGE_NOTICE`` after it began).
+    """
+    now = time.monotonic()
+    with _known.lock:
+        if max_age is None:
+            max_age = 0.0 if any(c.in_flight for c in _known.changes.values()) else notice()
+        if now - _known.read_at.get(using, -1e9) < max_age:
+            return dict(_known.changes)
+    changes = _read(using)
+    with _known.lock:
+        _known.read_at[using] = now
+        before = {label for label, c in _known.changes.items() if c.in_flight}
+        if changes is not None:
+            _known.changes = changes
+        _install()
+        known = dict(_known.changes)
+    if any(label not in known or not known[label].in_flight for label in before):
+        # Cut over (or abandoned): the identity this process verified is not the one stored
+        # now; verify reads it again, and a process declaring the old model is refused.
+        from . import identity
+
+        identity.forget_all()
+    return known
+
+
+def forget_all() -> None:
+    """Read the changes again (tests: the tables were emptied under this process)."""
+    with _known.lock:
+        _known.changes = {}
+        _known.read_at.clear()
+        _known.checked.clear()
+        _install()
+
+
+def notice() -> float:
+    return float(settings.current().change_notice)
+
+
+def _read(using: str) -> dict[str, Change] | None:
+    """The recorded changes (None: they cannot be read here, as before the migration)."""
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(sqlfiles.statement("changes.sql", "all", **_tables()))
+            rows = cursor.fetchall()
+    except DatabaseError:
+        # Not migrated yet, or a role that may not read it: nothing is under way then.
+        if connections[using].in_atomic_block:
+            raise
+        return None
+    return {row[0]: Change(*row) for row in rows}
+
+
+def _tables() -> dict[str, sql.Composable]:
+    from .batches.records import ProviderBatch
+    from .failures import EmbeddingFailure
+    from .identity import EmbeddingIdentity
+
+    return {
+        "change": sql.Identifier(EmbeddingChange._meta.db_table),
+        "identity": sql.Identifier(EmbeddingIdentity._meta.db_table),
+        "failures": sql.Identifier(EmbeddingFailure._meta.db_table),
+        "batches": sql.Identifier(ProviderBatch._meta.db_table),
+    }
+
+
+def _install() -> None:
+    """Make the registry serve each config as its change says (caller holds the lock)."""
+    under_way = {label: c for label, c in _known.changes.items() if c.in_flight}
+    registry.overlay = (lambda configs: list(_overlay(configs, under_way))) if under_way else None
+
+
+def _overlay(
+    configs: Iterable[EmbeddingConfig], changes: dict[str, Change]
+) -> Iterable[EmbeddingConfig]:
+    for config in configs:
+        change = changes.get(config.label)
+        if change is None or config.chunked:
+            yield config
+            continue
+        yield live(config, change)
+        yield shadow(config, change)
+
+
+def live(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
+    """``config`` as its live column is served until the cutover: by the old model."""
+    return replace(
+        config,
+        model=change.old_model,
+        provider=change.old_provider,
+        dimensions=change.old_dimensions,
+    )
+
+
+def shadow(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
+    """The config that fills the shadow column with the new model."""
+    return replace(
+        config,
+        column=change.shadow,
+        name=shadow_name(config.config_name),
+        model=change.model,
+        provider=change.provider,
+        dimensions=change.dimensions,
+        index=bool(change.index),
+        shadow_of=config,
+    )
+
+
+def searched(config: EmbeddingConfig) -> EmbeddingConfig:
+    """The config a search of ``config`` reads now: its shadow once the change switched."""
+    with _known.lock:
+        change = _known.changes.get(config.label)
+    if change is None or not change.in_flight or change.switched is None or config.shadow_of:
+        return config
+    for candidate in registry.all():
+        if candidate.label == change.shadow_label:
+            return candidate
+    return config
+
+
+def change_of(config: EmbeddingConfig) -> Change | None:
+    """The change under way for ``config`` (or the one its shadow fills), as last read."""
+    with _known.lock:
+        for change in _known.changes.values():
+            if change.in_flight and config.label in (change.config, change.shadow_label):
+                return change
+    return None
+
+
+# -- the worker's part -----------------------------------------------------------------
+
+
+def tick(using: str) -> None:
+    """Read the changes (once a second at most), queue a new shadow's backfill, and move a
+    complete one on: switch its searches, then cut it over. Any process may do it: each
+    step is taken by one, under a lock or a conditional update."""
+    changes = refresh(using, TICK)
+    for change in changes.values():
+        if not change.in_flight:
+            continue
+        try:
+            if change.queued is None:
+                _queue_backfill(using, change)
+            elif change.automatic:
+                advance(using, change)
+        except ConfigurationError as exc:
+            logger.error("%s: the change to %s waits: %s", change.config, change.model, exc)
+        except OperationalError as exc:  # a lock not granted in time: the next tick tries again
+            logger.warning("%s: the change to %s waits: %s", change.config, change.model, exc)
+
+
+def _shadow_config(change: Change) -> EmbeddingConfig | None:
+    for config in registry.all():
+        if config.label == change.shadow_label:
+            return config
+    return None
+
+
+def _queue_backfill(using: str, change: Change) -> None:
+    from .backfill import backfill
+
+    config = _shadow_config(change)
+    if config is None:
+        return  # this process does not declare the config (another one will)
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "claim_backfill", **_tables()), [change.config]
+        )
+        if cursor.fetchone() is None:
+            return
+        queued = backfill(config, using=using)
+    logger.info(
+        "%s: %s rows queued for %s (%s).", change.config, queued, change.shadow, change.model
+    )
+    refresh(using, 0)
+
+
+def advance(using: str, change: Change, *, now: bool = False) -> str:
+    """Move ``change`` one step on if it may go: ``"switched"``, ``"cut over"``, or why it
+    waits. ``now``: cut over as soon as the shadow is complete (``autoembed_cutover``)."""
+    if change.switched is None:
+        key = f"{using}:{change.config}"
+        with _known.lock:
+            if not now and time.monotonic() - _known.checked.get(key, -1e9) < READY_EVERY:
+                return "checked lately"
+            _known.checked[key] = time.monotonic()
+        waiting = why_waiting(using, change)
+        if waiting:
+            return waiting
+        if not now and change.age < notice():
+            return f"began {change.age:.0f} s ago; every process must have seen it first"
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(
+                sqlfiles.statement("changes.sql", "switch", **_tables()), [change.config]
+            )
+        logger.info("%s: searches read %s from now on.", change.config, change.shadow)
+        change = refresh(using, 0).get(change.config, change)
+        if not now:
+            return "switched"
+    wait = notice() - (change.switched_for or 0.0)
+    if wait > 0 and not now:
+        return f"searches read the shadow; the cutover follows in {wait:.0f} s"
+    if now and wait > 0:
+        time.sleep(wait)  # searches that began before the switch end first
+    cutover(using, change)
+    return "cut over"
+
+
+def why_waiting(using: str, change: Change) -> str | None:
+    """Why the shadow of ``change`` is not complete yet (None: it is)."""
+    config = _shadow_config(change)
+    if config is None:
+        return "this process does not declare the config"
+    names = _names(using, change, config)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "shadow_jobs", **names),
+            [change.table, change.shadow],
+        )
+        jobs = cursor.fetchone()[0]
+        if jobs:
+            return f"{jobs} jobs of the shadow are queued"
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "shadow_batches", **names), [change.shadow_label]
+        )
+        batches = cursor.fetchone()[0]
+        if batches:
+            return f"{batches} Batch API batches of the shadow are not collected yet"
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "shadow_missing", **names), [change.shadow_label]
+        )
+        missing = cursor.fetchone()[0]
+        if missing:
+            return f"{missing} rows have no vector in the shadow yet"
+        if change.index:
+            shadow_index = index_name(change.table, change.shadow)
+            cursor.execute(sqlfiles.statement("changes.sql", "index_valid"), [shadow_index])
+            if not cursor.fetchone()[0]:
+                return f"the shadow's index {shadow_index} is not built yet"
+    return None
+
+
+def progress(using: str, change: Change) -> tuple[int, int]:
+    """Rows of the shadow left to embed, and done."""
+    config = _shadow_config(change)
+    if config is None:
+        return 0, 0
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "shadow_left", **_names(using, change, config))
+        )
+        left, done = cursor.fetchone()
+    return int(left), int(done)
+
+
+def _names(using: str, change: Change, config: EmbeddingConfig) -> dict[str, sql.Composable]:
+    from .backfill import row_names
+
+    with connections[using].cursor() as cursor:
+        _, names = row_names(cursor, config, using)
+    return {
+        **_tables(),
+        "queue": queue.tables()["queue"],
+        "table": names["table"],
+        "pk": names["pk"],
+        "fn": names["fn"],
+        "shadow": sql.Identifier(change.shadow),
+        "col": sql.Identifier(change.column),
+        "previous": sql.Identifier(change.previous),
+    }
+
+
+def cutover(using: str, change: Change) -> bool:
+    """Swap the shadow in for the live column, in one short transaction (False: another
+    process did it, or the change was abandoned)."""
+    from .triggers import EmbeddingTrigger
+
+    config = _shadow_config(change)
+    if config is None:
+        raise ConfigurationError(
+            f"{change.config}: this process does not declare the config; run the cutover "
+            "where the code that declares it is deployed."
+        )
+    names = _names(using, change, config)
+    statement = sqlfiles.statement
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(f"set local lock_timeout = '{CUTOVER_LOCK_TIMEOUT}'")
+        cursor.execute(statement("changes.sql", "lock", **names), [change.config])
+        if cursor.fetchone() is None:
+            return False
+
+        def rename(key: str, old: str, new: str) -> None:
+            cursor.execute(
+                statement(
+                    "changes.sql", key, old=sql.Identifier(old), new=sql.Identifier(new), **names
+                )
+            )
+
+        rename("rename_column", change.column, change.previous)
+        rename("rename_column", change.shadow, change.column)
+        if change.index:
+            rename("rename_index", change.index, index_name(change.table, change.previous))
+            rename("rename_index", index_name(change.table, change.shadow), change.index)
+        for drop in EmbeddingTrigger.for_config(config).drop_statements(config.model_class):
+            cursor.execute(drop)
+        cursor.execute(
+            statement("changes.sql", "retarget", **names),
+            [change.column, _live_function(config, change), change.table, change.shadow],
+        )
+        cursor.execute(statement("changes.sql", "forget_live_failures", **names), [change.config])
+        cursor.execute(
+            statement("changes.sql", "move_failures", **names),
+            [change.config, change.shadow_label],
+        )
+        cursor.execute(
+            statement("changes.sql", "move_identity", **names),
+            [change.config, change.provider, change.model, change.dimensions],
+        )
+        cursor.execute(statement("changes.sql", "forget_identity", **names), [change.shadow_label])
+        cursor.execute(statement("changes.sql", "cut_over", **names), [change.config])
+        if change.drop:
+            cursor.execute(statement("changes.sql", "drop_previous", **names))
+            cursor.execute(statement("changes.sql", "forget_change", **names), [change.config])
+    from . import identity
+
+    identity.forget_all()
+    refresh(using, 0)
+    logger.info(
+        "%s: cut over to %s; the old vectors are in %s until the drop migration.",
+        change.config,
+        change.model,
+        change.previous,
+    )
+    return True
+
+
+def _live_function(shadow_config: EmbeddingConfig, change: Change) -> str:
+    if shadow_config.content_function:
+        return shadow_config.content_function
+    return short_name(change.table, change.column, "input")

@@ -1,0 +1,86 @@
+-- A config moving to another model beside its live vectors (django_autoembed.changes).
+-- {change} is the EmbeddingChange table, {identity} EmbeddingIdentity, {failures}
+-- EmbeddingFailure, {batches} ProviderBatch, {queue} the queue's table; {table} is the
+-- config's table, {col} its live column, {shadow} the column being filled, {previous} the
+-- old vectors' column after the cutover, {pk} its key, {fn} the shadow's content function;
+-- values are parameters.
+
+-- all -- every change recorded (a process reads them to know which column serves what)
+select config, "table", "column", shadow, "index", old_provider, old_model, old_dimensions,
+       provider, model, dimensions, automatic, began, queued, switched, cut_over, "drop",
+       extract(epoch from clock_timestamp() - began)::float8,
+       extract(epoch from clock_timestamp() - switched)::float8
+  from {change}
+
+-- claim_backfill -- one process queues the shadow's backfill: the first to mark it
+update {change} set queued = now() where config = %s and queued is null returning config
+
+-- switch -- searches read the shadow from now on (the shadow is complete)
+update {change} set switched = now()
+ where config = %s and switched is null and cut_over is null
+returning config
+
+-- lock -- the change, locked for its cutover (none: cut over or abandoned meanwhile)
+select config from {change} where config = %s and cut_over is null for update
+
+-- shadow_jobs -- jobs queued (visible or not) for the shadow column
+select count(*) from {queue}
+ where message->>'table' = %s and message->>'embeddingColumn' = %s
+
+-- shadow_batches -- Batch API batches of the shadow not collected yet
+select count(*) from {batches} where config = %s and state <> 'done'
+
+-- shadow_missing -- rows with text and no shadow vector, not dead-lettered for the shadow
+select count(*) from {table} t
+ where t.{shadow} is null and coalesce({fn}(t), '') <> ''
+   and not exists (select from {failures} f where f.config = %s and f.object_pk = t.{pk}::text)
+
+-- shadow_left -- rows with text and no shadow vector (the backfill's progress)
+select count(*) filter (where t.{shadow} is null and coalesce({fn}(t), '') <> ''),
+       count(*) filter (where t.{shadow} is not null)
+  from {table} t
+
+-- index_valid -- whether an index of this name exists and may be used
+select coalesce((select i.indisvalid and i.indisready from pg_index i
+                  where i.indexrelid = to_regclass(%s)), false)
+
+-- rename_column --
+alter table {table} rename column {old} to {new}
+
+-- rename_index --
+alter index {old} rename to {new}
+
+-- retarget -- jobs of the shadow now name the live column and its content function
+update {queue}
+   set message = message || jsonb_build_object('embeddingColumn', %s::text,
+                                               'contentFunction', %s::text)
+ where message->>'table' = %s and message->>'embeddingColumn' = %s
+
+-- forget_live_failures -- the old vectors' failures (those rows are the shadow's now)
+delete from {failures} where config = %s
+
+-- move_failures -- the shadow's failures are the live config's from now on
+update {failures} set config = %s where config = %s
+
+-- move_identity -- the live config's vectors are the new model's from now on
+insert into {identity} (config, provider, model, dimensions, pinned, clearing, recorded)
+values (%s, %s, %s, %s, false, false, now())
+on conflict (config) do update
+   set provider = excluded.provider, model = excluded.model,
+       dimensions = excluded.dimensions, pinned = false, clearing = false, recorded = now()
+
+-- forget_identity --
+delete from {identity} where config = %s
+
+-- cut_over --
+update {change} set cut_over = now() where config = %s
+
+-- drop_previous -- the old vectors, once they are not needed (their index goes with them)
+alter table {table} drop column if exists {previous}
+
+-- forget_change --
+delete from {change} where config = %s
+
+-- has_column -- whether the table has the column
+select exists (select from pg_attribute
+                where attrelid = to_regclass(%s) and attname = %s and not attisdropped)

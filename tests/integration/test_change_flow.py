@@ -1,0 +1,218 @@
+"""A model change with no downtime, walked as a user walks it: edit the declaration, run
+``makemigrations`` and ``migrate``, let the worker fill the new column and cut over, then
+write and apply the migration that drops the old vectors. Searches run throughout, in a
+process of their own as a web server's would, with the fake giving each model vectors of
+its own: a search that compared a query of one model with rows of the other would rank
+rows at random, and is caught."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from django_autoembed.testing import fake_vector
+from tests.helpers import manage, server_connection, wait_for
+from tests.integration.conftest import NOTES_MODEL
+
+LARGE = "text-embedding-3-large"
+TITLES = [f"Note {n:03d}" for n in range(120)] + ["Bread"]
+QUERY = "Bread\n\nBread body"  # the text the row 'Bread' embeds: its own vector, first
+
+SEARCHER = """
+import json, os, time, traceback
+from notes.models import Note
+
+out = open("searches-{name}.jsonl", "a")
+while not os.path.exists("stop-{name}"):
+    try:
+        rows = [n.title for n in Note.objects.semantic_search({query!r}, k=5)]
+        out.write(json.dumps({{"n": len(rows), "first": rows[0] if rows else None}}) + "\\n")
+    except Exception as exc:
+        out.write(json.dumps({{"error": traceback.format_exc()}}) + "\\n")
+    out.flush()
+    time.sleep(0.02)
+"""
+
+
+def declare(project, **config) -> None:
+    """The notes app declares its config in full, with these arguments."""
+    args = ", ".join(f"{k}={v!r}" for k, v in config.items())
+    (project / "notes" / "models.py").write_text(
+        NOTES_MODEL.replace("import EmbeddingMixin", "import EmbeddingConfig, EmbeddingMixin")
+        .replace('    embed_fields = ["title", "body"]\n', "")
+        .replace(
+            '    embed_text_search = "english"',
+            "    embedding_configs = [EmbeddingConfig(fields=['title', 'body'], "
+            f"text_search='english', {args})]  #",
+        )
+    )
+
+
+def ok(result, what: str):
+    assert result.returncode == 0, f"{what} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def sql(dbname: str, query: str, *params):
+    with server_connection(dbname) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def popen(project, *args: str, **kwargs) -> subprocess.Popen:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "AUTOEMBED_", "OPENAI_")) and k != "DATABASE_URL"
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=project,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def change_row(dbname: str) -> tuple | None:
+    rows = sql(
+        dbname,
+        "select queued is not null, switched is not null, cut_over is not null, model "
+        "from django_autoembed_embeddingchange",
+    )
+    return rows[0] if rows else None
+
+
+def vectors(dbname: str, column: str = "embedding") -> dict:
+    rows = sql(dbname, f"select title, body, {column}::text from notes_note order by id")
+    return {
+        title: (body, None if text is None else np.array(json.loads(text), dtype=np.float32))
+        for title, body, text in rows
+    }
+
+
+@pytest.fixture
+def live_site(startproject, fresh_database, api):
+    """The notes site with 121 rows embedded by text-embedding-3-small, the fake giving each
+    model its own vectors, and model changes that wait 1 s for every process."""
+    api.model_vectors = True
+    settings = startproject / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + '\nAUTOEMBED["CHANGE_NOTICE"] = 1\n')
+    ok(manage(startproject, "makemigrations"), "makemigrations")
+    ok(manage(startproject, "migrate"), "migrate")
+    made = manage(
+        startproject,
+        "shell",
+        "-c",
+        "from notes.models import Note; "
+        f"Note.objects.bulk_create([Note(title=t, body=t + ' body') for t in {TITLES!r}])",
+    )
+    ok(made, "bulk_create")
+    ok(manage(startproject, "process_embeddings", "--once"), "process_embeddings")
+    return startproject
+
+
+def searches(project, name: str = "new") -> list[dict]:
+    path = project / f"searches-{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_model_change_runs_from_makemigrations_to_the_drop_with_searches_throughout(
+    live_site, fresh_database, api
+):
+    db = fresh_database["name"]
+    # A web process running the old declaration, until the new one is deployed.
+    old_searcher = popen(live_site, "shell", "-c", SEARCHER.format(query=QUERY, name="old"))
+    searcher = worker = None
+    old_out = ""
+    try:
+        wait_for(lambda: len(searches(live_site, "old")) > 5, 60, "searches before the change")
+
+        declare(live_site, model=LARGE, dimensions=1024)
+        made = ok(manage(live_site, "makemigrations"), "makemigrations")
+        assert "Change the embedding of note.embedding" in made.stdout, made.stdout
+        ok(manage(live_site, "migrate"), "migrate")
+        assert change_row(db) == (False, False, False, LARGE)
+        # The live column is as it was: old vectors, old dimensions, searched by the old model.
+        assert sql(db, "select count(*) from notes_note where embedding_next is not null") == [(0,)]
+        before = len(searches(live_site, "old"))
+        wait_for(lambda: len(searches(live_site, "old")) > before + 5, 60, "old code, migrated")
+        # The deploy restarts the web process with the new declaration.
+        searcher = popen(live_site, "shell", "-c", SEARCHER.format(query=QUERY, name="new"))
+        wait_for(lambda: len(searches(live_site)) > 5, 60, "searches by the new code")
+        (live_site / "stop-old").touch()
+        old_out = old_searcher.communicate(timeout=60)[0]
+        before = len(searches(live_site))
+
+        status = ok(manage(live_site, "autoembed_status"), "autoembed_status")
+        assert "notes.Note.embedding_next" in status.stdout, status.stdout
+
+        worker = popen(live_site, "process_embeddings", "--poll-interval=0.2")
+        wait_for(lambda: (change_row(db) or (0, 0, 0))[0], 60, "the shadow's backfill queued")
+        # A live edit during the change: queued for both columns, each by its own model.
+        ok(
+            manage(
+                live_site,
+                "shell",
+                "-c",
+                "from notes.models import Note; "
+                "Note.objects.filter(title='Note 007').update(body='edited while changing')",
+            ),
+            "edit",
+        )
+        wait_for(lambda: (change_row(db) or (0, 0, 0))[2], 120, "the automatic cutover")
+
+        stored = vectors(db)
+        for title, (body, vector) in stored.items():
+            np.testing.assert_allclose(
+                vector, fake_vector(f"{title}\n\n{body}", 1024, LARGE), atol=2e-3, err_msg=title
+            )
+        previous = vectors(db, "embedding_previous")
+        assert len(previous["Note 000"][1]) == 1536  # the old vectors, kept until the drop
+        assert sql(db, "select model, dimensions from django_autoembed_embeddingidentity") == [
+            (LARGE, 1024)
+        ]
+        wait_for(lambda: len(searches(live_site)) > before + 200, 60, "searches after cutover")
+
+        made = ok(manage(live_site, "makemigrations"), "makemigrations (the drop)")
+        assert "Drop the old vectors" in made.stdout, made.stdout
+        ok(manage(live_site, "migrate"), "migrate (the drop)")
+        columns = {
+            name
+            for (name,) in sql(
+                db,
+                "select attname from pg_attribute where attrelid = 'notes_note'::regclass "
+                "and attnum > 0 and not attisdropped",
+            )
+        }
+        assert "embedding_previous" not in columns and "embedding_next" not in columns
+        assert change_row(db) is None
+        checked = manage(live_site, "check", "--database", "default")
+        assert checked.returncode == 0, checked.stderr
+        ok(manage(live_site, "makemigrations", "--check", "--dry-run"), "nothing left to migrate")
+        time.sleep(0.5)
+    finally:
+        (live_site / "stop-old").touch()
+        (live_site / "stop-new").touch()
+        if worker is not None:
+            worker.send_signal(signal.SIGINT)
+            worker_out = worker.communicate(timeout=60)[0]
+            print("worker:", worker_out[-5000:])  # shown if the test fails
+            print("status:", manage(live_site, "autoembed_status").stdout)
+        searcher_out = searcher.communicate(timeout=60)[0] if searcher else ""
+        old_searcher.wait(timeout=60)
+    done = searches(live_site, "old") + searches(live_site)
+    errors = [s["error"] for s in done if "error" in s]
+    assert not errors, f"{len(errors)} searches failed, the first:\n{errors[0]}\n{searcher_out}"
+    assert "Traceback" not in old_out, old_out
+    assert len(done) > 300
+    assert all(s["n"] == 5 for s in done), [s for s in done if s["n"] != 5][:3]
+    wrong = [s for s in done if s["first"] != "Bread"]
+    assert not wrong, f"{len(wrong)} of {len(done)} searches ranked another row first"
+    assert "Traceback" not in worker_out, worker_out
