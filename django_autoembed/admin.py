@@ -11,9 +11,11 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from .batches.records import ProviderBatch
+from .changes import EmbeddingChange
 from .declarations import registry
 from .exceptions import UnknownConfig
 from .failures import EmbeddingFailure, discard, retry
+from .identity import EmbeddingIdentity
 from .usage import EmbeddingUsage
 
 
@@ -164,3 +166,23 @@ class ProviderBatchAdmin(_ReadOnly):
     )
     list_filter = ("config", "state", "status")
     exclude = ("keys", "messages", "lines")
+
+
+@admin.register(EmbeddingIdentity)
+class EmbeddingIdentityAdmin(_ReadOnly):
+    list_display = ("config", "provider", "model", "dimensions", "pinned", "clearing", "recorded")
+
+
+@admin.register(EmbeddingChange)
+class EmbeddingChangeAdmin(_ReadOnly):
+    list_display = (
+        "config",
+        "old_model",
+        "model",
+        "dimensions",
+        "began",
+        "queued",
+        "switched",
+        "cut_over",
+        "automatic",
+    )

@@ -19,7 +19,7 @@ from django.db import connections, models
 from django.db.migrations.operations.base import Operation, OperationCategory
 from psycopg import sql
 
-from . import changes, identity
+from . import changes, identity, settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry, short_name
 from .exceptions import ConfigurationError
@@ -307,20 +307,16 @@ def _begin(
             sql.Identifier(table), sql.Identifier(shadow), vector_type
         )
     ]
-    if index is not None:
-        opclass = (index.opclasses or ["halfvec_cosine_ops"])[0]
-        statements.append(
-            sql.SQL(
-                "create index {} on {} using hnsw ({} {}) with (m = {}, ef_construction = {})"
-            ).format(
-                sql.Identifier(changes.index_name(table, shadow)),
-                sql.Identifier(table),
-                sql.Identifier(shadow),
-                sql.SQL(opclass),
-                sql.Literal(int(getattr(index, "m", None) or 16)),
-                sql.Literal(int(getattr(index, "ef_construction", None) or 64)),
-            )
-        )
+    # Its index is built in bulk once every row has its vector (changes.build_index).
+    options = (
+        {
+            "opclass": (index.opclasses or ["halfvec_cosine_ops"])[0],
+            "m": int(getattr(index, "m", None) or 16),
+            "ef_construction": int(getattr(index, "ef_construction", None) or 64),
+        }
+        if index is not None
+        else {}
+    )
     for statement in statements:
         schema_editor.execute(statement.as_string(None), None)
     for statement_text in shadow_trigger(new, table).statements(model):
@@ -332,6 +328,7 @@ def _begin(
             "column": column,
             "shadow": shadow,
             "index": index.name if index is not None else "",
+            "index_options": options,
             "old_provider": stored.provider,
             "old_model": stored.model,
             "old_dimensions": stored.dimensions,
@@ -342,6 +339,7 @@ def _begin(
             "switched": None,
             "cut_over": None,
             "drop": False,
+            "automatic": settings.current().change_automatic_cutover,
         },
     )
     identity.forget(using, config)

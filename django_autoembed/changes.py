@@ -29,12 +29,14 @@ with nothing lost. ``autoembed_cutover`` cuts over by hand, and a config declare
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from django.db import DatabaseError, OperationalError, connections, models, transaction
 from psycopg import sql
@@ -63,6 +65,9 @@ class EmbeddingChange(models.Model):
     shadow = models.CharField(max_length=63, help_text="the column being filled")
     index = models.CharField(
         max_length=63, blank=True, default="", help_text="the live column's index ('' none)"
+    )
+    index_options = models.JSONField(
+        default=dict, blank=True, help_text="the new index's opclass, m and ef_construction"
     )
     old_provider = models.CharField(max_length=255)
     old_model = models.CharField(max_length=255)
@@ -97,6 +102,7 @@ class Change:
     column: str
     shadow: str
     index: str
+    index_options: dict[str, Any]
     old_provider: str
     old_model: str
     old_dimensions: int
@@ -220,7 +226,18 @@ def _read(using: str) -> dict[str, Change] | None:
         if connections[using].in_atomic_block:
             raise
         return None
-    return {row[0]: Change(*row) for row in rows}
+    # Django's connection leaves jsonb as text (its JSONField decodes it).
+    out: dict[str, Change] = {}
+    for row in rows:
+        values = list(row)
+        values[5] = _json(values[5])
+        out[row[0]] = Change(*values)
+    return out
+
+
+def _json(value: Any) -> dict[str, Any]:
+    loaded = json.loads(value) if isinstance(value, str) else value
+    return dict(loaded or {})
 
 
 def _tables() -> dict[str, sql.Composable]:
@@ -357,6 +374,9 @@ def advance(using: str, change: Change, *, now: bool = False) -> str:
                 return "checked lately"
             _known.checked[key] = time.monotonic()
         waiting = why_waiting(using, change)
+        if waiting == INDEX_NOT_BUILT:
+            build_index(using, change)
+            waiting = why_waiting(using, change)
         if waiting:
             return waiting
         if not now and change.age < notice():
@@ -404,12 +424,62 @@ def why_waiting(using: str, change: Change) -> str | None:
         missing = cursor.fetchone()[0]
         if missing:
             return f"{missing} rows have no vector in the shadow yet"
-        if change.index:
-            shadow_index = index_name(change.table, change.shadow)
-            cursor.execute(sqlfiles.statement("changes.sql", "index_valid"), [shadow_index])
-            if not cursor.fetchone()[0]:
-                return f"the shadow's index {shadow_index} is not built yet"
+        if change.index and not _index_built(cursor, change):
+            return INDEX_NOT_BUILT
     return None
+
+
+INDEX_NOT_BUILT = "its index is not built yet"
+
+
+def _index_built(cursor: Any, change: Change) -> bool:
+    name = sql.Identifier(index_name(change.table, change.shadow)).as_string(None)
+    cursor.execute(sqlfiles.statement("changes.sql", "index_valid"), [name])
+    return bool(cursor.fetchone()[0])
+
+
+def build_index(using: str, change: Change) -> bool:
+    """Build the shadow's HNSW index in bulk, now that every row has its vector (much faster
+    than keeping it up row by row through the backfill), CONCURRENTLY: live edits go on.
+    False: another process is building it."""
+    from .hnsw.sessions import Advisory, Autocommit, apply, build_settings
+
+    config = _shadow_config(change)
+    if config is None:
+        return False
+    name = sql.Identifier(index_name(change.table, change.shadow))
+    options = change.index_options
+    with Advisory(using, config) as got:
+        if not got:
+            return False
+        started = time.monotonic()
+        with Autocommit(using) as conn:
+            apply(conn, build_settings())
+            valid = conn.execute(
+                sqlfiles.statement("changes.sql", "index_state"), [name.as_string(None)]
+            ).fetchone()[0]
+            if valid is False:  # a build that died half-way: start afresh
+                conn.execute(sqlfiles.statement("changes.sql", "drop_index", index=name))
+            if not valid:
+                conn.execute(
+                    sqlfiles.statement(
+                        "changes.sql",
+                        "build_index",
+                        index=name,
+                        table=sql.Identifier(change.table),
+                        shadow=sql.Identifier(change.shadow),
+                        opclass=sql.Identifier(options.get("opclass", "halfvec_cosine_ops")),
+                        m=sql.Literal(int(options.get("m", 16))),
+                        ef=sql.Literal(int(options.get("ef_construction", 64))),
+                    )
+                )
+    logger.info(
+        "%s: built the index of %s in bulk in %.1f s.",
+        change.config,
+        change.shadow,
+        time.monotonic() - started,
+    )
+    return True
 
 
 def progress(using: str, change: Change) -> tuple[int, int]:
@@ -510,3 +580,126 @@ def _live_function(shadow_config: EmbeddingConfig, change: Change) -> str:
     if shadow_config.content_function:
         return shadow_config.content_function
     return short_name(change.table, change.column, "input")
+
+
+# -- what status and migrate say -----------------------------------------------------------
+
+
+def summary(using: str, configs: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    """The changes under way, for ``autoembed_status``: rows done and left, tokens spent,
+    the estimated cost and time of what is left, and what the cutover waits for.
+    ``configs``: the status rows already counted (the shadow's tokens are read there)."""
+    from .batches import estimate
+
+    tokens = {c.config: c.tokens_30d for c in configs}
+    out: list[dict[str, Any]] = []
+    for change in refresh(using, 0).values():
+        if not change.in_flight:
+            out.append(_entry(change, "cut over", 0, 0, tokens, None, None, None))
+            continue
+        left, done = progress(using, change)
+        config = _shadow_config(change)
+        cost = None
+        if config is not None and left:
+            [backlog] = estimate.estimate([config], using=using)
+            cost = backlog.api_price
+        seconds = None
+        if change.queued is not None and done and left:
+            rate = done / max(change.age, 1e-6)
+            seconds = left / rate
+        waiting = why_waiting(using, change) if change.switched is None else None
+        out.append(_entry(change, change.phase, done, left, tokens, cost, seconds, waiting))
+    return out
+
+
+def _entry(
+    change: Change,
+    phase: str,
+    done: int,
+    left: int,
+    tokens: dict[str, int],
+    cost: float | None,
+    seconds: float | None,
+    waiting: str | None,
+) -> dict[str, Any]:
+    return {
+        "config": change.config,
+        "from": f"{change.old_provider} {change.old_model} ({change.old_dimensions} dimensions)",
+        "to": f"{change.provider} {change.model} ({change.dimensions} dimensions)",
+        "phase": phase,
+        "shadow": change.shadow,
+        "done": done,
+        "left": left,
+        "tokens": tokens.get(change.shadow_label, 0),
+        "cost_left_usd": cost,
+        "seconds_left": seconds,
+        "automatic": change.automatic,
+        "waiting": waiting,
+        "previous": change.previous if change.cut_over is not None else None,
+    }
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One status line for a change (``summary``'s entry)."""
+    head = f"model change {entry['config']}: {entry['from']} -> {entry['to']}, {entry['phase']}"
+    if entry["phase"] == "cut over":
+        return (
+            f"{head}; the old vectors are kept in {entry['previous']} until the drop "
+            "migration (`makemigrations` writes it, `migrate` applies it)"
+        )
+    total = entry["done"] + entry["left"]
+    share = f" ({100 * entry['done'] / total:.0f} %)" if total else ""
+    parts = [f"{entry['done']:,} of {total:,} rows{share} in {entry['shadow']}"]
+    parts.append(f"{entry['tokens']:,} tokens so far")
+    if entry["cost_left_usd"] is not None:
+        parts.append(f"~${entry['cost_left_usd']:.4f} to go")
+    if entry["seconds_left"] is not None:
+        parts.append(f"~{_duration(entry['seconds_left'])} left")
+    if entry["waiting"]:
+        parts.append(f"the cutover waits: {entry['waiting']}")
+    parts.append(
+        "cuts over automatically when complete"
+        if entry["automatic"]
+        else f"held: `python manage.py autoembed_cutover {entry['config']}` cuts over"
+    )
+    return f"{head}: " + "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def announce(using: str) -> list[str]:
+    """What ``migrate`` says of the changes it began (not filling yet): what moves to what,
+    and what embedding every row again costs, before any of it is spent."""
+    from .batches import estimate
+
+    lines: list[str] = []
+    for change in refresh(using, 0).values():
+        config = _shadow_config(change)
+        if not change.in_flight or change.queued is not None or config is None:
+            continue
+        lines.append(
+            f"{change.config}: its vectors move from {change.old_provider} {change.old_model} "
+            f"({change.old_dimensions} dimensions) to {change.provider} {change.model} "
+            f"({change.dimensions} dimensions), beside the live ones in {change.shadow}. "
+            "Searches read the live vectors until the cutover."
+        )
+        lines += estimate.render(
+            estimate.estimate([config], using=using, every_row=True), "Embedding every row again"
+        )
+        lines.append(
+            "A worker (or the push path) fills it, live edits first, then "
+            + (
+                "cuts over once it is complete."
+                if change.automatic
+                else f"waits for `python manage.py autoembed_cutover {change.config}`."
+            )
+            + " `python manage.py autoembed_status` shows the progress; reversing this "
+            "migration before the cutover abandons the change with nothing lost."
+        )
+    return lines

@@ -167,6 +167,14 @@ class AutoembedSettings:
             *_NUMBER,
         ),
     )
+    change_automatic_cutover: bool = field(
+        default=True,
+        metadata=_key(
+            "a model change cuts over once its new vectors are complete (False: it waits for "
+            "`autoembed_cutover`); recorded when the change's migration is applied",
+            bool,
+        ),
+    )
     batch_fallback: bool = field(
         default=False,
         metadata=_key(

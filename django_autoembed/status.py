@@ -9,7 +9,7 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from psycopg import sql
 
-from . import identity, incidents, pauses, providers, queue, settings, usage
+from . import changes, identity, incidents, pauses, providers, queue, settings, usage
 from . import sql as sqlfiles
 from .batches import budget as batch_budget
 from .batches import records as batch_records
@@ -81,6 +81,9 @@ class Status:
     budgets: list[dict[str, Any]] = field(default_factory=list)
     # Failures that repeat, seen lately: {"kind", "subject", "count", "error", ...}.
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    # Model changes under way: {"config", "from", "to", "phase", "done", "left", "tokens",
+    # "cost_left_usd", "seconds_left", "automatic", "waiting"} (``changes.summary``).
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,6 +251,7 @@ def collect(
         )
         _identity_status(using, config, config_status)
     status.incidents = incidents.recent(using)
+    status.changes = changes.summary(using, status.configs)
     status.batches = batch_records.status_rows(using)
     status.batch_budgets = batch_budget.status_rows(using, {b["model"] for b in status.batches})
     status.budgets = _budgets(using)

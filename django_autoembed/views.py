@@ -78,11 +78,8 @@ def embed(request: HttpRequest) -> JsonResponse:
     deadline = time.monotonic() + float(settings.current().endpoint_time_budget)
     errors: dict[int, str] = {}  # jobId -> why the job failed
     paused: list[ProcessingPaused] = []
-    for using in {
-        router.db_for_write(c.model_class) or DEFAULT_DB_ALIAS for c in registry.declared()
-    }:
-        changes.tick(using)  # a model change under way: its shadow's jobs, its cutover
     for using, mine in _by_database(jobs).items():
+        changes.tick(using)  # a model change under way: its shadow's jobs, its cutover
         refused, pauses = _process(using, mine, deadline)
         errors.update(refused)
         paused += pauses
@@ -111,6 +108,8 @@ def _by_database(jobs: list[queue.PostedJob]) -> dict[str, list[queue.PostedJob]
     for job in jobs:
         target = job.target
         config = registry.match(target.table, target.function, target.column)
+        if config is None:  # a model change's shadow, before this process has read the change
+            config = next((c for c in registry.declared() if c.table == target.table), None)
         using = router.db_for_write(config.model_class) if config else DEFAULT_DB_ALIAS
         out.setdefault(using or DEFAULT_DB_ALIAS, []).append(job)
     return out

@@ -33,6 +33,14 @@ class Migration(migrations.Migration):
                         max_length=63,
                     ),
                 ),
+                (
+                    "index_options",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="the new index's opclass, m and ef_construction",
+                    ),
+                ),
                 ("old_provider", models.CharField(max_length=255)),
                 ("old_model", models.CharField(max_length=255)),
                 ("old_dimensions", models.PositiveIntegerField()),

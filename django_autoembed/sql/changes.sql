@@ -6,7 +6,7 @@
 -- values are parameters.
 
 -- all -- every change recorded (a process reads them to know which column serves what)
-select config, "table", "column", shadow, "index", old_provider, old_model, old_dimensions,
+select config, "table", "column", shadow, "index", index_options, old_provider, old_model, old_dimensions,
        provider, model, dimensions, automatic, began, queued, switched, cut_over, "drop",
        extract(epoch from clock_timestamp() - began)::float8,
        extract(epoch from clock_timestamp() - switched)::float8
@@ -43,6 +43,17 @@ select count(*) filter (where t.{shadow} is null and coalesce({fn}(t), '') <> ''
 -- index_valid -- whether an index of this name exists and may be used
 select coalesce((select i.indisvalid and i.indisready from pg_index i
                   where i.indexrelid = to_regclass(%s)), false)
+
+-- index_state -- true: built; false: left invalid by a build that died; null: none
+select (select i.indisvalid and i.indisready from pg_index i
+         where i.indexrelid = to_regclass(%s))
+
+-- drop_index --
+drop index concurrently if exists {index}
+
+-- build_index -- the shadow's index, in bulk, once every row has its vector
+create index concurrently {index} on {table} using hnsw ({shadow} {opclass})
+  with (m = {m}, ef_construction = {ef})
 
 -- rename_column --
 alter table {table} rename column {old} to {new}

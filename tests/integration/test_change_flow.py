@@ -216,3 +216,131 @@ def test_a_model_change_runs_from_makemigrations_to_the_drop_with_searches_throu
     wrong = [s for s in done if s["first"] != "Bread"]
     assert not wrong, f"{len(wrong)} of {len(done)} searches ranked another row first"
     assert "Traceback" not in worker_out, worker_out
+
+
+def shadow_done(db: str) -> int:
+    return sql(db, "select count(*) from notes_note where embedding_next is not null")[0][0]
+
+
+def search_first(project) -> str:
+    found = ok(
+        manage(
+            project,
+            "shell",
+            "-c",
+            "from notes.models import Note; "
+            f"print([n.title for n in Note.objects.semantic_search({QUERY!r}, k=5)])",
+        ),
+        "search",
+    )
+    return found.stdout.strip().splitlines()[-1]
+
+
+def test_a_held_change_is_compared_then_cut_over_by_hand_and_survives_kills(
+    live_site, fresh_database, api
+):
+    """The estimate before anything is spent, a worker killed half way through the backfill,
+    the comparison before the cutover, and a cutover killed between its two steps."""
+    db = fresh_database["name"]
+    settings = live_site / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + '\nAUTOEMBED["CHANGE_AUTOMATIC_CUTOVER"] = False\nAUTOEMBED["BATCH_SIZE"] = 5\n'
+        + 'AUTOEMBED["MAX_REQUESTS"] = 1\nAUTOEMBED["CONCURRENCY"] = 1\n'
+    )
+    declare(live_site, model=LARGE)
+    ok(manage(live_site, "makemigrations"), "makemigrations")
+    migrated = ok(manage(live_site, "migrate"), "migrate")
+    assert "Embedding every row again" in migrated.stdout, migrated.stdout
+    assert "text-embedding-3-large): 121 rows" in migrated.stdout, migrated.stdout
+    assert "autoembed_cutover notes.Note.embedding" in migrated.stdout
+    assert shadow_done(db) == 0  # nothing spent yet
+
+    early = manage(live_site, "autoembed_cutover", "notes.Note.embedding")
+    assert early.returncode == 1 and "121 rows have no vector in the shadow yet" in early.stderr
+
+    api.latency = 0.1
+    worker = popen(live_site, "process_embeddings", "--poll-interval=0.2", "--visibility-timeout=3")
+    try:
+        wait_for(lambda: shadow_done(db) >= 20, 60, "part of the backfill")
+    finally:
+        worker.kill()  # SIGKILL: no goodbye, its jobs come back when their timeout ends
+        worker.communicate(timeout=30)
+    assert 20 <= shadow_done(db) < 121
+    assert search_first(live_site).startswith("['Bread'")
+    status = ok(manage(live_site, "autoembed_status"), "status").stdout
+    assert "model change notes.Note.embedding" in status and "filling" in status, status
+    assert "held: `python manage.py autoembed_cutover notes.Note.embedding`" in status, status
+
+    api.latency = 0.0
+    resumed = popen(live_site, "process_embeddings", "--poll-interval=0.2")
+    try:  # the killed worker's jobs show again after their 3 s
+        wait_for(lambda: shadow_done(db) == 121, 120, "the backfill, resumed")
+        wait_for(lambda: not sql(db, "select 1 from pgmq.q_embedding_jobs"), 60, "no job left")
+    finally:
+        resumed.send_signal(signal.SIGINT)
+        resumed_out = resumed.communicate(timeout=60)[0]
+    assert "Traceback" not in resumed_out, resumed_out
+    assert change_row(db)[:3] == (True, False, False)  # held: complete, not cut over
+
+    compared = ok(
+        manage(live_site, "autoembed_compare", "notes.Note.embedding", "notes.Note.embedding_next"),
+        "autoembed_compare",
+    )
+    assert "rows with vectors: 121 and 121 of 121" in compared.stdout, compared.stdout
+    assert "overlap@10" in compared.stdout
+
+    # Killed after it moved searches to the new vectors, before it swapped the columns.
+    cutover = popen(live_site, "autoembed_cutover", "notes.Note.embedding")
+    try:
+        wait_for(lambda: change_row(db)[1], 60, "the switch")
+    finally:
+        cutover.kill()
+        cutover.communicate(timeout=30)
+    assert change_row(db)[1:3] == (True, False)
+    assert search_first(live_site).startswith("['Bread'")  # from the new vectors now
+
+    done = ok(manage(live_site, "autoembed_cutover", "notes.Note.embedding"), "the cutover")
+    assert "cut over to openai text-embedding-3-large" in done.stdout, done.stdout
+    assert change_row(db)[2]
+    assert search_first(live_site).startswith("['Bread'")
+    stored = vectors(db)
+    for title, (body, vector) in stored.items():
+        np.testing.assert_allclose(
+            vector, fake_vector(f"{title}\n\n{body}", 1536, LARGE), atol=2e-3, err_msg=title
+        )
+    again = manage(live_site, "autoembed_cutover", "notes.Note.embedding")
+    assert again.returncode == 1 and "was cut over already" in again.stderr
+
+
+def test_reversing_the_migration_abandons_the_change_with_nothing_lost(
+    live_site, fresh_database, api
+):
+    db = fresh_database["name"]
+    before = vectors(db)
+    declare(live_site, model=LARGE, dimensions=1024)
+    ok(manage(live_site, "makemigrations"), "makemigrations")
+    ok(manage(live_site, "migrate"), "migrate")
+    ok(manage(live_site, "process_embeddings", "--once"), "a part of the change")
+    assert shadow_done(db) == 121
+
+    ok(manage(live_site, "migrate", "notes", "0001"), "migrate back")
+    (live_site / "notes" / "migrations" / "0002_change_note_embedding.py").unlink()
+    (live_site / "notes" / "models.py").write_text(NOTES_MODEL)
+    after = vectors(db)
+    assert after.keys() == before.keys()
+    for title, (_, vector) in before.items():
+        np.testing.assert_array_equal(after[title][1], vector)
+    columns = sql(
+        db,
+        "select count(*) from pg_attribute where attrelid = 'notes_note'::regclass "
+        "and attname in ('embedding_next', 'embedding_previous') and not attisdropped",
+    )
+    assert columns == [(0,)]
+    assert change_row(db) is None
+    assert sql(db, "select config, model from django_autoembed_embeddingidentity") == [
+        ("notes.Note.embedding", "text-embedding-3-small")
+    ]
+    assert search_first(live_site).startswith("['Bread'")
+    ok(manage(live_site, "check", "--database", "default"), "check --database")
+    ok(manage(live_site, "makemigrations", "--check", "--dry-run"), "no migration to write")

@@ -233,7 +233,7 @@ def check_ids(model, monkeypatch):
         for c in autoembed_checks.registry._configs
         if c.model_class is model
     ]
-    monkeypatch.setattr(registry, "all", lambda: configs)
+    monkeypatch.setattr(registry, "declared", lambda: configs)
     return sorted(m.id for m in autoembed_checks.check_declarations())
 
 

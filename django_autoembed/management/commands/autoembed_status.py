@@ -152,6 +152,7 @@ def _notes(status: Status) -> list[str]:
         for c in status.configs
         if c.model_changed
     ]
+    lines += [changes.describe(change) for change in status.changes]
     for incident in status.incidents:
         lines.append(
             f"incident: {incident['subject']}: {incident['count']} times since "

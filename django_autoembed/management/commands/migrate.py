@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.management.commands.migrate import Command as MigrateCommand
 
+from ... import changes
 from ...autodetector import AutoembedAutodetector
 from ...dbchecks import skipped
 
@@ -20,3 +21,9 @@ class Command(MigrateCommand):
     def check(self, *args: Any, **kwargs: Any) -> None:
         with skipped():
             super().check(*args, **kwargs)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        super().handle(*args, **options)
+        if options["verbosity"] >= 1:
+            for line in changes.announce(options["database"]):
+                self.stdout.write(line)
