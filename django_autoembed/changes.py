@@ -165,7 +165,7 @@ def index_name(table: str, column: str) -> str:
 class _Known:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.changes: dict[str, Change] = {}
+        self.by_database: dict[str, dict[str, Change]] = {}  # by alias, then config label
         self.read_at: dict[str, float] = {}  # by database alias
         self.checked: dict[str, float] = {}  # by change: when its shadow was last checked
 
@@ -182,17 +182,19 @@ def refresh(using: str, max_age: float | None = None) -> dict[str, Change]:
     now = time.monotonic()
     with _known.lock:
         if max_age is None:
-            max_age = 0.0 if any(c.in_flight for c in _known.changes.values()) else notice()
+            mine = _known.by_database.get(using, {}).values()
+            max_age = 0.0 if any(c.in_flight for c in mine) else notice()
         if now - _known.read_at.get(using, -1e9) < max_age:
-            return dict(_known.changes)
+            return dict(_known.by_database.get(using, {}))
     changes = _read(using)
     with _known.lock:
         _known.read_at[using] = now
-        before = {label for label, c in _known.changes.items() if c.in_flight}
+        previous = _known.by_database.get(using, {})
+        before = {label for label, c in previous.items() if c.in_flight}
         if changes is not None:
-            _known.changes = changes
+            _known.by_database[using] = changes
         _install()
-        known = dict(_known.changes)
+        known = dict(_known.by_database.get(using, {}))
     if any(label not in known or not known[label].in_flight for label in before):
         # Cut over (or abandoned): the identity this process verified is not the one stored
         # now; verify reads it again, and a process declaring the old model is refused.
@@ -205,7 +207,7 @@ def refresh(using: str, max_age: float | None = None) -> dict[str, Change]:
 def forget_all() -> None:
     """Read the changes again (tests: the tables were emptied under this process)."""
     with _known.lock:
-        _known.changes = {}
+        _known.by_database.clear()
         _known.read_at.clear()
         _known.checked.clear()
         _install()
@@ -255,7 +257,12 @@ def _tables() -> dict[str, sql.Composable]:
 
 def _install() -> None:
     """Make the registry serve each config as its change says (caller holds the lock)."""
-    under_way = {label: c for label, c in _known.changes.items() if c.in_flight}
+    under_way = {
+        label: c
+        for changes in _known.by_database.values()
+        for label, c in changes.items()
+        if c.in_flight
+    }
     registry.overlay = (lambda configs: list(_overlay(configs, under_way))) if under_way else None
 
 
@@ -298,7 +305,9 @@ def shadow(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
 def searched(config: EmbeddingConfig) -> EmbeddingConfig:
     """The config a search of ``config`` reads now: its shadow once the change switched."""
     with _known.lock:
-        change = _known.changes.get(config.label)
+        change = next(
+            (c[config.label] for c in _known.by_database.values() if config.label in c), None
+        )
     if change is None or not change.in_flight or change.switched is None or config.shadow_of:
         return config
     for candidate in registry.all():
@@ -310,7 +319,7 @@ def searched(config: EmbeddingConfig) -> EmbeddingConfig:
 def change_of(config: EmbeddingConfig) -> Change | None:
     """The change under way for ``config`` (or the one its shadow fills), as last read."""
     with _known.lock:
-        for change in _known.changes.values():
+        for change in (c for changes in _known.by_database.values() for c in changes.values()):
             if change.in_flight and config.label in (change.config, change.shadow_label):
                 return change
     return None

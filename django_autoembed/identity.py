@@ -134,14 +134,20 @@ def problem(config: EmbeddingConfig, stored: Identity, wanted: Identity) -> str:
 
 
 def ways_out(config: EmbeddingConfig) -> str:
+    no_downtime = (
+        "keep this config as it was and add a second config with the new model beside it, "
+        "backfill it, then switch searches"
+        if config.chunked
+        else "name the new model in the config's declaration (not only in the AUTOEMBED "
+        "settings), then run `python manage.py makemigrations` and `migrate`: the new vectors "
+        "fill a column beside the live ones and searches switch once it is complete"
+    )
     return (
         "Nothing is embedded or searched for this config until one of these is done: (1) "
         "restore the declaration's model, provider and dimensions (or the AUTOEMBED settings "
-        "it inherits); (2) move with no downtime: keep this config as it was and add a "
-        "second config with the new model beside it, backfill it, then switch searches "
-        "(docs: how-to 'Change the embedding model'); (3) re-embed in place, searches returning "
-        "fewer rows until it is done: `python manage.py autoembed_reembed "
-        f"{config.label}`."
+        f"it inherits); (2) move with no downtime: {no_downtime} (docs: how-to 'Change the "
+        "embedding model'); (3) re-embed in place, searches returning fewer rows until it is "
+        f"done: `python manage.py autoembed_reembed {config.label}`."
     )
 
 

@@ -344,3 +344,37 @@ def test_reversing_the_migration_abandons_the_change_with_nothing_lost(
     assert search_first(live_site).startswith("['Bread'")
     ok(manage(live_site, "check", "--database", "default"), "check --database")
     ok(manage(live_site, "makemigrations", "--check", "--dry-run"), "no migration to write")
+
+
+def test_a_change_of_text_alone_is_embedded_again_beside_the_live_vectors(
+    live_site, fresh_database, api
+):
+    """New fields are new vectors by the same model: the same flow, and a live edit made
+    during it is embedded from the new text in both columns."""
+    db = fresh_database["name"]
+    settings = live_site / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + '\nAUTOEMBED["CHANGE_NOTICE"] = 0\n')
+    declare(live_site, template="# {title}\n{body}")
+    made = ok(manage(live_site, "makemigrations"), "makemigrations")
+    assert "Change the embedding of note.embedding" in made.stdout, made.stdout
+    ok(manage(live_site, "migrate"), "migrate")
+    assert change_row(db) == (False, False, False, "text-embedding-3-small")
+    ok(
+        manage(
+            live_site,
+            "shell",
+            "-c",
+            "from notes.models import Note; Note.objects.filter(title='Bread').update(body='rye')",
+        ),
+        "edit",
+    )
+    ok(manage(live_site, "process_embeddings", "--once"), "fill")
+    ok(manage(live_site, "autoembed_cutover", "notes.Note.embedding"), "cutover")
+    for title, (body, vector) in vectors(db).items():
+        np.testing.assert_allclose(
+            vector,
+            fake_vector(f"# {title}\n{body}", 1536, "text-embedding-3-small"),
+            atol=2e-3,
+            err_msg=title,
+        )
+    ok(manage(live_site, "check", "--database", "default"), "check --database")
