@@ -325,6 +325,27 @@ def change_of(config: EmbeddingConfig) -> Change | None:
     return None
 
 
+def guard_shadow(using: str, config: EmbeddingConfig) -> None:
+    """In the transaction that writes a shadow's vectors: hold its change (a cutover waits
+    for the write), or raise ``ModelChanged`` if it was cut over or abandoned meanwhile (the
+    column is gone; its jobs are the live config's now)."""
+    from .exceptions import ModelChanged
+
+    live = config.shadow_of
+    assert live is not None
+    with connections[using].cursor() as cursor:
+        cursor.execute(sqlfiles.statement("changes.sql", "hold", **_tables()), [live.label])
+        row = cursor.fetchone()
+    if row is None or row[0] is not None:
+        refresh(using, 0)
+        raise ModelChanged(
+            f"{config.label}: the change of {live.label} was cut over (or abandoned) while "
+            "this batch was embedded: its jobs are the live config's now, and are embedded "
+            "there.",
+            config.label,
+        )
+
+
 # -- the worker's part -----------------------------------------------------------------
 
 

@@ -20,6 +20,9 @@ update {change} set switched = now()
  where config = %s and switched is null and cut_over is null
 returning config
 
+-- hold -- the change, held until the transaction that writes its shadow ends
+select cut_over from {change} where config = %s for share
+
 -- lock -- the change, locked for its cutover (none: cut over or abandoned meanwhile)
 select config from {change} where config = %s and cut_over is null for update
 
