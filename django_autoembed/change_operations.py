@@ -19,7 +19,7 @@ from django.db import connections, models
 from django.db.migrations.operations.base import Operation, OperationCategory
 from psycopg import sql
 
-from . import changes, identity, settings
+from . import changes, identity, queue, settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry, short_name
 from .exceptions import ConfigurationError
@@ -294,8 +294,11 @@ def _begin(
         if cursor.fetchone()[0]:
             raise ConfigurationError(
                 f"{config.label}: the table already has a column {shadow!r}, which a model "
-                "change needs for the new vectors. Rename that column, or finish the change "
-                "under way first (`python manage.py autoembed_status`)."
+                "change needs for the new vectors: a change is under way (`python manage.py "
+                "autoembed_status`), or a column of yours has that name. Restore the "
+                "declaration this change began from, let the change under way finish (`python "
+                f"manage.py autoembed_cutover {config.label} --wait 600`) and apply its drop "
+                "migration, then declare the new change again; or rename your column."
             )
     wanted = identity.declared(config)
     stored = identity.stored(using, config) or wanted
@@ -343,6 +346,7 @@ def _begin(
         },
     )
     identity.forget(using, config)
+    changes.begin(using, config.label)
 
 
 def _live_index(model: Any, column: str) -> Any:
@@ -365,6 +369,11 @@ def _abandon(
     table = model._meta.db_table
     for statement_text in shadow_trigger(trigger, table).drop_statements(model):
         schema_editor.execute(statement_text, None)
+    with schema_editor.connection.cursor() as cursor:  # its jobs have nothing to write now
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "forget_jobs", queue=queue.tables()["queue"]),
+            [table, change.shadow],
+        )
     schema_editor.execute(
         sql.SQL("alter table {} drop column if exists {}")
         .format(sql.Identifier(table), sql.Identifier(change.shadow))

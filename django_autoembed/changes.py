@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, OperationalError, connections, models, transaction
+from django.utils import timezone
 from psycopg import sql
 
 from . import queue, settings
@@ -54,6 +55,10 @@ TICK = 1.0
 READY_EVERY = 5.0
 # The lock a cutover waits for before it tries again at the next tick.
 CUTOVER_LOCK_TIMEOUT = "3s"
+# The table's lock a cutover waits for (searches queue behind it meanwhile).
+TABLE_LOCK_TIMEOUT = "200ms"
+# Seconds before a cutover that did not get its locks tries again (doubling up to the last).
+CUTOVER_BACKOFF = (2.0, 60.0)
 
 
 class EmbeddingChange(models.Model):
@@ -190,14 +195,19 @@ def refresh(using: str, max_age: float | None = None) -> dict[str, Change]:
     with _known.lock:
         _known.read_at[using] = now
         previous = _known.by_database.get(using, {})
-        before = {label for label, c in previous.items() if c.in_flight}
         if changes is not None:
             _known.by_database[using] = changes
         _install()
         known = dict(_known.by_database.get(using, {}))
-    if any(label not in known or not known[label].in_flight for label in before):
-        # Cut over (or abandoned): the identity this process verified is not the one stored
-        # now; verify reads it again, and a process declaring the old model is refused.
+    gone = any(c.in_flight and label not in known for label, c in previous.items())
+    cut = any(
+        not c.in_flight and (label not in previous or previous[label].in_flight)
+        for label, c in known.items()
+    )
+    if gone or cut:
+        # Cut over (or abandoned) since this process last looked, even if it never saw the
+        # change under way: the identity it verified is not the one stored now; verify reads
+        # it again, and a process declaring the old model is refused.
         from . import identity
 
         identity.forget_all()
@@ -246,12 +256,14 @@ def _tables() -> dict[str, sql.Composable]:
     from .batches.records import ProviderBatch
     from .failures import EmbeddingFailure
     from .identity import EmbeddingIdentity
+    from .usage import EmbeddingUsage
 
     return {
         "change": sql.Identifier(EmbeddingChange._meta.db_table),
         "identity": sql.Identifier(EmbeddingIdentity._meta.db_table),
         "failures": sql.Identifier(EmbeddingFailure._meta.db_table),
         "batches": sql.Identifier(ProviderBatch._meta.db_table),
+        "usage": sql.Identifier(EmbeddingUsage._meta.db_table),
     }
 
 
@@ -316,6 +328,23 @@ def searched(config: EmbeddingConfig) -> EmbeddingConfig:
     return config
 
 
+def column_now(table: str, column: str) -> str:
+    """Where a shadow column's vectors are now: the live column's name once its change was
+    cut over (a search that read the change before its cutover compiles again with it)."""
+    with _known.lock:
+        for changes in _known.by_database.values():
+            for change in changes.values():
+                if (change.table, change.shadow) == (table, column) and not change.in_flight:
+                    return change.column
+    return column
+
+
+def any_known() -> bool:
+    """Whether this process knows of any change (under way, or cut over and not dropped)."""
+    with _known.lock:
+        return any(_known.by_database.values())
+
+
 def change_of(config: EmbeddingConfig) -> Change | None:
     """The change under way for ``config`` (or the one its shadow fills), as last read."""
     with _known.lock:
@@ -349,10 +378,14 @@ def guard_shadow(using: str, config: EmbeddingConfig) -> None:
 # -- the worker's part -----------------------------------------------------------------
 
 
-def tick(using: str) -> None:
+def tick(using: str, *, nudge: bool = False) -> None:
     """Read the changes (once a second at most), queue a new shadow's backfill, and move a
     complete one on: switch its searches, then cut it over. Any process may do it: each
-    step is taken by one, under a lock or a conditional update."""
+    step is taken by one, under a lock or a conditional update.
+
+    ``nudge`` (the endpoint): the push path calls only while jobs are due, so a change that
+    waits only for time leaves a job due when the wait is over (one row's, of the live
+    column, whose vector the store holds: nothing is paid for it)."""
     changes = refresh(using, TICK)
     for change in changes.values():
         if not change.in_flight:
@@ -361,11 +394,51 @@ def tick(using: str) -> None:
             if change.queued is None:
                 _queue_backfill(using, change)
             elif change.automatic:
-                advance(using, change)
+                waits = advance(using, change)
+                if nudge:
+                    _nudge(using, change, waits)
         except ConfigurationError as exc:
             logger.error("%s: the change to %s waits: %s", change.config, change.model, exc)
-        except OperationalError as exc:  # a lock not granted in time: the next tick tries again
-            logger.warning("%s: the change to %s waits: %s", change.config, change.model, exc)
+        except OperationalError as exc:  # a lock not granted in time: a later tick tries again
+            wait = _back_off(using, change)
+            logger.warning(
+                "%s: the cutover to %s waits %.0f s for its locks: %s",
+                change.config,
+                change.model,
+                wait,
+                str(exc).strip().splitlines()[0],
+            )
+
+
+def _nudge(using: str, change: Change, waits: str) -> None:
+    """Leave one job of the live column due when the change's next step may be taken: the
+    push path posts only due jobs, and the last of the new column's are acked only after
+    the call that embedded them (at most one such job a step, its vector from the store)."""
+    if waits == "switched" or waits.startswith("searches read"):
+        wait = notice()
+    elif waits.startswith("began"):
+        wait = notice() - change.age
+    else:  # jobs or rows left: the jobs being done now are acked after this call
+        wait = READY_EVERY
+    key = f"nudge:{using}:{change.config}"
+    now = time.monotonic()
+    with _known.lock:
+        if _known.checked.get(key, 0.0) > now:
+            return  # one is due already
+        _known.checked[key] = now + max(wait, 0.0) + 1.0
+    live = next((c for c in registry.all() if c.label == change.config), None)
+    if live is None:
+        return
+    from .backfill import row_names
+
+    with connections[using].cursor() as cursor:
+        schema, names = row_names(cursor, live, using)
+        cursor.execute(sqlfiles.statement("changes.sql", "one_row", **names))
+        row = cursor.fetchone()
+        if row is None:
+            return
+        target = queue.Target(schema, live.table, live.function_name, live.queue_column)
+        queue.send_batch(cursor, [queue.Message.new(target, [row[0]]).body], delay=wait + 1)
 
 
 def _shadow_config(change: Change) -> EmbeddingConfig | None:
@@ -394,7 +467,19 @@ def _queue_backfill(using: str, change: Change) -> None:
     refresh(using, 0)
 
 
-def advance(using: str, change: Change, *, now: bool = False) -> str:
+def _back_off(using: str, change: Change) -> float:
+    """Hold this process's next cutover try of ``change`` (growing waits): a table held by
+    a long transaction is not asked for again and again, each time queueing its readers."""
+    key = f"backoff:{using}:{change.config}"
+    first, most = CUTOVER_BACKOFF
+    with _known.lock:
+        wait = min(most, 2 * _known.checked.get(key + ":wait", first / 2))
+        _known.checked[key + ":wait"] = wait
+        _known.checked[key] = time.monotonic() + wait
+    return wait
+
+
+def advance(using: str, change: Change, *, now: bool = False, allow_missing: bool = False) -> str:
     """Move ``change`` one step on if it may go: ``"switched"``, ``"cut over"``, or why it
     waits. ``now``: cut over as soon as the shadow is complete (``autoembed_cutover``)."""
     if change.switched is None:
@@ -403,10 +488,10 @@ def advance(using: str, change: Change, *, now: bool = False) -> str:
             if not now and time.monotonic() - _known.checked.get(key, -1e9) < READY_EVERY:
                 return "checked lately"
             _known.checked[key] = time.monotonic()
-        waiting = why_waiting(using, change)
+        waiting = why_waiting(using, change, allow_missing=allow_missing)
         if waiting == INDEX_NOT_BUILT:
             build_index(using, change)
-            waiting = why_waiting(using, change)
+            waiting = why_waiting(using, change, allow_missing=allow_missing)
         if waiting:
             return waiting
         if not now and change.age < notice():
@@ -422,13 +507,17 @@ def advance(using: str, change: Change, *, now: bool = False) -> str:
     wait = notice() - (change.switched_for or 0.0)
     if wait > 0 and not now:
         return f"searches read the shadow; the cutover follows in {wait:.0f} s"
+    with _known.lock:
+        held = _known.checked.get(f"backoff:{using}:{change.config}", 0.0) - time.monotonic()
+    if held > 0 and not now:
+        return f"searches read the shadow; the cutover tries its locks again in {held:.0f} s"
     if now and wait > 0:
         time.sleep(wait)  # searches that began before the switch end first
     cutover(using, change)
     return "cut over"
 
 
-def why_waiting(using: str, change: Change) -> str | None:
+def why_waiting(using: str, change: Change, *, allow_missing: bool = False) -> str | None:
     """Why the shadow of ``change`` is not complete yet (None: it is)."""
     config = _shadow_config(change)
     if config is None:
@@ -451,9 +540,16 @@ def why_waiting(using: str, change: Change) -> str | None:
         cursor.execute(
             sqlfiles.statement("changes.sql", "shadow_missing", **names), [change.shadow_label]
         )
-        missing = cursor.fetchone()[0]
-        if missing:
-            return f"{missing} rows have no vector in the shadow yet"
+        missing, dead = cursor.fetchone()
+        if dead and not allow_missing:
+            return (
+                f"{dead} rows failed in the new column ({change.shadow_label} in "
+                "`autoembed_status`): fix them and `python manage.py autoembed_retry --config "
+                f"{change.shadow_label}`, or cut over without their vectors: "
+                f"`python manage.py autoembed_cutover {change.config} --allow-missing`"
+            )
+        if missing > dead:
+            return f"{missing - dead} rows have no vector in the shadow yet"
         if change.index and not _index_built(cursor, change):
             return INDEX_NOT_BUILT
     return None
@@ -558,8 +654,13 @@ def cutover(using: str, change: Change) -> bool:
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(f"set local lock_timeout = '{CUTOVER_LOCK_TIMEOUT}'")
         cursor.execute(statement("changes.sql", "lock", **names), [change.config])
-        if cursor.fetchone() is None:
+        locked = cursor.fetchone()
+        if locked is None:
             return False
+        drop = bool(locked[1])  # as it is now: the drop migration may have run meanwhile
+        # The table's lock last, and briefly: searches queue behind a lock being waited for.
+        cursor.execute(f"set local lock_timeout = '{TABLE_LOCK_TIMEOUT}'")
+        cursor.execute(statement("changes.sql", "lock_table", **names))
 
         def rename(key: str, old: str, new: str) -> None:
             cursor.execute(
@@ -573,8 +674,10 @@ def cutover(using: str, change: Change) -> bool:
         if change.index:
             rename("rename_index", change.index, index_name(change.table, change.previous))
             rename("rename_index", index_name(change.table, change.shadow), change.index)
-        for drop in EmbeddingTrigger.for_config(config).drop_statements(config.model_class):
-            cursor.execute(drop)
+        for statement_text in EmbeddingTrigger.for_config(config).drop_statements(
+            config.model_class
+        ):
+            cursor.execute(statement_text)
         cursor.execute(
             statement("changes.sql", "retarget", **names),
             [change.column, _live_function(config, change), change.table, change.shadow],
@@ -589,8 +692,12 @@ def cutover(using: str, change: Change) -> bool:
             [change.config, change.provider, change.model, change.dimensions],
         )
         cursor.execute(statement("changes.sql", "forget_identity", **names), [change.shadow_label])
+        cursor.execute(
+            statement("changes.sql", "move_usage", **names), [change.config, change.shadow_label]
+        )
+        cursor.execute(statement("changes.sql", "forget_usage", **names), [change.shadow_label])
         cursor.execute(statement("changes.sql", "cut_over", **names), [change.config])
-        if change.drop:
+        if drop:
             cursor.execute(statement("changes.sql", "drop_previous", **names))
             cursor.execute(statement("changes.sql", "forget_change", **names), [change.config])
     from . import identity
@@ -703,33 +810,46 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def announce(using: str) -> list[str]:
-    """What ``migrate`` says of the changes it began (not filling yet): what moves to what,
-    and what embedding every row again costs, before any of it is spent."""
+# What ``begin`` said, for ``migrate`` to print once it is done.
+announcements: list[str] = []
+
+
+def begin(using: str, label: str) -> None:
+    """A change's migration recorded it: say what it moves and what embedding every row
+    again costs (before a job exists), then queue the new column's backfill."""
+    from .backfill import backfill
+
+    change = refresh(using, 0).get(label)
+    config = _shadow_config(change) if change is not None else None
+    if change is None or config is None:
+        return  # a worker that declares it queues the backfill (tick)
+    announcements.extend(_announce(using, change, config))
+    backfill(config, using=using)
+    EmbeddingChange.objects.using(using).filter(pk=label).update(queued=timezone.now())
+    refresh(using, 0)
+
+
+def _announce(using: str, change: Change, config: EmbeddingConfig) -> list[str]:
     from .batches import estimate
 
     lines: list[str] = []
-    for change in refresh(using, 0).values():
-        config = _shadow_config(change)
-        if not change.in_flight or change.queued is not None or config is None:
-            continue
-        lines.append(
-            f"{change.config}: its vectors move from {change.old_provider} {change.old_model} "
-            f"({change.old_dimensions} dimensions) to {change.provider} {change.model} "
-            f"({change.dimensions} dimensions), beside the live ones in {change.shadow}. "
-            "Searches read the live vectors until the cutover."
+    lines.append(
+        f"{change.config}: its vectors move from {change.old_provider} {change.old_model} "
+        f"({change.old_dimensions} dimensions) to {change.provider} {change.model} "
+        f"({change.dimensions} dimensions), beside the live ones in {change.shadow}. "
+        "Searches read the live vectors until the cutover."
+    )
+    lines += estimate.render(
+        estimate.estimate([config], using=using, every_row=True), "Embedding every row again"
+    )
+    lines.append(
+        "A worker (or the push path) fills it, live edits first, then "
+        + (
+            "cuts over once it is complete."
+            if change.automatic
+            else f"waits for `python manage.py autoembed_cutover {change.config}`."
         )
-        lines += estimate.render(
-            estimate.estimate([config], using=using, every_row=True), "Embedding every row again"
-        )
-        lines.append(
-            "A worker (or the push path) fills it, live edits first, then "
-            + (
-                "cuts over once it is complete."
-                if change.automatic
-                else f"waits for `python manage.py autoembed_cutover {change.config}`."
-            )
-            + " `python manage.py autoembed_status` shows the progress; reversing this "
-            "migration before the cutover abandons the change with nothing lost."
-        )
+        + " `python manage.py autoembed_status` shows the progress; reversing this "
+        "migration before the cutover abandons the change with nothing lost."
+    )
     return lines

@@ -36,7 +36,7 @@ import psycopg
 from django.db import DatabaseError, OperationalError, connections, models, transaction
 from psycopg import sql
 
-from . import changes, settings
+from . import settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig
 from .exceptions import ModelChanged
@@ -378,8 +378,6 @@ def guard_write(using: str, config: EmbeddingConfig) -> None:
     Taking over an identity of which no vector is left locks it FOR UPDATE first: two
     writers never both hold it shared and then wait on each other to update it."""
     wanted = declared(config)
-    if config.shadow_of is not None:
-        changes.guard_shadow(using, config)
     try:
         with transaction.atomic(using=using):
             with connections[using].cursor() as cursor:

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import psycopg
 from asgiref.sync import sync_to_async
-from django.db import models
+from django.db import ProgrammingError, connections, models
 from django.db.models import Expression, ExpressionWrapper, F, OuterRef, Subquery
 from django.db.models.lookups import IsNull
 from pgvector.django import HalfVectorField
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 class ShadowColumn(Expression):
     """A vector column that is not a model field: the shadow a model change fills."""
 
-    def __init__(self, column: str, dimensions: int) -> None:
+    def __init__(self, table: str, column: str, dimensions: int) -> None:
         super().__init__(output_field=HalfVectorField(dimensions=dimensions))
+        self.table = table
         self.column = column
         self.alias: str | None = None
 
@@ -43,7 +45,7 @@ class ShadowColumn(Expression):
         return clone
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
-        column = connection.ops.quote_name(self.column)
+        column = connection.ops.quote_name(changes.column_now(self.table, self.column))
         if self.alias is None:
             return column, ()
         return f"{compiler.quote_name_unless_alias(self.alias)}.{column}", ()
@@ -54,7 +56,9 @@ class ShadowColumn(Expression):
 
 def vector_column(cfg: EmbeddingConfig) -> Any:
     """What a search reads a config's vectors from: its field, or a change's shadow."""
-    return ShadowColumn(cfg.column, cfg.get_dimensions()) if cfg.shadow_of else F(cfg.column)
+    if cfg.shadow_of:
+        return ShadowColumn(cfg.table, cfg.column, cfg.get_dimensions())
+    return F(cfg.column)
 
 
 # Chunks looked at, nearest first, to find the rows of a search over chunks (10 per row asked).
@@ -80,6 +84,23 @@ def _mean_of_chunks(cfg: EmbeddingConfig, pk: Any) -> np.ndarray | None:
 
 class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     """QuerySet with vector search over the model's embedding configs."""
+
+    def _fetch_all(self) -> None:
+        try:
+            super()._fetch_all()
+        except ProgrammingError as exc:
+            # A search of a model change's new column, compiled before the cutover renamed
+            # it and run after: compiled again, it reads the same vectors under their new
+            # name (outside a transaction only: an error ends one).
+            retry = (
+                isinstance(exc.__cause__, psycopg.errors.UndefinedColumn)
+                and changes.any_known()
+                and not connections[self.db].in_atomic_block
+            )
+            if not retry:
+                raise
+            changes.refresh(self.db, 0)
+            super()._fetch_all()
 
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
         """As Django's; the instances then keep the vectors the worker writes later out of a
@@ -138,6 +159,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         is annotated with that chunk's ``chunk_text`` and ``chunk_number`` too; the rows
         are found among those owning the ``candidates`` chunks nearest to ``vector``.
         """
+        changes.refresh(self.db)  # while a model change is under way: its state now
         cfg = self.embedding_config(config)
         value = vector_value(cfg, vector)
         if cfg.chunked:
@@ -221,6 +243,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
 
         For a chunked config, ``obj`` is represented by the mean of its chunks' vectors."""
         check_k(k)
+        changes.refresh(self.db)  # while a model change is under way: its state now
         cfg = self.embedding_config(config)
         if cfg.chunked:
             vector = _mean_of_chunks(cfg, obj.pk)

@@ -79,7 +79,7 @@ def embed(request: HttpRequest) -> JsonResponse:
     errors: dict[int, str] = {}  # jobId -> why the job failed
     paused: list[ProcessingPaused] = []
     for using, mine in _by_database(jobs).items():
-        changes.tick(using)  # a model change under way: its shadow's jobs, its cutover
+        changes.tick(using, nudge=True)  # a model change under way: its jobs, its cutover
         refused, pauses = _process(using, mine, deadline)
         errors.update(refused)
         paused += pauses

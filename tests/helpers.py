@@ -179,3 +179,26 @@ def manage(
         text=True,
         timeout=timeout,
     )
+
+
+def change_in_place(app_label: str, model_name: str, *, backwards: bool = False, **changed):
+    """Apply (or reverse) the ``ChangeEmbedding`` that makemigrations would write for
+    ``model_name``'s config with these trigger arguments changed (``model="..."``), on the
+    test database, as ``migrate`` applies it."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    from django_autoembed.change_operations import ChangeEmbedding
+    from django_autoembed.triggers import EmbeddingTrigger
+
+    state = MigrationExecutor(connection).loader.project_state()
+    model_state = state.models[app_label, model_name.lower()]
+    [old] = [c for c in model_state.options["constraints"] if isinstance(c, EmbeddingTrigger)]
+    _, _, kwargs = old.deconstruct()
+    operation = ChangeEmbedding(model_name, EmbeddingTrigger(**{**kwargs, **changed}))
+    after = state.clone()
+    operation.state_forwards(app_label, after)
+    with connection.schema_editor() as editor:
+        if backwards:
+            operation.database_backwards(app_label, editor, after, state)
+        else:
+            operation.database_forwards(app_label, editor, state, after)

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from .. import db, failures, identity, providers, queue, settings
+from .. import changes, db, failures, identity, providers, queue, settings
 from ..declarations import EmbeddingConfig, registry
 from ..exceptions import (
     ConfigurationError,
@@ -252,6 +252,8 @@ class Processor:
     ) -> None:
         messages = list({id(r.message): r.message for r in siblings}.values())
         with transaction.atomic(using=self.using):
+            if dest.target.config.shadow_of is not None:  # a model change's new column
+                changes.guard_shadow(self.using, dest.target.config)
             identity.guard_write(self.using, dest.target.config)
             written, busy, stored = dest.write(list(dict.fromkeys(ready)), contents, embedded)
             result.embedded += stored

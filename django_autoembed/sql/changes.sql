@@ -24,19 +24,28 @@ returning config
 select cut_over from {change} where config = %s for share
 
 -- lock -- the change, locked for its cutover (none: cut over or abandoned meanwhile)
-select config from {change} where config = %s and cut_over is null for update
+select config, "drop" from {change} where config = %s and cut_over is null for update
 
--- shadow_jobs -- jobs queued (visible or not) for the shadow column
+-- lock_table -- the table, for the renames (taken last, briefly)
+lock table {table} in access exclusive mode
+
+-- shadow_jobs -- backfill jobs queued (visible or not) for the shadow column (live edits'
+-- jobs do not hold the cutover: it hands them to the live column)
 select count(*) from {queue}
  where message->>'table' = %s and message->>'embeddingColumn' = %s
+   and message->>'origin' = 'backfill'
 
 -- shadow_batches -- Batch API batches of the shadow not collected yet
 select count(*) from {batches} where config = %s and state <> 'done'
 
--- shadow_missing -- rows with text and no shadow vector, not dead-lettered for the shadow
-select count(*) from {table} t
- where t.{shadow} is null and coalesce({fn}(t), '') <> ''
-   and not exists (select from {failures} f where f.config = %s and f.object_pk = t.{pk}::text)
+-- shadow_missing -- rows the live column serves with no vector in the shadow, and how many
+-- of them are dead-lettered for it (rows not embedded in either yet do not count: under
+-- steady inserts there are always some)
+select count(*),
+       count(*) filter (where exists (select from {failures} f
+                                       where f.config = %s and f.object_pk = t.{pk}::text))
+  from {table} t
+ where t.{shadow} is null and t.{col} is not null
 
 -- shadow_left -- rows with text and no shadow vector (the backfill's progress)
 select count(*) filter (where t.{shadow} is null and coalesce({fn}(t), '') <> ''),
@@ -86,14 +95,31 @@ on conflict (config) do update
 -- forget_identity --
 delete from {identity} where config = %s
 
+-- move_usage -- what the new column's filling cost is the live config's from now on
+insert into {usage} (day, config, model, mode, requests, inputs, tokens)
+select day, %s, model, mode, requests, inputs, tokens from {usage} where config = %s
+on conflict (day, config, model, mode) do update
+   set requests = {usage}.requests + excluded.requests,
+       inputs = {usage}.inputs + excluded.inputs,
+       tokens = {usage}.tokens + excluded.tokens
+
+-- forget_usage --
+delete from {usage} where config = %s
+
 -- cut_over --
 update {change} set cut_over = now() where config = %s
 
 -- drop_previous -- the old vectors, once they are not needed (their index goes with them)
 alter table {table} drop column if exists {previous}
 
+-- forget_jobs -- an abandoned shadow's jobs
+delete from {queue} where message->>'table' = %s and message->>'embeddingColumn' = %s
+
 -- forget_change --
 delete from {change} where config = %s
+
+-- one_row -- a row's key (the endpoint's nudge names it)
+select {pk} from {table} limit 1
 
 -- has_column -- whether the table has the column
 select exists (select from pg_attribute

@@ -8,6 +8,7 @@ import io
 import json
 import time
 
+import numpy as np
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
@@ -217,3 +218,46 @@ def test_pg_crons_history_of_our_job_is_kept_only_as_long_as_configured(push, ap
         "and end_time < now() - interval '5 seconds'",
         [jobid],
     ) == [(0,)]
+
+
+def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api, settings):
+    """No worker: pg_cron posts the new column's backfill, the endpoint fills it, and the
+    jobs it leaves due when only time is left move the change to its cutover."""
+    from django_autoembed.testing import fake_vector
+    from tests.helpers import change_in_place
+
+    api.model_vectors = True
+    large = "text-embedding-3-large"
+    docs = [Document.objects.create(title=f"change {i}") for i in range(20)]
+    wait_for(
+        lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+        what="the rows embedded by the old model",
+    )
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": large, "CHANGE_NOTICE": 1}
+    change_in_place("testapp", "Document", model=large)
+    try:
+        wait_for(
+            lambda: (
+                fetch("select cut_over is not null from django_autoembed_embeddingchange")
+                == [(True,)]
+            ),
+            timeout=90,
+            what="the push path to fill the new column and cut over",
+        )
+    finally:
+        print(  # shown if it fails
+            fetch("select queued, switched, cut_over from django_autoembed_embeddingchange"),
+            queue_messages(),
+            responses()[-5:],
+            fetch("select error from django_autoembed_embeddingfailure"),
+        )
+        if fetch("select cut_over from django_autoembed_embeddingchange") == [(None,)]:
+            change_in_place("testapp", "Document", model=large, backwards=True)
+        fetch("alter table testapp_document drop column if exists embedding_previous")
+    for doc in docs:
+        stored = Document.objects.get(pk=doc.pk).embedding
+        expected = fake_vector(doc.title, 1536, large)
+        assert abs(float(np.dot(np.asarray(stored, dtype=np.float32), expected)) - 1) < 1e-2
+    found = Document.objects.semantic_search("change 7", k=1)
+    assert [d.title for d in found] == ["change 7"]
+    assert (200, "0") in responses()

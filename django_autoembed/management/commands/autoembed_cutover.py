@@ -37,6 +37,11 @@ class Command(BaseCommand):
             "CHANGE_AUTOMATIC_CUTOVER)",
         )
         parser.add_argument(
+            "--allow-missing",
+            action="store_true",
+            help="cut over although rows failed in the new column (they have no vector then)",
+        )
+        parser.add_argument(
             "--wait",
             type=float,
             default=0.0,
@@ -60,7 +65,12 @@ class Command(BaseCommand):
             return
         deadline = time.monotonic() + max(0.0, options["wait"])
         while True:
-            waiting = changes.why_waiting(using, change) if change.switched is None else None
+            allow = options["allow_missing"]
+            waiting = (
+                changes.why_waiting(using, change, allow_missing=allow)
+                if change.switched is None
+                else None
+            )
             if waiting == changes.INDEX_NOT_BUILT:
                 self.stdout.write(f"{change.config}: building the index of {change.shadow}...")
                 if not changes.build_index(using, change):
@@ -77,7 +87,7 @@ class Command(BaseCommand):
             time.sleep(POLL)
             change = self._change(using, change.config)
         try:
-            done = changes.advance(using, change, now=True)
+            done = changes.advance(using, change, now=True, allow_missing=options["allow_missing"])
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from exc
         if done != "cut over":

@@ -23,7 +23,8 @@ class Command(MigrateCommand):
             super().check(*args, **kwargs)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        changes.announcements.clear()
         super().handle(*args, **options)
         if options["verbosity"] >= 1:
-            for line in changes.announce(options["database"]):
+            for line in changes.announcements:
                 self.stdout.write(line)
