@@ -1,0 +1,151 @@
+"""A model change's edge cases, on the test project's Document: the migration operation is
+applied as ``migrate`` applies it (``change_in_place``), the worker and the cutover run in
+this process. Each case was a failure a review or the bench found."""
+
+import time
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from django_autoembed import changes
+from django_autoembed.exceptions import ModelChanged
+from django_autoembed.testing import fake_vector
+from tests.helpers import change_in_place, queue_messages
+from tests.testapp.models import Document
+
+LARGE = "text-embedding-3-large"
+TITLES = ["Bread", "Rye", "Spelt", "Barley", "Oats"]
+
+
+def fetch(query, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def change_state():
+    return fetch(
+        "select queued is not null, switched is not null, cut_over is not null, drop "
+        "from django_autoembed_embeddingchange"
+    )
+
+
+@pytest.fixture
+def changing(api, settings):
+    """Five documents embedded by text-embedding-3-small (each model its own vectors), then
+    the declaration moved to text-embedding-3-large and its migration applied; undone at
+    the end, whatever the test left."""
+    api.model_vectors = True
+    docs = [Document.objects.create(title=t) for t in TITLES]
+    call_command("process_embeddings", once=True)
+    old = {**settings.AUTOEMBED}
+    settings.AUTOEMBED = {**old, "MODEL": LARGE, "CHANGE_NOTICE": 0}
+    change_in_place("testapp", "Document", model=LARGE)
+    yield docs, old
+    if fetch("select cut_over from django_autoembed_embeddingchange") == [(None,)]:
+        change_in_place("testapp", "Document", model=LARGE, backwards=True)
+    fetch("alter table testapp_document drop column if exists embedding_previous")
+    changes.forget_all()
+
+
+def first(text: str) -> str:
+    return Document.objects.semantic_search(text, k=1)[0].title
+
+
+def assert_large(doc):
+    stored = np.asarray(Document.objects.get(pk=doc.pk).embedding, dtype=np.float32)
+    expected = fake_vector(Document.objects.get(pk=doc.pk).title, 1536, LARGE)
+    assert float(np.dot(stored, expected)) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_old_code_that_slept_through_the_change_is_refused_not_served(changing, settings):
+    """A process running the old declaration verified its model just before the change and
+    read nothing since: at its next search it learns of the cutover and is refused."""
+    _, old = changing
+    call_command("process_embeddings", once=True)
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    assert first("Bread") == "Bread"
+    # That process: the old model verified a moment ago, no change ever read.
+    from django_autoembed import identity
+
+    changes.forget_all()
+    identity._verified[("default", "testapp.Document.embedding")] = (
+        identity.Identity("openai", "text-embedding-3-small", 1536),
+        time.monotonic(),
+    )
+    with settings_as(settings, old), pytest.raises(ModelChanged):
+        Document.objects.semantic_search("Bread", k=1)
+
+
+def settings_as(settings, autoembed):
+    from django.test import override_settings
+
+    return override_settings(AUTOEMBED=autoembed)
+
+
+def test_live_edits_do_not_hold_the_cutover_and_land_in_the_new_column(changing):
+    docs, _ = changing
+    call_command("process_embeddings", once=True)
+    Document.objects.filter(pk=docs[1].pk).update(title="Rye bread")  # both columns' jobs
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    assert change_state()[0][2]
+    moved = [m for m in queue_messages() if m.get("embeddingColumn") == "embedding"]
+    assert moved and not [m for m in queue_messages() if "next" in m.get("embeddingColumn", "")]
+    call_command("process_embeddings", once=True)
+    for doc in docs:
+        assert_large(doc)
+    assert first("Rye bread") == "Rye bread"
+
+
+def test_a_drop_migration_applied_before_the_cutover_drops_the_old_column_at_it(changing):
+    call_command("process_embeddings", once=True)
+    fetch("update django_autoembed_embeddingchange set drop = true")  # as FinishEmbeddingChange
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    assert fetch(
+        "select count(*) from pg_attribute where attrelid = 'testapp_document'::regclass "
+        "and attname = 'embedding_previous' and not attisdropped"
+    ) == [(0,)]
+    assert change_state() == []
+
+
+def test_a_search_built_before_the_cutover_and_read_after_it_reads_the_new_vectors(changing):
+    call_command("process_embeddings", once=True)
+    changes.forget_all()  # the worker's tick checked it a moment ago
+    changes.advance("default", changes.refresh("default", 0)["testapp.Document.embedding"])
+    assert change_state()[0][1]  # switched: searches read the new column by its name
+    lazy = Document.objects.semantic_search("Spelt", k=3)
+    similar = Document.objects.similar_to(Document.objects.get(title="Oats"), k=2)
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    assert next(d.title for d in lazy) == "Spelt"
+    assert len(list(similar)) == 2
+
+
+def test_a_row_the_new_model_refuses_holds_the_cutover_until_told(changing, api, settings):
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"Barley"}
+    call_command("process_embeddings", once=True)
+    changes.forget_all()  # the worker's tick checked it a moment ago
+    change = changes.refresh("default", 0)["testapp.Document.embedding"]
+    why = changes.why_waiting("default", change)
+    assert why and "1 rows failed in the new column" in why and "--allow-missing" in why
+    assert changes.advance("default", change) == why  # the automatic cutover waits
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="failed in the new column"):
+        call_command("autoembed_cutover", "testapp.Document.embedding")
+    call_command("autoembed_cutover", "testapp.Document.embedding", allow_missing=True)
+    assert Document.objects.get(title="Barley").embedding is None
+    assert fetch("select config from django_autoembed_embeddingfailure") == [
+        ("testapp.Document.embedding",)
+    ]
+
+
+def test_abandoning_the_change_leaves_none_of_its_jobs(changing):
+    docs, _ = changing
+    Document.objects.filter(pk=docs[0].pk).update(title="Bread loaf")
+    assert any(m.get("embeddingColumn") == "embedding_next" for m in queue_messages())
+    change_in_place("testapp", "Document", model=LARGE, backwards=True)
+    assert not any(m.get("embeddingColumn") == "embedding_next" for m in queue_messages())
+    assert change_state() == []
