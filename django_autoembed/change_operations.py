@@ -126,21 +126,13 @@ class ChangeEmbedding(Operation):
         if config is None or not _shadowed(using, config, old, self.constraint):
             self._in_place(schema_editor, old_model, model, old)
             return
-        if old is not None and old.create_sql(model, None) != self.constraint.create_sql(
-            model, None
-        ):  # live edits are embedded from the new text, by the old model, until the cutover
-            schema_editor.remove_constraint(old_model, old)
-            schema_editor.add_constraint(model, self.constraint)
+        # Live edits are embedded from the new text, by the old model, until the cutover.
+        _swap(schema_editor, old_model, old, model, self.constraint)
         _begin(using, schema_editor, model, config, self.constraint)
 
     def _in_place(self, schema_editor: Any, old_model: Any, model: Any, old: Any) -> None:
         """What Django would have done: no vector is stored to keep."""
-        if old is None or old.create_sql(old_model, None) != self.constraint.create_sql(
-            model, None
-        ):
-            if old is not None:
-                schema_editor.remove_constraint(old_model, old)
-            schema_editor.add_constraint(model, self.constraint)
+        _swap(schema_editor, old_model, old, model, self.constraint)
         if self.field is not None:
             column = self.constraint.column
             schema_editor.alter_field(
@@ -160,18 +152,9 @@ class ChangeEmbedding(Operation):
         change = _recorded(using, model._meta.db_table, self.constraint.column)
         if change is not None:
             _abandon(using, schema_editor, model, change, self.constraint)
-            if old is not None and old.create_sql(model, None) != self.constraint.create_sql(
-                model, None
-            ):
-                schema_editor.remove_constraint(model, self.constraint)
-                schema_editor.add_constraint(old_model, old)
+            _swap(schema_editor, model, self.constraint, old_model, old)
             return
-        if old is None or old.create_sql(old_model, None) != self.constraint.create_sql(
-            model, None
-        ):
-            schema_editor.remove_constraint(model, self.constraint)
-            if old is not None:
-                schema_editor.add_constraint(old_model, old)
+        _swap(schema_editor, model, self.constraint, old_model, old)
         if self.field is not None:
             column = self.constraint.column
             schema_editor.alter_field(
@@ -234,6 +217,27 @@ class FinishEmbeddingChange(Operation):
 
 
 # -- the steps -------------------------------------------------------------------------
+
+
+def _swap(
+    schema_editor: Any,
+    from_model: Any,
+    current: EmbeddingTrigger | None,
+    to_model: Any,
+    wanted: EmbeddingTrigger | None,
+) -> None:
+    """Replace the triggers ``current`` made by ``wanted``'s, if their SQL differs."""
+    unchanged = (
+        current is not None
+        and wanted is not None
+        and current.create_sql(from_model, None) == wanted.create_sql(to_model, None)
+    )
+    if unchanged:
+        return
+    if current is not None:
+        schema_editor.remove_constraint(from_model, current)
+    if wanted is not None:
+        schema_editor.add_constraint(to_model, wanted)
 
 
 def _constraint(state: Any, app_label: str, model_name: str, name: str) -> Any:

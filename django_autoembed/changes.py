@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -810,8 +810,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# What ``begin`` said, for ``migrate`` to print once it is done.
-announcements: list[str] = []
+# Where ``begin`` says what a change costs: ``migrate`` prints it at once, inside the
+# migration's transaction, before any worker can see the backfill (else it is logged).
+announce_to: Callable[[str], None] | None = None
 
 
 def begin(using: str, label: str) -> None:
@@ -823,7 +824,11 @@ def begin(using: str, label: str) -> None:
     config = _shadow_config(change) if change is not None else None
     if change is None or config is None:
         return  # a worker that declares it queues the backfill (tick)
-    announcements.extend(_announce(using, change, config))
+    said = "\n".join(_announce(using, change, config))
+    if announce_to is not None:
+        announce_to(said)
+    else:
+        logger.info("%s", said)
     backfill(config, using=using)
     EmbeddingChange.objects.using(using).filter(pk=label).update(queued=timezone.now())
     refresh(using, 0)

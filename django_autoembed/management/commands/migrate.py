@@ -23,8 +23,11 @@ class Command(MigrateCommand):
             super().check(*args, **kwargs)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        changes.announcements.clear()
-        super().handle(*args, **options)
+        # A model change says what it costs as it begins, before its backfill is queued.
         if options["verbosity"] >= 1:
-            for line in changes.announcements:
-                self.stdout.write(line)
+            # (between Django's "Applying <migration>..." and its "OK")
+            changes.announce_to = lambda said: self.stdout.write(f"\n{said}\n", ending="")
+        try:
+            super().handle(*args, **options)
+        finally:
+            changes.announce_to = None
