@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -229,14 +230,15 @@ def notice() -> float:
 
 def _read(using: str) -> dict[str, Change] | None:
     """The recorded changes (None: they cannot be read here, as before the migration)."""
+    connection = connections[using]
+    # In the caller's transaction, a savepoint: a failed read must not end it.
+    guard = transaction.atomic(using=using) if connection.in_atomic_block else nullcontext()
     try:
-        with connections[using].cursor() as cursor:
+        with guard, connection.cursor() as cursor:
             cursor.execute(sqlfiles.statement("changes.sql", "all", **_tables()))
             rows = cursor.fetchall()
     except DatabaseError:
         # Not migrated yet, or a role that may not read it: nothing is under way then.
-        if connections[using].in_atomic_block:
-            raise
         return None
     # Django's connection leaves jsonb as text (its JSONField decodes it).
     out: dict[str, Change] = {}
@@ -326,6 +328,18 @@ def searched(config: EmbeddingConfig) -> EmbeddingConfig:
         if candidate.label == change.shadow_label:
             return candidate
     return config
+
+
+def index_state(using: str, config: EmbeddingConfig) -> Any:
+    """A model change's new column's index, for status: ``ready`` once built, ``deferred``
+    until then (it is built in bulk once the column is complete); None: not a new column."""
+    from .hnsw.deferral import IndexStatus
+
+    change = change_of(config) if config.shadow_of is not None else None
+    if change is None or not change.index:
+        return None
+    with connections[using].cursor() as cursor:
+        return IndexStatus.READY if _index_built(cursor, change) else IndexStatus.DEFERRED
 
 
 def column_now(table: str, column: str) -> str:

@@ -143,7 +143,7 @@ def _config_status(
         failures=EmbeddingFailure.objects.using(cursor.db.alias)
         .filter(config=config.label)
         .count(),
-        index=state_of(cursor.db.alias, config),
+        index=state_of(cursor.db.alias, config) or changes.index_state(cursor.db.alias, config),
         chunks=chunks,
         tokens_today=spent.tokens_today,
         tokens_30d=spent.tokens_30d,

@@ -157,3 +157,28 @@ def test_abandoning_the_change_leaves_none_of_its_jobs(changing):
     change_in_place("testapp", "Document", model=LARGE, backwards=True)
     assert not any(m.get("embeddingColumn") == "embedding_next" for m in queue_messages())
     assert change_state() == []
+
+
+def test_status_shows_the_changes_progress_cost_and_what_the_cutover_waits_for(changing):
+    import io
+    import json
+
+    def status() -> dict:
+        out = io.StringIO()
+        call_command("autoembed_status", "--json", stdout=out)
+        return json.loads(out.getvalue())
+
+    before = status()
+    [change] = before["changes"]
+    assert change["phase"] == "filling" and change["left"] == len(TITLES) and change["done"] == 0
+    assert change["cost_left_usd"] is not None and "jobs of the shadow" in change["waiting"]
+    shadow = next(c for c in before["configs"] if c["config"] == "testapp.Document.embedding_next")
+    assert shadow["index"] == "deferred"  # built in bulk once the column is complete
+    call_command("process_embeddings", once=True)
+    [change] = status()["changes"]
+    assert change["done"] == len(TITLES) and change["left"] == 0 and change["tokens"] > 0
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    [change] = status()["changes"]
+    assert change["phase"] == "cut over" and change["previous"] == "embedding_previous"
+    live = next(c for c in status()["configs"] if c["config"] == "testapp.Document.embedding")
+    assert live["tokens_30d"] > 0 and live["index"] == "ready"
