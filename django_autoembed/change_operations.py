@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.migrations.operations.base import Operation, OperationCategory
 from psycopg import sql
 
@@ -350,7 +350,10 @@ def _begin(
         },
     )
     identity.forget(using, config)
-    changes.begin(using, config.label)
+    # After the commit: the migration holds the table's lock until then, and queueing every
+    # row (or estimating their cost) inside it would block the application that long.
+    label = config.label
+    transaction.on_commit(lambda: changes.begin(using, label), using=using)
 
 
 def _live_index(model: Any, column: str) -> Any:

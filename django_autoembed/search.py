@@ -160,7 +160,17 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         are found among those owning the ``candidates`` chunks nearest to ``vector``.
         """
         changes.refresh(self.db)  # while a model change is under way: its state now
-        cfg = self.embedding_config(config)
+        return self._nearest(self.embedding_config(config), vector, ef_search, candidates)
+
+    def _nearest(
+        self,
+        cfg: EmbeddingConfig,
+        vector: Any,
+        ef_search: int | None,
+        candidates: int = CHUNK_CANDIDATES,
+    ) -> EmbeddingQuerySet:
+        """``nearest`` for a config resolved once: a search whose query was embedded for a
+        config reads that config's vectors, whatever a model change did since."""
         value = vector_value(cfg, vector)
         if cfg.chunked:
             return self._nearest_by_chunks(cfg, value, ef_search, candidates)
@@ -188,7 +198,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
                 one (the message says the ways out).
         """
         cfg = self._search_config(text, config, k)
-        return self._semantic(self._query_vector(cfg, text), k, config, ef_search)
+        return self._semantic(cfg, self._query_vector(cfg, text), k, ef_search)
 
     async def asemantic_search(
         self,
@@ -202,7 +212,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         queryset it returns is evaluated with ``async for`` (or ``await qs.afirst()``...)."""
         cfg = self._search_config(text, config, k)
         vector = await sync_to_async(self._query_vector)(cfg, text)
-        return self._semantic(vector, k, config, ef_search)
+        return self._semantic(cfg, vector, k, ef_search)
 
     def _search_config(
         self, text: str, config: str | None, k: int | None = None
@@ -221,19 +231,13 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         return query_cache.embed(cfg, text)
 
     def _semantic(
-        self, vector: Any, k: int | None, config: str | None, ef_search: int | None
+        self, cfg: EmbeddingConfig, vector: Any, k: int | None, ef_search: int | None
     ) -> EmbeddingQuerySet:
-        cfg = self.embedding_config(config)
         if cfg.chunked and k:  # the k rows owning the nearest chunks, however many they own
             value = vector_value(cfg, vector)
             rows = self._nearest_parents(cfg, value, ef_search, k)
             return self._by_chunks_among(cfg, value, ef_search, rows)[:k]
-        qs = self.nearest(
-            vector,
-            config=config,
-            ef_search=ef_search,
-            candidates=max(CHUNK_CANDIDATES, 10 * (k or 0)),
-        )
+        qs = self._nearest(cfg, vector, ef_search, max(CHUNK_CANDIDATES, 10 * (k or 0)))
         return qs[:k] if k else qs
 
     def similar_to(
@@ -258,7 +262,7 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
             )
         if vector is None:
             return self.none()
-        qs = self.nearest(vector, config=config).exclude(pk=obj.pk)
+        qs = self._nearest(cfg, vector, None).exclude(pk=obj.pk)
         return qs[:k] if k else qs
 
     def _nearest_chunks(self, cfg: EmbeddingConfig, value: Any, ef_search: int | None) -> Any:

@@ -182,3 +182,62 @@ def test_status_shows_the_changes_progress_cost_and_what_the_cutover_waits_for(c
     assert change["phase"] == "cut over" and change["previous"] == "embedding_previous"
     live = next(c for c in status()["configs"] if c["config"] == "testapp.Document.embedding")
     assert live["tokens_30d"] > 0 and live["index"] == "ready"
+
+
+def test_a_search_reads_the_vectors_its_query_was_made_for_when_the_switch_comes_between(
+    changing, monkeypatch
+):
+    """The switch commits while a search embeds its query (another thread, another process):
+    the search still compares its query with the vectors of the model that made it."""
+    from django_autoembed.query import query_cache
+
+    call_command("process_embeddings", once=True)
+    label = "testapp.Document.embedding"
+    embed = query_cache.embed
+
+    def embed_then_switch(cfg, text):
+        vector = embed(cfg, text)
+        changes.forget_all()
+        assert changes.advance("default", changes.refresh("default", 0)[label]) == "switched"
+        return vector
+
+    monkeypatch.setattr(query_cache, "embed", embed_then_switch)
+    [found] = Document.objects.semantic_search("Bread", k=1)
+    assert found.title == "Bread" and found.distance < 0.01
+    monkeypatch.setattr(query_cache, "embed", embed)
+    [found] = Document.objects.semantic_search("Spelt", k=1)  # the next one reads the new column
+    assert found.title == "Spelt" and found.distance < 0.01
+
+
+def test_the_backfill_is_queued_after_the_migration_commits(api, settings):
+    """Queueing every row inside the migration would hold the table's lock that long."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    from django_autoembed.change_operations import ChangeEmbedding
+    from django_autoembed.triggers import EmbeddingTrigger
+
+    Document.objects.create(title="Bread")
+    call_command("process_embeddings", once=True)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": LARGE}
+    state = MigrationExecutor(connection).loader.project_state()
+    [old] = [
+        c
+        for c in state.models["testapp", "document"].options["constraints"]
+        if isinstance(c, EmbeddingTrigger)
+    ]
+    operation = ChangeEmbedding(
+        "Document", EmbeddingTrigger(**{**old.deconstruct()[2], "model": LARGE})
+    )
+    after = state.clone()
+    operation.state_forwards("testapp", after)
+    try:
+        with connection.schema_editor() as editor:
+            operation.database_forwards("testapp", editor, state, after)
+            assert change_state() == [(False, False, False, False)]
+            assert not [m for m in queue_messages() if m["embeddingColumn"] == "embedding_next"]
+        assert change_state() == [(True, False, False, False)]
+        assert [m for m in queue_messages() if m["embeddingColumn"] == "embedding_next"]
+    finally:
+        with connection.schema_editor() as editor:
+            operation.database_backwards("testapp", editor, after, state)
+        changes.forget_all()
