@@ -309,7 +309,10 @@ def test_no_private_queryset_method_is_overridden():
         for name in vars(EmbeddingQuerySet)
         if name.startswith("_") and not name.startswith("__") and hasattr(QuerySet, name)
     ]
-    assert private == []
+    # The one exception: a search of a model change's new column, compiled before the
+    # cutover renamed it and run after, is compiled again (test_change_cases). _fetch_all
+    # has evaluated every QuerySet since Django 1.0; the tox matrix runs the newest Django.
+    assert private == ["_fetch_all"]
 
 
 @pytest.fixture
