@@ -37,6 +37,10 @@ def main() -> None:
     part("bench.maintenance", *quick)
     part("bench.ratelimit", *quick)
     part("bench.batchapi", *quick)
+    part(
+        "bench.model_change",
+        *(["--rows", "5000", "--before", "10", "--after", "10"] if args.quick else []),
+    )
     part("bench.latency", *quick)
     part("bench.search", *quick)
     part("bench.hybrid", *quick)
