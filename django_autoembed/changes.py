@@ -57,7 +57,7 @@ READY_EVERY = 5.0
 # The lock a cutover waits for before it tries again at the next tick.
 CUTOVER_LOCK_TIMEOUT = "3s"
 # The table's lock a cutover waits for (searches queue behind it meanwhile).
-TABLE_LOCK_TIMEOUT = "200ms"
+TABLE_LOCK_TIMEOUT = 200  # milliseconds
 # Seconds before a cutover that did not get its locks tries again (doubling up to the last).
 CUTOVER_BACKOFF = (2.0, 60.0)
 
@@ -673,7 +673,13 @@ def cutover(using: str, change: Change) -> bool:
             return False
         drop = bool(locked[1])  # as it is now: the drop migration may have run meanwhile
         # The table's lock last, and briefly: searches queue behind a lock being waited for.
-        cursor.execute(f"set local lock_timeout = '{TABLE_LOCK_TIMEOUT}'")
+        # An autovacuum of the table yields only to a lock waited for deadlock_timeout: then
+        # that long, once (a fill leaves the table to vacuum, and its HNSW indexes take
+        # minutes), rather than giving up before it yields, again and again.
+        cursor.execute(
+            statement("changes.sql", "table_lock_timeout", **names),
+            [sql.Identifier(change.table).as_string(None), TABLE_LOCK_TIMEOUT],
+        )
         cursor.execute(statement("changes.sql", "lock_table", **names))
 
         def rename(key: str, old: str, new: str) -> None:

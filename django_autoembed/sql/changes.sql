@@ -26,6 +26,14 @@ select cut_over from {change} where config = %s for share
 -- lock -- the change, locked for its cutover (none: cut over or abandoned meanwhile)
 select config, "drop" from {change} where config = %s and cut_over is null for update
 
+-- table_lock_timeout -- how long the cutover waits for the table's lock: briefly (ms), or
+-- past deadlock_timeout while an autovacuum works on it (Postgres cancels the autovacuum
+-- for a lock waited for that long)
+select set_config('lock_timeout', (
+         case when exists (select from pg_stat_progress_vacuum where relid = to_regclass(%s))
+              then extract(epoch from current_setting('deadlock_timeout')::interval) * 1000 + 500
+              else %s end)::int || 'ms', true)
+
 -- lock_table -- the table, for the renames (taken last, briefly)
 lock table {table} in access exclusive mode
 
