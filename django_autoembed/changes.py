@@ -91,6 +91,10 @@ class EmbeddingChange(models.Model):
     drop = models.BooleanField(
         default=False, help_text="the drop migration ran: drop the old vectors at the cutover"
     )
+    failed_tries = models.PositiveIntegerField(
+        default=0, help_text="steps of this change that failed (a lock not granted, an error)"
+    )
+    last_error = models.TextField(blank=True, default="", help_text="why the last one failed")
 
     class Meta:
         app_label = "django_autoembed"
@@ -121,6 +125,8 @@ class Change:
     switched: datetime | None
     cut_over: datetime | None
     drop: bool
+    failed_tries: int
+    last_error: str
     age: float  # seconds since it began
     switched_for: float | None  # seconds since searches moved to the shadow
 
@@ -412,16 +418,27 @@ def tick(using: str, *, nudge: bool = False) -> None:
                 if nudge:
                     _nudge(using, change, waits)
         except ConfigurationError as exc:
+            _failed(using, change, str(exc))
             logger.error("%s: the change to %s waits: %s", change.config, change.model, exc)
         except OperationalError as exc:  # a lock not granted in time: a later tick tries again
             wait = _back_off(using, change)
+            said = str(exc).strip().splitlines()[0]
+            _failed(using, change, f"{said} (tried again in {wait:.0f} s)")
             logger.warning(
                 "%s: the cutover to %s waits %.0f s for its locks: %s",
                 change.config,
                 change.model,
                 wait,
-                str(exc).strip().splitlines()[0],
+                said,
             )
+
+
+def _failed(using: str, change: Change, error: str) -> None:
+    """Count a failed step on the change, and say why: ``autoembed_status`` shows both."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "failed", **_tables()), [error[:2000], change.config]
+        )
 
 
 def _nudge(using: str, change: Change, waits: str) -> None:
@@ -793,6 +810,8 @@ def _entry(
         "automatic": change.automatic,
         "waiting": waiting,
         "previous": change.previous if change.cut_over is not None else None,
+        "failed_tries": change.failed_tries,
+        "last_error": change.last_error or None,
     }
 
 
@@ -814,6 +833,8 @@ def describe(entry: dict[str, Any]) -> str:
         parts.append(f"~{_duration(entry['seconds_left'])} left")
     if entry["waiting"]:
         parts.append(f"the cutover waits: {entry['waiting']}")
+    if entry["failed_tries"]:
+        parts.append(f"{entry['failed_tries']} failed tries, the last: {entry['last_error']}")
     parts.append(
         "cuts over automatically when complete"
         if entry["automatic"]

@@ -72,6 +72,17 @@ class Migration(migrations.Migration):
                         help_text="the drop migration ran: drop the old vectors at the cutover",
                     ),
                 ),
+                (
+                    "failed_tries",
+                    models.PositiveIntegerField(
+                        default=0,
+                        help_text="steps of this change that failed (a lock not granted, an error)",
+                    ),
+                ),
+                (
+                    "last_error",
+                    models.TextField(blank=True, default="", help_text="why the last one failed"),
+                ),
             ],
         ),
     ]

@@ -8,6 +8,7 @@
 -- all -- every change recorded (a process reads them to know which column serves what)
 select config, "table", "column", shadow, "index", index_options, old_provider, old_model, old_dimensions,
        provider, model, dimensions, automatic, began, queued, switched, cut_over, "drop",
+       failed_tries, last_error,
        extract(epoch from clock_timestamp() - began)::float8,
        extract(epoch from clock_timestamp() - switched)::float8
   from {change}
@@ -22,6 +23,9 @@ returning config
 
 -- hold -- the change, held until the transaction that writes its shadow ends
 select cut_over from {change} where config = %s for share
+
+-- failed -- a step of the change failed: counted, and why, for status
+update {change} set failed_tries = failed_tries + 1, last_error = %s where config = %s
 
 -- lock -- the change, locked for its cutover (none: cut over or abandoned meanwhile)
 select config, "drop" from {change} where config = %s and cut_over is null for update

@@ -241,3 +241,40 @@ def test_the_backfill_is_queued_after_the_migration_commits(api, settings):
         with connection.schema_editor() as editor:
             operation.database_backwards("testapp", editor, after, state)
         changes.forget_all()
+
+
+def test_a_cutover_a_long_transaction_keeps_from_its_lock_is_counted_and_shown(changing):
+    """A report's transaction holds the table: the cutover gives up after a moment, backs
+    off, and says so in status (not a warning on every tick); it goes through once free."""
+    import io
+    import json
+
+    from tests.helpers import server_connection
+
+    call_command("process_embeddings", once=True)
+    label = "testapp.Document.embedding"
+    changes.forget_all()
+    assert changes.advance("default", changes.refresh("default", 0)[label]) == "switched"
+    report = server_connection(connection.settings_dict["NAME"])
+    report.autocommit = False
+    report.execute("select count(*) from testapp_document").fetchone()  # holds the table
+    try:
+        changes.tick("default")
+        change = changes.refresh("default", 0)[label]
+        assert change.in_flight and change.failed_tries == 1
+        assert "lock timeout" in change.last_error and "tried again in" in change.last_error
+        out = io.StringIO()
+        call_command("autoembed_status", "--json", stdout=out)
+        [entry] = json.loads(out.getvalue())["changes"]
+        assert entry["failed_tries"] == 1 and "lock timeout" in entry["last_error"]
+        out = io.StringIO()
+        call_command("autoembed_status", stdout=out)
+        assert "1 failed tries, the last: canceling statement due to lock timeout" in (
+            out.getvalue()
+        )
+    finally:
+        report.rollback()
+        report.close()
+    changes.forget_all()  # this process's back-off
+    changes.tick("default")
+    assert not changes.refresh("default", 0)[label].in_flight
