@@ -390,7 +390,6 @@ def _abandon(
     from .identity import EmbeddingIdentity
 
     EmbeddingIdentity.objects.using(using).filter(
-        config=f"{change.config.rpartition('.')[0]}."
-        f"{changes.shadow_name(change.config.rpartition('.')[2])}"
+        config=changes.shadow_label(change.config)
     ).delete()
     change.delete(using=using)

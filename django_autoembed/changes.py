@@ -136,7 +136,7 @@ class Change:
 
     @property
     def shadow_label(self) -> str:
-        return f"{self.config.rpartition('.')[0]}.{shadow_name(self.config.rpartition('.')[2])}"
+        return shadow_label(self.config)
 
     @property
     def previous(self) -> str:
@@ -160,6 +160,12 @@ def shadow_column(column: str) -> str:
 
 def shadow_name(config_name: str) -> str:
     return short_name(config_name, "next")
+
+
+def shadow_label(label: str) -> str:
+    """The label of the config that fills a change's new column (``app.Model.name_next``)."""
+    model, _, name = label.rpartition(".")
+    return f"{model}.{shadow_name(name)}"
 
 
 def previous_column(column: str) -> str:
@@ -330,10 +336,7 @@ def searched(config: EmbeddingConfig) -> EmbeddingConfig:
         )
     if change is None or not change.in_flight or change.switched is None or config.shadow_of:
         return config
-    for candidate in registry.all():
-        if candidate.label == change.shadow_label:
-            return candidate
-    return config
+    return _shadow_config(change) or config
 
 
 def index_state(using: str, config: EmbeddingConfig) -> Any:

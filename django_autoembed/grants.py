@@ -77,6 +77,7 @@ def _ident(name: str) -> str:
 def needed(using: str = "default") -> list[Privilege]:
     """What the worker, the endpoint and ``autoembed_status`` need on database ``using``."""
     from .models import (
+        EmbeddingChange,
         EmbeddingFailure,
         EmbeddingIdentity,
         EmbeddingUsage,
@@ -109,6 +110,7 @@ def needed(using: str = "default") -> list[Privilege]:
         StoredVector,
         ProviderBatch,
         EmbeddingIdentity,
+        EmbeddingChange,
     ):
         out.append(
             Privilege(
