@@ -41,7 +41,13 @@ class EmbeddingTrigger(BaseConstraint):
     that moves the config to the new model beside its live vectors (``changes``).
     """
 
-    non_db_attrs = (*BaseConstraint.non_db_attrs, "model", "provider")
+    non_db_attrs = (
+        *BaseConstraint.non_db_attrs,
+        "model",
+        "provider",
+        "chunk_tokens",
+        "chunk_overlap",
+    )
 
     def __init__(
         self,
@@ -56,6 +62,8 @@ class EmbeddingTrigger(BaseConstraint):
         chunk_table: str | None = None,
         model: str | None = None,
         provider: str | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
         violation_error_code: str | None = None,
         violation_error_message: str | None = None,
     ) -> None:
@@ -74,6 +82,10 @@ class EmbeddingTrigger(BaseConstraint):
         self.chunk_table = chunk_table
         self.model = model
         self.provider = provider
+        # How a config in chunks splits its text (recorded so that a change of it is a
+        # change of the vectors; None in triggers written before it was recorded).
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
 
     @classmethod
     def for_config(cls, config: EmbeddingConfig) -> EmbeddingTrigger:
@@ -91,6 +103,8 @@ class EmbeddingTrigger(BaseConstraint):
             chunk_table=config.chunk_table if config.chunked else None,
             model=config.model,
             provider=config.provider,
+            chunk_tokens=config.chunk_tokens,
+            chunk_overlap=config.chunk_overlap if config.chunked else None,
         )
 
     # -- Django constraint protocol ---------------------------------------
@@ -113,6 +127,10 @@ class EmbeddingTrigger(BaseConstraint):
             kwargs["model"] = self.model
         if self.provider is not None:
             kwargs["provider"] = self.provider
+        if self.chunk_tokens is not None:
+            kwargs["chunk_tokens"] = self.chunk_tokens
+        if self.chunk_overlap is not None:
+            kwargs["chunk_overlap"] = self.chunk_overlap
         return path, tuple(args), kwargs
 
     def __eq__(self, other: object) -> bool:
@@ -123,6 +141,15 @@ class EmbeddingTrigger(BaseConstraint):
     def makes_text(self) -> tuple[Any, ...]:
         """What decides the embedded text (a change of it is a change of the vectors)."""
         return (tuple(self.fields), self.template, self.function, self.own_function)
+
+    def makes_same_text(self, other: EmbeddingTrigger) -> bool:
+        """Whether ``other`` embeds the same text as this one, split into the same chunks (a
+        trigger written before chunking was recorded is taken as the same)."""
+        if self.makes_text() != other.makes_text():
+            return False
+        if self.chunk_tokens is None or other.chunk_tokens is None:
+            return True
+        return (self.chunk_tokens, self.chunk_overlap) == (other.chunk_tokens, other.chunk_overlap)
 
     def __repr__(self) -> str:
         return f"<EmbeddingTrigger {self.name}: {self.column} from {self.function}>"
@@ -150,7 +177,7 @@ class EmbeddingTrigger(BaseConstraint):
 
     def fingerprint(self, version: int = SQL_VERSION) -> str:
         _, _, kwargs = self.deconstruct()
-        for name in ("model", "provider"):  # no SQL of theirs
+        for name in ("model", "provider", "chunk_tokens", "chunk_overlap"):  # no SQL of theirs
             kwargs.pop(name, None)
         blob = json.dumps([version, kwargs], sort_keys=True)
         return "autoembed:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
