@@ -24,7 +24,7 @@ DEPENDENCY = (APP, "0001_initial")
 # Triggers of a config stored in chunks call autoembed.delete_chunks(), created later.
 CHUNKS_DEPENDENCY = (APP, "0007_chunk_deletes")
 # A model change records itself in EmbeddingChange.
-CHANGE_DEPENDENCY = (APP, "0013_embedding_change")
+CHANGE_DEPENDENCY = (APP, "0014_change_chunk_columns")
 VECTOR_FIELDS = (VectorField, HalfVectorField, SparseVectorField)
 VECTOR_INDEXES = (AutoembedHnswIndex, HnswIndex, IvfflatIndex)
 
@@ -105,7 +105,7 @@ class AutoembedAutodetector(MigrationAutodetector):
         def trigger(state: Any) -> Any:
             model_state = state.models.get((app_label, model))
             for c in model_state.options.get("constraints", []) if model_state else []:
-                if isinstance(c, EmbeddingTrigger) and c.column == column and not c.chunk_table:
+                if isinstance(c, EmbeddingTrigger) and c.column == column:
                     return c
             return None
 
@@ -127,7 +127,12 @@ class AutoembedAutodetector(MigrationAutodetector):
             ]
             column = found[0].column if found else None
         elif isinstance(operation, migrations.AlterField):
-            column = operation.name if isinstance(operation.field, VECTOR_FIELDS) else None
+            if not isinstance(operation.field, VECTOR_FIELDS):
+                return None
+            column = operation.name
+            parent = self._chunks_of(app_label, model, column)
+            if parent is not None:  # the vector field of a chunk model: its parent's change
+                model, column = parent
         else:
             return None
         if column is None:
@@ -137,18 +142,34 @@ class AutoembedAutodetector(MigrationAutodetector):
             return None
         return model, column
 
+    def _chunks_of(self, app_label: str, model: str, field: str) -> tuple[str, str] | None:
+        """The parent model and trigger column of a chunk model's vector field (None: the
+        model is no chunk model)."""
+        state = self.to_state.models.get((app_label, model))
+        table = state.options.get("db_table") if state else None
+        if not table:
+            return None
+        for (label, name), parent in self.to_state.models.items():
+            for c in parent.options.get("constraints", []) if label == app_label else []:
+                if isinstance(c, EmbeddingTrigger) and c.column == f"{table}.{field}":
+                    return name, c.column
+        return None
+
     def _change(self, app_label: str, key: tuple[str, str], group: list[Any]) -> Any:
         model, column = key
         old, new = self._old_new(app_label, model, column)
-        field = next((o.field for o in group if isinstance(o, migrations.AlterField)), None)
+        altered = next((o for o in group if isinstance(o, migrations.AlterField)), None)
+        field = altered.field if altered is not None else None
         defaults = settings.current()
 
         def made_by(trigger: Any) -> tuple[str, str]:  # a name left out is the settings'
             return (trigger.model or defaults.model, trigger.provider or defaults.provider)
 
-        if made_by(old) == made_by(new) and old.makes_text() == new.makes_text() and not field:
+        if made_by(old) == made_by(new) and old.makes_same_text(new) and not field:
             return None  # no change of what makes the vectors: Django's operations do
-        change = ChangeEmbedding(model_name=group[0].model_name, constraint=new, field=field)
+        change = ChangeEmbedding(
+            model_name=self.to_state.models[app_label, model].name, constraint=new, field=field
+        )
         change._auto_deps = [d for o in group for d in getattr(o, "_auto_deps", [])]  # type: ignore[attr-defined]
         return change
 

@@ -52,18 +52,27 @@ def marker_name(column: str) -> str:
     return short_name("autoembed_change", column).strip("_").replace("__", "_")
 
 
-def shadow_trigger(trigger: EmbeddingTrigger, table: str) -> EmbeddingTrigger:
+def shadow_trigger(trigger: EmbeddingTrigger, table: str, config_name: str) -> EmbeddingTrigger:
     """The triggers that queue the shadow's jobs: the new text, named for the shadow (as
     ``EmbeddingTrigger.for_config`` names them for the shadow config)."""
-    column = changes.shadow_column(trigger.column)
+    chunks = None
+    if trigger.chunk_table:  # a new chunk table, named for the shadow config
+        name = changes.shadow_name(config_name)
+        chunks = short_name(table, name, "chunks")
+        column = f"{chunks}.{trigger.column.rpartition('.')[2]}"
+        what, function = f"{name}_chunks", short_name(table, name, "chunks", "input")
+    else:
+        column = changes.shadow_column(trigger.column)
+        what, function = column, short_name(table, column, "input")
     return EmbeddingTrigger(
-        name=short_name("autoembed", table, column, limit=58),
+        name=short_name("autoembed", table, what, limit=58),
         column=column,
-        function=trigger.function if trigger.own_function else short_name(table, column, "input"),
+        function=trigger.function if trigger.own_function else function,
         fields=trigger.fields,
         template=trigger.template,
         own_function=trigger.own_function,
         clear_on_update=trigger.clear_on_update,
+        chunk_table=chunks,
     )
 
 
@@ -75,11 +84,31 @@ class ChangeEmbedding(Operation):
     reduces_to_sql = False
 
     def __init__(
-        self, model_name: str, constraint: EmbeddingTrigger, field: Any | None = None
+        self,
+        model_name: str,
+        constraint: EmbeddingTrigger,
+        field: Any | None = None,
     ) -> None:
         self.model_name = model_name
         self.constraint = constraint
-        self.field = field  # the vector column's new field (None: its type is unchanged)
+        # The vector field's new field, on the chunk model for chunks (None: unchanged).
+        self.field = field
+
+    @property
+    def vector_field(self) -> str:
+        """The vector field's name (on the chunk model, for chunks)."""
+        return self.constraint.column.rpartition(".")[2]
+
+    def _holder(self, state: Any, app_label: str) -> str:
+        """The model whose table holds the vectors: the chunk model, for chunks."""
+        table = self.constraint.chunk_table
+        for (label, name), model_state in state.models.items() if table else ():
+            if label == app_label and model_state.options.get("db_table") == table:
+                return str(name)
+        return self.model_name_lower
+
+    def _vector_model(self, state: Any, app_label: str) -> Any:
+        return state.apps.get_model(app_label, self._holder(state, app_label))
 
     @property
     def model_name_lower(self) -> str:
@@ -92,11 +121,15 @@ class ChangeEmbedding(Operation):
         return self.__class__.__name__, [], kwargs
 
     def describe(self) -> str:
+        if self.constraint.chunk_table:
+            chunks = self.constraint.column.partition(".")[0]
+            return f"Change the embedding of {self.model_name}'s chunks ({chunks})"
         return f"Change the embedding of {self.model_name}.{self.constraint.column}"
 
     @property
     def migration_name_fragment(self) -> str:
-        return f"change_{self.model_name_lower}_{self.constraint.column}"
+        what = "chunks" if self.constraint.chunk_table else self.constraint.column
+        return f"change_{self.model_name_lower}_{what}"
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         model_state = state.models[app_label, self.model_name_lower]
@@ -105,7 +138,8 @@ class ChangeEmbedding(Operation):
         state.add_constraint(app_label, self.model_name_lower, self.constraint)
         column = self.constraint.column
         if self.field is not None:
-            state.alter_field(app_label, self.model_name_lower, column, self.field, True)
+            holder = self._holder(state, app_label)
+            state.alter_field(app_label, holder, self.vector_field, self.field, True)
         name = marker_name(column)
         marker = ChangeMarker(column=column)
         if name in model_state.fields:
@@ -124,20 +158,22 @@ class ChangeEmbedding(Operation):
         old = _constraint(from_state, app_label, self.model_name_lower, self.constraint.name)
         config = _config(model, self.constraint)
         if config is None or not _shadowed(using, config, old, self.constraint):
-            self._in_place(schema_editor, old_model, model, old)
+            _swap(schema_editor, old_model, old, model, self.constraint)
+            self._alter(schema_editor, from_state, to_state, app_label)
             return
         # Live edits are embedded from the new text, by the old model, until the cutover.
         _swap(schema_editor, old_model, old, model, self.constraint)
-        _begin(using, schema_editor, model, config, self.constraint)
+        vectors = self._vector_model(to_state, app_label)
+        _begin(using, schema_editor, model, vectors, config, self.constraint)
 
-    def _in_place(self, schema_editor: Any, old_model: Any, model: Any, old: Any) -> None:
-        """What Django would have done: no vector is stored to keep."""
-        _swap(schema_editor, old_model, old, model, self.constraint)
-        if self.field is not None:
-            column = self.constraint.column
-            schema_editor.alter_field(
-                model, old_model._meta.get_field(column), model._meta.get_field(column)
-            )
+    def _alter(self, schema_editor: Any, from_state: Any, to_state: Any, app_label: str) -> None:
+        """What Django would have done to the vector field: no vector is stored to keep."""
+        if self.field is None:
+            return
+        old = self._vector_model(from_state, app_label)
+        new = self._vector_model(to_state, app_label)
+        name = self.vector_field
+        schema_editor.alter_field(new, old._meta.get_field(name), new._meta.get_field(name))
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -155,11 +191,7 @@ class ChangeEmbedding(Operation):
             _swap(schema_editor, model, self.constraint, old_model, old)
             return
         _swap(schema_editor, model, self.constraint, old_model, old)
-        if self.field is not None:
-            column = self.constraint.column
-            schema_editor.alter_field(
-                model, model._meta.get_field(column), old_model._meta.get_field(column)
-            )
+        self._alter(schema_editor, from_state, to_state, app_label)
 
 
 class FinishEmbeddingChange(Operation):
@@ -201,7 +233,8 @@ class FinishEmbeddingChange(Operation):
         names = _names(table, change)
         with schema_editor.connection.cursor() as cursor:
             if change.cut_over is not None:
-                cursor.execute(sqlfiles.statement("changes.sql", "drop_previous", **names))
+                drop = changes.drop_previous_key(change)
+                cursor.execute(sqlfiles.statement("changes.sql", drop, **names))
                 cursor.execute(
                     sqlfiles.statement("changes.sql", "forget_change", **names), [change.config]
                 )
@@ -249,10 +282,7 @@ def _constraint(state: Any, app_label: str, model_name: str, name: str) -> Any:
 
 
 def _config(model: Any, trigger: EmbeddingTrigger) -> EmbeddingConfig | None:
-    """The declared config the trigger is made for (None: this code no longer declares it,
-    or it is stored in chunks, which changes in place)."""
-    if trigger.chunk_table:
-        return None
+    """The declared config the trigger is made for (None: this code no longer declares it)."""
     for config in registry.declared():
         if (config.table, config.queue_column) == (model._meta.db_table, trigger.column):
             return config
@@ -267,7 +297,7 @@ def _shadowed(
     if not identity.has_vectors(using, config):
         return False
     stored = identity.stored(using, config)
-    text_changed = old is not None and old.makes_text() != new.makes_text()
+    text_changed = old is not None and not old.makes_same_text(new)
     return text_changed or (stored is not None and stored != identity.declared(config))
 
 
@@ -275,7 +305,7 @@ def _names(table: str, change: Any) -> dict[str, sql.Composable]:
     return {
         **changes._tables(),
         "table": sql.Identifier(table),
-        "previous": sql.Identifier(changes.previous_column(change.column)),
+        "previous": sql.Identifier(changes.previous_of(change.column)),
     }
 
 
@@ -284,36 +314,55 @@ def _recorded(using: str, table: str, column: str) -> Any:
 
 
 def _begin(
-    using: str, schema_editor: Any, model: Any, config: EmbeddingConfig, new: EmbeddingTrigger
+    using: str,
+    schema_editor: Any,
+    model: Any,
+    vectors: Any,
+    config: EmbeddingConfig,
+    new: EmbeddingTrigger,
 ) -> None:
+    """Add the shadow (a column, or a chunk table for chunks) and its triggers, and record
+    the change. ``vectors``: the model whose table holds the vectors (the chunk model)."""
     table = model._meta.db_table
-    column = config.column
-    shadow = changes.shadow_column(column)
+    shadow_trig = shadow_trigger(new, table, config.config_name)
+    shadow = shadow_trig.chunk_table or changes.shadow_column(config.column)
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(
-            sqlfiles.statement("changes.sql", "has_column"),
-            [sql.Identifier(table).as_string(None), shadow],
-        )
+        if config.chunked:
+            cursor.execute(
+                sqlfiles.statement("changes.sql", "has_table"),
+                [sql.Identifier(shadow).as_string(None)],
+            )
+        else:
+            cursor.execute(
+                sqlfiles.statement("changes.sql", "has_column"),
+                [sql.Identifier(table).as_string(None), shadow],
+            )
         if cursor.fetchone()[0]:
+            what = "a table" if config.chunked else "the table already has a column"
             raise ConfigurationError(
-                f"{config.label}: the table already has a column {shadow!r}, which a model "
-                "change needs for the new vectors: a change is under way (`python manage.py "
-                "autoembed_status`), or a column of yours has that name. Restore the "
-                "declaration this change began from, let the change under way finish (`python "
-                f"manage.py autoembed_cutover {config.label} --wait 600`) and apply its drop "
-                "migration, then declare the new change again; or rename your column."
+                f"{config.label}: {what} {shadow!r} exists, which a model change needs for the "
+                "new vectors: a change is under way (`python manage.py autoembed_status`), or "
+                "one of yours has that name. Restore the declaration this change began from, "
+                "let the change under way finish (`python manage.py autoembed_cutover "
+                f"{config.label} --wait 600`) and apply its drop migration, then declare the "
+                "new change again; or rename yours."
             )
     wanted = identity.declared(config)
     stored = identity.stored(using, config) or wanted
-    field = model._meta.get_field(column)
-    index = _live_index(model, column)
+    field = vectors._meta.get_field(config.column)
+    index = _live_index(vectors, config.column)
     vector_type = sql.SQL(field.db_type(connection))
-    statements = [
-        sql.SQL("alter table {} add column {} {}").format(
-            sql.Identifier(table), sql.Identifier(shadow), vector_type
+    if config.chunked:
+        for statement_text in _chunk_table(vectors, shadow, model, vector_type, config.column):
+            schema_editor.execute(statement_text, None)
+    else:
+        schema_editor.execute(
+            sql.SQL("alter table {} add column {} {}")
+            .format(sql.Identifier(table), sql.Identifier(shadow), vector_type)
+            .as_string(None),
+            None,
         )
-    ]
     # Its index is built in bulk once every row has its vector (changes.build_index).
     options = (
         {
@@ -324,16 +373,14 @@ def _begin(
         if index is not None
         else {}
     )
-    for statement in statements:
-        schema_editor.execute(statement.as_string(None), None)
-    for statement_text in shadow_trigger(new, table).statements(model):
+    for statement_text in shadow_trig.statements(model):
         schema_editor.execute(statement_text, None)
     changes.EmbeddingChange.objects.using(using).update_or_create(
         config=config.label,
         defaults={
             "table": table,
-            "column": column,
-            "shadow": shadow,
+            "column": config.queue_column,
+            "shadow": shadow_trig.column,
             "index": index.name if index is not None else "",
             "index_options": options,
             "old_provider": stored.provider,
@@ -356,6 +403,36 @@ def _begin(
     transaction.on_commit(lambda: changes.begin(using, label), using=using)
 
 
+def _chunk_table(
+    chunks: Any, name: str, model: Any, vector_type: sql.Composable, column: str
+) -> list[str]:
+    """A new chunk table ``name`` shaped as the chunk model's (its keys named for it, as the
+    cutover names them for the live one), empty, with the new vectors' type and no index on
+    them yet."""
+    ident = sql.Identifier
+    names = {
+        "live": ident(chunks._meta.db_table),
+        "next": ident(name),
+        "table": ident(model._meta.db_table),
+        "pk": ident(model._meta.pk.column),
+        "id": ident(chunks._meta.pk.column),
+        "pkey": ident(short_name(name, "pkey")),
+        "uniq": ident(changes.unique_chunks_name(name)),
+        "fk": ident(short_name(name, "parent_id", "fk")),
+        "col": ident(column),
+        "type": vector_type,
+    }
+    statement = sqlfiles.statement
+    return [
+        statement("changes.sql", "create_chunks", **names),
+        statement("changes.sql", "alter_type", **names),
+        statement("changes.sql", "chunk_keys", **names),
+        statement(
+            "changes.sql", "chunk_parent_index", name=ident(short_name(name, "parent")), **names
+        ),
+    ]
+
+
 def _live_index(model: Any, column: str) -> Any:
     for index in model._meta.indexes:
         if list(index.fields) == [column] and getattr(index, "m", None) is not None:
@@ -370,23 +447,30 @@ def _abandon(
         raise ConfigurationError(
             f"{change.config}: the change to {change.model} was cut over at "
             f"{change.cut_over:%Y-%m-%d %H:%M}; it cannot be reversed by a migration. Its old "
-            f"vectors are in the column {changes.previous_column(change.column)!r} until the "
-            "drop migration runs."
+            f"vectors are in {changes.previous_of(change.column)!r} until the drop migration "
+            "runs."
         )
     table = model._meta.db_table
-    for statement_text in shadow_trigger(trigger, table).drop_statements(model):
+    config_name = change.config.rpartition(".")[2]
+    shadow = shadow_trigger(trigger, table, config_name)
+    for statement_text in shadow.drop_statements(model):
         schema_editor.execute(statement_text, None)
     with schema_editor.connection.cursor() as cursor:  # its jobs have nothing to write now
         cursor.execute(
             sqlfiles.statement("changes.sql", "forget_jobs", queue=queue.tables()["queue"]),
             [table, change.shadow],
         )
-    schema_editor.execute(
-        sql.SQL("alter table {} drop column if exists {}")
-        .format(sql.Identifier(table), sql.Identifier(change.shadow))
-        .as_string(None),
-        None,
-    )
+    if shadow.chunk_table:
+        drop = sqlfiles.statement(
+            "changes.sql", "drop_chunks", next=sql.Identifier(shadow.chunk_table)
+        )
+    else:
+        drop = (
+            sql.SQL("alter table {} drop column if exists {}")
+            .format(sql.Identifier(table), sql.Identifier(change.shadow))
+            .as_string(None)
+        )
+    schema_editor.execute(drop, None)
     from .identity import EmbeddingIdentity
 
     EmbeddingIdentity.objects.using(using).filter(

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.db import DatabaseError, OperationalError, connections, models, transaction
 from django.utils import timezone
@@ -46,7 +46,7 @@ from psycopg import sql
 from . import queue, settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry, short_name
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ModelChanged
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class EmbeddingChange(models.Model):
 
     config = models.CharField(max_length=255, primary_key=True, help_text="the live config")
     table = models.CharField(max_length=63)
-    column = models.CharField(max_length=63, help_text="the live column")
-    shadow = models.CharField(max_length=63, help_text="the column being filled")
+    # For chunks, ``<chunk table>.<column>`` (as the jobs name them): up to 127 characters.
+    column = models.CharField(max_length=255, help_text="the live column")
+    shadow = models.CharField(max_length=255, help_text="the column being filled")
     index = models.CharField(
         max_length=63, blank=True, default="", help_text="the live column's index ('' none)"
     )
@@ -139,8 +140,35 @@ class Change:
         return shadow_label(self.config)
 
     @property
+    def chunked(self) -> bool:
+        """Whether the config stores its vectors in chunks: its column is then named
+        ``<chunk table>.<column>`` (as its jobs name it) and its shadow is a chunk table."""
+        return "." in self.column
+
+    @property
+    def vectors(self) -> str:
+        """The table that holds the live vectors (the chunk table, for chunks)."""
+        return self.column.partition(".")[0] if self.chunked else self.table
+
+    @property
+    def shadow_vectors(self) -> str:
+        """The table that holds the new vectors (the shadow chunk table, for chunks)."""
+        return self.shadow.partition(".")[0] if self.chunked else self.table
+
+    @property
+    def vector_column(self) -> str:
+        return self.column.rpartition(".")[2]
+
+    @property
+    def shadow_index(self) -> str:
+        """The name of the new vectors' index until the cutover."""
+        shadow = self.vector_column if self.chunked else self.shadow
+        return index_name(self.shadow_vectors, shadow)
+
+    @property
     def previous(self) -> str:
-        return previous_column(self.column)
+        """Where the old vectors are kept after the cutover: a column, or a chunk table."""
+        return previous_of(self.column)
 
     @property
     def phase(self) -> str:
@@ -170,6 +198,16 @@ def shadow_label(label: str) -> str:
 
 def previous_column(column: str) -> str:
     return short_name(column, "previous")
+
+
+def previous_table(chunk_table: str) -> str:
+    return short_name(chunk_table, "previous")
+
+
+def previous_of(column: str) -> str:
+    """Where the old vectors of a change of ``column`` (as a change records it) are kept."""
+    chunks, _, _ = column.rpartition(".")
+    return previous_table(chunks) if chunks else previous_column(column)
 
 
 def index_name(table: str, column: str) -> str:
@@ -297,7 +335,7 @@ def _overlay(
 ) -> Iterable[EmbeddingConfig]:
     for config in configs:
         change = changes.get(config.label)
-        if change is None or config.chunked:
+        if change is None:
             yield config
             continue
         yield live(config, change)
@@ -315,10 +353,10 @@ def live(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
 
 
 def shadow(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
-    """The config that fills the shadow column with the new model."""
-    return replace(
+    """The config that fills the shadow column (or chunk table) with the new model."""
+    made = replace(
         config,
-        column=change.shadow,
+        column=change.vector_column if change.chunked else change.shadow,
         name=shadow_name(config.config_name),
         model=change.model,
         provider=change.provider,
@@ -326,6 +364,56 @@ def shadow(config: EmbeddingConfig, change: Change) -> EmbeddingConfig:
         index=bool(change.index),
         shadow_of=config,
     )
+    if change.chunked:
+        made = replace(made, chunk_model=_shadow_chunk_model(made))
+    return made
+
+
+class _TableNow(str):
+    """A shadow chunk table's name as a search's SQL names it: the live chunk table's once
+    the change was cut over (a search compiled before the rename compiles again with it;
+    Django quotes a table's name with ``"%s" % name``)."""
+
+    def __str__(self) -> str:
+        return table_now(str.__str__(self))
+
+
+# How a chunk model is made: ``mixin.chunk_model``, set by the mixin when it is imported
+# (it imports the search, which imports this module).
+chunk_model_maker: Callable[..., Any] | None = None
+_shadow_models: dict[tuple[str, str, int], Any] = {}
+_shadow_models_lock = threading.Lock()
+
+
+def _shadow_chunk_model(config: EmbeddingConfig) -> Any:
+    """The model a search reads a shadow chunk table through. It is registered apart from
+    the project's models (``makemigrations`` must not see it), beside its parent."""
+    from django.apps.registry import Apps
+
+    assert chunk_model_maker is not None, "django_autoembed.mixin sets it when imported"
+    parent = config.model_class
+    key = (config.label, config.chunk_table, config.get_dimensions())
+    with _shadow_models_lock:
+        model = _shadow_models.get(key)
+        if model is None:
+            apart = Apps(installed_apps=())
+            apart.register_model(parent._meta.app_label, parent)
+            model = chunk_model_maker(
+                parent, config, apps=apart, table=_TableNow(config.chunk_table)
+            )
+            _shadow_models[key] = model
+    return model
+
+
+def table_now(table: str) -> str:
+    """Where a shadow chunk table's vectors are now: the live chunk table once its change
+    was cut over (``column_now``'s counterpart for chunks)."""
+    with _known.lock:
+        for changes in _known.by_database.values():
+            for change in changes.values():
+                if change.chunked and change.shadow_vectors == table and not change.in_flight:
+                    return change.vectors
+    return table
 
 
 def searched(config: EmbeddingConfig) -> EmbeddingConfig:
@@ -381,21 +469,27 @@ def guard_shadow(using: str, config: EmbeddingConfig) -> None:
     """In the transaction that writes a shadow's vectors: hold its change (a cutover waits
     for the write), or raise ``ModelChanged`` if it was cut over or abandoned meanwhile (the
     column is gone; its jobs are the live config's now)."""
-    from .exceptions import ModelChanged
-
     live = config.shadow_of
     assert live is not None
     with connections[using].cursor() as cursor:
         cursor.execute(sqlfiles.statement("changes.sql", "hold", **_tables()), [live.label])
         row = cursor.fetchone()
     if row is None or row[0] is not None:
-        refresh(using, 0)
-        raise ModelChanged(
-            f"{config.label}: the change of {live.label} was cut over (or abandoned) while "
-            "this batch was embedded: its jobs are the live config's now, and are embedded "
-            "there.",
-            config.label,
-        )
+        shadow_gone(using, config)
+
+
+def shadow_gone(using: str, config: EmbeddingConfig) -> NoReturn:
+    """Raise ``ModelChanged`` for a write to a shadow whose change was cut over or abandoned
+    meanwhile (its column or chunk table is gone; its jobs are the live config's now)."""
+    live = config.shadow_of
+    assert live is not None
+    refresh(using, 0)
+    raise ModelChanged(
+        f"{config.label}: the change of {live.label} was cut over (or abandoned) while "
+        "this batch was embedded: its jobs are the live config's now, and are embedded "
+        "there.",
+        config.label,
+    )
 
 
 # -- the worker's part -----------------------------------------------------------------
@@ -571,8 +665,9 @@ def why_waiting(using: str, change: Change, *, allow_missing: bool = False) -> s
         batches = cursor.fetchone()[0]
         if batches:
             return f"{batches} Batch API batches of the shadow are not collected yet"
+        missing_key = "shadow_missing_chunks" if change.chunked else "shadow_missing"
         cursor.execute(
-            sqlfiles.statement("changes.sql", "shadow_missing", **names), [change.shadow_label]
+            sqlfiles.statement("changes.sql", missing_key, **names), [change.shadow_label]
         )
         missing, dead = cursor.fetchone()
         if dead and not allow_missing:
@@ -593,7 +688,7 @@ INDEX_NOT_BUILT = "its index is not built yet"
 
 
 def _index_built(cursor: Any, change: Change) -> bool:
-    name = sql.Identifier(index_name(change.table, change.shadow)).as_string(None)
+    name = sql.Identifier(change.shadow_index).as_string(None)
     cursor.execute(sqlfiles.statement("changes.sql", "index_valid"), [name])
     return bool(cursor.fetchone()[0])
 
@@ -607,7 +702,7 @@ def build_index(using: str, change: Change) -> bool:
     config = _shadow_config(change)
     if config is None:
         return False
-    name = sql.Identifier(index_name(change.table, change.shadow))
+    name = sql.Identifier(change.shadow_index)
     options = change.index_options
     with Advisory(using, config) as got:
         if not got:
@@ -626,8 +721,10 @@ def build_index(using: str, change: Change) -> bool:
                         "changes.sql",
                         "build_index",
                         index=name,
-                        table=sql.Identifier(change.table),
-                        shadow=sql.Identifier(change.shadow),
+                        table=sql.Identifier(change.shadow_vectors),
+                        shadow=sql.Identifier(
+                            change.vector_column if change.chunked else change.shadow
+                        ),
                         opclass=sql.Identifier(options.get("opclass", "halfvec_cosine_ops")),
                         m=sql.Literal(int(options.get("m", 16))),
                         ef=sql.Literal(int(options.get("ef_construction", 64))),
@@ -648,9 +745,8 @@ def progress(using: str, change: Change) -> tuple[int, int]:
     if config is None:
         return 0, 0
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            sqlfiles.statement("changes.sql", "shadow_left", **_names(using, change, config))
-        )
+        key = "shadow_left_chunks" if change.chunked else "shadow_left"
+        cursor.execute(sqlfiles.statement("changes.sql", key, **_names(using, change, config)))
         left, done = cursor.fetchone()
     return int(left), int(done)
 
@@ -669,6 +765,8 @@ def _names(using: str, change: Change, config: EmbeddingConfig) -> dict[str, sql
         "shadow": sql.Identifier(change.shadow),
         "col": sql.Identifier(change.column),
         "previous": sql.Identifier(change.previous),
+        "live": sql.Identifier(change.vectors),
+        "next": sql.Identifier(change.shadow_vectors),
     }
 
 
@@ -709,11 +807,15 @@ def cutover(using: str, change: Change) -> bool:
                 )
             )
 
-        rename("rename_column", change.column, change.previous)
-        rename("rename_column", change.shadow, change.column)
-        if change.index:
-            rename("rename_index", change.index, index_name(change.table, change.previous))
-            rename("rename_index", index_name(change.table, change.shadow), change.index)
+        if change.chunked:
+            cursor.execute(statement("changes.sql", "lock_chunk_tables", **names))
+            _swap_chunk_tables(cursor, change)
+        else:
+            rename("rename_column", change.column, change.previous)
+            rename("rename_column", change.shadow, change.column)
+            if change.index:
+                rename("rename_index", change.index, index_name(change.table, change.previous))
+                rename("rename_index", change.shadow_index, change.index)
         for statement_text in EmbeddingTrigger.for_config(config).drop_statements(
             config.model_class
         ):
@@ -738,7 +840,7 @@ def cutover(using: str, change: Change) -> bool:
         cursor.execute(statement("changes.sql", "forget_usage", **names), [change.shadow_label])
         cursor.execute(statement("changes.sql", "cut_over", **names), [change.config])
         if drop:
-            cursor.execute(statement("changes.sql", "drop_previous", **names))
+            cursor.execute(statement("changes.sql", drop_previous_key(change), **names))
             cursor.execute(statement("changes.sql", "forget_change", **names), [change.config])
     from . import identity
 
@@ -754,9 +856,67 @@ def cutover(using: str, change: Change) -> bool:
 
 
 def _live_function(shadow_config: EmbeddingConfig, change: Change) -> str:
-    if shadow_config.content_function:
-        return shadow_config.content_function
-    return short_name(change.table, change.column, "input")
+    assert shadow_config.shadow_of is not None
+    return shadow_config.shadow_of.function_name
+
+
+def drop_previous_key(change: Any) -> str:
+    """The statement that drops a cut-over change's old vectors (a column, or chunk table)."""
+    return "drop_previous_chunks" if "." in change.column else "drop_previous"
+
+
+def unique_chunks_name(chunk_table: str) -> str:
+    """The name the mixin gives a chunk table's unique (parent, number)."""
+    return short_name(chunk_table, "parent_number", "uniq")
+
+
+def _swap_chunk_tables(cursor: Any, change: Change) -> None:
+    """The new chunk table takes the live one's name and the names of its keys and index
+    (as the migrations' state knows them); the live one is kept as ``previous`` until the
+    drop, with no foreign key (its rows are no longer deleted with their parent rows)."""
+    live, new, previous = change.vectors, change.shadow_vectors, change.previous
+    column = change.vector_column
+
+    def relations(table: str) -> list[str]:
+        regclass = sql.Identifier(table).as_string(None)
+        cursor.execute(sqlfiles.statement("changes.sql", "relations"), [regclass, regclass])
+        return [name for (name,) in cursor.fetchall()]
+
+    def rename(old: str, to: str) -> None:
+        cursor.execute(
+            sqlfiles.statement(
+                "changes.sql", "rename_relation", old=sql.Identifier(old), new=sql.Identifier(to)
+            )
+        )
+
+    def renamed(name: str, prefix: str, to: str, known: dict[str, str]) -> str:
+        if name in known:
+            return known[name]
+        rest = name[len(prefix) :] if name.startswith(prefix) else f"_{name}"
+        return short_name(to, rest.lstrip("_"))
+
+    cursor.execute(
+        sqlfiles.statement("changes.sql", "foreign_keys"), [sql.Identifier(live).as_string(None)]
+    )
+    for (key,) in cursor.fetchall():
+        cursor.execute(
+            sqlfiles.statement(
+                "changes.sql",
+                "drop_constraint",
+                table=sql.Identifier(live),
+                name=sql.Identifier(key),
+            )
+        )
+    for name in relations(live):
+        rename(name, renamed(name, live, previous, {}))
+    rename(live, previous)
+    known = {
+        change.shadow_index: change.index or index_name(live, column),
+        unique_chunks_name(new): unique_chunks_name(live),
+    }
+    for name in relations(new):
+        rename(name, renamed(name, new, live, known))
+    rename(new, live)
 
 
 # -- what status and migrate say -----------------------------------------------------------

@@ -21,6 +21,7 @@ from django.db import models
 from django.db.models.signals import class_prepared
 from pgvector.django import HalfVectorField
 
+from . import changes
 from .constraints import UniqueChunkNumbers
 from .declarations import EmbeddingConfig, registry, short_name
 from .fields import TsvectorField
@@ -119,23 +120,37 @@ def hnsw_index(table: str, column: str) -> HnswIndex:
     )
 
 
-def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[models.Model]:
+def chunk_model(
+    parent: type[models.Model],
+    config: EmbeddingConfig,
+    *,
+    apps: Any = None,
+    table: str | None = None,
+) -> type[models.Model]:
     """The child model that holds a chunked config's vectors, one row per chunk.
 
     It lives in the parent's app (``makemigrations`` creates its table there): a foreign
     key to the parent row (deleted with it), the chunk's number and text, its vector and
     an HNSW index.
+
+    ``apps``: a registry apart from the project's, for the model a search reads a model
+    change's new chunk table through (``changes``): no migration, no reverse accessor on
+    the parent, and not importable from the parent's module; ``table``: its table's name.
     """
+    apart = apps is not None
     suffix = (
         "" if config.config_name == "embedding" else config.config_name.title().replace("_", "")
     )
     meta = {
         "app_label": parent._meta.app_label,
-        "apps": parent._meta.apps,  # the parent's registry (a historical or test one too)
-        "db_table": config.chunk_table,
+        # the parent's registry (a historical or test one too), or one apart
+        "apps": apps if apart else parent._meta.apps,
+        "db_table": table or config.chunk_table,
         "ordering": ["parent", "number"],
         "verbose_name": f"{parent._meta.verbose_name} chunk",
-        "indexes": [hnsw_index(config.chunk_table, config.column)] if config.index else [],
+        "indexes": (
+            [hnsw_index(config.chunk_table, config.column)] if config.index and not apart else []
+        ),
         "constraints": [
             UniqueChunkNumbers(name=short_name(config.chunk_table, "parent_number", "uniq"))
         ],
@@ -145,7 +160,9 @@ def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[mod
         "__doc__": f"Chunks of {parent.__name__}'s text for {config.config_name!r}, one vector "
         "each.",
         "parent": models.ForeignKey(
-            parent, on_delete=models.CASCADE, related_name=f"{config.config_name}_chunks"
+            parent,
+            on_delete=models.CASCADE,
+            related_name="+" if apart else f"{config.config_name}_chunks",
         ),
         "number": models.PositiveIntegerField(),
         "text": models.TextField(),
@@ -158,9 +175,12 @@ def chunk_model(parent: type[models.Model], config: EmbeddingConfig) -> type[mod
     model.autoembed_chunks_of = config  # type: ignore[attr-defined]
     # Importable where the parent is: `from myapp.models import DocumentChunk`.
     module = sys.modules.get(parent.__module__)
-    if module is not None and not hasattr(module, model.__name__):
+    if module is not None and not apart and not hasattr(module, model.__name__):
         setattr(module, model.__name__, model)
     return model
+
+
+changes.chunk_model_maker = chunk_model  # the model a search reads a new chunk table through
 
 
 def _bind(sender: type[models.Model], **kwargs: Any) -> None:

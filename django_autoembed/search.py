@@ -89,11 +89,13 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         try:
             super()._fetch_all()
         except ProgrammingError as exc:
-            # A search of a model change's new column, compiled before the cutover renamed
-            # it and run after: compiled again, it reads the same vectors under their new
-            # name (outside a transaction only: an error ends one).
+            # A search of a model change's new column (or chunk table), compiled before the
+            # cutover renamed it and run after: compiled again, it reads the same vectors
+            # under their new name (outside a transaction only: an error ends one).
             retry = (
-                isinstance(exc.__cause__, psycopg.errors.UndefinedColumn)
+                isinstance(
+                    exc.__cause__, (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable)
+                )
                 and changes.any_known()
                 and not connections[self.db].in_atomic_block
             )

@@ -59,6 +59,21 @@ select count(*),
   from {table} t
  where t.{shadow} is null and t.{col} is not null
 
+-- shadow_missing_chunks -- the same for chunks: rows with chunks in the live chunk table
+-- {live} and none in the new one {next}
+select count(*),
+       count(*) filter (where exists (select from {failures} f
+                                       where f.config = %s and f.object_pk = t.{pk}::text))
+  from {table} t
+ where exists (select from {live} c where c.parent_id = t.{pk})
+   and not exists (select from {next} n where n.parent_id = t.{pk})
+
+-- shadow_left_chunks -- rows with text and no chunk in the new chunk table, and with one
+select count(*) filter (where not exists (select from {next} n where n.parent_id = t.{pk})
+                          and coalesce({fn}(t), '') <> ''),
+       count(*) filter (where exists (select from {next} n where n.parent_id = t.{pk}))
+  from {table} t
+
 -- shadow_left -- rows with text and no shadow vector (the backfill's progress)
 select count(*) filter (where t.{shadow} is null and coalesce({fn}(t), '') <> ''),
        count(*) filter (where t.{shadow} is not null)
@@ -75,7 +90,8 @@ select (select i.indisvalid and i.indisready from pg_index i
 -- drop_index --
 drop index concurrently if exists {index}
 
--- build_index -- the shadow's index, in bulk, once every row has its vector
+-- build_index -- the shadow's index, in bulk, once every row has its vector (on the new
+-- chunk table, for chunks)
 create index concurrently {index} on {table} using hnsw ({shadow} {opclass})
   with (m = {m}, ef_construction = {ef})
 
@@ -84,6 +100,55 @@ alter table {table} rename column {old} to {new}
 
 -- rename_index --
 alter index {old} rename to {new}
+
+-- lock_chunk_tables -- the chunk tables, for their renames (with the table, taken last)
+lock table {live}, {next} in access exclusive mode
+
+-- relations -- the indexes and sequences of a table (renamed with it)
+select c.relname
+  from pg_class c
+ where c.oid in (select indexrelid from pg_index where indrelid = to_regclass(%s)
+                 union
+                 select objid from pg_depend
+                  where refobjid = to_regclass(%s) and classid = 'pg_class'::regclass
+                    and deptype in ('a', 'i'))
+   and c.relkind in ('i', 'S')
+ order by c.relname
+
+-- rename_relation -- a table, index or sequence
+alter table {old} rename to {new}
+
+-- foreign_keys -- the foreign keys of a table (the old chunk table's go at the cutover:
+-- its parent rows are deleted without it from then on)
+select conname from pg_constraint where conrelid = to_regclass(%s) and contype = 'f'
+
+-- drop_constraint --
+alter table {table} drop constraint {name}
+
+-- create_chunks -- a new chunk table shaped like the live one (its keys are added next)
+create table {next} (like {live} including defaults including constraints including identity
+                                 including generated including storage)
+
+-- chunk_keys -- the new chunk table's keys, as the chunk model declares them on the live one
+alter table {next} add constraint {pkey} primary key ({id}),
+  add constraint {uniq} unique (parent_id, number) deferrable initially immediate,
+  add constraint {fk} foreign key (parent_id) references {table} ({pk})
+      deferrable initially deferred
+
+-- chunk_parent_index --
+create index {name} on {next} (parent_id)
+
+-- alter_type -- the new vectors' type (on an empty table)
+alter table {next} alter column {col} type {type}
+
+-- has_table -- whether the table exists
+select to_regclass(%s) is not null
+
+-- drop_previous_chunks -- the old chunks, once they are not needed (their index goes too)
+drop table if exists {previous}
+
+-- drop_chunks -- an abandoned change's new chunk table
+drop table if exists {next}
 
 -- retarget -- jobs of the shadow now name the live column and its content function
 update {queue}

@@ -136,7 +136,7 @@ def test_a_model_change_runs_from_makemigrations_to_the_drop_with_searches_throu
 
         declare(live_site, model=LARGE, dimensions=1024)
         made = ok(manage(live_site, "makemigrations"), "makemigrations")
-        assert "Change the embedding of note.embedding" in made.stdout, made.stdout
+        assert "Change the embedding of Note.embedding" in made.stdout, made.stdout
         ok(manage(live_site, "migrate"), "migrate")
         assert change_row(db) == (True, False, False, LARGE)  # its backfill queued
         # The live column is as it was: old vectors, old dimensions, searched by the old model.
@@ -355,7 +355,7 @@ def test_a_change_of_text_alone_is_embedded_again_beside_the_live_vectors(
     settings.write_text(settings.read_text() + '\nAUTOEMBED["CHANGE_NOTICE"] = 0\n')
     declare(live_site, template="# {title}\n{body}")
     made = ok(manage(live_site, "makemigrations"), "makemigrations")
-    assert "Change the embedding of note.embedding" in made.stdout, made.stdout
+    assert "Change the embedding of Note.embedding" in made.stdout, made.stdout
     ok(manage(live_site, "migrate"), "migrate")
     assert change_row(db) == (True, False, False, "text-embedding-3-small")
     ok(

@@ -85,12 +85,66 @@ def test_the_settings_model_named_in_the_declaration_is_no_change(settings):
     assert [type(op) for op in found] == [migrations.AlterConstraint]
 
 
-def test_a_config_stored_in_chunks_is_left_to_django():
-    chunks = {"chunk_table": "shop_item_embedding_chunks"}
-    found, _ = operations(
-        state(trigger(**chunks)), state(trigger(model="text-embedding-3-large", **chunks))
+CHUNKS = "shop_item_embedding_chunks"
+
+
+def chunked(**kwargs) -> EmbeddingTrigger:
+    return trigger(
+        **{
+            "name": "autoembed_shop_item_embedding_chunks",
+            "column": f"{CHUNKS}.embedding",
+            "function": "shop_item_embedding_chunks_input",
+            "chunk_table": CHUNKS,
+            "chunk_tokens": 400,
+            "chunk_overlap": 64,
+            **kwargs,
+        }
     )
-    assert ChangeEmbedding not in {type(op) for op in found}
+
+
+def chunked_state(constraint: EmbeddingTrigger, dimensions: int = 1536) -> ProjectState:
+    """Item with its chunk model, as the mixin declares them."""
+    project = state(constraint)
+    fields = [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("parent", models.ForeignKey("shop.item", models.CASCADE)),
+        ("number", models.PositiveIntegerField()),
+        ("text", models.TextField()),
+        ("embedding", HalfVectorField(dimensions=dimensions)),
+    ]
+    project.add_model(ModelState("shop", "ItemChunk", fields, {"db_table": CHUNKS}))
+    return project
+
+
+@pytest.mark.parametrize(
+    "after",
+    [{"model": "text-embedding-3-large"}, {"chunk_tokens": 200}, {"chunk_overlap": 0}],
+    ids=["model", "chunk_tokens", "chunk_overlap"],
+)
+def test_a_change_of_a_config_in_chunks_is_one_change_operation(after):
+    found, _ = operations(chunked_state(chunked()), chunked_state(chunked(**after)))
+    assert [type(op) for op in found] == [ChangeEmbedding]
+    assert found[0].model_name == "Item" and found[0].field is None
+    assert "chunks" in found[0].migration_name_fragment
+
+
+def test_new_dimensions_of_chunks_fold_the_chunk_models_field_into_it():
+    found, _ = operations(
+        chunked_state(chunked()),
+        chunked_state(chunked(model="text-embedding-3-large"), dimensions=1024),
+    )
+    assert [type(op) for op in found] == [ChangeEmbedding]
+    assert found[0].model_name == "Item" and found[0].field.dimensions == 1024
+    after = chunked_state(chunked())
+    found[0].state_forwards("shop", after)
+    assert after.models["shop", "itemchunk"].fields["embedding"].dimensions == 1024
+
+
+def test_a_trigger_written_before_chunking_was_recorded_is_no_change():
+    found, _ = operations(
+        chunked_state(chunked(chunk_tokens=None, chunk_overlap=None)), chunked_state(chunked())
+    )
+    assert [type(op) for op in found] == [migrations.AlterConstraint]
 
 
 def test_the_next_migration_drops_the_old_vectors():
@@ -106,3 +160,37 @@ def test_the_change_leaves_its_marker_in_the_state():
     item = after.models["shop", "item"]
     assert isinstance(item.fields[marker_name("embedding")], ChangeMarker)
     assert item.options["constraints"] == [trigger(model="text-embedding-3-large")]
+
+
+@pytest.mark.parametrize("label", ["testapp.Document.embedding", "testapp.Manual.embedding"])
+def test_the_migrations_shadow_triggers_are_the_shadow_configs(label):
+    """The migration makes (and the abandon drops) the shadow's triggers by their names in
+    the migration state; the cutover drops them by the shadow config's: the same triggers."""
+    from datetime import datetime
+
+    from django_autoembed import changes
+    from django_autoembed.change_operations import shadow_trigger
+    from django_autoembed.declarations import registry
+
+    config = registry.get(label)
+    live = EmbeddingTrigger.for_config(config)
+    made = shadow_trigger(live, config.table, config.config_name)
+    change = changes.Change(
+        *[label, config.table, config.queue_column, made.column, "", {}],
+        *["openai", "a", 1536, "openai", "b", 1024, True, datetime.now(), None, None, None],
+        *[False, 0, "", 0.0, None],
+    )
+    shadow = changes.shadow(config, change)
+    expected = EmbeddingTrigger.for_config(shadow)
+    names = ("name", "column", "function", "chunk_table", "fields", "template")
+    assert [getattr(made, n) for n in names] == [getattr(expected, n) for n in names]
+    assert made.statements(config.model_class) == expected.statements(config.model_class)
+
+
+def test_a_change_records_the_longest_names_of_chunk_columns():
+    """A config in chunks names its column ``<chunk table>.<column>``: two names of up to 63
+    characters (a 32-character table made the shadow's 64 and failed the migration)."""
+    from django_autoembed.changes import EmbeddingChange
+
+    for name in ("column", "shadow"):
+        assert EmbeddingChange._meta.get_field(name).max_length >= 2 * 63 + 1
