@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from .. import db
+from .. import changes, db
 from ..chunking import ChunkPlan
 from ..vectors import VectorArray, adapt
 from .embed import Embedded
@@ -106,7 +106,13 @@ class ChunkTable(Destination):
     failure_prefix = "a chunk failed: "
 
     def prepare(self, contents: dict[Any, str]) -> None:
-        self.plans, unsplit = chunk_plans(self.using, self.target, contents)
+        try:
+            self.plans, unsplit = chunk_plans(self.using, self.target, contents)
+        except psycopg.errors.UndefinedTable:
+            if self.target.config.shadow_of is None:
+                raise
+            # A model change's new chunk table, renamed by a cutover since the jobs were read.
+            changes.shadow_gone(self.using, self.target.config)
         self.needs = {pk: [t for _, t in plan.add] for pk, plan in self.plans.items()}
         # Its stored chunks stay as they are.
         self.problems = {pk: unsplit[t] for pk, t in contents.items() if t in unsplit}

@@ -193,6 +193,9 @@ class Processor:
         except ProcessingPaused as paused:
             self._pause(config, paused.provider or key, paused, siblings, result)
             return
+        except ModelChanged as exc:  # a model change's shadow, cut over since the jobs were read
+            self._changed_meanwhile(config, exc, siblings, result)
+            return
         result.requests += embedded.requests
         if embedded.answers:
             result.answered.add(key)
@@ -202,8 +205,21 @@ class Processor:
         try:
             self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
         except ModelChanged as exc:  # re-embedded by another process meanwhile: none written
-            changed = _model_changed(config, exc)
-            self._pause(config, changed.provider, changed, siblings, result)
+            self._changed_meanwhile(config, exc, siblings, result)
+
+    def _changed_meanwhile(
+        self, config: EmbeddingConfig, exc: ModelChanged, siblings: list[Row], result: BatchResult
+    ) -> None:
+        """Another process changed the config's model while these rows were embedded: its
+        config pauses; a model change's new column (or chunk table) cut over or abandoned
+        meanwhile has nothing to pause: the cutover renamed its jobs for the live config
+        (the abandon deleted them), which embeds them now."""
+        if config.shadow_of is not None:
+            logger.info("%s", exc)
+            self._hand_back(siblings, 0.0, "the model change was cut over meanwhile")
+            return
+        changed = _model_changed(config, exc)
+        self._pause(config, changed.provider, changed, siblings, result)
 
     def _pause(
         self,

@@ -278,3 +278,96 @@ def test_a_cutover_a_long_transaction_keeps_from_its_lock_is_counted_and_shown(c
     changes.forget_all()  # this process's back-off
     changes.tick("default")
     assert not changes.refresh("default", 0)[label].in_flight
+
+
+def test_a_search_of_chunks_built_before_the_cutover_and_read_after_it_reads_the_new_table(
+    api, settings
+):
+    """Chunks: the new chunk table is searched by its own name once switched; a search
+    compiled then and read after the cutover renamed the tables reads the same chunks under
+    the live name. A row deleted after the cutover takes its chunks with it, though the old
+    table still holds some."""
+    from tests.testapp.models import Manual
+
+    api.model_vectors = True
+    texts = {t: f"{t} body" for t in TITLES}  # one chunk each: "<title>\n\n<body>"
+    manuals = [Manual.objects.create(title=t, body=b) for t, b in texts.items()]
+    call_command("process_embeddings", once=True)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": LARGE, "CHANGE_NOTICE": 0}
+    label = "testapp.Manual.embedding"
+    change_in_place("testapp", "Manual", model=LARGE)
+    try:
+        call_command("process_embeddings", once=True)
+        changes.forget_all()
+        assert changes.advance("default", changes.refresh("default", 0)[label]) == "switched"
+        lazy = Manual.objects.semantic_search("Spelt\n\nSpelt body", k=3)
+        assert "testapp_manual_embedding_next_chunks" in str(lazy.query)
+        hybrid = Manual.objects.hybrid_search("Barley\n\nBarley body", k=3)
+        assert hybrid[0].title == "Barley"  # read now, from the new chunk table
+        hybrid = Manual.objects.hybrid_search("Barley\n\nBarley body", k=3)
+        call_command("autoembed_cutover", label)
+        assert not changes.refresh("default", 0)[label].in_flight
+        found = list(lazy)
+        assert found[0].title == "Spelt" and found[0].distance < 0.01
+        assert next(iter(hybrid)).title == "Barley"
+        assert Manual.objects.semantic_search("Oats\n\nOats body", k=1)[0].title == "Oats"
+        manuals[0].delete()
+        assert fetch(
+            "select count(*) from testapp_manual_embedding_chunks where parent_id = %s",
+            [manuals[0].pk],
+        ) == [(0,)]
+    finally:
+        fetch("drop table if exists testapp_manual_embedding_chunks_previous")
+        fetch("delete from django_autoembed_embeddingchange")
+        changes.forget_all()
+
+
+def test_a_worker_planning_chunks_of_a_table_cut_over_meanwhile_hands_its_jobs_back(
+    api, settings, monkeypatch
+):
+    """Chunks are planned from the new chunk table before the write holds the change: a
+    cutover by another process in between ended the worker (UndefinedTable). The jobs are
+    handed back now, renamed for the live table by the cutover, and embedded there, with no
+    pause of anything."""
+    from django_autoembed.pipeline import destinations
+    from tests.testapp.models import Manual
+
+    api.model_vectors = True
+    manuals = [Manual.objects.create(title=t, body=f"{t} body") for t in TITLES]
+    call_command("process_embeddings", once=True)
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": LARGE, "CHANGE_NOTICE": 0}
+    label = "testapp.Manual.embedding"
+    change_in_place("testapp", "Manual", model=LARGE)
+    plan = destinations.chunk_plans
+
+    def cut_over_first(using, target, contents):
+        if target.config.shadow_of is not None and monkeypatch_state["armed"]:
+            monkeypatch_state["armed"] = False
+            call_command("autoembed_cutover", label)  # as another process would, meanwhile
+        return plan(using, target, contents)
+
+    monkeypatch_state = {"armed": False}
+    monkeypatch.setattr(destinations, "chunk_plans", cut_over_first)
+    try:
+        call_command("process_embeddings", once=True)  # the backfill
+        Manual.objects.filter(pk=manuals[2].pk).update(body="Spelt, edited")
+        monkeypatch_state["armed"] = True
+        call_command("process_embeddings", once=True)
+        assert not monkeypatch_state["armed"]  # the cutover came between
+        assert not changes.refresh("default", 0)[label].in_flight
+        # Handed back at once, renamed for the live table (no pause, nothing dead): the
+        # same run embedded them there.
+        assert queue_messages() == []
+        assert fetch("select count(*) from django_autoembed_embeddingfailure") == [(0,)]
+        [(text, vector)] = fetch(
+            "select text, embedding::text from testapp_manual_embedding_chunks "
+            "where parent_id = %s",
+            [manuals[2].pk],
+        )
+        assert text.endswith("Spelt, edited")
+        stored = np.asarray([float(x) for x in vector.strip("[]").split(",")], dtype=np.float32)
+        assert float(np.dot(stored, fake_vector(text, 1536, LARGE))) == pytest.approx(1, abs=1e-2)
+    finally:
+        fetch("drop table if exists testapp_manual_embedding_chunks_previous")
+        fetch("delete from django_autoembed_embeddingchange")
+        changes.forget_all()
