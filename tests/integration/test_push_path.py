@@ -220,21 +220,12 @@ def test_pg_crons_history_of_our_job_is_kept_only_as_long_as_configured(push, ap
     ) == [(0,)]
 
 
-def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api, settings):
-    """No worker: pg_cron posts the new column's backfill, the endpoint fills it, and the
-    jobs it leaves due when only time is left move the change to its cutover."""
-    from django_autoembed.testing import fake_vector
+def changed_by_the_push_path(model: str, to: str, what: str) -> None:
+    """Apply the change of ``model``'s config to model ``to`` and wait for the push path to
+    fill ``what`` and cut over (the change is abandoned if it does not)."""
     from tests.helpers import change_in_place
 
-    api.model_vectors = True
-    large = "text-embedding-3-large"
-    docs = [Document.objects.create(title=f"change {i}") for i in range(20)]
-    wait_for(
-        lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
-        what="the rows embedded by the old model",
-    )
-    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": large, "CHANGE_NOTICE": 1}
-    change_in_place("testapp", "Document", model=large)
+    change_in_place("testapp", model, model=to)
     try:
         wait_for(
             lambda: (
@@ -242,7 +233,7 @@ def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api,
                 == [(True,)]
             ),
             timeout=90,
-            what="the push path to fill the new column and cut over",
+            what=f"the push path to fill {what} and cut over",
         )
     finally:
         print(  # shown if it fails
@@ -252,7 +243,25 @@ def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api,
             fetch("select error from django_autoembed_embeddingfailure"),
         )
         if fetch("select cut_over from django_autoembed_embeddingchange") == [(None,)]:
-            change_in_place("testapp", "Document", model=large, backwards=True)
+            change_in_place("testapp", model, model=to, backwards=True)
+
+
+def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api, settings):
+    """No worker: pg_cron posts the new column's backfill, the endpoint fills it, and the
+    jobs it leaves due when only time is left move the change to its cutover."""
+    from django_autoembed.testing import fake_vector
+
+    api.model_vectors = True
+    large = "text-embedding-3-large"
+    docs = [Document.objects.create(title=f"change {i}") for i in range(20)]
+    wait_for(
+        lambda: Document.objects.filter(embedding__isnull=True).count() == 0,
+        what="the rows embedded by the old model",
+    )
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": large, "CHANGE_NOTICE": 1}
+    try:
+        changed_by_the_push_path("Document", large, "the new column")
+    finally:
         fetch("alter table testapp_document drop column if exists embedding_previous")
     for doc in docs:
         stored = Document.objects.get(pk=doc.pk).embedding
@@ -261,3 +270,40 @@ def test_a_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api,
     found = Document.objects.semantic_search("change 7", k=1)
     assert [d.title for d in found] == ["change 7"]
     assert (200, "0") in responses()
+
+
+def test_a_chunked_model_change_is_filled_and_cut_over_by_the_push_path_alone(push, api, settings):
+    """The same for a config stored in chunks: the new chunk table is filled by the endpoint
+    and swapped in for the live one."""
+    from django_autoembed import changes
+    from django_autoembed.testing import fake_vector
+    from tests.testapp.models import Manual
+
+    api.model_vectors = True
+    large = "text-embedding-3-large"
+    manuals = [Manual.objects.create(title=f"manual {i}", body=f"body {i}") for i in range(12)]
+    wait_for(
+        lambda: (
+            fetch("select count(distinct parent_id) from testapp_manual_embedding_chunks")
+            == [(12,)]
+        ),
+        what="the chunks embedded by the old model",
+    )
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": large, "CHANGE_NOTICE": 1}
+    try:
+        changed_by_the_push_path("Manual", large, "the new chunk table")
+    finally:
+        fetch("drop table if exists testapp_manual_embedding_chunks_previous")
+        fetch("delete from django_autoembed_embeddingchange")
+        changes.forget_all()
+    rows = fetch(
+        "select c.text, c.embedding::text from testapp_manual_embedding_chunks c "
+        "where c.parent_id = any(%s)",
+        [[m.pk for m in manuals]],
+    )
+    assert len(rows) == 12
+    for text, vector in rows:
+        stored = np.asarray(json.loads(vector), dtype=np.float32)
+        assert abs(float(np.dot(stored, fake_vector(text, 1536, large))) - 1) < 1e-2, text
+    [found] = Manual.objects.semantic_search("manual 7\n\nbody 7", k=1)
+    assert found.title == "manual 7"
