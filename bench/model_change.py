@@ -27,6 +27,21 @@ lacks are counted every 2 s (a scan of the table, on the cores the fill uses).
 ``DROP COLUMN`` gives no space back until the table is rewritten: after the run,
 ``VACUUM FULL`` shows what a rewrite would give (``--no-vacuum-full`` skips it).
 
+``--chunk-tokens N``: the same change of a config stored in chunks. The notes model declares
+``EmbeddingConfig(fields=["title", "body"], text_search="english", chunk_tokens=N,
+chunk_overlap=16)`` from the start, and the change moves it to the large model at 1,024 dims
+and chunks of 2N tokens: ``migrate`` creates the new chunk table
+``notes_note_embedding_next_chunks`` beside the live ``notes_note_embedding_chunks``, the
+cutover renames the live one ``notes_note_embedding_chunks_previous`` and the new one to the
+live name, and the drop migration drops ``_previous``. The size sampled is then
+``notes_note``'s and its chunk tables' (live, new and previous, with their indexes); the rows
+the shadow still lacks are the rows with no chunk in the new chunk table. A row's own text is
+no chunk's text, so a search's query is the text of the row's first chunk, read before each
+search from the chunk table searches read then (the live one; the new one between the switch
+and the cutover, as the change's recorded state says); a search during which that state moved
+is not checked. A search by the wrong model, or of the other chunk table, ranks at random and
+is counted.
+
 The new column's tokens: at the cutover its usage moves to the live config, so
 ``autoembed_status`` shows ``tokens`` 0 in the change's entry from then on; they are read
 from ``django_autoembed_embeddingusage`` by model (text-embedding-3-large, mode ``api``),
@@ -34,6 +49,7 @@ whichever config holds them, and the usage is printed by config at the switch an
 
     python -m bench.model_change [--rows 100000] [--latency 0] [--before 60] [--after 60]
                                  [--interval 0.05] [--keep] [--no-vacuum-full]
+                                 [--chunk-tokens N]
     python -m bench.model_change --report bench/results/model_change.json  # print it again
 """
 
@@ -79,18 +95,26 @@ class Note(EmbeddingMixin, models.Model):
     embed_fields = ["title", "body"]
     embed_text_search = "english"  # a stored tsvector and its GIN index: nothing else to install
 """
+LIVE_CHUNKS = "notes_note_embedding_chunks"
+NEXT_CHUNKS = "notes_note_embedding_next_chunks"
+PREVIOUS_CHUNKS = "notes_note_embedding_chunks_previous"
+CHUNK_OVERLAP = 16
 
 SEARCHER = """
 import json, os, time, traceback
 from notes.models import Note
-
+{query_text}
 queries = json.load(open("queries-{name}.json"))
 out = open("searches.jsonl", "a")
 n = 0
 while not os.path.exists("stop-{name}"):
     pk, text = queries[n % len(queries)]
+    read = None
     if n >= len(queries):  # every text used once: a new text, no row of its own
         text, pk = f"{{text}} #{{n // len(queries)}}", None
+    else:
+        chunk, read = query_text(pk, text)
+        text, pk = (text, None) if chunk is None else (chunk, pk)  # no chunk: not checked
     n += 1
     started = time.perf_counter()
     try:
@@ -98,10 +122,11 @@ while not os.path.exists("stop-{name}"):
         embedded = time.perf_counter()
         rows = [note.pk for note in qs]
         done = time.perf_counter()
+        moved = read != searched()  # the chunk table searches read changed meanwhile
         out.write(json.dumps({{
             "p": "{name}", "t": time.time(), "ms": (done - started) * 1000,
             "embed_ms": (embedded - started) * 1000, "n": len(rows),
-            "hit": None if pk is None else bool(rows) and rows[0] == pk,
+            "hit": None if pk is None or moved else bool(rows) and rows[0] == pk,
         }}) + "\\n")
     except Exception:
         out.write(json.dumps({{
@@ -112,15 +137,61 @@ while not os.path.exists("stop-{name}"):
     time.sleep({interval})
 """
 
+PLAIN_QUERY = """
+def searched():
+    return None
+
+
+def query_text(pk, text):
+    return text, None  # the row's own text
+"""
+
+CHUNK_QUERY = f"""
+from django.db import DatabaseError, connection
+
+STATE = (
+    "select switched is not null and cut_over is null from django_autoembed_embeddingchange "
+    "where config = 'notes.Note.embedding'"
+)
+
+
+def searched():
+    # The chunk table searches read now: the new one from the switch to the cutover.
+    with connection.cursor() as cursor:
+        cursor.execute(STATE)
+        row = cursor.fetchone()
+    return {NEXT_CHUNKS!r} if row and row[0] else {LIVE_CHUNKS!r}
+
+
+def query_text(pk, text):
+    # The text of the row's first chunk in that table; a cutover that renames the tables
+    # between the two reads makes it read again.
+    for _ in range(10):
+        table = searched()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"select text from {{table}} where parent_id = %s order by number limit 1",
+                    [pk],
+                )
+                row = cursor.fetchone()
+        except DatabaseError:
+            time.sleep(0.05)
+            continue
+        return (row[0] if row else None), table
+    return None, None
+"""
+
 SIZES = """
-select pg_total_relation_size('notes_note'), pg_table_size('notes_note'),
-       pg_indexes_size('notes_note')
+select sum(pg_total_relation_size(r))::bigint, sum(pg_table_size(r))::bigint,
+       sum(pg_indexes_size(r))::bigint
+  from (select to_regclass(name) r from unnest(%s::text[]) name) tables where r is not null
 """
 USAGE = """
 select config, model, mode, sum(requests)::int, sum(inputs)::int, sum(tokens)::int
   from django_autoembed_embeddingusage group by 1, 2, 3 order by 1, 2, 3
 """
-BUILT = re.compile(r"built the index of embedding_next in bulk in ([0-9.]+) s")
+BUILT = re.compile(r"built the index of \S+ in bulk in ([0-9.]+) s")
 CHANGE = "select began, queued, switched, cut_over from django_autoembed_embeddingchange"
 
 
@@ -183,8 +254,29 @@ def stop_all() -> None:
             proc.wait()
 
 
-def declare_new(project: Path) -> None:
-    """The declaration edited as the user edits it: the large model at 1,024 dims."""
+def notes_model(chunk_tokens: int | None, new: bool = False) -> str:
+    """``notes/models.py`` of a config stored in chunks of ``chunk_tokens`` (None: the plain
+    config's, ``NOTES_MODEL``); ``new``: the declaration the change moves it to."""
+    if chunk_tokens is None:
+        return NOTES_MODEL
+    model = f", model={LARGE!r}, dimensions=1024" if new else ""
+    return NOTES_MODEL.replace(
+        "import EmbeddingMixin", "import EmbeddingConfig, EmbeddingMixin"
+    ).replace(
+        '    embed_fields = ["title", "body"]\n    embed_text_search = "english"',
+        "    embedding_configs = [\n        EmbeddingConfig(\n"
+        '            fields=["title", "body"], text_search="english",\n'
+        f"            chunk_tokens={chunk_tokens * 2 if new else chunk_tokens}, "
+        f"chunk_overlap={CHUNK_OVERLAP}{model},\n        )\n    ]  #",
+    )
+
+
+def declare_new(project: Path, chunk_tokens: int | None = None) -> None:
+    """The declaration edited as the user edits it: the large model at 1,024 dims (and, for
+    chunks, chunks twice as long)."""
+    if chunk_tokens is not None:
+        (project / "notes" / "models.py").write_text(notes_model(chunk_tokens, new=True))
+        return
     (project / "notes" / "models.py").write_text(
         NOTES_MODEL.replace("import EmbeddingMixin", "import EmbeddingConfig, EmbeddingMixin")
         .replace('    embed_fields = ["title", "body"]\n', "")
@@ -196,7 +288,7 @@ def declare_new(project: Path) -> None:
     )
 
 
-def make_project(root: Path, db: dict, base_url: str) -> Path:
+def make_project(root: Path, db: dict, base_url: str, chunk_tokens: int | None = None) -> Path:
     project = root / "site"
     project.mkdir()
     env = clean_env()
@@ -208,7 +300,7 @@ def make_project(root: Path, db: dict, base_url: str) -> Path:
     subprocess.run(
         [sys.executable, "manage.py", "startapp", "notes"], cwd=project, check=True, env=env
     )
-    (project / "notes" / "models.py").write_text(NOTES_MODEL)
+    (project / "notes" / "models.py").write_text(notes_model(chunk_tokens))
     settings = project / "mysite" / "settings.py"
     settings.write_text(
         settings.read_text()
@@ -248,6 +340,12 @@ def drop_database(db: dict) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
 
 
+def measured(chunked: bool) -> list[str]:
+    """The tables whose size is sampled: ``notes_note``, and its chunk tables for chunks (the
+    live one, the new one until the cutover, the previous one until the drop)."""
+    return ["notes_note", LIVE_CHUNKS, NEXT_CHUNKS, PREVIOUS_CHUNKS] if chunked else ["notes_note"]
+
+
 def status(project: Path) -> dict:
     out = manage(project, "autoembed_status", "--json", "--exact").stdout
     return json.loads(out)
@@ -258,12 +356,21 @@ def status(project: Path) -> dict:
 
 class Sampler(threading.Thread):
     """Every second: the table's size, the load average, the change's timestamps, the queue;
-    until the switch, the shadow's rows left and whether its index is valid."""
+    until the switch, the shadow's rows left and whether its index is valid. For chunks, the
+    size is the chunk tables' too, and a row the shadow lacks is one with no chunk in the new
+    chunk table."""
 
-    def __init__(self, db: dict, shadow_index: str) -> None:
+    def __init__(self, db: dict, shadow_index: str, chunked: bool = False) -> None:
         super().__init__(daemon=True, name="sampler")
         self.db = db
         self.shadow_index = shadow_index
+        self.tables = measured(chunked)
+        self.left = (
+            f"select count(*) from notes_note t where not exists (select from {NEXT_CHUNKS} n "
+            "where n.parent_id = t.id)"
+            if chunked
+            else "select count(*) from notes_note where embedding_next is null"
+        )
         self.samples: list[dict] = []
         self.change: dict = {}
         self.stopped = threading.Event()
@@ -281,7 +388,7 @@ class Sampler(threading.Thread):
             self.error = repr(exc)
 
     def sample(self, conn: psycopg.Connection, tick: int) -> dict:
-        total, table, indexes = conn.execute(SIZES).fetchone()
+        total, table, indexes = conn.execute(SIZES, [self.tables]).fetchone()
         row = conn.execute(CHANGE).fetchone()
         out = {
             "t": time.time(),
@@ -302,9 +409,7 @@ class Sampler(threading.Thread):
                 ).fetchone()
                 out["shadow_index"] = "missing" if valid is None else bool(valid[0])
                 if tick % 2 == 0:  # a scan of the table: every other second
-                    out["shadow_left"] = conn.execute(
-                        "select count(*) from notes_note where embedding_next is null"
-                    ).fetchone()[0]
+                    out["shadow_left"] = conn.execute(self.left).fetchone()[0]
         return out
 
 
@@ -346,9 +451,15 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     from django_autoembed.testing import FakeEmbeddingsServer
 
     db = dict(connection.settings_dict)
+    chunk_tokens = args.chunk_tokens
+    chunked = chunk_tokens is not None
+    tables = measured(chunked)
     result: dict = {
         "machine": common.machine(),
         "rows": args.rows,
+        "chunk_tokens": chunk_tokens,
+        "chunk_tokens_new": chunk_tokens * 2 if chunked else None,
+        "chunk_overlap": CHUNK_OVERLAP if chunked else None,
         "latency": args.latency,
         "interval": args.interval,
         "load_at_start": os.getloadavg(),
@@ -359,7 +470,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     # As common.setup: estimated token counts spare the cores a tokenizer pass per input.
     api = FakeEmbeddingsServer(exact_tokens=False, latency=args.latency).start()
     api.model_vectors = True
-    project = make_project(root, db, api.base_url)
+    project = make_project(root, db, api.base_url, chunk_tokens)
     manage(project, "makemigrations")
     manage(project, "migrate")
 
@@ -383,13 +494,22 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "requests": api.requests,
     }
     with connect(db) as conn:
-        left = conn.execute("select count(*) from notes_note where embedding is null").fetchone()
+        left = conn.execute(
+            f"select count(*) from notes_note t where not exists (select from {LIVE_CHUNKS} c "
+            "where c.parent_id = t.id)"
+            if chunked
+            else "select count(*) from notes_note where embedding is null"
+        ).fetchone()
         if left[0]:
             raise RuntimeError(f"{left[0]} rows have no vector after the initial embedding")
+        if chunked:
+            result["chunks_initial"] = conn.execute(
+                f"select count(*) from {LIVE_CHUNKS}"
+            ).fetchone()[0]
     result["status_initial"] = status(project)
     api.texts.clear()
 
-    # Distinct query texts: each row's own text, once.
+    # Distinct query texts: each row's own text (for chunks, its first chunk's), once.
     order = list(range(args.rows))
     random.Random(7).shuffle(order)
     queries = [[ids[i], f"{titles[i]}\n\n{bodies[i]}"] for i in order]
@@ -397,7 +517,13 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     (project / "queries-old.json").write_text(json.dumps(queries[:half]))
     (project / "queries-new.json").write_text(json.dumps(queries[half:]))
 
-    sampler = Sampler(db, index_name("notes_note", "embedding_next"))
+    shadow_index = (
+        index_name(NEXT_CHUNKS, "embedding")
+        if chunked
+        else index_name("notes_note", "embedding_next")
+    )
+    sampler = Sampler(db, shadow_index, chunked)
+    query_text = CHUNK_QUERY if chunked else PLAIN_QUERY
     sampler.start()
     old_worker = popen(project, "worker-old.log", "process_embeddings")
     old_search = popen(
@@ -405,7 +531,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "search-old.log",
         "shell",
         "-c",
-        SEARCHER.format(name="old", interval=args.interval),
+        SEARCHER.format(name="old", interval=args.interval, query_text=query_text),
     )
     wait_until(lambda: count(project, "old") >= WARMUP, 120, "the first searches", [old_search])
     events["before_start"] = time.time()
@@ -413,11 +539,12 @@ def run(args: argparse.Namespace, root: Path) -> dict:
 
     # The deploy: workers stop, the declaration changes, migrate; web processes restart.
     stop(old_worker)
-    declare_new(project)
+    declare_new(project, chunk_tokens)
     started = time.perf_counter()
     made = manage(project, "makemigrations")
     result["makemigrations_s"] = time.perf_counter() - started
-    if "Change the embedding of note.embedding" not in made.stdout:
+    wrote = f"Note's chunks ({LIVE_CHUNKS})" if chunked else "note.embedding"
+    if f"Change the embedding of {wrote}" not in made.stdout:
         raise RuntimeError(f"makemigrations wrote no ChangeEmbedding:\n{made.stdout}")
     fake_before = (api.inputs, api.tokens, api.requests)
     events["migrate_start"] = time.time()
@@ -432,7 +559,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "search-new.log",
         "shell",
         "-c",
-        SEARCHER.format(name="new", interval=args.interval),
+        SEARCHER.format(name="new", interval=args.interval, query_text=query_text),
     )
     wait_until(lambda: count(project, "new") >= WARMUP, 120, "the new searches", [search, worker])
     (project / "stop-old").touch()
@@ -492,15 +619,27 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         result["indexes"] = dict(
             conn.execute(
                 "select indexrelid::regclass::text, pg_relation_size(indexrelid) from pg_index "
-                "where indrelid = 'notes_note'::regclass"
+                "where indrelid = any(array(select to_regclass(t) from unnest(%s::text[]) t))",
+                [tables],
             ).fetchall()
         )
-        result["size_after_drop"] = conn.execute(SIZES).fetchone()
+        if chunked:
+            result["chunk_tables_end"] = [
+                r[0]
+                for r in conn.execute(
+                    "select t from unnest(%s::text[]) t where to_regclass(t) is not null",
+                    [tables[1:]],
+                ).fetchall()
+            ]
+            result["chunks_end"] = conn.execute(f"select count(*) from {LIVE_CHUNKS}").fetchone()[0]
+        result["size_after_drop"] = conn.execute(SIZES, [tables]).fetchone()
         if not args.no_vacuum_full:
             started = time.perf_counter()
             conn.execute("vacuum full notes_note")
+            if chunked:
+                conn.execute(f"vacuum full {LIVE_CHUNKS}")
             result["vacuum_full_s"] = time.perf_counter() - started
-            result["size_after_vacuum_full"] = conn.execute(SIZES).fetchone()
+            result["size_after_vacuum_full"] = conn.execute(SIZES, [tables]).fetchone()
         result["usage"] = [list(r) for r in conn.execute(USAGE).fetchall()]
         result["incidents"] = conn.execute(
             "select count(*) from django_autoembed_incident"
@@ -619,7 +758,8 @@ def analyse(result: dict) -> dict:
     peak = max(samples[: len(samples)], key=lambda s: s["total"]) if samples else None
     shadow_status = result.get("status_switched") or {}
     shadow_cfg = next(
-        (c for c in shadow_status.get("configs", []) if c["column"] == "embedding_next"), {}
+        (c for c in shadow_status.get("configs", []) if c["config"] == "notes.Note.embedding_next"),
+        {},
     )
 
     def used(model: str, mode: str) -> dict:
@@ -662,6 +802,7 @@ def analyse(result: dict) -> dict:
         "short": sum(1 for s in all_searches if "error" not in s and s["n"] < 10),
         "shadow": {
             "status_rows": shadow_cfg.get("embedded"),
+            "status_chunks": shadow_cfg.get("chunks"),
             "status_tokens_30d": shadow_cfg.get("tokens_30d"),
             "status_cost_30d_usd": shadow_cfg.get("cost_30d_usd"),
             "change_entry": next(iter(shadow_status.get("changes", [])), {}),
@@ -672,7 +813,7 @@ def analyse(result: dict) -> dict:
                 (
                     c
                     for c in (result.get("status_end") or {}).get("configs", [])
-                    if c["column"] == "embedding"
+                    if c["config"] == "notes.Note.embedding"
                 ),
                 {},
             ),
@@ -700,7 +841,17 @@ def ratio(a: float | None, b: float | None) -> str:
 def report(result: dict, summary: dict) -> None:
     w, size, table = summary["wall"], summary["size"], summary["searches"]
     load = result["load_at_start"]
+    chunk_tokens = result.get("chunk_tokens")  # None: the plain config (and runs before it)
+    chunked = chunk_tokens is not None
+    target = "the new chunk table" if chunked else "the shadow"
     print(f"\nModel change, {result['rows']:,} rows, {result['machine']}")
+    if chunked:
+        print(
+            f"In chunks: {chunk_tokens} tokens (overlap {result['chunk_overlap']}) -> "
+            f"{result['chunk_tokens_new']} tokens with the new model; "
+            f"{result['chunks_initial']:,} chunks before, {result['chunks_end']:,} after "
+            f"(chunk tables left at the end: {', '.join(result['chunk_tables_end'])})"
+        )
     print(
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
         f"highest 1-min sample {summary['load_max']:.2f}"
@@ -717,12 +868,12 @@ def report(result: dict, summary: dict) -> None:
     for key, label in [
         ("migrate_s", "migrate"),
         ("migrate_to_queued_s", "migrate start -> backfill queued"),
-        ("queued_to_filled_s", "queued -> every row in the shadow (sampled every 2 s)"),
-        ("worker_to_filled_s", "new worker started -> every row in the shadow"),
-        ("filled_to_complete_s", "filled -> shadow index valid (built after the fill)"),
+        ("queued_to_filled_s", f"queued -> every row in {target} (sampled every 2 s)"),
+        ("worker_to_filled_s", f"new worker started -> every row in {target}"),
+        ("filled_to_complete_s", f"filled -> {target}'s index valid (built after the fill)"),
         ("index_build_s", "  of which the index build (worker's log)"),
-        ("migrate_to_complete_s", "migrate start -> shadow complete"),
-        ("complete_to_switched_s", "shadow complete -> switched"),
+        ("migrate_to_complete_s", f"migrate start -> {target} complete"),
+        ("complete_to_switched_s", f"{target} complete -> switched"),
         ("migrate_to_switched_s", "migrate start -> switched"),
         ("switched_to_cut_over_s", "switched -> cut over"),
         ("migrate_to_cut_over_s", "migrate start -> cut over (total)"),
@@ -733,12 +884,23 @@ def report(result: dict, summary: dict) -> None:
         print(f"  {label}: {'-' if value is None else f'{value:.1f} s'}")
     fill = w.get("worker_to_filled_s") or w["queued_to_filled_s"]
     if fill:
-        print(f"  shadow fill / initial embedding: {ratio(fill, w['initial_embedding_s'])}")
+        print(f"  {target} filled / initial embedding: {ratio(fill, w['initial_embedding_s'])}")
+    if w["migrate_to_complete_s"] is not None:
+        print(
+            f"  {target} complete and indexed (from migrate) / initial embedding: "
+            f"{ratio(w['migrate_to_complete_s'], w['initial_embedding_s'])}"
+        )
     print("\nWhat migrate printed")
     for line in result["migrate_stdout"].splitlines():
         if not line.startswith(("Operations", "  Apply", "Running", "  Applying")):
             print(f"  {line}")
-    print("\nSize of notes_note (table + TOAST + indexes)")
+    if chunked:
+        print(
+            "\nSize of notes_note and its chunk tables (live, new until the cutover, previous "
+            "until the drop; tables + TOAST + indexes)"
+        )
+    else:
+        print("\nSize of notes_note (table + TOAST + indexes)")
     peak = size["peak_sample"] or {}
     print(
         f"  before {mb(size['before'])}; peak {mb(size['peak'])} "
@@ -748,7 +910,11 @@ def report(result: dict, summary: dict) -> None:
     after = size["after_drop"]
     print(
         f"  after the drop {mb(after[0])} (table {mb(after[1])}, indexes {mb(after[2])}; "
-        "DROP COLUMN leaves the old vectors in the table until a rewrite)"
+        + (
+            "the old chunk table is dropped, its space given back)"
+            if chunked
+            else "DROP COLUMN leaves the old vectors in the table until a rewrite)"
+        )
     )
     if size["after_vacuum_full"]:
         v = size["after_vacuum_full"]
@@ -791,7 +957,8 @@ def report(result: dict, summary: dict) -> None:
         )
     print(
         f"  autoembed_status at the switch: embedding_next {shadow['status_rows']} rows "
-        f"embedded, tokens_30d {shadow['status_tokens_30d']} (queries included), "
+        + ("" if shadow.get("status_chunks") is None else f"({shadow['status_chunks']} chunks) ")
+        + f"embedded, tokens_30d {shadow['status_tokens_30d']} (queries included), "
         f"change entry done {shadow['change_entry'].get('done')}, "
         f"tokens {shadow['change_entry'].get('tokens')}"
     )
@@ -824,6 +991,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="for the cutover")
     parser.add_argument("--keep", action="store_true", help="keep the project and database")
     parser.add_argument("--no-vacuum-full", action="store_true")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        metavar="N",
+        help="a config stored in chunks of N tokens, changed to chunks of 2N (default: plain)",
+    )
     parser.add_argument("--report", metavar="JSON", help="print the report of a saved run")
     args = parser.parse_args()
     if args.report:
