@@ -427,6 +427,43 @@ def searched(config: EmbeddingConfig) -> EmbeddingConfig:
     return _shadow_config(change) or config
 
 
+def reads_live(config: EmbeddingConfig) -> str | None:
+    """The label of the change under way whose live vectors a search of ``config`` reads
+    (by the old model, until the cutover); None: none is under way, or it reads the new
+    ones (which the cutover renames: a search of them stays right after it)."""
+    if config.shadow_of is not None:
+        return None
+    change = change_of(config)
+    return change.config if change is not None else None
+
+
+def mark_search(config: EmbeddingConfig, qs: Any) -> Any:
+    """``qs``, a search of ``config``'s vectors, marked (on its query, which its clones copy)
+    if it reads the live vectors of a change under way: evaluated after the cutover, it is
+    refused rather than ranked at random (``check_live_read``, by ``EmbeddingQuerySet``)."""
+    live = reads_live(config)
+    if live is not None:
+        qs.query.autoembed_reads_live = live
+    return qs
+
+
+def check_live_read(using: str, label: str) -> None:
+    """Raise ``ModelChanged`` if a search built to read the live vectors of the change of
+    ``label`` (with a query of the old model) is evaluated after its cutover: those vectors
+    are the new model's now, and would be ranked at random."""
+    change = refresh(using).get(label)
+    if change is None or change.in_flight:
+        return
+    raise ModelChanged(
+        f"{label}: this search was built before the change to {change.model} was cut over, "
+        f"with a query embedded by {change.old_model}; the vectors it would read are "
+        f"{change.model}'s now. Build the search again (a search built now reads them "
+        "with a query of the new model); keep a search's queryset no longer than the "
+        "request that built it.",
+        label,
+    )
+
+
 def index_state(using: str, config: EmbeddingConfig) -> Any:
     """A model change's new column's index, for status: ``ready`` once built, ``deferred``
     until then (it is built in bulk once the column is complete); None: not a new column."""

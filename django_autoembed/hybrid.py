@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.db.models import Expression, F, FloatField, IntegerField
 
-from . import providers, settings
+from . import changes, providers, settings
 from . import sql as sqlfiles
 from .exceptions import InvalidValue
 from .query import check_text_query, fit, vector_value
@@ -273,4 +273,5 @@ def fused(
         .annotate(**distances, text_score=SearchRank(document, query), **parts)
         .order_by("-score", "distance")
     )
+    rows = changes.mark_search(cfg, rows)
     return rows[:k] if k else rows

@@ -86,6 +86,9 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     """QuerySet with vector search over the model's embedding configs."""
 
     def _fetch_all(self) -> None:
+        live = getattr(self.query, "autoembed_reads_live", None)
+        if live is not None and self._result_cache is None:  # built during a model change
+            changes.check_live_read(self.db, live)
         try:
             super()._fetch_all()
         except ProgrammingError as exc:
@@ -178,9 +181,12 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
             return self._nearest_by_chunks(cfg, value, ef_search, candidates)
         return cast(
             EmbeddingQuerySet,
-            self.filter(IsNull(vector_column(cfg), False))
-            .annotate(distance=SearchDistance(vector_column(cfg), value, ef_search=ef_search))
-            .order_by("distance"),
+            changes.mark_search(
+                cfg,
+                self.filter(IsNull(vector_column(cfg), False))
+                .annotate(distance=SearchDistance(vector_column(cfg), value, ef_search=ef_search))
+                .order_by("distance"),
+            ),
         )
 
     def semantic_search(
@@ -287,9 +293,12 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     ) -> EmbeddingQuerySet:
         return cast(
             EmbeddingQuerySet,
-            self.filter(pk__in=rows)
-            .annotate(**self._distances(cfg, value, ef_search))
-            .order_by("distance"),
+            changes.mark_search(
+                cfg,
+                self.filter(pk__in=rows)
+                .annotate(**self._distances(cfg, value, ef_search))
+                .order_by("distance"),
+            ),
         )
 
     def _nearest_parents(

@@ -130,6 +130,21 @@ def test_a_search_built_before_the_cutover_and_read_after_it_reads_the_new_vecto
     assert len(list(similar)) == 2
 
 
+def test_a_search_built_on_the_live_vectors_and_read_after_the_cutover_is_refused(changing):
+    """Built before the switch, a search holds a query of the old model; read after the
+    cutover, the column it names holds the new model's vectors: refused, not ranked at
+    random. Built again, it reads them with a query of the new model."""
+    call_command("process_embeddings", once=True)
+    stale = Document.objects.semantic_search("Spelt", k=3)
+    stale_hybrid = Document.objects.hybrid_search("Spelt", k=3)
+    stale_page = stale[:2]  # a clone keeps the mark
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    for search in (stale, stale_hybrid, stale_page):
+        with pytest.raises(ModelChanged, match="built before the change"):
+            list(search)
+    assert first("Spelt") == "Spelt"
+
+
 def test_a_row_the_new_model_refuses_holds_the_cutover_until_told(changing, api, settings):
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
     api.poison = {"Barley"}
@@ -298,6 +313,7 @@ def test_a_search_of_chunks_built_before_the_cutover_and_read_after_it_reads_the
     change_in_place("testapp", "Manual", model=LARGE)
     try:
         call_command("process_embeddings", once=True)
+        stale = Manual.objects.semantic_search("Rye\n\nRye body", k=3)  # built before: live
         changes.forget_all()
         assert changes.advance("default", changes.refresh("default", 0)[label]) == "switched"
         lazy = Manual.objects.semantic_search("Spelt\n\nSpelt body", k=3)
@@ -310,6 +326,8 @@ def test_a_search_of_chunks_built_before_the_cutover_and_read_after_it_reads_the
         found = list(lazy)
         assert found[0].title == "Spelt" and found[0].distance < 0.01
         assert next(iter(hybrid)).title == "Barley"
+        with pytest.raises(ModelChanged, match="built before the change"):
+            list(stale)
         assert Manual.objects.semantic_search("Oats\n\nOats body", k=1)[0].title == "Oats"
         manuals[0].delete()
         assert fetch(
