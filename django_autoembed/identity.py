@@ -15,10 +15,11 @@ refused loudly while the old vectors are stored:
 - ``semantic_search`` and ``hybrid_search`` raise ``ModelChanged``;
 - ``manage.py check --database default`` reports ``autoembed.E111``.
 
-The message says what to do: restore the declaration, move to the new model in a
-second config beside the old one (no downtime), or ``autoembed_reembed`` to
-re-embed in place. ``autoembed_reembed`` records the new identity *pinned*: a
-process still declaring the old one is refused even once no vector is stored. An
+The message says what to do: restore the declaration, move to the new model with
+no downtime by a migration (``changes``: the new vectors fill beside the old ones),
+or ``autoembed_reembed`` to re-embed in place. ``autoembed_reembed`` records the new
+identity *pinned*: a process still declaring the old one is refused even once no
+vector is stored. An
 identity that is not pinned, of a config whose vectors are all gone, is taken
 over by the first write of another (there is nothing to compare with).
 """
@@ -134,13 +135,11 @@ def problem(config: EmbeddingConfig, stored: Identity, wanted: Identity) -> str:
 
 
 def ways_out(config: EmbeddingConfig) -> str:
+    beside = "a chunk table" if config.chunked else "a column"
     no_downtime = (
-        "keep this config as it was and add a second config with the new model beside it, "
-        "backfill it, then switch searches"
-        if config.chunked
-        else "name the new model in the config's declaration (not only in the AUTOEMBED "
+        "name the new model in the config's declaration (not only in the AUTOEMBED "
         "settings), then run `python manage.py makemigrations` and `migrate`: the new vectors "
-        "fill a column beside the live ones and searches switch once it is complete"
+        f"fill {beside} beside the live ones and searches switch once it is complete"
     )
     return (
         "Nothing is embedded or searched for this config until one of these is done: (1) "
