@@ -327,18 +327,13 @@ def _begin(
     shadow_trig = shadow_trigger(new, table, config.config_name)
     shadow = shadow_trig.chunk_table or changes.shadow_column(config.column)
     connection = connections[using]
+    previous = (
+        changes.previous_table(config.chunk_table)
+        if config.chunked
+        else changes.previous_column(config.column)
+    )
     with connection.cursor() as cursor:
-        if config.chunked:
-            cursor.execute(
-                sqlfiles.statement("changes.sql", "has_table"),
-                [sql.Identifier(shadow).as_string(None)],
-            )
-        else:
-            cursor.execute(
-                sqlfiles.statement("changes.sql", "has_column"),
-                [sql.Identifier(table).as_string(None), shadow],
-            )
-        if cursor.fetchone()[0]:
+        if _exists(cursor, config, table, shadow):
             what = "a table" if config.chunked else "the table already has a column"
             raise ConfigurationError(
                 f"{config.label}: {what} {shadow!r} exists, which a model change needs for the "
@@ -347,6 +342,13 @@ def _begin(
                 "let the change under way finish (`python manage.py autoembed_cutover "
                 f"{config.label} --wait 600`) and apply its drop migration, then declare the "
                 "new change again; or rename yours."
+            )
+        if _exists(cursor, config, table, previous):
+            raise ConfigurationError(
+                f"{config.label}: the old vectors of its last model change are still in "
+                f"{previous!r}, where this change's cutover would keep the live ones. Restore "
+                "the declaration, write and apply the drop migration on its own (`python "
+                "manage.py makemigrations` then `migrate`), then declare this change again."
             )
     wanted = identity.declared(config)
     stored = identity.stored(using, config) or wanted
@@ -401,6 +403,20 @@ def _begin(
     # row (or estimating their cost) inside it would block the application that long.
     label = config.label
     transaction.on_commit(lambda: changes.begin(using, label), using=using)
+
+
+def _exists(cursor: Any, config: EmbeddingConfig, table: str, name: str) -> bool:
+    """Whether the table (for chunks) or ``table``'s column ``name`` exists."""
+    if config.chunked:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "has_table"), [sql.Identifier(name).as_string(None)]
+        )
+    else:
+        cursor.execute(
+            sqlfiles.statement("changes.sql", "has_column"),
+            [sql.Identifier(table).as_string(None), name],
+        )
+    return bool(cursor.fetchone()[0])
 
 
 def _chunk_table(

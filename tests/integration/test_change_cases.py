@@ -295,6 +295,24 @@ def test_a_cutover_a_long_transaction_keeps_from_its_lock_is_counted_and_shown(c
     assert not changes.refresh("default", 0)[label].in_flight
 
 
+def test_a_second_change_before_the_first_ones_drop_is_refused_with_the_way_out(changing, settings):
+    """The first change's old vectors are where the second's cutover would keep the live
+    ones: refused at ``migrate``, with the order that works, rather than a cutover that
+    could never rename."""
+    from django_autoembed.exceptions import ConfigurationError
+
+    call_command("process_embeddings", once=True)
+    call_command("autoembed_cutover", "testapp.Document.embedding")
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small"}
+    with pytest.raises(ConfigurationError, match=r"still in 'embedding_previous'.*drop migration"):
+        change_in_place("testapp", "Document", model="text-embedding-3-small")
+    columns = fetch(
+        "select attname from pg_attribute where attrelid = 'testapp_document'::regclass "
+        "and attname like 'embedding%%' and not attisdropped order by attname"
+    )
+    assert ("embedding_previous",) in columns and ("embedding_next",) not in columns
+
+
 def test_a_search_of_chunks_built_before_the_cutover_and_read_after_it_reads_the_new_table(
     api, settings
 ):
