@@ -903,7 +903,7 @@ def drop_previous_key(change: Any) -> str:
 
 
 def unique_chunks_name(chunk_table: str) -> str:
-    """The name the mixin gives a chunk table's unique (parent, number)."""
+    """The name of a chunk table's unique (parent, number), as the mixin declares it."""
     return short_name(chunk_table, "parent_number", "uniq")
 
 

@@ -151,9 +151,7 @@ def chunk_model(
         "indexes": (
             [hnsw_index(config.chunk_table, config.column)] if config.index and not apart else []
         ),
-        "constraints": [
-            UniqueChunkNumbers(name=short_name(config.chunk_table, "parent_number", "uniq"))
-        ],
+        "constraints": [UniqueChunkNumbers(name=changes.unique_chunks_name(config.chunk_table))],
     }
     attrs: dict[str, Any] = {
         "__module__": parent.__module__,
