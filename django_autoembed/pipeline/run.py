@@ -14,6 +14,7 @@ the ``PauseBook`` and its configs' jobs go back unspent; the others go on.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,10 @@ logger = logging.getLogger(__name__)
 # meanwhile. A `--once` run hides them for the pause (``PauseBook.brief_refusals``): read
 # again and again within the run, they would keep it from ending.
 REFUSED_HAND_BACK = 3.0
+# ... times a random factor from 1 up to this: a hide of one fixed length ends in step with
+# the refusing worker's own polls (it polls from the moment it hid them), so it was first to
+# read them again, time after time, and a rolling deploy's new worker waited (CI: 60 s).
+REFUSED_JITTER = 2.0
 
 
 @dataclass
@@ -284,11 +289,12 @@ class Processor:
             result.dead += len(plan.dead)
 
     def _hand_back_refused(self, rows: list[Row], pause: float, why: str) -> None:
-        """Hand back a refused config's rows for REFUSED_HAND_BACK at most, remembered as
+        """Hand back a refused config's rows for about REFUSED_HAND_BACK, remembered as
         refused (`--once` does not wait for them)."""
         self.pauses.refused({r.message.msg_id for r in rows})
-        brief = self.pauses.brief_refusals
-        self._hand_back(rows, min(pause, REFUSED_HAND_BACK) if brief else pause, why)
+        if self.pauses.brief_refusals:
+            pause = min(pause, REFUSED_HAND_BACK) * random.uniform(1.0, REFUSED_JITTER)
+        self._hand_back(rows, pause, why)
 
     def _hand_back(self, rows: list[Row], delay: float, why: str) -> None:
         """Give rows' messages back unspent, hidden for ``delay`` seconds (a paused provider)."""

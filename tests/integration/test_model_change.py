@@ -22,7 +22,7 @@ from django_autoembed.declarations import registry
 from django_autoembed.exceptions import ModelChanged, PauseKind
 from django_autoembed.failures import EmbeddingFailure
 from django_autoembed.identity import EmbeddingIdentity
-from django_autoembed.pipeline.run import REFUSED_HAND_BACK
+from django_autoembed.pipeline.run import REFUSED_HAND_BACK, REFUSED_JITTER
 from django_autoembed.status import collect
 from django_autoembed.testing import fake_vector
 from django_autoembed.worker import Worker, default_options
@@ -130,16 +130,36 @@ def test_a_refused_declarations_jobs_wait_seconds_for_a_worker_that_can_do_them(
     worker.pauses.brief_refusals = True  # as a worker that keeps running (not --once) does
     assert worker.run() == 2 and "model changed" in worker.exit_reason
     assert worker.pauses.paused_for(identity.pause_key(registry.get(DOC))) > 50
-    assert queued_ids() == [doc.pk] and max(hidden_for()) <= REFUSED_HAND_BACK
+    brief = REFUSED_HAND_BACK * REFUSED_JITTER
+    assert queued_ids() == [doc.pk] and max(hidden_for()) <= brief
     # Read again by the same process while the pause holds: as briefly.
-    time.sleep(REFUSED_HAND_BACK)
+    time.sleep(max(hidden_for()) + 0.05)
     worker.stopping = False
     worker.run()
-    assert queued_ids() == [doc.pk] and 0 < max(hidden_for()) <= REFUSED_HAND_BACK
+    assert queued_ids() == [doc.pk] and 0 < max(hidden_for()) <= brief
     settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": "text-embedding-3-small"}
-    time.sleep(REFUSED_HAND_BACK)
+    time.sleep(max(hidden_for()) + 0.05)
     drain()  # a worker whose declaration matches takes it
     assert not queued_ids()
+
+
+def test_a_refused_declarations_jobs_show_again_at_scattered_times(api, settings, monkeypatch):
+    """Each batch of a refused config's jobs is hidden for a length of its own: hidden for
+    one fixed length, they showed again in step with the old worker's polls, which read them
+    first, time after time, while the new worker waited (CI: a rolling deploy past 60 s)."""
+    monkeypatch.setitem(pauses.PAUSE_FIRST, PauseKind.CONFIG, 60.0)
+    monkeypatch.setattr(worker_module, "ONCE_GRACE_SECONDS", 0.0)
+    docs = [Document.objects.create(title=f"doc {i}") for i in range(12)]
+    drain()
+    change_model(settings)
+    for doc in docs:  # a message each
+        Document.objects.filter(pk=doc.pk).update(title=f"edited {doc.pk}")
+    worker = Worker(default_options(once=True, batch_size=1, max_requests=1))  # 2 a read
+    worker.pauses.brief_refusals = True  # as a worker that keeps running (not --once) does
+    assert worker.run() == 2 and "model changed" in worker.exit_reason
+    hidden = hidden_for()
+    assert len(hidden) == len(docs) and max(hidden) <= REFUSED_HAND_BACK * REFUSED_JITTER
+    assert max(hidden) - min(hidden) > 0.1, hidden
 
 
 def test_once_with_a_refused_backlog_ends_and_says_so(api, monkeypatch):
