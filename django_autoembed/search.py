@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+import django
 import numpy as np
 import psycopg
 from asgiref.sync import sync_to_async
@@ -23,6 +24,14 @@ from .saving import loaded_vectors
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
+
+
+def _quote_alias(compiler: Any, alias: str) -> str:
+    """A table alias as the compiler writes it in FROM: Django 6.1 quotes every alias
+    (``quote_name``); before, aliases it made up (``T3``) were left bare."""
+    if django.VERSION >= (6, 1):
+        return str(compiler.quote_name(alias))
+    return str(compiler.quote_name_unless_alias(alias))
 
 
 class ShadowColumn(Expression):
@@ -48,7 +57,7 @@ class ShadowColumn(Expression):
         column = connection.ops.quote_name(changes.column_now(self.table, self.column))
         if self.alias is None:
             return column, ()
-        return f"{compiler.quote_name_unless_alias(self.alias)}.{column}", ()
+        return f"{_quote_alias(compiler, self.alias)}.{column}", ()
 
     def get_group_by_cols(self) -> list[Any]:
         return [self]

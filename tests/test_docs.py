@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
+import warnings
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,13 @@ def run_python(example: Example) -> None:
     first = source.lstrip().splitlines()[0] if source.strip() else ""
     code = compile(source, f"{example.path}:{example.line}", "exec")
     if first.startswith("# settings.py"):
-        seeded = {
-            k: _copy(getattr(django_settings, k)) for k in dir(django_settings) if k.isupper()
-        }
+        with warnings.catch_warnings():
+            # Reading a setting Django deprecates warns (EMAIL_* in 6.1); no example uses one.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            seeded = {
+                k: _copy(getattr(django_settings, k)) for k in dir(django_settings) if k.isupper()
+            }
         exec(code, seeded)
         if "AUTOEMBED" in seeded:
             autoembed_settings.parse(seeded["AUTOEMBED"])
