@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import sql
 
@@ -380,11 +380,24 @@ def lookup(cursor: Any, msg_ids: list[int]) -> dict[int, Message]:
     return {m.msg_id: m for m in map(Message.from_row, cursor.fetchall())}
 
 
-def depth(cursor: Any) -> tuple[int, float | None]:
-    """(messages in the queue, fractional seconds the oldest has waited)."""
+class Depth(NamedTuple):
+    """How deep the queue is, and how long its jobs have waited (fractional seconds; None:
+    no such job)."""
+
+    messages: int
+    oldest: float | None
+    oldest_write: float | None  # of the jobs writes queued: no backfill's
+    held: int  # messages a Batch API batch holds
+
+
+def depth(cursor: Any) -> Depth:
     cursor.execute(query("depth"))
-    count, oldest = cursor.fetchone()
-    return int(count), None if oldest is None else float(oldest)
+    count, oldest, oldest_write, held = cursor.fetchone()
+    return Depth(int(count), _seconds(oldest), _seconds(oldest_write), int(held))
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # The channel the triggers notify and workers listen on.

@@ -68,6 +68,9 @@ class Status:
     queue: str
     queue_depth: int
     oldest_message_age_s: float | None
+    # The oldest job a write queued (a backfill's wait their turn, or their batch): the lag.
+    oldest_write_age_s: float | None = None
+    batch_held_jobs: int = 0  # messages Batch API batches hold
     configs: list[ConfigStatus] = field(default_factory=list)
     push: PushStatus | None = None
     # Providers paused by a configuration error: {"provider", "error", "since", "last_seen"}.
@@ -233,8 +236,14 @@ def collect(
                 f"The queue {name!r} does not exist in database {using!r}. "
                 "Run `python manage.py migrate` (or `manage.py autoembed_sync`)."
             )
-        depth, oldest = queue.depth(cursor)
-        status = Status(queue=name, queue_depth=depth, oldest_message_age_s=oldest)
+        depth = queue.depth(cursor)
+        status = Status(
+            queue=name,
+            queue_depth=depth.messages,
+            oldest_message_age_s=depth.oldest,
+            oldest_write_age_s=depth.oldest_write,
+            batch_held_jobs=depth.held,
+        )
         for config in configs if configs is not None else registry.on_database(using):
             status.configs.append(
                 _config_status(cursor, config, queue.tables()["queue"], exact=exact)

@@ -208,7 +208,7 @@ class Worker:
             return
         elapsed = max(time.monotonic() - self.started, 1e-6)
         with connections[self.o.using].cursor() as cursor:
-            depth, _ = queue.depth(cursor)
+            depth = queue.depth(cursor).messages
         with self._lock:
             out.write(
                 f"\r{self.rows_done} rows embedded, {self.rows_done / elapsed:.0f} rows/s, "

@@ -70,8 +70,8 @@ def assert_fake_vector(model, pk, text: str, column: str = "embedding", dims: in
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(*args: str) -> subprocess.Popen:
-    """``manage.py process_embeddings`` as a real subprocess on the test database."""
+def _on_test_database() -> dict[str, str]:
+    """The environment of a ``manage.py`` subprocess that works on the test database."""
     env = {
         **os.environ,
         "AUTOEMBED_TEST_DB": connection.settings_dict["NAME"],
@@ -80,13 +80,31 @@ def start_worker(*args: str) -> subprocess.Popen:
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("AUTOEMBED_PUSH_TIER", None)
+    return env
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    """``manage.py process_embeddings`` as a real subprocess on the test database."""
     return subprocess.Popen(
         [sys.executable, "-m", "django", "process_embeddings", "--poll-interval=0.3", *args],
         cwd=ROOT,
-        env=env,
+        env=_on_test_database(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def run_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``manage.py <args>`` run to its end as a subprocess on the test database (system
+    checks included), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=_on_test_database(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -49,8 +49,15 @@ select extract(epoch from min(vt) - clock_timestamp()) from {queue}
 -- lookup -- messages by id, whether hidden or not (jobs posted to the endpoint)
 select msg_id, read_ct, message, vt from {queue} where msg_id = any(%s::bigint[])
 
--- depth -- messages, and how long the oldest has waited in fractional seconds
-select count(*), extract(epoch from clock_timestamp() - min(enqueued_at)) from {queue}
+-- depth -- messages; how long the oldest has waited, and the oldest a write queued (not a
+-- backfill's: those wait their turn, and a batch's window), in fractional seconds; and how
+-- many a Batch API batch holds
+select count(*),
+       extract(epoch from clock_timestamp() - min(enqueued_at)),
+       extract(epoch from clock_timestamp()
+                          - min(enqueued_at) filter (where message->>'origin' is null)),
+       count(*) filter (where message ? 'held_for')
+  from {queue}
 
 -- exists -- is the queue's table there
 select to_regclass(%s) is not null

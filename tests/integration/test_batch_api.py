@@ -3,6 +3,7 @@ collected by any worker, with the same stale protection as any write."""
 
 import json
 import signal
+import time
 from datetime import timedelta
 
 import pytest
@@ -26,6 +27,7 @@ from tests.helpers import (
     hidden_messages,
     purge_queue,
     queue_messages,
+    run_command,
     start_worker,
     tokens,
     wait_for,
@@ -98,6 +100,29 @@ def test_jobs_wait_hidden_and_unspent_while_their_batch_runs_and_status_shows_it
     assert shown["inputs"] == 5 and shown["jobs"] == 1 and shown["status"] == "validating"
     assert shown["tokens"] > 0
     assert batches.poll() == 1 and embedded_pks(Document) == set()
+
+
+def test_lag_is_of_the_jobs_writes_queued_not_of_a_backfill_or_its_batch(api):
+    """A monitoring probe's `--fail-on-lag`: a backfill's jobs waiting their turn, and those
+    a batch holds for its window (up to a day), are no lag; a job a write queued is, once no
+    worker takes it in time (before, a Batch API backfill failed the probe all day long)."""
+    api.batch_delay = 60
+    docs = documents(5, "held")
+    submit_all()  # their batch holds them
+    assert backfill(registry.get(DOCS)) == len(docs)  # and the backfill queued them again
+    time.sleep(1.2)
+    probe = run_command("autoembed_status", "--json", "--fail-on-lag", "1")
+    assert probe.returncode == 0, probe.stderr
+    status = json.loads(probe.stdout)
+    assert status["queue_depth"] == 2 and status["batch_held_jobs"] == 1
+    assert status["oldest_message_age_s"] > 1 and status["oldest_write_age_s"] is None
+    assert status["lagging"] is False
+    Document.objects.create(title="written while no worker runs")
+    time.sleep(1.2)
+    probe = run_command("autoembed_status", "--fail-on-lag", "1")
+    assert probe.returncode == 3, probe.stderr
+    assert "Lagging: the oldest job a write queued waited" in probe.stderr
+    assert "3 messages" in probe.stdout and "1 held by Batch API batches" in probe.stdout
 
 
 def test_rows_users_write_beside_a_batch_worker_are_embedded_at_once(api):

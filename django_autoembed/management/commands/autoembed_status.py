@@ -36,7 +36,8 @@ class Command(BaseCommand):
             "--fail-on-lag",
             type=float,
             metavar="SECONDS",
-            help=f"exit {LAG_EXIT} when the oldest queued job is older than this",
+            help=f"exit {LAG_EXIT} when the oldest job a write queued is older than this (a "
+            "backfill's jobs wait their turn, and a Batch API batch's window: not lag)",
         )
         parser.add_argument(
             "--config", action="append", default=[], help="only this config (repeatable)"
@@ -59,15 +60,16 @@ class Command(BaseCommand):
         except (UnknownConfig, QueueMissing) as exc:
             raise CommandError(str(exc)) from exc
         lag = options["fail_on_lag"]
-        lagging = lag is not None and (status.oldest_message_age_s or 0) > lag
+        lagging = lag is not None and (status.oldest_write_age_s or 0) > lag
         if options["json"]:
             self.stdout.write(json.dumps({**status.as_dict(), "lagging": lagging}, indent=2))
         else:
             self._table(status)
             if lagging:
                 self.stderr.write(
-                    f"Lagging: the oldest job waited {_age(status.oldest_message_age_s)} "
-                    f"(limit {lag:g} s). Is a worker running? See `manage.py process_embeddings`."
+                    f"Lagging: the oldest job a write queued waited "
+                    f"{_age(status.oldest_write_age_s)} (limit {lag:g} s). Is a worker running? "
+                    "See `manage.py process_embeddings`."
                 )
         if lagging:
             sys.exit(LAG_EXIT)
@@ -132,7 +134,13 @@ def _notes(status: Status) -> list[str]:
     """The lines under the table: the queue, the push path, then whatever needs a look."""
     lines = [
         f"\nqueue {status.queue!r}: {status.queue_depth} messages, "
-        f"oldest {_age(status.oldest_message_age_s)}",
+        f"oldest {_age(status.oldest_message_age_s)}; of writes, oldest "
+        f"{_age(status.oldest_write_age_s)}"
+        + (
+            f"; {status.batch_held_jobs} held by Batch API batches"
+            if status.batch_held_jobs
+            else ""
+        ),
         _push_line(status.push),
     ]
     for name, count in status.former_queues.items():

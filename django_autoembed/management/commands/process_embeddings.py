@@ -208,6 +208,6 @@ def _queued(using: str) -> int:
 
     try:
         with connections[using].cursor() as cursor:
-            return queue.depth(cursor)[0]
+            return queue.depth(cursor).messages
     except DatabaseError:
         return 0
