@@ -5,6 +5,7 @@ API's rates. Reads only; sends nothing."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from ..backfill import row_names
 from ..declarations import EmbeddingConfig
 from ..usage import UsageMode
 from .budget import SHARE
-from .filling import MAX_INPUTS
+from .filling import LINE_OVERHEAD, MAX_FILE_BYTES, MAX_INPUTS
 
 # Texts counted per config: enough for a few per cent of error on the mean.
 SAMPLE = 1000
@@ -36,15 +37,20 @@ class Estimate:
     api_price: float | None  # US dollars (None: PRICES has no price for the model)
     batch_price: float | None
     inputs: int = 0  # texts to embed: the rows, or their chunks
+    size: int = 0  # bytes they make in the Batch API's input files
 
     @property
     def batches(self) -> int:
-        """Batches of the Batch API it takes: each holds a share of BATCH_QUEUE_TOKENS and at
-        most MAX_INPUTS texts, whichever is reached first."""
+        """Batches of the Batch API it takes: each holds a share of BATCH_QUEUE_TOKENS, at
+        most MAX_INPUTS texts and a file of at most MAX_FILE_BYTES, whichever binds first."""
         if not self.tokens:
             return 0
         per_batch = max(1, int(settings.current().batch_queue_tokens * SHARE))
-        return max(math.ceil(self.tokens / per_batch), math.ceil(self.inputs / MAX_INPUTS))
+        return max(
+            math.ceil(self.tokens / per_batch),
+            math.ceil(self.inputs / MAX_INPUTS),
+            math.ceil(self.size / MAX_FILE_BYTES),
+        )
 
 
 def estimate(
@@ -68,18 +74,24 @@ def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estima
             sqlfiles.statement("batches.sql", "estimate_sample", **names), [*target, SAMPLE]
         )
         texts = [t for (t,) in cursor.fetchall() if t]
-    counts = [provider.count_tokens(t) for t in texts]
-    pieces = [1] * len(counts)
+    whole = [provider.count_tokens(t) for t in texts]
+    pieces = [1] * len(whole)
     if config.chunked:
         assert config.chunk_tokens is not None
         # Overlapping chunks repeat some tokens of the one before.
         step = max(1, config.chunk_tokens - config.chunk_overlap)
-        pieces = [max(1, math.ceil(c / step)) for c in counts]
-        counts = [c + (n - 1) * config.chunk_overlap for c, n in zip(counts, pieces, strict=True)]
+        pieces = [max(1, math.ceil(c / step)) for c in whole]
+        counts = [c + (n - 1) * config.chunk_overlap for c, n in zip(whole, pieces, strict=True)]
     else:  # a text past the model's limit is embedded by its head
-        counts = [min(c, provider.max_input_tokens or c) for c in counts]
+        counts = [min(c, provider.max_input_tokens or c) for c in whole]
+    # In the file, as JSON escapes it: the share of the text sent, and each input's line.
+    sizes = [
+        len(json.dumps(t)) * (sent / max(1, c)) + n * LINE_OVERHEAD
+        for t, c, sent, n in zip(texts, whole, counts, pieces, strict=True)
+    ]
     tokens = round(sum(counts) / len(counts) * rows) if counts else 0
     inputs = round(sum(pieces) / len(pieces) * rows) if pieces else rows
+    size = round(sum(sizes) / len(sizes) * rows) if sizes else 0
     model = config.get_model()
     return Estimate(
         config.label,
@@ -90,6 +102,7 @@ def _one(config: EmbeddingConfig, using: str, every_row: bool = False) -> Estima
         usage.price(model, UsageMode.API, tokens),
         usage.price(model, UsageMode.BATCH, tokens),
         inputs,
+        size,
     )
 
 

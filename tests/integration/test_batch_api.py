@@ -590,6 +590,7 @@ def test_the_estimate_counts_only_rows_with_text(api):
     [found] = estimate.estimate([config])
     assert found.rows == 10 == backfill(config) and found.tokens == 10 * tokens(title)
     assert found.inputs == 10 and found.batches == 1
+    assert found.size == 10 * filling.input_bytes(title)  # as the batch's file counts it
 
 
 def test_the_estimate_counts_a_chunked_configs_inputs_in_chunks(api):
