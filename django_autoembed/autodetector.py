@@ -166,12 +166,24 @@ class AutoembedAutodetector(MigrationAutodetector):
             return (trigger.model or defaults.model, trigger.provider or defaults.provider)
 
         if made_by(old) == made_by(new) and old.makes_same_text(new) and not field:
+            if old.chunk_tokens is None and new.chunk_tokens is not None:
+                self._say(_first_recorded(app_label, self.to_state.models[app_label, model], new))
             return None  # no change of what makes the vectors: Django's operations do
         change = ChangeEmbedding(
             model_name=self.to_state.models[app_label, model].name, constraint=new, field=field
         )
         change._auto_deps = [d for o in group for d in getattr(o, "_auto_deps", [])]  # type: ignore[attr-defined]
         return change
+
+    def _say(self, text: str) -> None:
+        """A note in makemigrations' output (interactive or not)."""
+        questioner: Any = self.questioner
+        output = getattr(questioner, "prompt_output", None)
+        log = getattr(questioner, "log", None)
+        if output is not None:
+            output.write(text)
+        elif callable(log) and getattr(questioner, "verbosity", 1) > 0:
+            log(text)
 
     def _finish(self, app_label: str, operation: Any) -> Any:
         if not isinstance(operation, migrations.RemoveField):
@@ -202,3 +214,15 @@ class AutoembedAutodetector(MigrationAutodetector):
                         latest
                     ]
         return super().arrange_for_graph(changes, graph, migration_name)
+
+
+def _first_recorded(app_label: str, model: Any, trigger: EmbeddingTrigger) -> str:
+    """What makemigrations says when a chunked config's chunking is recorded for the first
+    time (its trigger predates the recording): a change made in the same step goes unseen."""
+    return (
+        f"Recorded the chunking of {app_label}.{model.name} ({trigger.column}: chunk_tokens="
+        f"{trigger.chunk_tokens}, chunk_overlap={trigger.chunk_overlap}) for the first time; "
+        "nothing is re-embedded. If you also changed it in this step, the stored chunks keep "
+        "their old size: put the old values back, run makemigrations, then set the new ones "
+        "and run makemigrations again (a change with no downtime, ChangeEmbedding)."
+    )

@@ -41,10 +41,11 @@ def state(constraint: EmbeddingTrigger, dimensions: int = 1536, marker: bool = F
     return project
 
 
-def operations(before: ProjectState, after: ProjectState) -> list:
-    detector = AutoembedAutodetector(
-        before, after, NonInteractiveMigrationQuestioner(specified_apps={"shop"})
+def operations(before: ProjectState, after: ProjectState, said: list | None = None) -> list:
+    questioner = NonInteractiveMigrationQuestioner(
+        specified_apps={"shop"}, log=(said if said is not None else []).append
     )
+    detector = AutoembedAutodetector(before, after, questioner)
     graph = MigrationGraph()
     changes = detector.changes(graph=graph)
     return [op for migration in changes.get("shop", []) for op in migration.operations], changes
@@ -141,10 +142,19 @@ def test_new_dimensions_of_chunks_fold_the_chunk_models_field_into_it():
 
 
 def test_a_trigger_written_before_chunking_was_recorded_is_no_change():
+    said: list[str] = []
     found, _ = operations(
-        chunked_state(chunked(chunk_tokens=None, chunk_overlap=None)), chunked_state(chunked())
+        chunked_state(chunked(chunk_tokens=None, chunk_overlap=None)),
+        chunked_state(chunked()),
+        said,
     )
     assert [type(op) for op in found] == [migrations.AlterConstraint]
+    # A change of chunking in the same step cannot be seen: makemigrations says how to make it.
+    [note] = said
+    assert "chunk_tokens=400, chunk_overlap=64" in note and "put the old values back" in note
+    said.clear()
+    operations(chunked_state(chunked()), chunked_state(chunked(chunk_tokens=200)), said)
+    assert said == []  # a recorded chunking's change is a ChangeEmbedding, with nothing to say
 
 
 def test_the_next_migration_drops_the_old_vectors():
