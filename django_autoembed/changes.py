@@ -39,7 +39,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NoReturn
 
-from django.db import DatabaseError, OperationalError, connections, models, transaction
+import psycopg
+from django.db import (
+    DatabaseError,
+    OperationalError,
+    ProgrammingError,
+    connections,
+    models,
+    transaction,
+)
 from django.utils import timezone
 from psycopg import sql
 
@@ -554,6 +562,13 @@ def tick(using: str, *, nudge: bool = False) -> None:
         except ConfigurationError as exc:
             _failed(using, change, str(exc))
             logger.error("%s: the change to %s waits: %s", change.config, change.model, exc)
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            if not not_owner(exc):
+                raise
+            _failed(using, change, owner_only(change, exc))
+            if change.config not in _said_not_owner:  # counted each time, said once
+                _said_not_owner.add(change.config)
+                logger.warning("%s", owner_only(change, exc))
         except OperationalError as exc:  # a lock not granted in time: a later tick tries again
             wait = _back_off(using, change)
             said = str(exc).strip().splitlines()[0]
@@ -565,6 +580,30 @@ def tick(using: str, *, nudge: bool = False) -> None:
                 wait,
                 said,
             )
+
+
+# The changes this process said it may not build or cut over (not the tables' owner).
+_said_not_owner: set[str] = set()
+
+
+def not_owner(exc: BaseException) -> bool:
+    """Whether ``exc`` is Postgres refusing what only a table's owner may do (build an
+    index, rename a table or column)."""
+    return isinstance(exc, psycopg.errors.InsufficientPrivilege) or isinstance(
+        exc.__cause__, psycopg.errors.InsufficientPrivilege
+    )
+
+
+def owner_only(change: Change, exc: BaseException) -> str:
+    """What a role that does not own the table is told when it builds the new vectors' index
+    or cuts over: who may, and how."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{change.config}: this database role may not build the new vectors' index or swap "
+        f"them in ({said}): only the owner of {change.table} may, as for migrations. Run "
+        f"`python manage.py autoembed_cutover {change.config}` as the owner (it builds the "
+        "index and cuts over), or run the workers as the owner."
+    )
 
 
 def _failed(using: str, change: Change, error: str) -> None:

@@ -2,6 +2,7 @@
 applied as ``migrate`` applies it (``change_in_place``), the worker and the cutover run in
 this process. Each case was a failure a review or the bench found."""
 
+import json
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from django_autoembed import changes
 from django_autoembed.exceptions import ModelChanged
 from django_autoembed.testing import fake_vector
 from tests.helpers import change_in_place, queue_messages
+from tests.integration.test_production import ROLE, app_role, manage_as_role  # noqa: F401
 from tests.testapp.models import Document
 
 LARGE = "text-embedding-3-large"
@@ -407,3 +409,92 @@ def test_a_worker_planning_chunks_of_a_table_cut_over_meanwhile_hands_its_jobs_b
         fetch("drop table if exists testapp_manual_embedding_chunks_previous")
         fetch("delete from django_autoembed_embeddingchange")
         changes.forget_all()
+
+
+@pytest.mark.usefixtures("app_role")
+def test_a_least_privilege_worker_fills_a_chunked_change_the_owner_cuts_it_over(
+    api, settings, monkeypatch
+):
+    """The order the how-to gives a role with grants on its tables only: `migrate` makes the
+    new chunk table, `autoembed_grants` runs again (the check says so until it does), the
+    role's worker fills the table, the owner cuts over (it renames tables), and the role
+    searches the renamed table."""
+    from tests.testapp.models import Manual
+
+    api.model_vectors = True
+    for title in TITLES:
+        Manual.objects.create(title=title, body=f"{title} body")
+    call_command("autoembed_grants", ROLE, "--apply", verbosity=0)
+    worked = manage_as_role("process_embeddings", "--once")
+    assert worked.returncode == 0, worked.stderr
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MODEL": LARGE, "CHANGE_NOTICE": 0}
+    monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps({"MODEL": LARGE, "CHANGE_NOTICE": 0}))
+    label, new_table = "testapp.Manual.embedding", "testapp_manual_embedding_next_chunks"
+    change_in_place("testapp", "Manual", model=LARGE)
+    try:
+        checked = manage_as_role("check", "--database", "default")
+        assert "autoembed.W101" in checked.stderr and new_table in checked.stderr, checked.stderr
+        call_command("autoembed_grants", ROLE, "--apply", verbosity=0)
+        worked = manage_as_role("process_embeddings", "--once")
+        assert worked.returncode == 0, worked.stderr
+        filled = fetch(f"select text, embedding::text from {new_table}")
+        assert len(filled) == len(TITLES)
+        for text, vector in filled:
+            expected = fake_vector(text, 1536, LARGE)
+            assert float(np.dot(np.asarray(json.loads(vector), dtype=np.float32), expected)) > 0.99
+        # The role may not rename the owner's tables: the cutover waits for the owner, and
+        # its failed tries are counted and said (status shows them).
+        again = manage_as_role("process_embeddings", "--once")
+        assert again.returncode == 0, again.stderr  # before, it died on the index build
+        [(cut_over, tries, error)] = fetch(
+            "select cut_over, failed_tries, last_error from django_autoembed_embeddingchange"
+        )
+        assert cut_over is None and tries > 0, again.stderr
+        assert "only the owner of testapp_manual may" in error and "autoembed_cutover" in error
+        status = manage_as_role("autoembed_status", "--json")
+        [shown] = json.loads(status.stdout)["changes"]
+        assert shown["failed_tries"] == tries and shown["last_error"] == error
+        refused = manage_as_role("autoembed_cutover", label)
+        assert refused.returncode == 1 and "only the owner of testapp_manual may" in refused.stderr
+        call_command("autoembed_cutover", label, verbosity=0)
+        found = manage_as_role(
+            "shell",
+            "-c",
+            "from tests.testapp.models import Manual; query = 'Spelt\\n\\nSpelt body'; "
+            "print([m.title for m in Manual.objects.semantic_search(query, k=1)])",
+        )
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.strip().splitlines()[-1] == "['Spelt']"
+    finally:
+        fetch("drop table if exists testapp_manual_embedding_chunks_previous")
+        if fetch("select cut_over from django_autoembed_embeddingchange") == [(None,)]:
+            change_in_place("testapp", "Manual", model=LARGE, backwards=True)
+        fetch("delete from django_autoembed_embeddingchange")
+        changes.forget_all()
+
+
+@pytest.mark.usefixtures("app_role")
+def test_a_least_privilege_worker_fills_a_new_column_and_says_the_owner_must_cut_over(
+    changing, monkeypatch
+):
+    """A plain config: the role's worker fills the new column, then is refused the index
+    build (only the owner may create one): it counts that, says once what to do, and goes
+    on working (before, every tick crashed it)."""
+    docs, _ = changing
+    call_command("autoembed_grants", ROLE, "--apply", verbosity=0)
+    overrides = {"MODEL": LARGE, "CHANGE_NOTICE": 0}
+    monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps(overrides))
+    worked = manage_as_role("process_embeddings", "--once")  # fills the new column
+    assert worked.returncode == 0, worked.stderr
+    Document.objects.filter(pk=docs[0].pk).update(title="Wheat")  # work goes on meanwhile
+    worked = manage_as_role("process_embeddings", "--once")  # and tries the index
+    assert worked.returncode == 0, worked.stderr
+    assert worked.stderr.count("only the owner of testapp_document may") == 1, worked.stderr
+    [(tries, error)] = fetch(
+        "select failed_tries, last_error from django_autoembed_embeddingchange"
+    )
+    assert tries >= 1 and "autoembed_cutover testapp.Document.embedding" in error
+    call_command("autoembed_cutover", "testapp.Document.embedding", verbosity=0)
+    for doc in docs:
+        assert_large(doc)
+    assert first("Wheat") == "Wheat"

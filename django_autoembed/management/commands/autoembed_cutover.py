@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
+from django.db import ProgrammingError
 
 from ... import changes
 from ...exceptions import ConfigurationError
@@ -63,6 +65,14 @@ class Command(BaseCommand):
             said = "cuts over by itself once complete" if automatic else "waits for this command"
             self.stdout.write(f"{change.config}: the change to {change.model} {said}.")
             return
+        try:
+            self._cut_over(using, change, options)
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            if not changes.not_owner(exc):
+                raise
+            raise CommandError(changes.owner_only(change, exc)) from exc
+
+    def _cut_over(self, using: str, change: changes.Change, options: dict[str, Any]) -> None:
         deadline = time.monotonic() + max(0.0, options["wait"])
         while True:
             allow = options["allow_missing"]
