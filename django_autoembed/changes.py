@@ -448,10 +448,14 @@ def reads_live(config: EmbeddingConfig) -> str | None:
 def mark_search(config: EmbeddingConfig, qs: Any) -> Any:
     """``qs``, a search of ``config``'s vectors, marked (on its query, which its clones copy)
     if it reads the live vectors of a change under way: evaluated after the cutover, it is
-    refused rather than ranked at random (``check_live_read``, by ``EmbeddingQuerySet``)."""
+    refused rather than ranked at random (``check_live_read``, by ``EmbeddingQuerySet``);
+    or if it reads the new ones, which the cutover renames (run again under their new name,
+    inside a transaction too)."""
     live = reads_live(config)
     if live is not None:
         qs.query.autoembed_reads_live = live
+    if config.shadow_of is not None:  # the cutover renames what it reads
+        qs.query.autoembed_reads_shadow = True
     return qs
 
 

@@ -4,13 +4,14 @@ from ``hybrid``), on the default manager of every declared model."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import django
 import numpy as np
 import psycopg
 from asgiref.sync import sync_to_async
-from django.db import ProgrammingError, connections, models
+from django.db import ProgrammingError, connections, models, transaction
 from django.db.models import Expression, ExpressionWrapper, F, OuterRef, Subquery
 from django.db.models.lookups import IsNull
 from pgvector.django import HalfVectorField
@@ -95,21 +96,28 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
     """QuerySet with vector search over the model's embedding configs."""
 
     def _fetch_all(self) -> None:
-        live = getattr(self.query, "autoembed_reads_live", None)
-        if live is not None and self._result_cache is None:  # built during a model change
-            changes.check_live_read(self.db, live)
-        try:
+        if self._result_cache is not None:  # read already (prefetches may be left to do)
             super()._fetch_all()
+            return
+        live = getattr(self.query, "autoembed_reads_live", None)
+        if live is not None:  # built during a model change
+            changes.check_live_read(self.db, live)
+        # A search of a model change's new column (or chunk table) that the cutover renamed
+        # since this process last looked (or while it waited for the cutover's lock) fails
+        # once; compiled again, it reads the same vectors under their new name. Inside a
+        # transaction (ATOMIC_REQUESTS), a savepoint keeps that error from ending it.
+        shadow = getattr(self.query, "autoembed_reads_shadow", False)
+        guarded = shadow and connections[self.db].in_atomic_block
+        try:
+            with transaction.atomic(using=self.db) if guarded else nullcontext():
+                super()._fetch_all()
         except ProgrammingError as exc:
-            # A search of a model change's new column (or chunk table), compiled before the
-            # cutover renamed it and run after: compiled again, it reads the same vectors
-            # under their new name (outside a transaction only: an error ends one).
             retry = (
                 isinstance(
                     exc.__cause__, (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable)
                 )
                 and changes.any_known()
-                and not connections[self.db].in_atomic_block
+                and (guarded or not connections[self.db].in_atomic_block)
             )
             if not retry:
                 raise

@@ -132,6 +132,30 @@ def test_a_search_built_before_the_cutover_and_read_after_it_reads_the_new_vecto
     assert len(list(similar)) == 2
 
 
+def test_a_search_of_the_new_vectors_in_a_transaction_survives_a_cutover_elsewhere(
+    changing, monkeypatch
+):
+    """ATOMIC_REQUESTS: a search of the new column, read after another process cut over
+    (renamed it) before this one looked again, fails once inside a savepoint and is run
+    again under the new name; the transaction goes on (before, it was aborted)."""
+    from django.db import transaction
+
+    from tests.helpers import run_command
+
+    call_command("process_embeddings", once=True)
+    changes.forget_all()
+    changes.advance("default", changes.refresh("default", 0)["testapp.Document.embedding"])
+    lazy = Document.objects.semantic_search("Spelt", k=3)
+    overrides = {"MODEL": LARGE, "CHANGE_NOTICE": 0}
+    monkeypatch.setenv("AUTOEMBED_TEST_OVERRIDES", json.dumps(overrides))
+    elsewhere = run_command("autoembed_cutover", "testapp.Document.embedding")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    with transaction.atomic():
+        Document.objects.create(title="Written in the same transaction")
+        assert next(d.title for d in lazy) == "Spelt"
+        assert Document.objects.filter(title__startswith="Written").count() == 1
+
+
 def test_a_search_built_on_the_live_vectors_and_read_after_the_cutover_is_refused(changing):
     """Built before the switch, a search holds a query of the old model; read after the
     cutover, the column it names holds the new model's vectors: refused, not ranked at
