@@ -556,6 +556,10 @@ def tick(using: str, *, nudge: bool = False) -> None:
     for change in changes.values():
         if not change.in_flight:
             continue
+        held = f"refused:{using}:{change.config}"
+        with _known.lock:
+            if _known.checked.get(held, 0.0) > time.monotonic():
+                continue  # this role was refused a step lately: tried again later
         try:
             if change.queued is None:
                 _queue_backfill(using, change)
@@ -563,16 +567,15 @@ def tick(using: str, *, nudge: bool = False) -> None:
                 waits = advance(using, change)
                 if nudge:
                     _nudge(using, change, waits)
+        except NotOwner as exc:
+            _refused(using, change, str(exc), held)
         except ConfigurationError as exc:
             _failed(using, change, str(exc))
             logger.error("%s: the change to %s waits: %s", change.config, change.model, exc)
         except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
-            if not not_owner(exc):
+            if privilege_refused(exc) is None:
                 raise
-            _failed(using, change, owner_only(change, exc))
-            if change.config not in _said_not_owner:  # counted each time, said once
-                _said_not_owner.add(change.config)
-                logger.warning("%s", owner_only(change, exc))
+            _refused(using, change, refused_step(change, exc), held)
         except OperationalError as exc:  # a lock not granted in time: a later tick tries again
             wait = _back_off(using, change)
             said = str(exc).strip().splitlines()[0]
@@ -586,28 +589,73 @@ def tick(using: str, *, nudge: bool = False) -> None:
             )
 
 
-# The changes this process said it may not build or cut over (not the tables' owner).
-_said_not_owner: set[str] = set()
+# Seconds a process leaves a change alone after its database role was refused a step of
+# it (not the tables' owner, or a grant missing): each try is counted on the change.
+REFUSED_HOLD = 60.0
+# The refusals this process said (said once, counted each time), by database and config.
+_said_refused: set[tuple[str, str, str]] = set()
 
 
-def not_owner(exc: BaseException) -> bool:
-    """Whether ``exc`` is Postgres refusing what only a table's owner may do (build an
-    index, rename a table or column)."""
-    return isinstance(exc, psycopg.errors.InsufficientPrivilege) or isinstance(
-        exc.__cause__, psycopg.errors.InsufficientPrivilege
-    )
+class NotOwner(Exception):
+    """This database role does not own a table the next step of a change alters."""
 
 
-def owner_only(change: Change, exc: BaseException) -> str:
-    """What a role that does not own the table is told when it builds the new vectors' index
-    or cuts over: who may, and how."""
-    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def require_owner(using: str, change: Change) -> None:
+    """Raise ``NotOwner`` unless this role owns the tables the change's index build, switch
+    and cutover alter (checked before any lock is taken: a role with UPDATE may lock the
+    table, and only the rename after it would fail)."""
+    tables = [change.table]
+    if change.chunked:
+        tables += [change.vectors, change.shadow_vectors]
+    names = [sql.Identifier(t).as_string(None) for t in tables]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sqlfiles.statement("changes.sql", "owns"), [names])
+        owns = cursor.fetchone()[0]
+    if owns is False:
+        raise NotOwner(
+            f"{change.config}: this database role may build the new vectors but not index or "
+            f"swap them in: only the owner of {change.table} may, as for migrations. Run "
+            f"`python manage.py autoembed_cutover {change.config}` as the owner (it builds "
+            "the index and cuts over), or run a worker as the owner."
+        )
+
+
+def privilege_refused(exc: BaseException) -> psycopg.errors.InsufficientPrivilege | None:
+    """Postgres's refusal behind ``exc`` (a grant missing, or not the owner), or None."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, psycopg.errors.InsufficientPrivilege):
+            return error
+    return None
+
+
+def refused_step(change: Change, exc: BaseException) -> str:
+    """What a role refused a step of ``change`` is told: who may, and how."""
+    error = privilege_refused(exc)
+    said = (error.diag.message_primary if error is not None else None) or str(exc).strip()
+    if said.startswith("must be owner"):
+        return (
+            f"{change.config}: {said}: only the owner of {change.table} may index or swap in "
+            f"the new vectors. Run `python manage.py autoembed_cutover {change.config}` as the "
+            "owner, or run a worker as the owner."
+        )
     return (
-        f"{change.config}: this database role may not build the new vectors' index or swap "
-        f"them in ({said}): only the owner of {change.table} may, as for migrations. Run "
-        f"`python manage.py autoembed_cutover {change.config}` as the owner (it builds the "
-        "index and cuts over), or run the workers as the owner."
+        f"{change.config}: {said}: this database role lacks a grant the change needs. Run "
+        "`python manage.py autoembed_grants ROLE --apply` as the owner (a config stored in "
+        "chunks needs it again after the migration that began its change: its new chunk "
+        "table is a new table)."
     )
+
+
+def _refused(using: str, change: Change, why: str, held: str) -> None:
+    """Count a step this role was refused on the change, say it once, and leave the change
+    alone for REFUSED_HOLD seconds in this process."""
+    _failed(using, change, why)
+    with _known.lock:
+        _known.checked[held] = time.monotonic() + REFUSED_HOLD
+        first = (using, change.config, why) not in _said_refused
+        _said_refused.add((using, change.config, why))
+    if first:
+        logger.warning("%s", why)
 
 
 def _failed(using: str, change: Change, error: str) -> None:
@@ -698,10 +746,12 @@ def advance(using: str, change: Change, *, now: bool = False, allow_missing: boo
             _known.checked[key] = time.monotonic()
         waiting = why_waiting(using, change, allow_missing=allow_missing)
         if waiting == INDEX_NOT_BUILT:
+            require_owner(using, change)
             build_index(using, change)
             waiting = why_waiting(using, change, allow_missing=allow_missing)
         if waiting:
             return waiting
+        require_owner(using, change)  # who may not cut over does not switch either
         if not now and change.age < notice():
             return f"began {change.age:.0f} s ago; every process must have seen it first"
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
@@ -719,6 +769,7 @@ def advance(using: str, change: Change, *, now: bool = False, allow_missing: boo
         held = _known.checked.get(f"backoff:{using}:{change.config}", 0.0) - time.monotonic()
     if held > 0 and not now:
         return f"searches read the shadow; the cutover tries its locks again in {held:.0f} s"
+    require_owner(using, change)  # before the cutover's lock: only the owner may rename
     if now and wait > 0:
         time.sleep(wait)  # searches that began before the switch end first
     cutover(using, change)
@@ -1006,27 +1057,38 @@ def summary(using: str, configs: Iterable[Any] = ()) -> list[dict[str, Any]]:
     """The changes under way, for ``autoembed_status``: rows done and left, tokens spent,
     the estimated cost and time of what is left, and what the cutover waits for.
     ``configs``: the status rows already counted (the shadow's tokens are read there)."""
-    from .batches import estimate
-
     tokens = {c.config: c.tokens_30d for c in configs}
     out: list[dict[str, Any]] = []
     for change in refresh(using, 0).values():
         if not change.in_flight:
             out.append(_entry(change, "cut over", 0, 0, tokens, None, None, None))
             continue
-        left, done = progress(using, change)
-        config = _shadow_config(change)
-        cost = None
-        if config is not None and left:
-            [backlog] = estimate.estimate([config], using=using)
-            cost = backlog.api_price
-        seconds = None
-        if change.queued is not None and done and left:
-            rate = done / max(change.age, 1e-6)
-            seconds = left / rate
-        waiting = why_waiting(using, change) if change.switched is None else None
-        out.append(_entry(change, change.phase, done, left, tokens, cost, seconds, waiting))
+        try:
+            with transaction.atomic(using=using):  # a refusal ends no transaction
+                out.append(_under_way(using, change, tokens))
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            if privilege_refused(exc) is None:
+                raise
+            entry = _entry(change, change.phase, 0, 0, tokens, None, None, None)
+            out.append({**entry, "unreadable": refused_step(change, exc)})
     return out
+
+
+def _under_way(using: str, change: Change, tokens: dict[str, int]) -> dict[str, Any]:
+    from .batches import estimate
+
+    left, done = progress(using, change)
+    config = _shadow_config(change)
+    cost = None
+    if config is not None and left:
+        [backlog] = estimate.estimate([config], using=using)
+        cost = backlog.api_price
+    seconds = None
+    if change.queued is not None and done and left:
+        rate = done / max(change.age, 1e-6)
+        seconds = left / rate
+    waiting = why_waiting(using, change) if change.switched is None else None
+    return _entry(change, change.phase, done, left, tokens, cost, seconds, waiting)
 
 
 def _entry(
@@ -1066,6 +1128,8 @@ def describe(entry: dict[str, Any]) -> str:
             f"{head}; the old vectors are kept in {entry['previous']} until the drop "
             "migration (`makemigrations` writes it, `migrate` applies it)"
         )
+    if entry.get("unreadable"):
+        return f"{head}: not counted: {entry['unreadable']}"
     total = entry["done"] + entry["left"]
     share = f" ({100 * entry['done'] / total:.0f} %)" if total else ""
     parts = [f"{entry['done']:,} of {total:,} rows{share} in {entry['shadow']}"]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, ProgrammingError, connections, transaction
 from psycopg import sql
 
 from . import changes, identity, incidents, pauses, providers, queue, settings, usage
@@ -51,6 +51,8 @@ class ConfigStatus:
     # Whether rows, embedded and missing are estimates (a table of many rows is sampled,
     # not counted in full, unless asked for exact counts).
     estimated: bool = False
+    # Why its rows could not be counted (this role may not read a table of it), or None.
+    unreadable: str | None = None
 
 
 @dataclass
@@ -245,9 +247,7 @@ def collect(
             batch_held_jobs=depth.held,
         )
         for config in configs if configs is not None else registry.on_database(using):
-            status.configs.append(
-                _config_status(cursor, config, queue.tables()["queue"], exact=exact)
-            )
+            status.configs.append(_counted(cursor, config, exact=exact))
         status.push = _push_status(cursor)
         status.former_queues = _former_queues(using)
     status.paused = pauses.as_dicts(pauses.current(using))
@@ -265,6 +265,31 @@ def collect(
     status.batch_budgets = batch_budget.status_rows(using, {b["model"] for b in status.batches})
     status.budgets = _budgets(using)
     return status
+
+
+def _counted(cursor: Any, config: EmbeddingConfig, *, exact: bool) -> ConfigStatus:
+    """A config's counts; one this role may not read (a grant missing) is shown as such, and
+    the others are counted still (a monitoring probe runs as the application's role)."""
+    try:
+        with transaction.atomic(using=cursor.db.alias):  # a refusal ends no transaction
+            return _config_status(cursor, config, queue.tables()["queue"], exact=exact)
+    except ProgrammingError as exc:
+        refused = changes.privilege_refused(exc)
+        if refused is None:
+            raise
+    said = refused.diag.message_primary or str(refused).strip()
+    return ConfigStatus(
+        config=config.label,
+        table=config.table,
+        column=config.queue_column,
+        rows=0,
+        embedded=0,
+        missing=0,
+        queued_rows=0,
+        oldest_job_age_s=None,
+        failures=0,
+        unreadable=f"{said}: run `python manage.py autoembed_grants ROLE --apply` as the owner",
+    )
 
 
 def _identity_status(using: str, config: EmbeddingConfig, out: ConfigStatus) -> None:

@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections, transaction
+import psycopg
+from django.db import ProgrammingError, connections, transaction
 
 from .. import changes, db, failures, identity, providers, queue, settings
 from ..declarations import EmbeddingConfig, registry
@@ -181,6 +182,7 @@ class Processor:
         if refused > wait:  # this process's declaration: another worker's may serve the jobs
             self._hand_back_refused(siblings, refused, "paused: the model changed")
             return
+        wait = max(wait, self.pauses.paused_for(grants_key(config)))
         if wait > 0:  # paused earlier: not worth a request before it is due
             self._hand_back(siblings, wait, "paused: the provider or the config is paused")
             return
@@ -201,6 +203,9 @@ class Processor:
         except ModelChanged as exc:  # a model change's shadow, cut over since the jobs were read
             self._changed_meanwhile(config, exc, siblings, result)
             return
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            self._denied(config, exc, siblings, result)
+            return
         result.requests += embedded.requests
         if embedded.answers:
             result.answered.add(key)
@@ -211,6 +216,34 @@ class Processor:
             self._write_and_acknowledge(dest, group, siblings, ready, contents, embedded, result)
         except ModelChanged as exc:  # re-embedded by another process meanwhile: none written
             self._changed_meanwhile(config, exc, siblings, result)
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            self._denied(config, exc, siblings, result)  # nothing written, nothing acked
+        else:
+            result.answered.add(grants_key(config))  # a pause for a grant is over
+
+    def _denied(
+        self,
+        config: EmbeddingConfig,
+        exc: ProgrammingError | psycopg.errors.InsufficientPrivilege,
+        siblings: list[Row],
+        result: BatchResult,
+    ) -> None:
+        """Postgres refused this role a table of the config (a grant missing: a model
+        change's new chunk table before `autoembed_grants` ran again): the config pauses,
+        its jobs go back unspent, and status says what to run."""
+        refused = changes.privilege_refused(exc)
+        if refused is None:
+            raise exc
+        said = refused.diag.message_primary or str(refused).strip()
+        error = ProviderError(
+            f"{config.label}: {said}: this database role lacks a grant the config needs. "
+            "Run `python manage.py autoembed_grants ROLE --apply` as the owner of its tables "
+            "(again after a migration that made a table: a model change of a config stored "
+            "in chunks makes one); its jobs wait, unspent.",
+            kind=ErrorKind.CONFIG,
+        )
+        paused = ProcessingPaused(error, provider=grants_key(config))
+        self._pause(config, grants_key(config), paused, siblings, result)
 
     def _changed_meanwhile(
         self, config: EmbeddingConfig, exc: ModelChanged, siblings: list[Row], result: BatchResult
@@ -315,6 +348,11 @@ class Processor:
             backoff=float(current.retry_backoff),
             backoff_max=float(current.retry_backoff_max),
         )
+
+
+def grants_key(config: EmbeddingConfig) -> str:
+    """What a missing grant pauses: this config only."""
+    return f"{config.label} (grants)"
 
 
 def _model_changed(config: EmbeddingConfig, exc: ModelChanged) -> ProcessingPaused:

@@ -79,6 +79,12 @@ select count(*) filter (where t.{shadow} is null and coalesce({fn}(t), '') <> ''
        count(*) filter (where t.{shadow} is not null)
   from {table} t
 
+-- owns -- whether this role owns (or acts as the owner of) every table named: only an owner
+-- may index, rename or drop them (false: one it does not; null: none is there)
+select bool_and(pg_has_role(current_user, c.relowner, 'USAGE'))
+  from pg_class c
+ where c.oid = any(array(select to_regclass(n) from unnest(%s::text[]) as n))
+
 -- index_valid -- whether an index of this name exists and may be used
 select coalesce((select i.indisvalid and i.indisready from pg_index i
                   where i.indexrelid = to_regclass(%s)), false)

@@ -13,7 +13,7 @@ from django.db import connection
 from django_autoembed import changes
 from django_autoembed.exceptions import ModelChanged
 from django_autoembed.testing import fake_vector
-from tests.helpers import change_in_place, queue_messages
+from tests.helpers import change_in_place, hidden_messages, queue_messages, wait_for
 from tests.integration.test_production import ROLE, app_role, manage_as_role  # noqa: F401
 from tests.testapp.models import Document
 
@@ -458,7 +458,23 @@ def test_a_least_privilege_worker_fills_a_chunked_change_the_owner_cuts_it_over(
     try:
         checked = manage_as_role("check", "--database", "default")
         assert "autoembed.W101" in checked.stderr and new_table in checked.stderr, checked.stderr
+        # Forgotten, the grants pause that config alone: its jobs wait, unspent (before, the
+        # worker died with a traceback), and status says what to run.
+        early = manage_as_role("process_embeddings", "--once")
+        assert early.returncode == 2 and "autoembed_grants ROLE --apply" in early.stderr
+        assert fetch("select read_ct from pgmq.q_embedding_jobs") == [(0,)]
+        probe = manage_as_role("autoembed_status", "--json")
+        assert probe.returncode == 0, probe.stderr
+        status = json.loads(probe.stdout)
+        [paused] = status["paused"]
+        assert "permission denied for table " + new_table in paused["error"]
+        # The probe, as that role, counts what it may read and says what it may not.
+        [unread] = [c for c in status["configs"] if c["unreadable"]]
+        assert unread["config"] == label + "_next" and "autoembed_grants" in unread["unreadable"]
+        shown = manage_as_role("autoembed_status")
+        assert shown.returncode == 0 and f"{label}_next: not counted" in shown.stdout
         call_command("autoembed_grants", ROLE, "--apply", verbosity=0)
+        wait_for(lambda: hidden_messages() == 0, timeout=90, message="the pause to end")
         worked = manage_as_role("process_embeddings", "--once")
         assert worked.returncode == 0, worked.stderr
         filled = fetch(f"select text, embedding::text from {new_table}")
@@ -518,6 +534,8 @@ def test_a_least_privilege_worker_fills_a_new_column_and_says_the_owner_must_cut
         "select failed_tries, last_error from django_autoembed_embeddingchange"
     )
     assert tries >= 1 and "autoembed_cutover testapp.Document.embedding" in error
+    # Checked before any lock or switch: searches still read the live column.
+    assert change_state() == [(True, False, False, False)]
     call_command("autoembed_cutover", "testapp.Document.embedding", verbosity=0)
     for doc in docs:
         assert_large(doc)

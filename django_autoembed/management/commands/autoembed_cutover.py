@@ -66,11 +66,14 @@ class Command(BaseCommand):
             self.stdout.write(f"{change.config}: the change to {change.model} {said}.")
             return
         try:
+            changes.require_owner(using, change)
             self._cut_over(using, change, options)
+        except changes.NotOwner as exc:
+            raise CommandError(str(exc)) from exc
         except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
-            if not changes.not_owner(exc):
+            if changes.privilege_refused(exc) is None:
                 raise
-            raise CommandError(changes.owner_only(change, exc)) from exc
+            raise CommandError(changes.refused_step(change, exc)) from exc
 
     def _cut_over(self, using: str, change: changes.Change, options: dict[str, Any]) -> None:
         deadline = time.monotonic() + max(0.0, options["wait"])

@@ -97,6 +97,8 @@ HEAD = (
 
 def _row(c: ConfigStatus) -> tuple[str, ...]:
     """One config's cells, in HEAD's order; an estimated count starts with "~"."""
+    if c.unreadable:  # not counted: the notes say why
+        return (c.config, f"{c.table}.{c.column}", *["?"] * 7, str(c.tokens_30d), "-", "-")
     return (
         c.config,
         f"{c.table}.{c.column}",
@@ -154,6 +156,9 @@ def _notes(status: Status) -> list[str]:
         f"config {c.config}: paused ({c.paused}); the others go on"
         for c in status.configs
         if c.paused
+    ]
+    lines += [
+        f"config {c.config}: not counted: {c.unreadable}" for c in status.configs if c.unreadable
     ]
     lines += [
         f"config {c.config}: model changed: {c.model_changed}"
