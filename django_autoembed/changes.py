@@ -54,7 +54,7 @@ from psycopg import sql
 from . import queue, settings
 from . import sql as sqlfiles
 from .declarations import EmbeddingConfig, registry, short_name
-from .exceptions import ConfigurationError, ModelChanged
+from .exceptions import ConfigurationError, ModelChanged, NotOwner
 
 logger = logging.getLogger(__name__)
 
@@ -596,10 +596,6 @@ REFUSED_HOLD = 60.0
 _said_refused: set[tuple[str, str, str]] = set()
 
 
-class NotOwner(Exception):
-    """This database role does not own a table the next step of a change alters."""
-
-
 def require_owner(using: str, change: Change) -> None:
     """Raise ``NotOwner`` unless this role owns the tables the change's index build, switch
     and cutover alter (checked before any lock is taken: a role with UPDATE may lock the
@@ -694,7 +690,8 @@ def _nudge(using: str, change: Change, waits: str) -> None:
         if row is None:
             return
         target = queue.Target(schema, live.table, live.function_name, live.queue_column)
-        queue.send_batch(cursor, [queue.Message.new(target, [row[0]]).body], delay=wait + 1)
+        body = {**queue.Message.new(target, [row[0]]).body, "origin": queue.NUDGE}
+        queue.send_batch(cursor, [body], delay=wait + 1)
 
 
 def _shadow_config(change: Change) -> EmbeddingConfig | None:

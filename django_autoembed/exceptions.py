@@ -36,6 +36,11 @@ class ConfigurationError(AutoembedError, ImproperlyConfigured):
     """Settings or declarations that cannot work; the message says what to change."""
 
 
+class NotOwner(ConfigurationError):
+    """This database role does not own a table that a model change's next step alters (its
+    index build, switch or cutover): the owner runs ``autoembed_cutover``."""
+
+
 class UnknownConfig(AutoembedError, LookupError):
     """No declared embedding has this label or name."""
 

@@ -147,7 +147,10 @@ def retry(failures: models.QuerySet[EmbeddingFailure]) -> RetryResult:
         schema = stored.target.schema if stored.target else "public"
         row_ids = stored.row_ids or [failure.object_pk]
         target = queue.Target(schema, config.table, config.function_name, config.queue_column)
-        bodies.append(queue.Message.new(target, row_ids).body)
+        body = queue.Message.new(target, row_ids).body
+        if isinstance(failure.job, dict) and failure.job.get("origin"):
+            body["origin"] = failure.job["origin"]  # a backfill's row is no write's
+        bodies.append(body)
         done.append(failure.pk)
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         queue.send_batch(cursor, bodies)

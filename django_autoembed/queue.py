@@ -23,6 +23,8 @@ from .exceptions import InvalidValue
 
 # What ``origin`` says in the messages ``--backfill`` queues (the only ones the Batch API takes).
 BACKFILL = "backfill"
+# The origin of a job a model change leaves due to wake the push path: no write's.
+NUDGE = "nudge"
 # The keys naming a message's target, in the guide's spelling.
 TARGET_KEYS = ("schema", "table", "contentFunction", "embeddingColumn")
 
@@ -51,6 +53,8 @@ class Message:
     body: Any
     # When it shows again, as the read that took it set it (None: not read by a worker).
     vt: Any = None
+    # When pgmq queued it (None: not read from the queue).
+    enqueued_at: Any = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Message:
@@ -60,6 +64,7 @@ class Message:
             int(read_ct),
             json.loads(body) if isinstance(body, (str, bytes)) else body,
             row[3] if len(row) > 3 else None,
+            row[4] if len(row) > 4 else None,
         )
 
     @classmethod
@@ -129,8 +134,11 @@ class Message:
         return any(str(i) == str(row_id) for i in self.row_ids)
 
     def body_for(self, row_ids: list[Any], attempts: int) -> dict[str, Any]:
-        """The body of a new message for some of this message's rows, carrying ``attempts``."""
+        """The body of a new message for some of this message's rows, carrying ``attempts``
+        and when they were first queued (``queued_at``: their wait is the lag status shows)."""
         base = {k: v for k, v in self.body.items() if k not in ("id", "ids", "attempts")}
+        if "queued_at" not in base and self.enqueued_at is not None:
+            base["queued_at"] = self.enqueued_at.isoformat()
         return _body(base, row_ids, attempts)
 
     @cached_property

@@ -44,7 +44,8 @@ from .target import Resolved, Targets
 logger = logging.getLogger(__name__)
 
 # A config refused for a model change pauses in this process as any pause does, but the
-# jobs it reads are hidden for at most this many seconds: the refusal is this process's
+# jobs it reads are hidden for about this many seconds (less if the pause ends sooner,
+# times REFUSED_JITTER's random factor): the refusal is this process's
 # declaration, and a worker already running the new one (a rolling deploy) takes them
 # meanwhile. A `--once` run hides them for the pause (``PauseBook.brief_refusals``): read
 # again and again within the run, they would keep it from ending.

@@ -3,7 +3,7 @@
 -- values are always parameters.
 
 -- read -- take up to qty messages, hidden for vt seconds
-select msg_id, read_ct, message, vt from pgmq.read(%s, %s, %s)
+select msg_id, read_ct, message, vt, enqueued_at from pgmq.read(%s, %s, %s)
 
 -- send_batch -- queue new messages, visible after a delay in seconds
 select pgmq.send_batch(%s, %s::jsonb[], %s)
@@ -47,17 +47,19 @@ select extract(epoch from min(vt) - clock_timestamp()) from {queue}
  where msg_id <> all(%s::bigint[])
 
 -- lookup -- messages by id, whether hidden or not (jobs posted to the endpoint)
-select msg_id, read_ct, message, vt from {queue} where msg_id = any(%s::bigint[])
+select msg_id, read_ct, message, vt, enqueued_at from {queue} where msg_id = any(%s::bigint[])
 
 -- depth -- messages; how long the oldest has waited, and the oldest a write queued (not a
--- backfill's: those wait their turn, and a batch's window), in fractional seconds; and how
--- many a Batch API batch holds
+-- backfill's: those wait their turn, and a batch's window), in fractional seconds, since
+-- its rows were first queued (a message sent on for some of them says when); and how many
+-- a Batch API batch holds
 select count(*),
-       extract(epoch from clock_timestamp() - min(enqueued_at)),
-       extract(epoch from clock_timestamp()
-                          - min(enqueued_at) filter (where message->>'origin' is null)),
-       count(*) filter (where message ? 'held_for')
-  from {queue}
+       extract(epoch from clock_timestamp() - min(since)),
+       extract(epoch from clock_timestamp() - min(since) filter (where origin is null)),
+       count(*) filter (where held)
+  from (select coalesce((message->>'queued_at')::timestamptz, enqueued_at) as since,
+               message->>'origin' as origin, message ? 'held_for' as held
+          from {queue}) as q
 
 -- exists -- is the queue's table there
 select to_regclass(%s) is not null

@@ -125,6 +125,22 @@ def test_lag_is_of_the_jobs_writes_queued_not_of_a_backfill_or_its_batch(api):
     assert "3 messages" in probe.stdout and "1 held by Batch API batches" in probe.stdout
 
 
+def test_a_rows_lag_counts_from_when_a_write_first_queued_it_across_retries(api, settings):
+    """A row retried (a message sent on for it alone) waits since its write, not since the
+    retry: before, each retry made the lag start again, and the probe never fired on a row
+    that kept failing, or on rate limits that kept rows waiting."""
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "RETRY_BACKOFF": 60}
+    Document.objects.bulk_create([Document(title="fine"), Document(title="POISON")])
+    [message] = queue_messages()
+    assert len(message["ids"]) == 2  # one message for both rows
+    time.sleep(1.5)
+    api.poison = {"POISON"}
+    drain()
+    [retry] = queue_messages()
+    assert retry["id"] and retry["attempts"] == 1  # sent on for the failed row alone
+    assert collect().oldest_write_age_s >= 1.5
+
+
 def test_rows_users_write_beside_a_batch_worker_are_embedded_at_once(api):
     """Only the backfill waits for a batch: a trigger's job goes through the embeddings API,
     and the batch's vector of the old text never lands on the edited row."""

@@ -156,6 +156,18 @@ def test_a_search_of_the_new_vectors_in_a_transaction_survives_a_cutover_elsewhe
         assert Document.objects.filter(title__startswith="Written").count() == 1
 
 
+def test_the_push_paths_nudge_is_no_writes_job(changing):
+    """The job a change leaves due to wake the push path says so: it is no write's lag."""
+    from django_autoembed.status import collect
+
+    call_command("process_embeddings", once=True)
+    changes.forget_all()
+    changes.tick("default", nudge=True)
+    [nudge] = [m for m in queue_messages() if m.get("origin") == "nudge"]
+    assert nudge["embeddingColumn"] == "embedding"
+    assert collect().oldest_write_age_s is None
+
+
 def test_a_search_built_on_the_live_vectors_and_read_after_the_cutover_is_refused(changing):
     """Built before the switch, a search holds a query of the old model; read after the
     cutover, the column it names holds the new model's vectors: refused, not ranked at

@@ -116,6 +116,28 @@ def test_fail_on_lag_exits_non_zero_only_when_the_oldest_job_is_too_old(failing_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_backfills_dead_letter_is_retried_as_the_backfills(api, settings):
+    """Retried, a row the backfill queued stays the backfill's: the Batch API may take it,
+    and it is no write's lag."""
+    from django_autoembed.backfill import backfill
+    from django_autoembed.status import collect
+
+    settings.AUTOEMBED = {**settings.AUTOEMBED, "MAX_ATTEMPTS": 1}
+    api.poison = {"POISON b"}
+    Document.objects.create(title="POISON b")
+    purge_queue()
+    EmbeddingFailure.objects.all().delete()
+    assert backfill(registry.get(DOC)) == 1
+    drain()
+    assert EmbeddingFailure.objects.count() == 1
+    call_command("autoembed_retry", "--config", DOC, stdout=io.StringIO())
+    [message] = queue_messages()
+    assert message["origin"] == "backfill"
+    assert collect().oldest_write_age_s is None
+    purge_queue()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_retry_command_gets_failed_rows_embedded_by_the_next_run(failing_rows, api):
     _, bad, _ = failing_rows
     assert EmbeddingFailure.objects.count() == 2

@@ -42,5 +42,7 @@ def test_sections_fill_identifiers_and_keep_literal_braces():
 
 def test_sql_sections_are_named_and_trimmed():
     sections = sqlfiles.sections("queue.sql")
-    assert sections["read"].startswith("select msg_id, read_ct, message, vt from pgmq.read(")
+    assert sections["read"].startswith(
+        "select msg_id, read_ct, message, vt, enqueued_at from pgmq.read("
+    )
     assert "--" not in sections["delete"]

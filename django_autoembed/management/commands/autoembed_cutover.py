@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import ProgrammingError
 
 from ... import changes
-from ...exceptions import ConfigurationError
+from ...exceptions import ConfigurationError, NotOwner
 
 # Seconds between two looks at a shadow that --wait waits for.
 POLL = 2.0
@@ -68,7 +68,7 @@ class Command(BaseCommand):
         try:
             changes.require_owner(using, change)
             self._cut_over(using, change, options)
-        except changes.NotOwner as exc:
+        except NotOwner as exc:
             raise CommandError(str(exc)) from exc
         except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
             if changes.privilege_refused(exc) is None:
