@@ -138,7 +138,7 @@ class Message:
         and when they were first queued (``queued_at``: their wait is the lag status shows)."""
         base = {k: v for k, v in self.body.items() if k not in ("id", "ids", "attempts")}
         if "queued_at" not in base and self.enqueued_at is not None:
-            base["queued_at"] = self.enqueued_at.isoformat()
+            base["queued_at"] = round(self.enqueued_at.timestamp(), 3)  # Unix seconds
         return _body(base, row_ids, attempts)
 
     @cached_property
@@ -284,7 +284,12 @@ def tables(queue: str | None = None) -> dict[str, sql.Identifier]:
 
 def query(key: str, queue: str | None = None) -> str:
     """A section of queue.sql with the queue's table names filled in."""
-    return sqlfiles.statement("queue.sql", key, **tables(queue))
+    return sqlfiles.statement("queue.sql", key, **tables(queue), queued_at=queued_at())
+
+
+def queued_at() -> sql.Composed:
+    """When a message's rows were first queued, as its body says (NULL: as pgmq says)."""
+    return sqlfiles.composed("queue.sql", "queued_at")
 
 
 def read(cursor: Any, qty: int, visibility_timeout: int) -> list[Message]:

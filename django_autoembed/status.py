@@ -133,7 +133,10 @@ def _config_status(
     else:
         cursor.execute(_query("config_rows", **names))
         rows, embedded = cursor.fetchone()
-    cursor.execute(_query("config_queued", queue=queue_table), [config.table, config.queue_column])
+    cursor.execute(
+        _query("config_queued", queue=queue_table, queued_at=queue.queued_at()),
+        [config.table, config.queue_column],
+    )
     queued, oldest = cursor.fetchone()
     spent = usage.summary(cursor.db.alias, config.label)
     return ConfigStatus(

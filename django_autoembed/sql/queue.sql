@@ -57,9 +57,15 @@ select count(*),
        extract(epoch from clock_timestamp() - min(since)),
        extract(epoch from clock_timestamp() - min(since) filter (where origin is null)),
        count(*) filter (where held)
-  from (select coalesce((message->>'queued_at')::timestamptz, enqueued_at) as since,
+  from (select coalesce({queued_at}, enqueued_at) as since,
                message->>'origin' as origin, message ? 'held_for' as held
           from {queue}) as q
+
+-- queued_at -- when a message's rows were first queued, as a message sent on for some of
+-- them says (Unix seconds; anything else in a job's body is ignored, never an error)
+case when jsonb_typeof(message->'queued_at') = 'number'
+      and (message->'queued_at')::numeric between 0 and 1e11
+     then to_timestamp((message->'queued_at')::numeric::float8) end
 
 -- exists -- is the queue's table there
 select to_regclass(%s) is not null

@@ -25,8 +25,7 @@ select count(*), count(*) filter (where exists (select 1 from {chunks} c where c
 
 -- config_queued -- rows of one config waiting in the queue, and the oldest job's age
 select coalesce(sum(coalesce(jsonb_array_length(message->'ids'), 1)), 0),
-       extract(epoch from clock_timestamp()
-                          - min(coalesce((message->>'queued_at')::timestamptz, enqueued_at)))
+       extract(epoch from clock_timestamp() - min(coalesce({queued_at}, enqueued_at)))
   from {queue}
  where message->>'table' = %s and message->>'embeddingColumn' = %s
 

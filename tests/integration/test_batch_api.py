@@ -139,6 +139,13 @@ def test_a_rows_lag_counts_from_when_a_write_first_queued_it_across_retries(api,
     [retry] = queue_messages()
     assert retry["id"] and retry["attempts"] == 1  # sent on for the failed row alone
     assert collect().oldest_write_age_s >= 1.5
+    # Anything else a job's body says there (a job sent by other code) is ignored.
+    from django_autoembed.queue import send_batch
+
+    with connection.cursor() as cursor:
+        for odd in ("yesterday", 1e300, -5, {"at": 1}):
+            send_batch(cursor, [{**retry, "queued_at": odd}])
+    assert 1.5 <= collect().oldest_write_age_s < 600
 
 
 def test_rows_users_write_beside_a_batch_worker_are_embedded_at_once(api):
