@@ -131,6 +131,11 @@ class _Held:
     seconds: float
 
 
+def grants_key(config: Any) -> str:
+    """What a grant missing on a config's tables pauses: that config only."""
+    return f"{config.label} (grants)"
+
+
 class PauseBook:
     """The pauses of one process on one database, by provider key.
 
@@ -172,6 +177,11 @@ class PauseBook:
         with self._lock:
             held = self._held.get(key)
         return max(0.0, held.until - time.monotonic()) if held else 0.0
+
+    def held(self, key: str) -> bool:
+        """Whether this process paused ``key`` and has not seen it work since (due or not)."""
+        with self._lock:
+            return key in self._held
 
     def pause(self, key: str, paused: ProcessingPaused) -> float:
         """Pause ``key``'s provider; returns the seconds its jobs stay hidden."""

@@ -3,9 +3,9 @@ from ``hybrid``), on the default manager of every declared model."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import django
 import numpy as np
@@ -25,6 +25,8 @@ from .saving import loaded_vectors
 
 if TYPE_CHECKING:
     from .declarations import EmbeddingConfig
+
+T = TypeVar("T")
 
 
 def _quote_alias(compiler: Any, alias: str) -> str:
@@ -102,27 +104,47 @@ class EmbeddingQuerySet(HybridSearch, models.QuerySet[Any]):
         live = getattr(self.query, "autoembed_reads_live", None)
         if live is not None:  # built during a model change
             changes.check_live_read(self.db, live)
-        # A search of a model change's new column (or chunk table) that the cutover renamed
-        # since this process last looked (or while it waited for the cutover's lock) fails
-        # once; compiled again, it reads the same vectors under their new name. Inside a
-        # transaction (ATOMIC_REQUESTS), a savepoint keeps that error from ending it.
-        shadow = getattr(self.query, "autoembed_reads_shadow", False)
-        guarded = shadow and connections[self.db].in_atomic_block
-        try:
+        self._renamed_meanwhile(super()._fetch_all)
+
+    def count(self) -> int:
+        return self._renamed_meanwhile(super().count)  # as a Paginator counts a search
+
+    def exists(self) -> bool:
+        return self._renamed_meanwhile(super().exists)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        aggregate = super().aggregate
+        return self._renamed_meanwhile(lambda: aggregate(*args, **kwargs))
+
+    def _renamed_meanwhile(self, run: Callable[[], T]) -> T:
+        """``run()``, again once if a model change's cutover renamed what it reads meanwhile:
+        a search of the new column (or chunk table), cut over since this process last looked
+        (or while the search waited for the cutover's lock), fails once; compiled again, it
+        reads the same vectors under their new name. Inside a transaction (ATOMIC_REQUESTS),
+        such a search runs in a savepoint, so that error does not end the transaction."""
+        connection = connections[self.db]
+        guarded = getattr(self.query, "autoembed_reads_shadow", False) and (
+            connection.in_atomic_block
+        )
+
+        def attempt() -> T:
             with transaction.atomic(using=self.db) if guarded else nullcontext():
-                super()._fetch_all()
+                return run()
+
+        try:
+            return attempt()
         except ProgrammingError as exc:
             retry = (
                 isinstance(
                     exc.__cause__, (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable)
                 )
                 and changes.any_known()
-                and (guarded or not connections[self.db].in_atomic_block)
+                and (guarded or not connection.in_atomic_block)
             )
             if not retry:
                 raise
             changes.refresh(self.db, 0)
-            super()._fetch_all()
+            return attempt()
 
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
         """As Django's; the instances then keep the vectors the worker writes later out of a

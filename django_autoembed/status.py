@@ -106,11 +106,7 @@ EXACT_BELOW = 100_000
 SAMPLE_ROWS = 20_000
 
 
-def _config_status(
-    cursor: Any, config: EmbeddingConfig, queue_table: sql.Composable, *, exact: bool = False
-) -> ConfigStatus:
-    from .failures import EmbeddingFailure
-
+def _config_status(cursor: Any, config: EmbeddingConfig, *, exact: bool = False) -> ConfigStatus:
     names = {
         "table": sql.Identifier(config.table),
         "column": sql.Identifier(config.column),
@@ -133,11 +129,6 @@ def _config_status(
     else:
         cursor.execute(_query("config_rows", **names))
         rows, embedded = cursor.fetchone()
-    cursor.execute(
-        _query("config_queued", queue=queue_table, queued_at=queue.queued_at()),
-        [config.table, config.queue_column],
-    )
-    queued, oldest = cursor.fetchone()
     spent = usage.summary(cursor.db.alias, config.label)
     return ConfigStatus(
         config=config.label,
@@ -146,11 +137,7 @@ def _config_status(
         rows=rows,
         embedded=embedded,
         missing=rows - embedded,
-        queued_rows=int(queued),
-        oldest_job_age_s=None if oldest is None else float(oldest),
-        failures=EmbeddingFailure.objects.using(cursor.db.alias)
-        .filter(config=config.label)
-        .count(),
+        **_queued(cursor, config),
         index=state_of(cursor.db.alias, config) or changes.index_state(cursor.db.alias, config),
         chunks=chunks,
         tokens_today=spent.tokens_today,
@@ -158,6 +145,25 @@ def _config_status(
         cost_30d_usd=spent.cost_30d,
         estimated=estimated,
     )
+
+
+def _queued(cursor: Any, config: EmbeddingConfig) -> dict[str, Any]:
+    """A config's jobs waiting in the queue and its dead letters (the queue's tables and
+    ours: readable where its own tables may not be)."""
+    from .failures import EmbeddingFailure
+
+    cursor.execute(
+        _query("config_queued", queue=queue.tables()["queue"], queued_at=queue.queued_at()),
+        [config.table, config.queue_column],
+    )
+    queued, oldest = cursor.fetchone()
+    return {
+        "queued_rows": int(queued),
+        "oldest_job_age_s": None if oldest is None else float(oldest),
+        "failures": EmbeddingFailure.objects.using(cursor.db.alias)
+        .filter(config=config.label)
+        .count(),
+    }
 
 
 def _embedded_share(
@@ -258,8 +264,10 @@ def collect(
     for config_status in status.configs:
         config = registry.get(config_status.config)
         config_status.paused = by_provider.get(providers.pause_key(config)[:255])
-        config_status.paused = config_status.paused or by_provider.get(
-            identity.pause_key(config)[:255]
+        config_status.paused = (
+            config_status.paused
+            or by_provider.get(identity.pause_key(config)[:255])
+            or by_provider.get(pauses.grants_key(config)[:255])
         )
         _identity_status(using, config, config_status)
     status.incidents = incidents.recent(using)
@@ -275,7 +283,7 @@ def _counted(cursor: Any, config: EmbeddingConfig, *, exact: bool) -> ConfigStat
     the others are counted still (a monitoring probe runs as the application's role)."""
     try:
         with transaction.atomic(using=cursor.db.alias):  # a refusal ends no transaction
-            return _config_status(cursor, config, queue.tables()["queue"], exact=exact)
+            return _config_status(cursor, config, exact=exact)
     except ProgrammingError as exc:
         refused = changes.privilege_refused(exc)
         if refused is None:
@@ -288,9 +296,7 @@ def _counted(cursor: Any, config: EmbeddingConfig, *, exact: bool) -> ConfigStat
         rows=0,
         embedded=0,
         missing=0,
-        queued_rows=0,
-        oldest_job_age_s=None,
-        failures=0,
+        **_queued(cursor, config),
         unreadable=f"{said}: run `python manage.py autoembed_grants ROLE --apply` as the owner",
     )
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import db, identity
+import psycopg
+from django.db import ProgrammingError, transaction
+
+from .. import changes, db, identity
 from ..exceptions import ModelChanged
 from ..pipeline.destinations import destination
 from ..pipeline.embed import Embedded
@@ -48,7 +51,13 @@ def split_for_batches(processor: Processor, messages: list[Message]) -> Split:
         except ModelChanged:
             continue
         target = processor.targets.resolve(config)
-        needed = _unknown_inputs(processor, target, group)
+        try:
+            with transaction.atomic(using=processor.using):  # a refusal ends no transaction
+                needed = _unknown_inputs(processor, target, group)
+        except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
+            if changes.privilege_refused(exc) is None:
+                raise
+            continue  # a grant missing: the processing pauses the config, its jobs unspent
         by_message: dict[int, Message] = {}
         for row in group:
             if needed.get((row.message.msg_id, str(row.raw_pk))):

@@ -33,7 +33,7 @@ from ..exceptions import (
     ProcessingPaused,
     ProviderError,
 )
-from ..pauses import PauseBook
+from ..pauses import PauseBook, grants_key
 from ..queue import Message
 from .acks import AckPlan, Outcome, OutcomeKind, Row, apply_acks, plan_acks
 from .destinations import Destination, destination
@@ -220,7 +220,8 @@ class Processor:
         except (ProgrammingError, psycopg.errors.InsufficientPrivilege) as exc:
             self._denied(config, exc, siblings, result)  # nothing written, nothing acked
         else:
-            result.answered.add(grants_key(config))  # a pause for a grant is over
+            if self.pauses.held(grants_key(config)):
+                result.answered.add(grants_key(config))  # a pause for a grant is over
 
     def _denied(
         self,
@@ -349,11 +350,6 @@ class Processor:
             backoff=float(current.retry_backoff),
             backoff_max=float(current.retry_backoff_max),
         )
-
-
-def grants_key(config: EmbeddingConfig) -> str:
-    """What a missing grant pauses: this config only."""
-    return f"{config.label} (grants)"
 
 
 def _model_changed(config: EmbeddingConfig, exc: ModelChanged) -> ProcessingPaused:

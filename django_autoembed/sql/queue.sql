@@ -63,9 +63,9 @@ select count(*),
 
 -- queued_at -- when a message's rows were first queued, as a message sent on for some of
 -- them says (Unix seconds; anything else in a job's body is ignored, never an error)
-case when jsonb_typeof(message->'queued_at') = 'number'
-      and (message->'queued_at')::numeric between 0 and 1e11
-     then to_timestamp((message->'queued_at')::numeric::float8) end
+case when jsonb_typeof(message->'queued_at') = 'number' then
+     case when (message->'queued_at')::numeric between 0 and 1e11
+          then to_timestamp((message->'queued_at')::numeric::float8) end end
 
 -- exists -- is the queue's table there
 select to_regclass(%s) is not null
